@@ -1,0 +1,71 @@
+/*
+ * tg_nn_math.h - the fixed-point primitives every tinygen kernel uses.
+ *
+ * The C half of "one fact in one place": tinygen/quant.py is the Python half and
+ * tests hold the two against each other. Semantics are CMSIS-NN's
+ * arm_nn_requantize (double rounding, its default):
+ *   - doubling high multiply: (a * b + 2^30) >> 31 in 64 bits, i.e. round half up
+ *     of a*b / 2^31 (no saturation needed: multipliers are >= 0, so INT32_MIN^2
+ *     cannot occur);
+ *   - divide by 2^n rounding half away from zero;
+ *   - values are clamped to the activation range only at the end of each kernel.
+ * No undefined behaviour: shifts of negative numbers are right shifts (GCC and
+ * Clang define them as arithmetic, an implementation-defined behaviour the
+ * project relies on), left shifts are done on uint32_t, and the conversion
+ * back to int32_t wraps modulo 2^32 (GCC's documented implementation-defined
+ * behaviour), exactly as tinygen.quant.wrap_int32 models it.
+ */
+#ifndef TG_NN_MATH_H
+#define TG_NN_MATH_H
+
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define TG_INLINE static inline __attribute__((always_inline))
+#else
+#define TG_INLINE static inline
+#endif
+
+TG_INLINE int32_t tg_doubling_high_mult(int32_t a, int32_t b)
+{
+    const int64_t prod = (int64_t)a * (int64_t)b + ((int64_t)1 << 30);
+    return (int32_t)(prod >> 31);
+}
+
+/* x / 2^exponent, ties away from zero; exponent in [0, 31]. */
+TG_INLINE int32_t tg_divide_by_power_of_two(int32_t x, int32_t exponent)
+{
+    const int32_t mask = (int32_t)((1U << exponent) - 1U);
+    const int32_t remainder = x & mask;
+    int32_t result = x >> exponent;
+    int32_t threshold = mask >> 1;
+    if (result < 0) {
+        threshold++;
+    }
+    if (remainder > threshold) {
+        result++;
+    }
+    return result;
+}
+
+/* arm_nn_requantize: val * multiplier * 2^shift / 2^31. shift > 0 is a left shift. */
+TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
+{
+    const int32_t left = shift > 0 ? shift : 0;
+    const int32_t right = shift > 0 ? 0 : -shift;
+    const int32_t scaled = (int32_t)((uint32_t)val << left);
+    return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
+}
+
+TG_INLINE int8_t tg_clamp_s8(int32_t v, int32_t lo, int32_t hi)
+{
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* CMSIS-NN average pool rounding: total / count, ties away from zero. */
+TG_INLINE int32_t tg_rounded_average(int32_t total, int32_t count)
+{
+    return total > 0 ? (total + count / 2) / count : (total - count / 2) / count;
+}
+
+#endif /* TG_NN_MATH_H */

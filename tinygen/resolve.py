@@ -1,0 +1,29 @@
+"""Turn a `--model` argument into a validated IR model: a zoo name or a file path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import ir, modelfile
+from .errors import ModelError
+
+
+def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
+    path = Path(spec)
+    if path.suffix == ".json" or (path.suffix == "" and path.with_suffix(".json").is_file() and "/" in spec):
+        model = modelfile.load(path.with_suffix(".json"))
+        if classes is not None and classes != model.output.size:
+            raise ModelError(f"--classes {classes} does not apply to model file {path}: it has "
+                             f"{model.output.size} outputs; edit the model or drop --classes")
+        return model
+    if path.suffix == ".pkl":
+        from .mit_import import load_mit_model
+
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        return load_mit_model(path, classes=classes)
+    if path.suffix:
+        raise ModelError(f"cannot read {path}: tinygen models are .json (+ .npz) files or MIT tiny-training .pkl files")
+    from .zoo import get_model
+
+    return get_model(spec, classes=classes)
