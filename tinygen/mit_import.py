@@ -20,6 +20,15 @@ How the file's graph maps onto the IR (`load_mit_model`):
   None). ReLU6 is implicit in these files: it lives in the output quantization
   (y_zero = -128, y_scale <= 6/255), so the int8 clamp already is the activation.
   Integer multipliers are recomputed from the float scales (`ir.conv_requant`).
+* Degenerate channels: tiny-training gives an all-zero (or near-zero) channel the weight
+  scale 5e-7/127 and its bias `round(b / (x_scale * w_scale))`, clamped to int32, so
+  such channels carry biases of +-2^31. The IR requires `K*255*128 + |bias| < 2^31`
+  (K = the dot-product length) so that the int32 accumulator cannot overflow in C. Each
+  offending channel gets its weight scale multiplied by 2^s (smallest s that fits,
+  s = 1 in practice) and its weights and bias divided by 2^s and rounded, which keeps
+  the channel's real-valued bias to 1e-9 relative and its weights to half a new step.
+  mbv2-w0.35 has no such channel; proxyless-w0.3 has 22 and mcunet-5fps 52, all of
+  them channels whose output is constant (their weights contribute < 0.2 LSB).
 * Residuals: a block's `residual` entry holds no weights, only quantization:
   `x_scale/x_zero` is the block input (the shortcut; checked equal to the tensor it
   names) and `y_scale/y_zero` the sum's output, which the next block reads. It becomes
@@ -305,6 +314,8 @@ def _conv(b: ModelBuilder, r: _Reader, x: str, d, where: str, name: str) -> str:
     if not _same_quant(xq, (cur.scale, cur.zero_point)):
         r.fail(f"{where} reads its input as {_fmt(xq)} but the tensor it reads has "
                f"{_fmt((cur.scale, cur.zero_point))}; the file is inconsistent")
+    weight, bias, w_scales = _fit_bias(weight.reshape(out_ch, -1), bias, w_scales)
+    weight = weight.reshape(out_ch, in_ch // groups, kh, kw)
     pads = (kh // 2, kh // 2, kw // 2, kw // 2)  # PyTorch padding=k//2
     oh = ir.conv_out_size(h, kh, stride[0], pads[0], pads[1], 1)
     ow = ir.conv_out_size(w, kw, stride[1], pads[2], pads[3], 1)
@@ -313,6 +324,29 @@ def _conv(b: ModelBuilder, r: _Reader, x: str, d, where: str, name: str) -> str:
                f"but out_shape says {out_shape[0]}x{out_shape[1]}")
     return b.conv2d(x, np.ascontiguousarray(weight.transpose(0, 2, 3, 1)), bias, w_scales, yq[0], yq[1],
                     stride=stride, padding=pads, groups=groups, act=act, name=name)
+
+
+def _fit_bias(weight: np.ndarray, bias: np.ndarray, w_scales: np.ndarray):
+    """Rescale channels whose int32 bias leaves no accumulator headroom (see the module docstring).
+
+    `weight` is (O, K). A channel with |bias| > 2^31 - 1 - K*255*128 gets its weight scale
+    multiplied by 2^s (the smallest s that makes the bias fit) and its weights and bias
+    divided by 2^s, rounded: the real-valued weights and bias are kept up to that rounding.
+    """
+    k = weight.shape[1]
+    limit = 2**31 - 1 - k * 255 * 128
+    big = np.nonzero(np.abs(bias.astype(np.int64)) > limit)[0]
+    if big.size == 0 or limit <= 0:  # limit <= 0: the IR validator reports the layer
+        return weight, bias, w_scales
+    weight, bias, w_scales = weight.copy(), bias.copy(), w_scales.copy()
+    for c in big:
+        s = 1
+        while abs(int(np.rint(int(bias[c]) / 2.0**s))) > limit:
+            s += 1
+        weight[c] = np.rint(weight[c].astype(np.float64) / 2.0**s).astype(np.int8)
+        bias[c] = np.int32(np.rint(int(bias[c]) / 2.0**s))
+        w_scales[c] = np.float32(float(w_scales[c]) * 2.0**s)
+    return weight, bias, w_scales
 
 
 def _fresh_head(classes: int, cin: int, out_scale: float):
@@ -413,6 +447,7 @@ def load_mit_model(path: str | Path, classes: int | None = None, name: str | Non
             if np.abs(scaled).max(initial=0) >= 2**31:
                 r.fail("classifier bias overflows int32 when rescaled to the pooled features' scale")
             bias = scaled.astype(np.int32)
+        weight, bias, w_scales = _fit_bias(weight, bias, w_scales)
     b.fully_connected(x, weight, bias, w_scales, ys, yz, act=act, name="classifier")
     try:
         return b.build()
