@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent), lint, and run the whole test suite. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+ruff check .
+exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,100 @@
+"""The fixed-point primitives: Python (tinygen.quant) vs C (cmsis_glue/tg_nn_math.h), bit for bit,
+including the int32 extremes and every shift."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tinygen import quant
+from tinygen.hostbuild import compile_host, run_host
+from tinygen.paths import data_dir
+
+C_DRIVER = r"""
+#include <stdio.h>
+#include <stdint.h>
+#include "tg_nn_math.h"
+int main(int argc, char **argv) {
+    (void)argc;
+    FILE *f = fopen(argv[1], "rb"); FILE *g = fopen(argv[2], "wb");
+    int32_t v[3];
+    while (fread(v, sizeof v[0], 3, f) == 3) {
+        int32_t r[3];
+        r[0] = tg_requantize(v[0], v[1], v[2]);
+        r[1] = tg_divide_by_power_of_two(v[0], v[2] < 0 ? -v[2] : v[2]);
+        r[2] = v[1] > 0 ? tg_rounded_average(v[0] % (1 << 20), v[1] % 4096 + 1) : 0;
+        fwrite(r, sizeof r[0], 3, g);
+    }
+    fclose(f); fclose(g);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def c_prims(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quant")
+    (d / "drv.c").write_text(C_DRIVER)
+    exe = compile_host([d / "drv.c"], [data_dir("cmsis_glue")], d / "drv", extra=["-Wno-missing-prototypes"])
+
+    def run(v):
+        (d / "in.bin").write_bytes(np.asarray(v, dtype=np.int32).tobytes())
+        run_host(exe, [str(d / "in.bin"), str(d / "out.bin")])
+        return np.frombuffer((d / "out.bin").read_bytes(), dtype=np.int32).reshape(-1, 3).astype(np.int64)
+
+    return run
+
+
+def _cases():
+    rng = np.random.default_rng(1)
+    n = 20000
+    vals = np.concatenate([rng.integers(-(2**31), 2**31, n), rng.integers(-5000, 5000, n),
+                           [-(2**31), 2**31 - 1, -1, 0, 1] * 64])
+    mults = np.concatenate([rng.integers(2**30, 2**31, n), rng.integers(0, 2**31, n),
+                            np.repeat([2**30, 2**31 - 1, 0, 1, 2**30 + 1], 64)])
+    shifts = np.concatenate([rng.integers(-31, 1, n), rng.integers(-31, 31, n), np.tile(np.arange(-31, 33), 5)[:320]])
+    shifts = np.clip(shifts, -31, 30)
+    # A left shift only happens for multipliers > 1, where values are small (the IR bounds them).
+    vals = np.where(shifts > 0, vals % 1024 - 512, vals)
+    return np.stack([vals, mults, shifts], axis=1)
+
+
+def test_requantize_c_equals_python(c_prims):
+    v = _cases()
+    got = c_prims(v)
+    assert np.array_equal(got[:, 0], quant.requantize(v[:, 0], v[:, 1], v[:, 2]))
+    assert np.array_equal(got[:, 1], quant.divide_by_power_of_two(v[:, 0], np.abs(v[:, 2])))
+    pos = v[:, 1] > 0
+    assert np.array_equal(got[pos, 2], quant.rounded_average(np.fmod(v[pos, 0], 1 << 20), v[pos, 1] % 4096 + 1))
+
+
+def test_rounding_is_half_away_from_zero():
+    assert quant.divide_by_power_of_two(5, 1) == 3 and quant.divide_by_power_of_two(-5, 1) == -3
+    assert quant.divide_by_power_of_two(-6, 2) == -2 and quant.divide_by_power_of_two(6, 2) == 2
+    assert quant.rounded_average(-3, 2) == -2 and quant.rounded_average(3, 2) == 2
+    assert quant.round_half_away(2.5) == 3 and quant.round_half_away(-2.5) == -3
+
+
+@pytest.mark.parametrize("eff", [0.5, 0.75, 1e-6, 0.999999999999, 3.0, 1 / 3, 2**-31, 0.0])
+def test_quantize_multiplier_reconstructs(eff):
+    m, s = quant.quantize_multiplier(eff)
+    if eff == 0.0:
+        assert (m, s) == (0, 0)
+        return
+    assert 2**30 <= m < 2**31
+    assert math.isclose(m * 2.0**s / 2**31, eff, rel_tol=2**-30)
+
+
+def test_quantize_multiplier_rounds_up_to_next_power():
+    # q*2^31 rounds to exactly 2^31: the multiplier must be halved and the exponent bumped.
+    eff = 1.0 - 2**-33
+    m, s = quant.quantize_multiplier(eff)
+    assert (m, s) == (2**30, 1)
+
+
+def test_quantize_multiplier_rejects_bad_values():
+    for bad in (-1.0, float("nan"), float("inf"), 2.0**31):
+        with pytest.raises(ValueError):
+            quant.quantize_multiplier(bad)
