@@ -22,22 +22,32 @@ def round_half_away(x: float) -> int:
     return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
 
 
-def quantize_multiplier(eff: float) -> tuple[int, int]:
-    """Split a positive real multiplier into (q31 multiplier, shift).
-
-    `eff ~= m * 2^shift / 2^31`, with `m` in [2^30, 2^31). `shift > 0` is a left
-    shift, `shift < 0` a right shift, as CMSIS-NN's `arm_nn_requantize` takes them.
-    """
-    if not math.isfinite(eff) or eff < 0:
-        raise ValueError(f"requantization multiplier {eff!r} must be finite and >= 0")
-    if eff == 0.0:
+def split_multiplier(real: float) -> tuple[int, int]:
+    """(m, e) with real ~= m * 2^e / 2^31 and m in [2^30, 2^31) (0, 0 for 0): frexp, then
+    m = round_half_away(q * 2^31); if that rounds up to 2^31, halve it and bump e. Any exponent."""
+    if not math.isfinite(real) or real < 0:
+        raise ValueError(f"multiplier {real!r} must be finite and >= 0")
+    if real == 0.0:
         return 0, 0
-    q, e = math.frexp(eff)
+    q, e = math.frexp(real)
     m = round_half_away(q * (1 << 31))
     if m == 1 << 31:
         m //= 2
         e += 1
-    if e < -31:  # too small to matter: the product rounds to zero
+    return m, e
+
+
+def quantize_multiplier(eff: float) -> tuple[int, int]:
+    """Split a requantization multiplier into (q31 multiplier, shift) for `arm_nn_requantize`.
+
+    `shift > 0` is a left shift, `shift < 0` a right shift. Multipliers below 2^-31 become 0
+    (the product rounds to zero anyway); 2^30 and above are refused (the left shift would overflow).
+    """
+    try:
+        m, e = split_multiplier(eff)
+    except ValueError:
+        raise ValueError(f"requantization multiplier {eff!r} must be finite and >= 0") from None
+    if e < -31:
         return 0, 0
     if e > 30:
         raise ValueError(f"requantization multiplier {eff!r} is too large (>= 2^30)")

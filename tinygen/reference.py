@@ -52,17 +52,20 @@ def conv_accumulate(x, weight, input_offset, stride, pad_top, pad_left, dilation
 
 def convolve_s8(x, weight, bias, input_offset, output_offset, mult, shift, stride=(1, 1),
                 pad_top=0, pad_left=0, dilation=(1, 1), out_h=None, out_w=None, groups=1,
-                act_min=-128, act_max=127):
-    """arm_convolve_s8 / arm_depthwise_conv_s8 for one image: (H, W, C) -> (OH, OW, O) int8."""
+                act_min=-128, act_max=127, clamp=True):
+    """arm_convolve_s8 / arm_depthwise_conv_s8 for one image: (H, W, C) -> (OH, OW, O) int8.
+
+    With clamp=False, the int64 value before the activation clamp (training saves masks of it).
+    """
     acc = conv_accumulate(x, weight, input_offset, stride, pad_top, pad_left, dilation, out_h, out_w, groups)
     if bias is not None:
         acc = acc + bias.astype(np.int64)
     y = requantize(acc, mult, shift) + output_offset
-    return saturate(y, act_min, act_max).astype(np.int8)
+    return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
 
 
 def fully_connected_s8(x, weight, bias, input_offset, output_offset, mult, shift,
-                       act_min=-128, act_max=127, filter_offset=0):
+                       act_min=-128, act_max=127, filter_offset=0, clamp=True):
     """arm_fully_connected_s8 for a batch: x (N, I), weight (O, I) -> (N, O) int8."""
     xs = x.astype(np.float64) + input_offset
     w = weight.astype(np.float64) + filter_offset
@@ -70,62 +73,69 @@ def fully_connected_s8(x, weight, bias, input_offset, output_offset, mult, shift
     if bias is not None:
         acc = acc + bias.astype(np.int64)
     y = requantize(acc, mult, shift) + output_offset
-    return saturate(y, act_min, act_max).astype(np.int8)
+    return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
 
 
 def elementwise_add_s8(a, b, in1_offset, in2_offset, in1_mult, in1_shift, in2_mult, in2_shift,
-                       left_shift, out_mult, out_shift, out_offset, act_min=-128, act_max=127):
+                       left_shift, out_mult, out_shift, out_offset, act_min=-128, act_max=127, clamp=True):
     """arm_elementwise_add_s8."""
     a1 = requantize((a.astype(np.int64) + in1_offset) << left_shift, in1_mult, in1_shift)
     b1 = requantize((b.astype(np.int64) + in2_offset) << left_shift, in2_mult, in2_shift)
     y = requantize(a1 + b1, out_mult, out_shift) + out_offset
-    return saturate(y, act_min, act_max).astype(np.int8)
+    return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
 
 
 def _pool_windows(x, kernel, stride, pad_top, pad_left, out_h, out_w, value):
     return im2col(x.astype(np.int64), kernel[0], kernel[1], stride, pad_top, pad_left, (1, 1), out_h, out_w, value)
 
 
-def avgpool_s8(x, kernel, stride, pad_top, pad_left, out_h, out_w, act_min=-128, act_max=127):
+def pool_counts(in_hw, kernel, stride, pad_top, pad_left, out_h, out_w):
+    """(OH, OW, 1) number of in-bounds elements of each pooling window."""
+    ones = np.ones(tuple(in_hw) + (1,), dtype=np.int64)
+    return _pool_windows(ones, kernel, stride, pad_top, pad_left, out_h, out_w, 0).sum(axis=2)
+
+
+def avgpool_s8(x, kernel, stride, pad_top, pad_left, out_h, out_w, act_min=-128, act_max=127, clamp=True):
     """arm_avgpool_s8: mean over the valid (unpadded) part of each window, rounded half away."""
     total = _pool_windows(x, kernel, stride, pad_top, pad_left, out_h, out_w, 0).sum(axis=2)
-    ones = np.ones(x.shape[:2] + (1,), dtype=np.int64)
-    count = _pool_windows(ones, kernel, stride, pad_top, pad_left, out_h, out_w, 0).sum(axis=2)
-    return saturate(rounded_average(total, count), act_min, act_max).astype(np.int8)
+    count = pool_counts(x.shape[:2], kernel, stride, pad_top, pad_left, out_h, out_w)
+    y = rounded_average(total, count)
+    return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
 
 
-def maxpool_s8(x, kernel, stride, pad_top, pad_left, out_h, out_w, act_min=-128, act_max=127):
+def maxpool_s8(x, kernel, stride, pad_top, pad_left, out_h, out_w, act_min=-128, act_max=127, clamp=True):
     """arm_max_pool_s8: max over the valid part of each window, then the clamp."""
     y = _pool_windows(x, kernel, stride, pad_top, pad_left, out_h, out_w, -(1 << 20)).max(axis=2)
-    return saturate(y, act_min, act_max).astype(np.int8)
+    return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
 
 
 # ---------------------------------------------------------------------------
 
 
-def run_layer(layer: ir.Layer, ins: list[np.ndarray], tensors: dict[str, ir.TensorInfo]) -> np.ndarray:
-    """One IR layer on int8 arrays (single image)."""
+def run_layer(layer: ir.Layer, ins: list[np.ndarray], tensors: dict[str, ir.TensorInfo],
+              clamp: bool = True) -> np.ndarray:
+    """One IR layer on int8 arrays (single image); clamp=False gives the int64 value before the clamp."""
     out = layer.output
     xi = tensors[layer.inputs[0]]
     if isinstance(layer, ir.Conv2D):
         mult, shift = ir.conv_requant(layer, xi)
         return convolve_s8(ins[0], layer.weight, layer.bias, -xi.zero_point, out.zero_point, mult, shift,
                            layer.stride, layer.padding[0], layer.padding[2], layer.dilation,
-                           out.shape[0], out.shape[1], layer.groups, layer.act_min, layer.act_max)
+                           out.shape[0], out.shape[1], layer.groups, layer.act_min, layer.act_max, clamp)
     if isinstance(layer, ir.FullyConnected):
         mult, shift = ir.conv_requant(layer, xi)
         return fully_connected_s8(ins[0].reshape(1, -1), layer.weight, layer.bias, -xi.zero_point,
-                                  out.zero_point, mult, shift, layer.act_min, layer.act_max)[0]
+                                  out.zero_point, mult, shift, layer.act_min, layer.act_max, clamp=clamp)[0]
     if isinstance(layer, ir.Add):
         p = ir.add_requant(xi, tensors[layer.inputs[1]], out)
         return elementwise_add_s8(ins[0], ins[1], -xi.zero_point, -tensors[layer.inputs[1]].zero_point,
                                   p["in1_mult"], p["in1_shift"], p["in2_mult"], p["in2_shift"],
                                   p["left_shift"], p["out_mult"], p["out_shift"], out.zero_point,
-                                  layer.act_min, layer.act_max)
+                                  layer.act_min, layer.act_max, clamp)
     if isinstance(layer, ir.Pool):
         fn = avgpool_s8 if isinstance(layer, ir.AvgPool) else maxpool_s8
         return fn(ins[0], layer.kernel, layer.stride, layer.padding[0], layer.padding[2],
-                  out.shape[0], out.shape[1], layer.act_min, layer.act_max)
+                  out.shape[0], out.shape[1], layer.act_min, layer.act_max, clamp)
     if isinstance(layer, ir.Reshape):
         return ins[0].reshape(out.shape)
     raise TypeError(layer.op)
