@@ -147,7 +147,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     else:
         raise TypeError(layer.op)
     fn = f"{prefix}_{template}"
-    ctx.update(fn=fn, comment=desc)
+    ctx.update(fn=fn, comment=desc, mask=False)
     for key in ("weight", "bias", "mult", "shift"):
         if f"{prefix}_{key}" in arrays:
             ctx[key] = f"{prefix}_{key}"

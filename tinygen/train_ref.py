@@ -227,7 +227,9 @@ class Trainer:
             if name not in self.needs_grad:
                 continue
             parts = grads.pop(name)
-            gy = parts[0] if len(parts) == 1 else Grad(*align_add([(p.g, p.e) for p in parts]))
+            gy = parts[0]
+            for p in parts[1:]:  # pairwise, in the order the contributions arrive (as the C does)
+                gy = Grad(*align_add([(gy.g, gy.e), (p.g, p.e)]))
             if record is not None:
                 record[f"grad:{name}"] = gy
             if name in masks:
@@ -325,11 +327,10 @@ class Trainer:
             if record is not None:
                 record[f"dw:{name}"] = d
             delta = mul_q31(d, tl.w_mult[:, None, None, None], tl.w_shift[:, None, None, None] + e_acc + F - lr_shift)
-            delta = np.where(tl.wmask.reshape(d.shape), delta, 0)
+            delta = np.where(tl.wmask.reshape(d.shape), delta, 0).reshape(self.master[name].shape)
             v = self._momentum(self.w_velocity, name, delta)
             limit = WEIGHT_LIMIT << F
-            shape = self.master[name].shape
-            self.master[name] = np.clip(self.master[name] - v.reshape(shape), -limit, limit)
+            self.master[name] = np.clip(self.master[name] - v, -limit, limit)
             self.weights[name] = rshift_round(self.master[name], F).astype(np.int8)
         if tl.update.bias:
             total = (gacc * counts).reshape(-1, cout).sum(axis=0)

@@ -1,0 +1,146 @@
+/*
+ * tg_grad_math.h - fixed-point primitives of the training path (docs/numerics.md §2).
+ *
+ * The C half of tinygen/gradmath.py; tests/test_grad_math.py holds them against each
+ * other. Gradients are int16 values G with a per-tensor exponent e (real dL/dq = G*2^e,
+ * |G| <= 2^14). Wide intermediates are int64 with |x| < 2^62. Right shifts of negative
+ * values are arithmetic (GCC's documented implementation-defined behaviour); no
+ * signed overflow can occur (every bound is stated beside the operation).
+ */
+#ifndef TG_GRAD_MATH_H
+#define TG_GRAD_MATH_H
+
+#include <stdint.h>
+
+#include "tg_nn_math.h"
+
+#define TG_GRAD_BITS 14
+
+/* Host verification hooks: with -DTG_RECORD the harness receives every gradient of a step. */
+#ifdef TG_RECORD
+void tg_record_i64(int32_t id, int32_t index, int64_t value);
+void tg_record_grad(int32_t id, const int16_t *g, int32_t n, int32_t e);
+#define TG_RECORD_I64(id, i, v) tg_record_i64((id), (i), (v))
+#define TG_RECORD_GRAD(id, g, n, e) tg_record_grad((id), (g), (n), (e))
+#else
+#define TG_RECORD_I64(id, i, v) ((void)0)
+#define TG_RECORD_GRAD(id, g, n, e) ((void)0)
+#endif
+#define TG_SAT62 ((int64_t)1 << 62)
+
+/* Bit length of |x| (0 for 0); |x| < 2^62. */
+TG_INLINE int32_t tg_bitlen64(int64_t x)
+{
+    const uint64_t a = (uint64_t)(x < 0 ? -x : x);
+    return a == 0 ? 0 : 64 - __builtin_clzll(a);
+}
+
+/* x / 2^n rounded half away from zero; n >= 0; 0 when n >= 63. */
+TG_INLINE int64_t tg_rshift_round64(int64_t x, int32_t n)
+{
+    if (n <= 0) {
+        return x;
+    }
+    if (n >= 63) {
+        return 0;
+    }
+    const int64_t mask = (int64_t)(((uint64_t)1 << n) - 1U);
+    const int64_t remainder = x & mask;
+    int64_t result = x >> n;
+    int64_t threshold = mask >> 1;
+    if (result < 0) {
+        threshold++;
+    }
+    if (remainder > threshold) {
+        result++;
+    }
+    return result;
+}
+
+TG_INLINE int32_t tg_sat32(int64_t x)
+{
+    return (int32_t)(x < INT32_MIN ? INT32_MIN : (x > INT32_MAX ? INT32_MAX : x));
+}
+
+/* round(x * m * 2^(shift - 31)): narrow x to 31 significant bits first, saturate a left
+ * shift to +-2^62. |x| < 2^62, 0 <= m < 2^31. */
+TG_INLINE int64_t tg_mul_q31(int64_t x, int32_t m, int32_t shift)
+{
+    int32_t n = tg_bitlen64(x) - 30;
+    if (n < 0) {
+        n = 0;
+    }
+    const int64_t t = tg_rshift_round64(x, n); /* |t| <= 2^30 */
+    const int64_t p = t * (int64_t)m;          /* |p| < 2^61 */
+    const int32_t r = 31 - shift - n;
+    if (r >= 0) {
+        return tg_rshift_round64(p, r);
+    }
+    const int32_t left = -r > 62 ? 62 : -r;
+    const int64_t limit = TG_SAT62 >> left;
+    if (p >= limit) {
+        return TG_SAT62;
+    }
+    if (p <= -limit) {
+        return -TG_SAT62;
+    }
+    return (int64_t)((uint64_t)p << left);
+}
+
+/* Shift that brings a maximum magnitude into the normalized gradient range. */
+TG_INLINE int32_t tg_norm_shift(int64_t max_abs)
+{
+    const int32_t k = tg_bitlen64(max_abs) - TG_GRAD_BITS;
+    return k > 0 ? k : 0;
+}
+
+TG_INLINE int64_t tg_abs64(int64_t x)
+{
+    return x < 0 ? -x : x;
+}
+
+/* Bit i of a 1-bit mask array. */
+TG_INLINE int32_t tg_mask_get(const uint8_t *mask, int32_t i)
+{
+    return (mask[i >> 3] >> (i & 7)) & 1;
+}
+
+TG_INLINE void tg_mask_put(uint8_t *mask, int32_t i, int32_t bit)
+{
+    const uint8_t b = (uint8_t)(1U << (i & 7));
+    mask[i >> 3] = (uint8_t)(bit ? (mask[i >> 3] | b) : (mask[i >> 3] & (uint8_t)~b));
+}
+
+/* out = normalize16(align(a, ea) + align(b, eb)); in place on a or b is safe. */
+static inline void tg_grad_align_add(const int16_t *a, int32_t ea, const int16_t *b, int32_t eb, int16_t *out,
+                                     int32_t *eout, int32_t n)
+{
+    const int32_t e = ea > eb ? ea : eb;
+    int64_t big = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const int64_t v = tg_rshift_round64(a[i], e - ea) + tg_rshift_round64(b[i], e - eb);
+        big = tg_abs64(v) > big ? tg_abs64(v) : big;
+    }
+    const int32_t k = tg_norm_shift(big);
+    for (int32_t i = 0; i < n; i++) {
+        const int64_t v = tg_rshift_round64(a[i], e - ea) + tg_rshift_round64(b[i], e - eb);
+        out[i] = (int16_t)tg_rshift_round64(v, k);
+    }
+    *eout = e + k;
+}
+
+/* Normalize an int32 scratch holding values * 2^e into int16 gradients. */
+static inline void tg_grad_normalize32(const int32_t *v, int32_t e, int16_t *out, int32_t *eout, int32_t n)
+{
+    int64_t big = 0;
+    for (int32_t i = 0; i < n; i++) {
+        big = tg_abs64(v[i]) > big ? tg_abs64(v[i]) : big;
+    }
+    const int32_t k = tg_norm_shift(big);
+    for (int32_t i = 0; i < n; i++) {
+        out[i] = (int16_t)tg_rshift_round64(v[i], k);
+    }
+    *eout = e + k;
+}
+
+#endif /* TG_GRAD_MATH_H */

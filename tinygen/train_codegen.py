@@ -1,0 +1,331 @@
+"""Jinja C emitter for the integer training step.
+
+Emits, beside the forward kernels, one backward kernel per layer on the gradient path
+(templates under `templates/train/`, one op each), the loss, and the schedule
+`tg_train_step(input, label)`: forward with 1-bit clamp masks, loss, then each layer's
+backward in reverse with its weights and bias updated as soon as their gradient exists.
+Every buffer (activations kept for backward, masks, gradients, scratch) is placed in
+one static arena by `tinygen.arena` over the step's schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import ir
+from .arena import Buffer, plan_greedy_by_size
+from .codegen import CTYPES, c_array, c_ident, environment, layer_code
+from .errors import TinygenError
+from .quant import round_half_away, split_multiplier
+from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
+from .scheme import is_depthwise
+from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, dx_static_shift
+
+ALIGN = 8
+
+
+@dataclass
+class TrainSchedule:
+    """Steps: input written at 0, forward layer i at i+1, loss at L+1, backward of layer i at 2L+1-i."""
+
+    n_layers: int
+
+    def fwd(self, i: int) -> int:
+        return i + 1
+
+    @property
+    def loss(self) -> int:
+        return self.n_layers + 1
+
+    def bwd(self, i: int) -> int:
+        return 2 * self.n_layers + 1 - i
+
+
+@dataclass
+class TrainPlan:
+    buffers: dict[str, Buffer]
+    ctype: dict[str, str]
+    arena_size: int
+    alias: dict[str, str]
+    records: list[str] = field(default_factory=list)
+
+    def ptr(self, name: str) -> str:
+        return f"TG_{c_ident(name).upper()}"
+
+
+def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
+    sched = TrainSchedule(len(model.layers))
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
+    producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
+    alias: dict[str, str] = {}
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape):
+            alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
+
+    def root(t):
+        return alias.get(t, t)
+
+    bufs: dict[str, Buffer] = {}
+    ctype: dict[str, str] = {}
+
+    def need(name, size, first, last, ct="int8_t"):
+        if name in bufs:
+            b = bufs[name]
+            b.first, b.last = min(b.first, first), max(b.last, last)
+        else:
+            bufs[name] = Buffer(name, int(size), first, last)
+            ctype[name] = ct
+
+    tensors = model.tensors()
+    need(f"act_{model.input.name}", model.input.size, 0, 0)
+    for i, layer in enumerate(model.layers):
+        for t in layer.inputs:
+            need(f"act_{root(t)}", tensors[root(t)].size, sched.fwd(i), sched.fwd(i))
+        if not isinstance(layer, ir.Reshape):
+            need(f"act_{layer.output.name}", layer.output.size, sched.fwd(i), sched.fwd(i))
+    out_root = root(model.output.name)
+    need(f"act_{out_root}", model.output.size, sched.loss, sched.loss)
+    for name, tl in trainer.trained.items():
+        if tl.update.channels:
+            t = root(model.layer(name).inputs[0])
+            need(f"act_{t}", tensors[t].size, 0, sched.bwd(index[name]))
+    # gradient path
+    path = [(i, layer) for i, layer in enumerate(model.layers) if layer.output.name in trainer.needs_grad]
+    contributions: dict[str, list[int]] = {}  # grad root -> backward layer indices writing into it, in order
+    for i, layer in reversed(path):
+        if isinstance(layer, ir.Reshape):
+            continue
+        need(f"mask_{layer.output.name}", -(-layer.output.size // 8), sched.fwd(i), sched.bwd(i), "uint8_t")
+        for t in layer.inputs:
+            if t in trainer.needs_grad:
+                contributions.setdefault(root(t), []).append(i)
+        if isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
+            r = trainer.trained[layer.name].update.filter_r if layer.name in trainer.trained else 1
+            oh, ow = layer.output.shape[:2] if len(layer.output.shape) == 3 else (1, 1)
+            n = -(-oh // r) * -(-ow // r) * layer.weight.shape[0]
+            need(f"gacc_{layer.name}", 2 * n, sched.bwd(i), sched.bwd(i), "int16_t")
+            if any(t in trainer.needs_grad for t in layer.inputs):
+                need(f"scratch_{layer.name}", 4 * tensors[layer.inputs[0]].size, sched.bwd(i), sched.bwd(i), "int32_t")
+    grad_first = {out_root: sched.loss}
+    for t, writers in contributions.items():
+        grad_first[t] = sched.bwd(writers[0])
+        for w in writers[1:]:
+            need(f"gradtmp_{t}_{w}", 2 * tensors[t].size, sched.bwd(w), sched.bwd(w), "int16_t")
+    for t, first in grad_first.items():
+        last = sched.bwd(producer[t]) if t in producer else first
+        need(f"grad_{t}", 2 * tensors[t].size, first, last, "int16_t")
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape) and layer.output.name in trainer.needs_grad:
+            users = [u for u in model.consumers()[layer.inputs[0]] if u is not layer]
+            if any(u.output.name in trainer.needs_grad for u in users):
+                raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
+                                   "path is not supported")
+    size = plan_greedy_by_size(list(bufs.values()), ALIGN)
+    plan = TrainPlan(bufs, ctype, size, alias)
+    plan.contributions = contributions  # type: ignore[attr-defined]
+    return plan
+
+
+def _geometry(layer, tensors):
+    """Conv geometry of a conv or FC layer (an FC is a 1x1 conv over a 1x1xN input)."""
+    x = tensors[layer.inputs[0]]
+    if isinstance(layer, ir.FullyConnected):
+        return dict(in_h=1, in_w=1, in_c=x.size, out_h=1, out_w=1, out_c=layer.weight.shape[0], kh=1, kw=1,
+                    cg=x.size, groups=1, stride_h=1, stride_w=1, pad_top=0, pad_left=0, dil_h=1, dil_w=1)
+    h, w, cin = x.shape
+    oh, ow, cout = layer.output.shape
+    return dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=layer.kernel[0], kw=layer.kernel[1],
+                cg=layer.weight.shape[3], groups=layer.groups, stride_h=layer.stride[0], stride_w=layer.stride[1],
+                pad_top=layer.padding[0], pad_left=layer.padding[2], dil_h=layer.dilation[0], dil_w=layer.dilation[1])
+
+
+def _emit_grad(calls: list[str], plan: TrainPlan, tensors, t: str, i: int, call: str, exps: set) -> None:
+    """Append the C that stores layer i's gradient for tensor t (`call` has a {dest} slot): written
+    straight into the gradient buffer by its first contributor, added (aligned) by later ones."""
+    r = plan.alias.get(t, t)
+    writers = plan.contributions[r]  # type: ignore[attr-defined]
+    grad = plan.ptr(f"grad_{r}")
+    et = f"e_{c_ident(r)}"
+    exps.add(et)
+    if writers[0] == i:
+        calls.append(f"{et} = {call.format(dest=grad)};")
+        return
+    tmp = plan.ptr(f"gradtmp_{r}_{i}")
+    calls.append(f"{{ const int32_t e_part = {call.format(dest=tmp)};")
+    calls.append(f"  tg_grad_align_add({grad}, {et}, {tmp}, e_part, {grad}, &{et}, {tensors[r].size}); }}")
+
+
+def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
+    """Write the training firmware sources (tg_model.[ch], tg_weights.[ch]); return facts for the manifest."""
+    env = environment()
+    src_dir.mkdir(parents=True, exist_ok=True)
+    tensors = model.tensors()
+    plan = plan_training(model, trainer)
+    cfg = trainer.config
+    F = cfg.frac_bits
+    mu = round_half_away(cfg.momentum * (1 << 15))
+
+    def act(t):
+        return plan.ptr(f"act_{plan.alias.get(t, t)}")
+
+    const_arrays: dict[str, np.ndarray] = {}
+    mutable: dict[str, np.ndarray] = {}  # trained parameters (SRAM), initial values
+    state: dict[str, tuple[str, int]] = {}  # zero-initialised state: name -> (ctype, count)
+    params: list[tuple[str, str]] = []  # (C name, what) for the checksum and the host dump
+    kernels, fwd_calls, bwd_calls = [], [], []
+    records = []
+
+    def record(key: str) -> int:
+        records.append(key)
+        return len(records) - 1
+
+    for i, layer in enumerate(model.layers):
+        code = layer_code(i, layer, tensors)
+        if code is None:
+            continue
+        on_path = layer.output.name in trainer.needs_grad
+        code.context["mask"] = on_path
+        trained = layer.name in trainer.trained
+        for name, arr in code.arrays.items():
+            if trained and (name.endswith("_weight") or name.endswith("_bias")):
+                mutable[name] = arr
+            else:
+                const_arrays[name] = arr
+        kernels.append(env.get_template(f"kernels/{code.template}.c.j2").render(**code.context))
+        args = [act(t) for t in layer.inputs] + [act(layer.output.name)]
+        if on_path:
+            args.append(plan.ptr(f"mask_{layer.output.name}"))
+        fwd_calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
+
+    # loss
+    out = model.output
+    loss_fn = "tg_loss_softmax_ce_s8"
+    lm, ls = trainer.loss_mult
+    if cfg.loss != "ce":
+        raise TinygenError("the C training step implements the cross-entropy loss; MSE runs in the reference only")
+    kernels.append(env.get_template("train/loss_softmax_ce_s8.c.j2").render(
+        fn=loss_fn, comment=f"loss: softmax cross-entropy over {out.size} classes", scale=out.scale,
+        exp_table=[int(v) for v in trainer.exp], log2_table=[int(v) for v in LOG2_TABLE], ln2_q16=LN2_Q16,
+        classes=out.size, m=lm, s=ls))
+    out_root = plan.alias.get(out.name, out.name)
+
+    # backward, in reverse
+    exps: set[str] = set()
+
+    for i in reversed(range(len(model.layers))):
+        layer = model.layers[i]
+        if layer.output.name not in trainer.needs_grad or isinstance(layer, ir.Reshape):
+            continue
+        prefix = f"tg_l{i}_{c_ident(layer.name)}"
+        yroot = plan.alias.get(layer.output.name, layer.output.name)
+        gy, ey, mask = plan.ptr(f"grad_{yroot}"), f"e_{c_ident(yroot)}", plan.ptr(f"mask_{layer.output.name}")
+        exps.add(ey)
+        calls = [f"TG_RECORD_GRAD({record('grad:' + layer.output.name)}, {gy}, {layer.output.size}, {ey});"]
+        want = [t for t in layer.inputs if t in trainer.needs_grad]
+        desc = f"layer {i} '{layer.name}' backward"
+
+        if isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
+            geo = _geometry(layer, tensors)
+            x_info = tensors[layer.inputs[0]]
+            tl = trainer.trained.get(layer.name)
+            r = tl.update.filter_r if tl else 1
+            ph, pw = -(-geo["out_h"] // r), -(-geo["out_w"] // r)
+            mult, shift = ir.conv_requant(layer, x_info)
+            const_arrays[f"{prefix}_mult"] = mult.astype(np.int32)
+            const_arrays[f"{prefix}_shift"] = shift.astype(np.int32)
+            weight = f"{prefix}_weight"
+            ctx = dict(geo, r=r, ph=ph, pw=pw, mult=f"{prefix}_mult", shift=f"{prefix}_shift", weight=weight,
+                       s_static=dx_static_shift(geo["kh"] * geo["kw"] * (geo["out_c"] // geo["groups"])))
+            gacc = plan.ptr(f"gacc_{layer.name}")
+            fn_go = f"{prefix}_grad_output_s16"
+            kernels.append(env.get_template("train/conv_grad_output_s16.c.j2").render(
+                fn=fn_go, comment=f"{desc}: grad output", **ctx))
+            calls.append(f"const int32_t e_acc_{i} = {fn_go}({gy}, {ey}, {mask}, {gacc});")
+            calls.append(f"TG_RECORD_GRAD({record('gacc:' + layer.name)}, {gacc}, {ph * pw * geo['out_c']}, "
+                         f"e_acc_{i});")
+            if want:
+                fn_dx = f"{prefix}_backward_input_s16"
+                kernels.append(env.get_template("train/conv_backward_input_s16.c.j2").render(
+                    fn=fn_dx, comment=f"{desc}: input gradient", **ctx))
+                scratch = plan.ptr(f"scratch_{layer.name}")
+                _emit_grad(calls, plan, tensors, want[0], i, f"{fn_dx}({gacc}, e_acc_{i}, {scratch}, {{dest}})", exps)
+            if tl:
+                fn_up = f"{prefix}_update_s8"
+                u = tl.update
+                chan_name = f"{prefix}_channels"
+                if u.channels:
+                    const_arrays[chan_name] = np.asarray(u.channels, dtype=np.int32)
+                    mutable_master = f"{prefix}_master"
+                    state[mutable_master] = ("int32_t", layer.weight.size)
+                    params.append((mutable_master, "master"))
+                for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult),
+                                 ("b_shift", tl.b_shift)):
+                    const_arrays[f"{prefix}_{key}"] = arr.astype(np.int32)
+                if mu:
+                    state[f"{prefix}_w_velocity"] = ("int32_t", layer.weight.size)
+                    state[f"{prefix}_b_velocity"] = ("int32_t", layer.bias.size)
+                kernels.append(env.get_template("train/conv_weight_update_s8.c.j2").render(
+                    fn=fn_up, comment=f"{desc}: update", **ctx, bias=u.bias, n_sel=len(u.channels),
+                    n_chan=(layer.groups if is_depthwise(layer) else geo["cg"]), channels=chan_name,
+                    depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]),
+                    input_zero_point=x_info.zero_point, frac_bits=F, limit=WEIGHT_LIMIT << F,
+                    w_mult=f"{prefix}_w_mult", w_shift=f"{prefix}_w_shift", b_mult=f"{prefix}_b_mult",
+                    b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
+                    b_velocity=f"{prefix}_b_velocity", master=f"{prefix}_master", bias_name=f"{prefix}_bias",
+                    record_id=record("dw:" + layer.name)))
+                calls.append(f"{fn_up}({act(layer.inputs[0])}, {gacc}, e_acc_{i}, lr_shift);")
+        elif isinstance(layer, ir.Add):
+            for k, t in enumerate(layer.inputs):
+                if t not in want:
+                    continue
+                m, s = split_multiplier(tensors[t].scale / layer.output.scale)
+                fn = f"{prefix}_backward_input{k + 1}_s16"
+                kernels.append(env.get_template("train/add_backward_s16.c.j2").render(
+                    fn=fn, comment=desc, which=k + 1, m=m, s=s, size=layer.output.size))
+                _emit_grad(calls, plan, tensors, t, i, f"{fn}({gy}, {ey}, {mask}, {{dest}})", exps)
+        elif isinstance(layer, ir.AvgPool):
+            x = tensors[layer.inputs[0]]
+            fn = f"{prefix}_backward_s16"
+            kernels.append(env.get_template("train/avgpool_backward_s16.c.j2").render(
+                fn=fn, comment=desc, in_h=x.shape[0], in_w=x.shape[1], in_c=x.shape[2], out_h=layer.output.shape[0],
+                out_w=layer.output.shape[1], kh=layer.kernel[0], kw=layer.kernel[1], stride_h=layer.stride[0],
+                stride_w=layer.stride[1], pad_top=layer.padding[0], pad_left=layer.padding[2]))
+            for t in want:
+                _emit_grad(calls, plan, tensors, t, i, f"{fn}({gy}, {ey}, {mask}, {{dest}})", exps)
+        else:
+            raise TinygenError(f"layer {layer.name!r}: no C backward for op {layer.op}")
+        bwd_calls.append(dict(comment=desc, lines=calls))
+
+    for name in trainer.trained:
+        i = [k for k, layer in enumerate(model.layers) if layer.name == name][0]
+        prefix = f"tg_l{i}_{c_ident(name)}"
+        params[:0] = [(f"{prefix}_weight", "weight"), (f"{prefix}_bias", "bias")]
+    buffers = [dict(macro=plan.ptr(n), ctype=plan.ctype[n], offset=b.offset, size=b.size, first=b.first,
+                    last=b.last, name=n) for n, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
+    masters = [n for n, what in params if what == "master"]
+    ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
+               input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
+               buffers=buffers, kernels=kernels, calls=fwd_calls, input_buf=act(model.input.name),
+               output_buf=act(out_root), train=True, loss_fn=loss_fn, grad_out=plan.ptr(f"grad_{out_root}"),
+               e_out=f"e_{c_ident(out_root)}", exps=sorted(exps | {f"e_{c_ident(out_root)}"}), bwd_calls=bwd_calls,
+               lr_halve_every=cfg.lr_halve_every, frac_bits=F, params=params, state=state,
+               masters=[(m, m.replace("_master", "_weight")) for m in masters],
+               array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in const_arrays.items()]
+               + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])
+    (src_dir / "tg_model.h").write_text(env.get_template("tg_model.h.j2").render(**ctx))
+    (src_dir / "tg_model.c").write_text(env.get_template("tg_model.c.j2").render(**ctx))
+    (src_dir / "tg_weights.h").write_text(env.get_template("tg_weights.h.j2").render(**ctx))
+    with open(src_dir / "tg_weights.c", "w") as f:
+        f.write(env.get_template("tg_weights.c.j2").render(**ctx))
+        for name, arr in const_arrays.items():
+            f.write(c_array(name, arr))
+        f.write("\n/* Trained parameters: in SRAM, updated by tg_train_step. */\n")
+        for name, arr in mutable.items():
+            f.write(c_array(name, arr, const=False))
+    return {"arena_bytes": plan.arena_size, "records": records, "params": [p[0] for p in params],
+            "const_bytes": int(sum(a.nbytes for a in const_arrays.values())),
+            "trained_bytes": int(sum(a.nbytes for a in mutable.values())
+                                 + sum(4 * n for _, n in state.values()))}
