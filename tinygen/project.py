@@ -23,13 +23,21 @@ from .hostbuild import HOST_CFLAGS, host_cc
 MANIFEST = "tinygen.json"
 
 
-def write_project(model: ir.Model, board: Board, out: Path) -> dict:
+def write_project(model: ir.Model, board: Board, out: Path, trainer=None) -> dict:
+    """Generate the project; with a `train_ref.Trainer`, the training step too."""
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     modelfile.save(model, out / "model" / "model.json")
-    facts = codegen.generate_forward(model, out / "src")
+    if trainer is None:
+        facts = codegen.generate_forward(model, out / "src")
+    else:
+        from .scheme import scheme_to_json
+        from .train_codegen import generate_training
+
+        facts = generate_training(model, trainer, out / "src")
+        (out / "model" / "scheme.json").write_text(json.dumps(scheme_to_json(trainer.scheme), indent=1) + "\n")
     glue_src = codegen.data_dir("cmsis_glue")
     shutil.copytree(glue_src, out / "cmsis_glue", dirs_exist_ok=True)
     env = codegen.environment()
@@ -46,8 +54,12 @@ def write_project(model: ir.Model, board: Board, out: Path) -> dict:
         "params": model.param_count(),
         "macs": model.macs(),
         "arena_bytes": facts["arena_bytes"],
-        "weight_bytes": facts["weight_bytes"],
+        "weight_bytes": facts.get("weight_bytes", facts.get("const_bytes")),
     }
+    if trainer is not None:
+        manifest["train"] = {"scheme_file": "model/scheme.json", "config": trainer.config.to_json(),
+                             "trained_layers": len(trainer.trained), "trained_bytes": facts["trained_bytes"],
+                             "records": facts["records"], "params": facts["params"]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

@@ -19,6 +19,7 @@ layer) is always trained, weights and bias, as in their transfer-learning setup.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -53,6 +54,13 @@ class TrainConfig:
     lr_halve_every: int = 0  # 0: constant learning rate; N: halve it every N steps
     loss: str = "ce"  # "ce" softmax cross-entropy on the logits, or "mse"
     frac_bits: int = 16  # fractional bits of the int32 master weights
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        return cls(**{k: d[k] for k in ("lr", "momentum", "lr_halve_every", "loss", "frac_bits") if k in d}).check()
 
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -166,3 +174,31 @@ def load_scheme(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
             chans = first_channels(layer, tensors, float(entry.get("weight_ratio", 1.0)))
         scheme.layers[name] = LayerUpdate(chans, bool(entry.get("bias", True)), int(entry.get("filter_r", filter_r)))
     return scheme
+
+
+def scheme_to_json(scheme: Scheme) -> dict:
+    """The native form with explicit channel lists (what a build records)."""
+    return {"format": "tinygen-scheme", "version": 1, "source": scheme.source,
+            "layers": [{"layer": n, "channels": u.channels, "bias": u.bias, "filter_r": u.filter_r}
+                       for n, u in scheme.layers.items()]}
+
+
+def parse_update(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
+    """`--update`: full | last-K | bias | PATH.json[#key]."""
+    if spec == "full":
+        return full_scheme(model, filter_r)
+    if spec == "bias":
+        s = full_scheme(model, filter_r)
+        for u in s.layers.values():
+            u.channels = []
+        s.source = "bias-only"
+        return s
+    if spec.startswith("last-"):
+        try:
+            k = int(spec[5:])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise TinygenError(f"--update {spec}: use last-K with K >= 1 layers")
+        return last_k_scheme(model, k, filter_r)
+    return load_scheme(spec, model, filter_r)

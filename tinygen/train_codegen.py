@@ -275,7 +275,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                     w_mult=f"{prefix}_w_mult", w_shift=f"{prefix}_w_shift", b_mult=f"{prefix}_b_mult",
                     b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
                     b_velocity=f"{prefix}_b_velocity", master=f"{prefix}_master", bias_name=f"{prefix}_bias",
-                    record_id=record("dw:" + layer.name)))
+                    record_id=record("dw:" + layer.name) if u.channels else -1))
                 calls.append(f"{fn_up}({act(layer.inputs[0])}, {gacc}, e_acc_{i}, lr_shift);")
         elif isinstance(layer, ir.Add):
             for k, t in enumerate(layer.inputs):

@@ -44,3 +44,49 @@ def verify_forward(build_dir: Path, n_inputs: int = 8) -> VerifyResult:
         raise MismatchError(f"{len(bad)} of {expected.size} outputs differ from the reference; first at input {i} "
                             f"element {j}: C {got[(i, *j)]} vs reference {expected[(i, *j)]}")
     return VerifyResult(len(x), int(expected.size), source)
+
+
+@dataclass
+class TrainVerifyResult:
+    steps: int
+    losses: list[int]
+    gradient_values: int
+    param_bytes: int
+    checksum: int
+    source: str
+
+
+def load_trainer(build_dir: Path, manifest: dict):
+    from .scheme import TrainConfig, load_scheme
+    from .train_ref import Trainer
+
+    model = modelfile.load(build_dir / manifest["model_file"])
+    t = manifest["train"]
+    scheme = load_scheme(str(build_dir / t["scheme_file"]), model)
+    return model, Trainer(model, scheme, TrainConfig.from_json(t["config"]))
+
+
+def training_samples(model, steps: int):
+    """Real labelled samples (quantized) for `steps` training steps, the first of the training split."""
+    from .inputs import quantize, real_labelled
+
+    x, y, source = real_labelled(tuple(model.input.shape), steps, model.output.size)
+    return quantize(x, model.input), y, source
+
+
+def verify_training(build_dir: Path, steps: int = 20) -> TrainVerifyResult:
+    from .train_verify import build_host_trainer, compare, run_c_training
+
+    build_dir = Path(build_dir)
+    manifest = read_manifest(build_dir)
+    if "train" not in manifest:
+        raise MismatchError(f"{build_dir} was built without training; rebuild without --no-train to use --steps")
+    model, trainer = load_trainer(build_dir, manifest)
+    x, y, source = training_samples(model, steps)
+    binary = build_host_trainer(build_dir, build_dir / "src")
+    with tempfile.TemporaryDirectory() as tmp:
+        c = run_c_training(binary, x, y, steps, Path(tmp))
+    t = manifest["train"]
+    summary = compare(c, trainer, x, y, steps, t["records"], t["params"])
+    return TrainVerifyResult(steps, summary["losses"], summary["gradient_values"], summary["param_bytes"],
+                             summary["checksum"], source)
