@@ -24,17 +24,18 @@ from .scheme import LayerUpdate, Scheme, TrainConfig, is_depthwise
 
 LN2_Q16 = 45426  # round(ln 2 * 2^16)
 LOG2_TABLE = np.array([round_half_away(65536 * math.log2(1 + i / 256)) for i in range(256)], dtype=np.int64)
-EXP_ONE = 1 << 15  # the CE exponential table is Q15
+PROB_BITS = 30  # the CE exponential table and the probabilities are Q30
 WEIGHT_LIMIT = 127  # int8 views are symmetric: [-127, 127]
 
 
 def exp_table(scale: float) -> np.ndarray:
-    """E[j] = max(1, round(2^15 * exp(-scale * j))) for logit-code differences j = 0..255 (Q15)."""
-    return np.array([max(1, round_half_away(EXP_ONE * math.exp(-scale * j))) for j in range(256)], dtype=np.int64)
+    """E[j] = max(1, round(2^30 * exp(-scale * j))) for logit-code differences j = 0..255 (Q30)."""
+    one = 1 << PROB_BITS
+    return np.array([max(1, round_half_away(one * math.exp(-scale * j))) for j in range(256)], dtype=np.int64)
 
 
 def ln_q16(n) -> np.ndarray:
-    """Natural log in Q16 of a positive integer < 2^31: log2 from the bit length and an 8-bit table."""
+    """Natural log in Q16 of a positive integer < 2^48: log2 from the bit length and an 8-bit table."""
     n = np.asarray(n, dtype=np.int64)
     k = bitlen(n) - 1
     frac = ((n << 8) >> k) & 255
@@ -201,11 +202,11 @@ class Trainer:
         if self.config.loss == "ce":
             e = self.exp[q.max() - q]
             total = int(e.sum())
-            p = (e * (1 << GRAD_BITS) + total // 2) // total
+            p = (e * (1 << PROB_BITS) + total // 2) // total  # e <= 2^30: the product fits int64
             onehot = np.zeros_like(p)
-            onehot[int(label)] = 1 << GRAD_BITS
+            onehot[int(label)] = 1 << PROB_BITS
             loss_q16 = int(ln_q16(total) - ln_q16(e[int(label)]))
-            g, k_e = normalize16(mul_q31(p - onehot, m, s + 16), -GRAD_BITS - 16)
+            g, k_e = normalize16(mul_q31(p - onehot, m, s + 16), -PROB_BITS - 16)
         else:
             diff = q - np.asarray(label, dtype=np.int64).ravel()
             vm, vs = self.mse_value_mult
