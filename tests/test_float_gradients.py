@@ -15,8 +15,6 @@ from tinygen.verify import training_samples
 from tinygen.zoo import get_model
 
 
-
-
 def _cosines(model, scheme, x, y):
     out = {}
     for xi, yi in zip(x, y, strict=True):
