@@ -15,7 +15,7 @@ from .errors import BuildError
 
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wstrict-prototypes", "-Wmissing-prototypes"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-HOST_CFLAGS = ["-std=c99", "-O1", "-g", *WARNINGS, *SANITIZE]
+HOST_CFLAGS = ["-std=c99", "-O1", "-g", "-fno-strict-aliasing", *WARNINGS, *SANITIZE]
 
 
 def host_cc() -> str:

@@ -41,7 +41,7 @@ def build_host_trainer(build: Path, src: Path) -> Path:
     main_c.parent.mkdir(parents=True, exist_ok=True)
     main_c.write_text(environment().get_template("host/train_host.c.j2").render())
     return compile_host(sorted(src.glob("*.c")) + [main_c], [src, data_dir("cmsis_glue")],
-                        build / "host" / "tg_train_host", extra=["-DTG_RECORD", "-fno-strict-aliasing"])
+                        build / "host" / "tg_train_host", extra=["-DTG_RECORD"])
 
 
 def run_c_training(binary: Path, x: np.ndarray, labels: np.ndarray, steps: int, workdir: Path) -> CTrainOutput:
