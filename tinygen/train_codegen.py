@@ -22,7 +22,7 @@ from .errors import TinygenError
 from .quant import round_half_away, split_multiplier
 from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
 from .scheme import is_depthwise
-from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, dx_static_shift
+from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit, dx_static_shift
 
 ALIGN = 8
 
@@ -272,6 +272,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                     n_chan=(layer.groups if is_depthwise(layer) else geo["cg"]), channels=chan_name,
                     depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]),
                     input_zero_point=x_info.zero_point, frac_bits=F, limit=WEIGHT_LIMIT << F,
+                    bias_limit=bias_limit(layer),
                     w_mult=f"{prefix}_w_mult", w_shift=f"{prefix}_w_shift", b_mult=f"{prefix}_b_mult",
                     b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
                     b_velocity=f"{prefix}_b_velocity", master=f"{prefix}_master", bias_name=f"{prefix}_bias",

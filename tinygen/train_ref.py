@@ -48,6 +48,13 @@ def dx_static_shift(terms: int) -> int:
     return max(0, int(bitlen(terms * (1 << (GRAD_BITS + 7)))) - 31)
 
 
+def bias_limit(layer) -> int:
+    """Largest |bias| a trained layer may reach: the forward accumulator (bias plus K products of
+    at most 255 * 128) must stay inside int32."""
+    k = int(np.prod(layer.weight.shape[1:]))
+    return 2**31 - 1 - k * 255 * 128
+
+
 @dataclass
 class Grad:
     """A gradient tensor w.r.t. integer activation codes: real dL/dq = G * 2^e; |G| <= 2^14."""
@@ -339,7 +346,8 @@ class Trainer:
                 record[f"db:{name}"] = total
             delta = mul_q31(total, tl.b_mult, tl.b_shift + e_acc - lr_shift)
             v = self._momentum(self.b_velocity, name, delta)
-            self.bias[name] = sat(self.bias[name] - v, 32)
+            lim = bias_limit(layer)
+            self.bias[name] = np.clip(self.bias[name] - v, -lim, lim)
 
     def _momentum(self, store, name, delta):
         """v = mu * v + delta (mu in Q15, rounded), saturated to int32; with mu = 0 just delta."""
