@@ -12,14 +12,14 @@ their arrays and hand out copies.
 
 from __future__ import annotations
 
-import gzip
 import functools
+import gzip
 from pathlib import Path
 
 import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits as _load
 
@@ -49,7 +49,7 @@ def mnist5k_path() -> Path:
     return p
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(mnist5k_path(), "rb") as f:
         text = f.read().decode("ascii")
@@ -99,7 +99,7 @@ def pad_to(x: np.ndarray, size: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (t, size - h - t), (l, size - w - l), (0, 0)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photos() -> tuple[np.ndarray, ...]:
     from sklearn.datasets import load_sample_images
 

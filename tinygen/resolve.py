@@ -9,7 +9,11 @@ from .errors import ModelError
 
 
 def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
+    from .zoo import get_model, is_zoo_name
+
     path = Path(spec)
+    if is_zoo_name(spec) and not path.exists():  # zoo names may contain dots ("mbv2-w0.35")
+        return get_model(spec, classes=classes)
     if path.suffix == ".json" or (path.suffix == "" and path.with_suffix(".json").is_file() and "/" in spec):
         model = modelfile.load(path.with_suffix(".json"))
         if classes is not None and classes != model.output.size:
@@ -24,6 +28,4 @@ def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
         return load_mit_model(path, classes=classes)
     if path.suffix:
         raise ModelError(f"cannot read {path}: tinygen models are .json (+ .npz) files or MIT tiny-training .pkl files")
-    from .zoo import get_model
-
     return get_model(spec, classes=classes)
