@@ -19,6 +19,7 @@ from . import ir
 from .arena import Buffer, plan_greedy_by_size
 from .codegen import CTYPES, c_array, c_ident, environment, layer_code
 from .errors import TinygenError
+from .memory import trained_state_bytes
 from .quant import round_half_away, split_multiplier
 from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
 from .scheme import is_depthwise
@@ -328,5 +329,4 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
             f.write(c_array(name, arr, const=False))
     return {"arena_bytes": plan.arena_size, "records": records, "params": [p[0] for p in params],
             "const_bytes": int(sum(a.nbytes for a in const_arrays.values())),
-            "trained_bytes": int(sum(a.nbytes for a in mutable.values())
-                                 + sum(4 * n for _, n in state.values()))}
+            "trained_bytes": trained_state_bytes(trainer)}

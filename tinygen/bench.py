@@ -1,0 +1,86 @@
+"""Benchmarks the project ships: each prints a table and writes JSON (`tinygen bench ...`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .report import table
+
+
+def _save(out: Path | None, name: str, payload: dict) -> Path:
+    out = Path(out or "bench-results")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def gradient_filter(models: list[str], samples: int, rs: list[int], out: Path | None, log=print) -> dict:
+    """Per layer: cosine similarity of tinygen's integer gradients (filter r) to the exact float
+    gradient of the same int8 network, averaged over real samples."""
+    from .float_grad import cosine, float_backward, integer_gradients
+    from .scheme import TrainConfig, full_scheme
+    from .train_ref import Trainer
+    from .verify import training_samples
+    from .zoo import get_model
+
+    rows, payload = [], {"samples": samples, "filter_r": rs, "models": {}}
+    for name in models:
+        model = get_model(name)
+        x, y, source = training_samples(model, samples)
+        per = {}
+        for r in rs:
+            for xi, yi in zip(x, y, strict=True):
+                exact = float_backward(Trainer(model, full_scheme(model, 1), TrainConfig()), xi, yi)
+                got = integer_gradients(Trainer(model, full_scheme(model, r), TrainConfig()), xi, yi)
+                for key, v in got.items():
+                    if key.startswith("dw:") or key.startswith("grad:"):
+                        per.setdefault(key, {}).setdefault(r, []).append(cosine(v, exact[key]))
+        payload["models"][name] = {"data": source, "cosine": {k: {str(r): float(np.mean(v)) for r, v in d.items()}
+                                                              for k, d in per.items()}}
+        shapes = {layer.name: layer.output.shape for layer in model.layers}
+        for key, d in per.items():
+            kind, layer = key.split(":", 1)
+            if kind != "dw":
+                continue
+            rows.append([name, layer, "x".join(map(str, shapes[layer])), *[f"{np.mean(d[r]):.4f}" for r in rs]])
+        log(f"[{name}] {len(per)} gradients over {samples} samples of {source}")
+    log(table(["model", "layer (weight grad)", "output", *[f"cos r={r}" for r in rs]], rows,
+              "lll" + "r" * len(rs)))
+    path = _save(out, "gradient_filter", payload)
+    log(f"saved {path}")
+    return payload
+
+
+def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | None, log=print) -> dict:
+    """Accuracy of on-device (integer, bit-exact) training vs float SGD of the same layers vs none."""
+    from . import transfer as T
+
+    rows, results = [], []
+    for task in tasks:
+        t0 = time.perf_counter()
+        model, *_ = T.transfer_start(task)
+        log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; "
+            f"training on classes 5-9, lr {T.TASKS[task].lr}, {T.TASKS[task].epochs} epochs, batch 1")
+        for update in updates:
+            runs = [("none", 1), ("float", 1)] + [("int", r) for r in rs]
+            accs = {}
+            for method, r in runs:
+                res = T.run(task, update, method, r)
+                accs[res.method] = res.accuracy
+                results.append(res.__dict__)
+                log(f"  {update:8s} {res.method:9s} {100 * res.accuracy:6.2f}%  ({res.steps} steps, "
+                    f"{res.seconds:.1f} s)")
+            rows.append([task, update, *[f"{100 * accs[k]:.2f}" for k in accs],
+                         f"{100 * (accs['int r=1'] - accs['float']):+.2f}",
+                         *[f"{100 * (accs[f'int r={r}'] - accs['int r=1']):+.2f}" for r in rs if r != 1]])
+    headers = ["task", "update", "none", "float SGD", *[f"int r={r}" for r in rs], "int-float",
+               *[f"r={r} cost" for r in rs if r != 1]]
+    log(table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+    path = _save(out, "transfer", {"results": results, "tasks": {t: T.TASKS[t].__dict__ for t in tasks}})
+    log(f"saved {path}")
+    return {"rows": rows, "results": results}
