@@ -65,8 +65,11 @@ def boards():
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Emit the training step (tg_train_step) beside inference.")
-@click.option("--update", default="full", show_default=True,
-              help="Which layers train: full | last-K | bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
+@click.option("--update", default="auto", show_default=True,
+              help="Which layers train: auto (the most last layers that fit the SRAM budget) | full | last-K | "
+                   "bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
+@click.option("--budget-kb", type=click.FloatRange(min=1), default=None,
+              help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
@@ -74,21 +77,30 @@ def boards():
 @click.option("--lr-halve-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Halve the learning rate every N steps (0: constant).")
 @friendly
-def build(board, model_spec, classes, out, train, update, filter_r, lr, momentum, lr_halve_every):
+def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, lr, momentum, lr_halve_every):
     """Generate the C project for MODEL on BOARD into OUT."""
     from .boards import load_board
+    from .memory import auto_last_k, check_fits, describe, sram_budget
     from .project import write_project
     from .resolve import resolve_model
 
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     trainer = None
+    budget = sram_budget(b, budget_kb)
     if train:
         from .scheme import TrainConfig, parse_update
         from .train_ref import Trainer
 
         config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every).check()
-        trainer = Trainer(model, parse_update(update, model, filter_r), config)
+        if update == "auto":
+            trainer, _ = auto_last_k(model, config, budget, filter_r)
+        else:
+            trainer = Trainer(model, parse_update(update, model, filter_r), config)
+        check_fits(model, trainer, b, budget)
+        click.echo(f"update scheme: {describe(trainer.scheme)}")
+    else:
+        check_fits(model, None, b, budget)
     m = write_project(model, b, out, trainer)
     click.echo(f"built {m['model']} for {b.name} in {out}: {len(model.layers)} layers, {m['params']:,} params, "
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
@@ -122,6 +134,58 @@ def verify(build_dir, n_inputs, steps):
                    f"{t.gradient_values:,} step-1 gradient values, {t.param_bytes:,} bytes of trained parameters "
                    f"(checksum {t.checksum:#010x}); loss {q[0]:.3f} -> {q[-1]:.3f} "
                    f"(mean of first/last 5: {sum(q[:5]) / len(q[:5]):.3f} -> {sum(q[-5:]) / len(q[-5:]):.3f})")
+
+
+# ---- benchmarks (tinygen/bench.py): tables on stdout, JSON in --out ----
+@main.group()
+def bench():
+    """Benchmarks: print a table, save JSON."""
+
+
+@bench.command("gradients")
+@click.option("--model", "models", multiple=True, default=["digits-cnn", "mnist-cnn"], show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=[1, 2, 4], show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the JSON (default bench-results/).")
+@friendly
+def bench_gradients(models, samples, rs, out):
+    """Cosine similarity of filtered integer gradients to the exact float gradient, per layer."""
+    from .bench import gradient_filter
+
+    gradient_filter(list(models), samples, list(rs), out, log=click.echo)
+
+
+@bench.command("transfer")
+@click.option("--task", "tasks", multiple=True, type=click.Choice(["digits", "mnist"]), default=["digits", "mnist"],
+              show_default=True)
+@click.option("--update", "updates", multiple=True, default=["last-1", "last-2", "last-3", "full"],
+              show_default=True)
+@click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=[1, 2], show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Sample orders averaged per configuration.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_transfer(tasks, updates, rs, seeds, out):
+    """Transfer learning (classes 0-4 -> 5-9): integer on-device training vs float SGD vs none."""
+    from .bench import transfer
+
+    transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds)
+
+
+# ---- firmware in an emulator (tinygen/sim.py) ----
+@main.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--emulator", type=click.Choice(["qemu", "renode"]), default="qemu", show_default=True,
+              help="QEMU: the board's mps2 stand-in (CI). Renode: the board's own platform (renode on PATH).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="Seconds before a hung firmware is stopped.")
+@friendly
+def sim(build_dir, emulator, timeout):
+    """Run BUILD_DIR's firmware in an emulator and compare its outputs with the reference, bit for bit."""
+    from .sim import format_report, simulate
+
+    click.echo(format_report(simulate(build_dir, emulator, timeout)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .hostbuild import HOST_CFLAGS, host_cc
 MANIFEST = "tinygen.json"
 
 
-def write_project(model: ir.Model, board: Board, out: Path, trainer=None) -> dict:
+def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None) -> dict:
     """Generate the project; with a `train_ref.Trainer`, the training step too."""
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
@@ -61,6 +61,10 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None) -> dic
                              "trained_layers": len(trainer.trained), "trained_bytes": facts["trained_bytes"],
                              "records": facts["records"], "params": facts["params"]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    # Firmware project (DIR/firmware) and its ELFs when arm-none-eabi-gcc is on PATH: tinygen/firmware.py.
+    from .firmware import add_firmware
+
+    add_firmware(model, board, out, manifest, facts, firmware_options)
     return manifest
 
 

@@ -1,0 +1,26 @@
+/*
+ * tg_runtime_internal.h - shared between the runtime's own files; not for the harness.
+ */
+#ifndef TG_RUNTIME_INTERNAL_H
+#define TG_RUNTIME_INTERNAL_H
+
+#include <stdint.h>
+
+/* Stack layout, from the linker script:
+ *   __tg_stack_guard_start .. __tg_stack_limit   guard (MPU no access), TG_STACK_GUARD_BYTES
+ *   __tg_stack_limit       .. __tg_stack_top     the stack, grows down from __tg_stack_top */
+extern uint32_t __tg_stack_guard_start[];
+extern uint32_t __tg_stack_limit[];
+extern uint32_t __tg_stack_top[];
+
+#define TG_STACK_PAINT 0xC5C5C5C5
+#define TG_STACK_GUARD_LOG2 8
+#define TG_STACK_GUARD_BYTES (1U << TG_STACK_GUARD_LOG2)
+
+void tg_systick_handler(void);
+
+/* Arm semihosting call (bkpt 0xAB): op in r0, argument block pointer in r1. Only
+ * meaningful under an emulator or debugger that services semihosting. */
+uint32_t tg_semihost_call(uint32_t op, const void *arg);
+
+#endif /* TG_RUNTIME_INTERNAL_H */

@@ -1,0 +1,399 @@
+"""Firmware and emulation (issue 5): the generated firmware project, its ELFs and `tinygen sim`.
+
+Builds digits-cnn (forward pass) for stm32f746, nrf52840 and stm32h743, runs each QEMU image on
+its mps2 stand-in and holds the outputs to the NumPy reference bit for bit; checks the FPU
+attributes, the memory maps, link-time overflow messages, stack-overflow reporting and the
+Renode files. Skips with the reason when the Arm toolchain, QEMU or Renode is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinygen import firmware, sim
+from tinygen.armbuild import LinkOverflowError
+from tinygen.boards import Region, load_board
+from tinygen.builder import ModelBuilder
+from tinygen.cli import main
+from tinygen.errors import BuildError, MismatchError, TinygenError
+from tinygen.firmware import FirmwareOptions
+from tinygen.project import write_project
+
+HAVE_GCC = shutil.which("arm-none-eabi-gcc") is not None
+HAVE_QEMU = shutil.which("qemu-system-arm") is not None
+HAVE_RENODE = shutil.which("renode") is not None
+HAVE_RENODE_TEST = shutil.which("renode-test") is not None
+
+needs_gcc = pytest.mark.skipif(not HAVE_GCC, reason="arm-none-eabi-gcc is not on PATH "
+                               "(apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+needs_qemu = pytest.mark.skipif(not (HAVE_GCC and HAVE_QEMU), reason="arm-none-eabi-gcc or qemu-system-arm is "
+                                "not on PATH (apt-get install gcc-arm-none-eabi qemu-system-arm)")
+BOARDS = ["stm32f746", "nrf52840", "stm32h743"]
+
+
+def digits_model():
+    try:
+        from tinygen.zoo import get_model
+
+        return get_model("digits-cnn")
+    except Exception:  # the zoo is being finished elsewhere: fall back to the builder's test model
+        from models_for_tests import small_model
+
+        return small_model()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return digits_model()
+
+
+@pytest.fixture(scope="module")
+def builds(model, tmp_path_factory):
+    """Forward-only builds of digits-cnn, one per board (compiled when the toolchain exists)."""
+    root = tmp_path_factory.mktemp("fw")
+    out = {}
+    for name in BOARDS:
+        write_project(model, load_board(name), root / name)
+        out[name] = root / name
+    return out
+
+
+def manifest(build: Path) -> dict:
+    return json.loads((build / "tinygen.json").read_text())
+
+
+def run(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def one_sentence(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+# ---- the project on disk ----------------------------------------------------------------------------------------
+
+def test_project_layout_and_manifest(builds):
+    for name, build in builds.items():
+        fw = build / "firmware"
+        for f in ("main.c", "tg_board.h", "tg_dataset.c", "tg_dataset.h", "samples.npz", "link_qemu.ld",
+                  f"link_{name}.ld", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", f"{name}.resc",
+                  f"{name}.robot", "runtime/tg_startup.c", "runtime/tg_runtime.h"):
+            assert (fw / f).is_file(), f
+        m = manifest(build)["firmware"]
+        assert m["qemu"]["machine"] == load_board(name).qemu["machine"]
+        assert m["compiled"] == HAVE_GCC
+        ld = (fw / f"link_{name}.ld").read_text()
+        assert "MEMORY" in ld and "ASSERT(" in ld
+        assert "-mcpu=" in (fw / "Makefile").read_text()
+
+
+def test_memory_maps():
+    f7 = load_board("stm32f746")
+    real, qemu = firmware.real_memory_map(f7), firmware.qemu_memory_map(f7)
+    assert [(r.name, r.origin, r.length) for r in real.sram] == [("RAM", 0x20000000, 320 * 1024)]
+    assert (real.flash.origin, real.flash.length) == (0x08000000, 1024 * 1024)
+    assert (qemu.flash.origin, qemu.flash.length) == (0x0, 1024 * 1024)
+    assert [(r.origin, r.length) for r in qemu.sram] == [(0x20000000, 320 * 1024)]
+    nrf = load_board("nrf52840")
+    assert firmware.real_memory_map(nrf).sram == firmware.qemu_memory_map(nrf).sram
+    h7 = load_board("stm32h743")
+    real, qemu = firmware.real_memory_map(h7), firmware.qemu_memory_map(h7)
+    assert real.arena_region == real.data_region == "AXI_SRAM" and real.stack_region == "DTCM"
+    assert {r.name: r.length for r in real.sram} == {r.name: r.length for r in qemu.sram}
+    end = max(r.origin + r.length for r in qemu.sram)
+    assert end <= 0x20000000 + firmware.QEMU_SSRAM_BYTES  # mps2 SSRAM2/3: 4 MB at 0x20000000
+
+
+def test_parse_output():
+    text = ("TG start model=m board=b target=qemu-mps2-an500 samples=2 counter=instr\n"
+            "TG sample 0 label=3 crc=0x0000abcd out=1,-2,3 instr=400 ok=1\n"
+            "TG sample 1 label=-1 crc=0x00000001 instr=440 ok=0\n"
+            "TG step 0 sample=0 label=3 loss=-77 instr=1200\n"
+            "TG params checksum=0xdeadbeef\n"
+            "TG stack used=184 size=8192\n"
+            "TG done samples=2 mismatches=1 instr_total=840\n"
+            "TG exit 1\n")
+    r = sim.parse_output(text)
+    assert r.start["counter"] == "instr"
+    assert r.samples[0] == {"index": 0, "label": 3, "crc": 0xABCD, "ok": True, "count": 400, "out": [1, -2, 3]}
+    assert r.samples[1]["count"] == 440 and "out" not in r.samples[1] and not r.samples[1]["ok"]
+    assert r.steps == [{"index": 0, "sample": 0, "label": 3, "loss": -77, "count": 1200}]
+    assert r.params_crc == 0xDEADBEEF and r.stack == {"used": 184, "size": 8192}
+    assert r.done["mismatches"] == "1" and r.exit_status == 1 and not r.failures
+
+
+# ---- the ELFs ---------------------------------------------------------------------------------------------------
+
+@needs_gcc
+def test_elf_sizes_recorded_and_planner_agrees_with_linker(builds):
+    for name, build in builds.items():
+        m = manifest(build)
+        for image in ("qemu", "hw"):
+            s = m["firmware"][image]["sizes"]
+            assert s["text"] > 0 and s["rodata"] > 0 and s["bss"] >= 0 and s["data"] >= 0
+            assert s["arena"] == m["arena_bytes"], (name, image)
+            assert s["flash_bytes"] == s["text"] + s["rodata"] + s["data"]
+            assert s["stack"] == firmware.DEFAULT_STACK_BYTES + firmware.GUARD_BYTES
+            assert s["sram_bytes"] <= load_board(name).sram_bytes
+
+
+@needs_gcc
+def test_f746_is_single_precision_only(builds):
+    elf = builds["stm32f746"] / "firmware" / "build" / "tinygen-stm32f746.elf"
+    attrs = subprocess.run(["arm-none-eabi-readelf", "-A", str(elf)], capture_output=True, text=True, check=True)
+    assert re.search(r"Tag_FP_arch: FPv5", attrs.stdout), attrs.stdout
+    assert re.search(r"Tag_ABI_HardFP_use: SP only", attrs.stdout), attrs.stdout
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True, check=True)
+    mnemonics = [ln.split("\t")[2] for ln in dis.stdout.splitlines() if ln.count("\t") >= 2]
+    assert mnemonics, "empty disassembly"
+    f64 = [m for m in mnemonics if re.search(r"\.f64\b|\.f64\.|f64", m)]
+    assert not f64, f64[:5]
+    # the H743's FPU has double precision: its attributes must not claim SP only (the check is not vacuous)
+    h7 = builds["stm32h743"] / "firmware" / "build" / "tinygen-stm32h743.elf"
+    h7_attrs = subprocess.run(["arm-none-eabi-readelf", "-A", str(h7)], capture_output=True, text=True, check=True)
+    assert "SP only" not in h7_attrs.stdout
+
+
+def _symbols(elf: Path) -> dict[str, int]:
+    out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    return {p[2]: int(p[0], 16) for p in (ln.split() for ln in out.splitlines()) if len(p) == 3}
+
+
+@needs_gcc
+def test_real_map_images(builds, tmp_path):
+    for name, build in builds.items():
+        board = load_board(name)
+        elf = build / "firmware" / "build" / f"tinygen-{name}.elf"
+        sym = _symbols(elf)
+        flash = board.flash[0]
+        assert sym["tg_vectors"] == flash.origin  # Renode guesses VTOR from the lowest loaded address
+        raw = tmp_path / f"{name}.bin"
+        subprocess.run(["arm-none-eabi-objcopy", "-O", "binary", "-j", ".isr_vector", str(elf), str(raw)], check=True)
+        sp, reset = struct.unpack("<II", raw.read_bytes()[:8])
+        assert sp == sym["__tg_stack_top"] and reset == sym["Reset_Handler"] | 1
+        assert any(r.origin <= sp <= r.origin + r.length for r in board.sram)
+        assert flash.origin <= reset < flash.origin + flash.length
+    h7 = _symbols(builds["stm32h743"] / "firmware" / "build" / "tinygen-stm32h743.elf")
+    assert 0x24000000 <= h7["__tg_arena_start"] < 0x24080000  # the arena in AXI SRAM, the largest bank
+    assert h7["__tg_stack_guard_start"] == 0x20000000  # the stack at the bottom of DTCM
+
+
+@needs_gcc
+def test_generated_makefile_builds_the_qemu_image(builds):
+    if shutil.which("make") is None:
+        pytest.skip("make is not on PATH")
+    fw = builds["nrf52840"] / "firmware"
+    elf = fw / "build" / firmware.QEMU_ELF
+    before = elf.read_bytes()
+    elf.unlink()
+    r = subprocess.run(["make", "-s", "qemu"], cwd=fw.parent, capture_output=True, text=True)  # top-level Makefile
+    assert r.returncode == 0, r.stderr
+    assert elf.is_file() and len(elf.read_bytes()) > 0.5 * len(before)
+
+
+@needs_gcc
+def test_sram_overflow_fails_at_link_time(tmp_path):
+    rng = np.random.default_rng(0)
+    b = ModelBuilder("too-big", (160, 160, 1), 1 / 255, -128)
+    x = b.conv2d(b.input, rng.integers(-127, 128, (16, 3, 3, 1)).astype(np.int8), np.zeros(16, np.int32),
+                 np.full(16, 0.01, np.float32), 0.05, -128, padding="same", act="relu", name="conv")
+    x = b.flatten(b.global_avgpool(x, name="gap"), name="flat")
+    b.fully_connected(x, rng.integers(-127, 128, (10, 16)).astype(np.int8), np.zeros(10, np.int32),
+                      np.full(10, 0.01, np.float32), 0.1, 0, name="fc")
+    model = b.build()  # 160*160*(1+16) = 435,200 bytes of activations: more than the F746's 320 KB
+    with pytest.raises(LinkOverflowError) as exc:
+        write_project(model, load_board("stm32f746"), tmp_path / "b")
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "region RAM" in msg and "327,680 bytes at 0x20000000" in msg and ".tg_arena" in msg
+    n = int(re.search(r"overflowed by ([\d,]+) bytes", msg).group(1).replace(",", ""))
+    assert n > 435_200 - 327_680
+    assert exc.value.exit_code != 0
+
+
+@needs_gcc
+def test_flash_overflow_on_a_tiny_board(model, tmp_path):
+    f7 = load_board("stm32f746")
+    tiny = dataclasses.replace(f7, name="tiny", flash=[Region("FLASH", 0x08000000, 4096)])
+    with pytest.raises(LinkOverflowError, match=r"region FLASH \(flash, 4,096 bytes at 0x08000000.*overflowed by"):
+        write_project(model, tiny, tmp_path / "t")
+
+
+# ---- QEMU ---------------------------------------------------------------------------------------------------------
+
+@needs_qemu
+@pytest.mark.parametrize("board", BOARDS)
+def test_sim_qemu_bit_exact(builds, board):
+    code, out, err = run("sim", builds[board], "--timeout", "60")
+    assert code == 0, err
+    assert "bit-exact with the reference" in out and "est. ms" in out and "estimate" in out
+    counts = [s["count"] for s in sim.simulate(builds[board]).run.samples]
+    assert all(c > 10_000 for c in counts)
+
+
+@needs_qemu
+def test_instruction_counts_repeat_exactly(builds):
+    a = sim.simulate(builds["stm32f746"])
+    b = sim.simulate(builds["stm32f746"])
+    assert [s["count"] for s in a.run.samples] == [s["count"] for s in b.run.samples]
+    assert a.run.stack == b.run.stack and 0 < a.run.stack["used"] < a.run.stack["size"]
+
+
+@needs_qemu
+def test_sim_catches_a_wrong_output(builds, tmp_path):
+    build = tmp_path / "b"
+    shutil.copytree(builds["stm32f746"], build)
+    samples = build / "firmware" / "samples.npz"
+    with np.load(samples) as z:
+        x, labels, source = z["x"].copy(), z["labels"], z["source"]
+    x[2] = np.roll(x[2], 5)  # the reference now sees another input than the firmware ran
+    np.savez(samples, x=x, labels=labels, source=source)
+    with pytest.raises(MismatchError, match="sample 2"):
+        sim.simulate(build)
+
+
+@needs_qemu
+@pytest.mark.parametrize("board", ["stm32f746", "nrf52840"])
+def test_stack_overflow_is_reported(model, board, tmp_path):
+    opts = FirmwareOptions(samples=1, extra_cflags=("-DTG_TEST_STACK_OVERFLOW",))
+    write_project(model, load_board(board), tmp_path / "so", firmware_options=opts)
+    code, out, err = run("sim", tmp_path / "so", "--timeout", "60")
+    line = one_sentence(err)
+    assert code == 3 and "stack overflow" in line and "8192 bytes" in line
+
+
+@needs_qemu
+def test_hung_firmware_hits_the_timeout(model, tmp_path):
+    opts = FirmwareOptions(samples=1, extra_cflags=("-DTG_TEST_HANG",))
+    write_project(model, load_board("nrf52840"), tmp_path / "h", firmware_options=opts)
+    code, out, err = run("sim", tmp_path / "h", "--timeout", "2")
+    line = one_sentence(err)
+    assert code == 3 and "did not finish" in line and "within 2 s" in line and "TG test hang" in line
+
+
+@needs_qemu
+@pytest.mark.parametrize("board,opts", [
+    ("stm32f746", FirmwareOptions(samples=2, extra_cflags=("-DTG_TEST_FORCE_CACHES",))),  # M7 cache sequence
+    ("nrf52840", FirmwareOptions(samples=2, qemu_console="semihost")),  # console over semihosting (stderr)
+], ids=["m7-cache-maintenance-on-qemu", "semihosting-console"])
+def test_firmware_variants_run(model, board, opts, tmp_path):
+    write_project(model, load_board(board), tmp_path / "v", firmware_options=opts)
+    r = sim.simulate(tmp_path / "v")
+    assert len(r.run.samples) == 2 and r.run.exit_status == 0
+
+
+def test_cli_build_then_sim(tmp_path):
+    """The user's path: `tinygen build` then `tinygen sim` (skips the sim without the toolchain)."""
+    code, out, err = run("build", "--board", "stm32f746", "--model", "digits-cnn", "--out", tmp_path / "d")
+    if code != 0 and "digits-cnn" in err:
+        pytest.skip(f"the zoo's digits-cnn is unavailable: {err.strip()}")
+    assert code == 0, err
+    if not (HAVE_GCC and HAVE_QEMU):
+        pytest.skip("arm-none-eabi-gcc or qemu-system-arm is not on PATH")
+    code, out, err = run("sim", tmp_path / "d")
+    assert code == 0, err
+    assert "8 of 8 samples" in out
+    if "train" in manifest(tmp_path / "d"):  # a training build: the firmware trains and must equal the reference
+        steps = manifest(tmp_path / "d")["firmware"]["train_steps"]
+        assert steps >= 20 and f"{steps} training steps: every loss and the trained-parameter checksum" in out
+        samples = tmp_path / "d" / "firmware" / "samples.npz"
+        with np.load(samples) as z:
+            x, labels, source = z["x"], z["labels"].copy(), z["source"]
+        labels[0] = (labels[0] + 1) % manifest(tmp_path / "d")["output_shape"][0]  # reference: another label
+        np.savez(samples, x=x, labels=labels, source=source)
+        with pytest.raises(MismatchError, match="training step 0"):
+            sim.simulate(tmp_path / "d")
+
+
+# ---- Renode ---------------------------------------------------------------------------------------------------------
+
+def test_renode_files_name_the_right_platform_and_uart(builds):
+    for name, build in builds.items():
+        board = load_board(name)
+        fw = build / "firmware"
+        resc = (fw / f"{name}.resc").read_text()
+        assert f"machine LoadPlatformDescription @{board.renode['platform']}" in resc
+        assert "mach create $name" in resc and "sysbus LoadELF $elf" in resc
+        assert f"$elf?=$ORIGIN/build/tinygen-{name}.elf" in resc
+        assert f"{board.renode['uart']} CreateFileBackend $uart_log true" in resc
+        assert resc.rstrip().endswith("start")
+        robot = (fw / f"{name}.robot").read_text()
+        assert f"${{UART}}                         {board.renode['uart']}" in robot
+        assert "Create Terminal Tester      ${UART}" in robot
+        assert "Wait For Line On Uart       TG done samples=" in robot and "mismatches=0" in robot
+        assert re.search(r"TG sample 0 label=-?\d+ crc=0x[0-9a-f]{8}", robot)
+    uarts = {n: load_board(n).renode["uart"] for n in BOARDS}
+    assert uarts == {"stm32f746": "sysbus.usart1", "nrf52840": "sysbus.uart0", "stm32h743": "sysbus.usart3"}
+
+
+def test_sim_renode_without_renode_is_one_sentence(builds):
+    if HAVE_RENODE:
+        pytest.skip("renode is on PATH (see test_sim_renode)")
+    code, out, err = run("sim", builds["stm32f746"], "--emulator", "renode")
+    assert code != 0 and "renode is not on PATH" in one_sentence(err)
+
+
+@needs_qemu
+def test_sim_renode_plumbing_with_a_stand_in(builds, tmp_path, monkeypatch):
+    """`sim --emulator renode` with a fake `renode` on PATH that never exits by itself and writes the UART
+    file backend the .resc asks for (here from the QEMU image): sim must read it, stop it and compare."""
+    fake = tmp_path / "bin" / "renode"
+    fake.parent.mkdir()
+    qemu = " ".join(firmware.qemu_args(load_board("stm32f746")))
+    fake.write_text("#!/bin/sh\n"
+                    f"qemu-system-arm {qemu} -kernel build/{firmware.QEMU_ELF} > renode_uart.log 2>&1\n"
+                    "exec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    build = tmp_path / "b"
+    shutil.copytree(builds["stm32f746"], build)
+    r = sim.simulate(build, emulator="renode", timeout=30)
+    assert r.machine.startswith("Renode") and len(r.run.samples) == 8 and r.run.exit_status == 0
+    assert r.seconds < 20  # stopped at "TG exit", not at the fake's sleep
+
+
+@pytest.mark.skipif(not (HAVE_RENODE and HAVE_GCC), reason="renode (https://renode.io) is not on PATH; the "
+                    "project's CI simulates with QEMU")
+@pytest.mark.parametrize("board", BOARDS)
+def test_sim_renode(builds, board):
+    code, out, err = run("sim", builds[board], "--emulator", "renode", "--timeout", "300")
+    assert code == 0, err
+
+
+@pytest.mark.skipif(not (HAVE_RENODE_TEST and HAVE_GCC), reason="renode-test (Renode's Robot runner) is not on "
+                    "PATH; the project's CI simulates with QEMU")
+@pytest.mark.parametrize("board", BOARDS)
+def test_renode_robot(builds, board):
+    robot = builds[board] / "firmware" / f"{board}.robot"
+    r = subprocess.run(["renode-test", str(robot)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_unknown_console_kind_is_one_sentence():
+    b = dataclasses.replace(load_board("stm32f746"), console={"kind": "spi-lcd", "name": "x", "base": "0x0"})
+    with pytest.raises(TinygenError, match="console kind 'spi-lcd' has no driver"):
+        firmware.hw_console_defines(b)
+
+
+@needs_qemu
+def test_missing_elf_is_explained(builds, tmp_path):
+    build = tmp_path / "b"
+    shutil.copytree(builds["nrf52840"], build)
+    (build / "firmware" / "build" / firmware.QEMU_ELF).unlink()
+    with pytest.raises(BuildError, match="was not compiled"):
+        sim.simulate(build)
