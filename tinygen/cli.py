@@ -76,8 +76,13 @@ def boards():
 @click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
 @click.option("--lr-halve-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Halve the learning rate every N steps (0: constant).")
+@click.option("--samples", "--dataset", "samples", type=click.IntRange(min=1), default=None,
+              help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Training steps the firmware runs over its embedded samples.")
 @friendly
-def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, lr, momentum, lr_halve_every):
+def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, lr, momentum, lr_halve_every,
+          samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
     from .boards import load_board
     from .memory import auto_last_k, check_fits, describe, sram_budget
@@ -101,7 +106,10 @@ def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, l
         click.echo(f"update scheme: {describe(trainer.scheme)}")
     else:
         check_fits(model, None, b, budget)
-    m = write_project(model, b, out, trainer)
+    from .firmware import FirmwareOptions
+
+    m = write_project(model, b, out, trainer,
+                      FirmwareOptions(samples=samples, train=trainer is not None, train_steps=steps if trainer else 0))
     click.echo(f"built {m['model']} for {b.name} in {out}: {len(model.layers)} layers, {m['params']:,} params, "
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
     if trainer is not None:

@@ -34,9 +34,9 @@ def trained_state_bytes(trainer) -> int:
     momentum = trainer.config.momentum != 0.0
     for name, tl in trainer.trained.items():
         w = trainer.weights[name]
-        total += w.size + 4 * trainer.bias[name].size  # int8 view + int32 bias
+        total += 4 * trainer.bias[name].size  # int32 bias
         if tl.update.channels:
-            total += 4 * w.size  # int32 master copy
+            total += 5 * w.size  # int8 view + int32 master copy (frozen weights stay in flash)
         if momentum:
             total += 4 * (w.size + trainer.bias[name].size)
     return total
@@ -68,16 +68,22 @@ def auto_last_k(model: ir.Model, config: TrainConfig, budget: int, filter_r: int
 
     n = len(weighted_layers(model))
     smallest = None
-    for k in range(n, 0, -1):
-        try:
-            trainer = Trainer(model, last_k_scheme(model, k, filter_r), config)
-        except TinygenError:
-            continue  # e.g. the gradient path would cross a max pool
-        est = training_sram(model, trainer)
-        if est.total <= budget:
-            trainer.scheme.source = f"auto (last-{k} of {n} weighted layers)"
-            return trainer, est
-        smallest = est
+    for bias_only in (False, True):  # weights and biases of the last K layers; else only their biases
+        for k in range(n, 0, -1):
+            scheme = last_k_scheme(model, k, filter_r)
+            if bias_only:
+                for u in scheme.layers.values():
+                    u.channels = []
+            try:
+                trainer = Trainer(model, scheme, config)
+            except TinygenError:
+                continue  # e.g. the gradient path would cross a max pool
+            est = training_sram(model, trainer)
+            if est.total <= budget:
+                what = "biases of the" if bias_only else ""
+                trainer.scheme.source = f"auto ({what} last-{k} of {n} weighted layers)".replace("( ", "(")
+                return trainer, est
+            smallest = est
     if smallest is None:
         raise TinygenError(f"no layer of {model.name} can train (gradients cannot reach any weighted layer)")
     raise TinygenError(f"even training only the last layer of {model.name} needs {smallest.total:,} B of SRAM "

@@ -286,6 +286,13 @@ def format_report(r: SimResult) -> str:
         rows = [[s["index"], s["sample"], s["label"], s["loss"], f"{s['loss'] / 65536:.4f}", s["count"],
                  round(s["count"] / r.clock_hz * 1e3, 3)] for s in r.run.steps]
         lines += ["", table(["step", "sample", "label", "loss (Q16)", "loss", unit, est], rows, "rrrrrrr")]
+    if len(r.run.steps) >= 2:
+        losses = [s["loss"] / 65536 for s in r.run.steps]
+        k = max(1, len(losses) // 4)
+        step_counts = [s["count"] for s in r.run.steps]
+        lines.append(f"loss: mean of the first {k} steps {sum(losses[:k]) / k:.4f} -> mean of the last {k} steps "
+                     f"{sum(losses[-k:]) / k:.4f}; {sum(step_counts) // len(step_counts):,} {unit} per training step "
+                     f"(mean)")
     counts = [s["count"] for s in r.run.samples]
     st = r.run.stack
     if r.counter == "instr":

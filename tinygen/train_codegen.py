@@ -191,7 +191,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
         code.context["mask"] = on_path
         trained = layer.name in trainer.trained
         for name, arr in code.arrays.items():
-            if trained and (name.endswith("_weight") or name.endswith("_bias")):
+            updates_weights = trained and bool(trainer.trained[layer.name].update.channels)
+            if (updates_weights and name.endswith("_weight")) or (trained and name.endswith("_bias")):
                 mutable[name] = arr
             else:
                 const_arrays[name] = arr
@@ -304,7 +305,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     for name in trainer.trained:
         i = [k for k, layer in enumerate(model.layers) if layer.name == name][0]
         prefix = f"tg_l{i}_{c_ident(name)}"
-        params[:0] = [(f"{prefix}_weight", "weight"), (f"{prefix}_bias", "bias")]
+        params[:0] = ([(f"{prefix}_weight", "weight")] if trainer.trained[name].update.channels else []) + [
+            (f"{prefix}_bias", "bias")]
     buffers = [dict(macro=plan.ptr(n), ctype=plan.ctype[n], offset=b.offset, size=b.size, first=b.first,
                     last=b.last, name=n) for n, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
     masters = [n for n, what in params if what == "master"]

@@ -75,9 +75,9 @@ def reference_params(trainer: Trainer) -> dict[str, bytes]:
         if layer.name not in trainer.trained:
             continue
         prefix = f"tg_l{i}_{c_ident(layer.name)}"
-        out[f"{prefix}_weight"] = trainer.weights[layer.name].astype(np.int8).tobytes()
         out[f"{prefix}_bias"] = trainer.bias[layer.name].astype("<i4").tobytes()
         if trainer.trained[layer.name].update.channels:
+            out[f"{prefix}_weight"] = trainer.weights[layer.name].astype(np.int8).tobytes()
             out[f"{prefix}_master"] = trainer.master[layer.name].astype("<i4").tobytes()
     return out
 
