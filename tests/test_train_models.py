@@ -51,3 +51,13 @@ def test_mbv2_published_schemes_train_bit_exact(mbv2, budget):
     x, y, _ = training_samples(mbv2, STEPS)
     summary = train_c_vs_reference(mbv2, scheme, TrainConfig(lr=0.01), x, y, STEPS)
     assert summary["steps"] == STEPS and summary["gradient_values"] > 10_000
+
+
+def test_mse_loss_with_accumulation_and_momentum_via_cli(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["build", "--board", "nrf52840", "--model", "digits-cnn", "--loss", "mse", "--accumulate",
+                             "3", "--momentum", "0.5", "--lr", "0.002", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(main, ["verify", str(tmp_path / "b"), "--steps", "12"])
+    assert r.exit_code == 0, r.stderr
+    assert "training bit-exact over 12 steps" in r.stdout and "MSE targets" in r.stdout

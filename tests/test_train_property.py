@@ -124,3 +124,19 @@ def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stri
         return b.build()
 
     _run(make, seed, r, {"stem", "branch", "head"}, 3)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(accumulate=st.integers(2, 4), momentum=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16),
+       r=st.sampled_from([1, 2]))
+def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r):
+    """Updates summed over B samples, applied every B-th step (with and without momentum)."""
+    from tinygen.zoo import get_model
+    from tinygen.verify import training_samples
+
+    model = get_model("digits-cnn")
+    x, y, _ = training_samples(model, 9)
+    rng = np.random.default_rng(seed)
+    config = TrainConfig(lr=0.05, momentum=momentum, accumulate=accumulate)
+    trained = {layer.name for layer in model.layers if layer.op in ("conv2d", "fully_connected")}
+    train_c_vs_reference(model, _scheme(model, rng, r, trained), config, x, y, 9)

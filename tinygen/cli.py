@@ -76,13 +76,18 @@ def boards():
 @click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
 @click.option("--lr-halve-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Halve the learning rate every N steps (0: constant).")
+@click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True,
+              help="Softmax cross-entropy on class labels, or mean squared error on target codes "
+                   "(MSE builds train on the host; the firmware harness trains with class labels).")
+@click.option("--accumulate", type=click.IntRange(min=1, max=65536), default=1, show_default=True,
+              help="Gradient accumulation: apply the mean update of every N samples.")
 @click.option("--samples", "--dataset", "samples", type=click.IntRange(min=1), default=None,
               help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, lr, momentum, lr_halve_every,
-          samples, steps):
+          loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
     from .boards import load_board
     from .memory import auto_last_k, check_fits, describe, sram_budget
@@ -97,7 +102,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, l
         from .scheme import TrainConfig, parse_update
         from .train_ref import Trainer
 
-        config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every).check()
+        config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
+                             accumulate=accumulate).check()
         if update == "auto":
             trainer, _ = auto_last_k(model, config, budget, filter_r)
         else:
@@ -108,8 +114,9 @@ def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, l
         check_fits(model, None, b, budget)
     from .firmware import FirmwareOptions
 
+    fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
-                      FirmwareOptions(samples=samples, train=trainer is not None, train_steps=steps if trainer else 0))
+                      FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0))
     click.echo(f"built {m['model']} for {b.name} in {out}: {len(model.layers)} layers, {m['params']:,} params, "
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
     if trainer is not None:

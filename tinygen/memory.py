@@ -37,8 +37,9 @@ def trained_state_bytes(trainer) -> int:
         total += 4 * trainer.bias[name].size  # int32 bias
         if tl.update.channels:
             total += 5 * w.size  # int8 view + int32 master copy (frozen weights stay in flash)
-        if momentum:
-            total += 4 * (w.size + trainer.bias[name].size)
+        state_copies = int(momentum) + int(trainer.config.accumulate > 1)
+        total += 4 * state_copies * ((w.size if tl.update.channels else 0)
+                                     + (trainer.bias[name].size if tl.update.bias else 0))
     return total
 
 

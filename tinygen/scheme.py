@@ -54,19 +54,23 @@ class TrainConfig:
     lr_halve_every: int = 0  # 0: constant learning rate; N: halve it every N steps
     loss: str = "ce"  # "ce" softmax cross-entropy on the logits, or "mse"
     frac_bits: int = 16  # fractional bits of the int32 master weights
+    accumulate: int = 1  # apply the summed update of every `accumulate` samples (gradient accumulation)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
-        return cls(**{k: d[k] for k in ("lr", "momentum", "lr_halve_every", "loss", "frac_bits") if k in d}).check()
+        return cls(**{k: d[k] for k in ("lr", "momentum", "lr_halve_every", "loss", "frac_bits", "accumulate")
+                      if k in d}).check()
 
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise TinygenError(f"learning rate {self.lr} must be a positive number")
         if not 0.0 <= self.momentum < 1.0:
             raise TinygenError(f"momentum {self.momentum} must be in [0, 1)")
+        if not (isinstance(self.accumulate, int) and 1 <= self.accumulate <= 1 << 16):
+            raise TinygenError(f"gradient accumulation over {self.accumulate} samples: use 1..65536")
         if self.loss not in ("ce", "mse"):
             raise TinygenError(f"loss {self.loss!r} is not supported; use 'ce' or 'mse'")
         return self

@@ -204,14 +204,19 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
 
     # loss
     out = model.output
-    loss_fn = "tg_loss_softmax_ce_s8"
     lm, ls = trainer.loss_mult
-    if cfg.loss != "ce":
-        raise TinygenError("the C training step implements the cross-entropy loss; MSE runs in the reference only")
-    kernels.append(env.get_template("train/loss_softmax_ce_s8.c.j2").render(
-        fn=loss_fn, comment=f"loss: softmax cross-entropy over {out.size} classes", scale=out.scale,
-        exp_table=[int(v) for v in trainer.exp], log2_table=[int(v) for v in LOG2_TABLE], ln2_q16=LN2_Q16,
-        classes=out.size, m=lm, s=ls))
+    if cfg.loss == "ce":
+        loss_fn = "tg_loss_softmax_ce_s8"
+        kernels.append(env.get_template("train/loss_softmax_ce_s8.c.j2").render(
+            fn=loss_fn, comment=f"loss: softmax cross-entropy over {out.size} classes", scale=out.scale,
+            exp_table=[int(v) for v in trainer.exp], log2_table=[int(v) for v in LOG2_TABLE], ln2_q16=LN2_Q16,
+            classes=out.size, m=lm, s=ls))
+    else:
+        loss_fn = "tg_loss_mse_s8"
+        vm, vs = trainer.mse_value_mult
+        kernels.append(env.get_template("train/loss_mse_s8.c.j2").render(
+            fn=loss_fn, comment=f"loss: mean squared error over {out.size} outputs", scale=out.scale, size=out.size,
+            m=lm, s=ls, vm=vm, vs=vs))
     out_root = plan.alias.get(out.name, out.name)
 
     # backward, in reverse
@@ -266,9 +271,11 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                 for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult),
                                  ("b_shift", tl.b_shift)):
                     const_arrays[f"{prefix}_{key}"] = arr.astype(np.int32)
-                if mu:
-                    state[f"{prefix}_w_velocity"] = ("int32_t", layer.weight.size)
-                    state[f"{prefix}_b_velocity"] = ("int32_t", layer.bias.size)
+                for kind, wanted in (("velocity", bool(mu)), ("accum", cfg.accumulate > 1)):
+                    if wanted and u.channels:
+                        state[f"{prefix}_w_{kind}"] = ("int32_t", layer.weight.size)
+                    if wanted and u.bias:
+                        state[f"{prefix}_b_{kind}"] = ("int32_t", layer.bias.size)
                 kernels.append(env.get_template("train/conv_weight_update_s8.c.j2").render(
                     fn=fn_up, comment=f"{desc}: update", **ctx, bias=u.bias, n_sel=len(u.channels),
                     n_chan=(layer.groups if is_depthwise(layer) else geo["cg"]), channels=chan_name,
@@ -278,8 +285,9 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                     w_mult=f"{prefix}_w_mult", w_shift=f"{prefix}_w_shift", b_mult=f"{prefix}_b_mult",
                     b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
                     b_velocity=f"{prefix}_b_velocity", master=f"{prefix}_master", bias_name=f"{prefix}_bias",
+                    accumulate=cfg.accumulate, w_accum=f"{prefix}_w_accum", b_accum=f"{prefix}_b_accum",
                     record_id=record("dw:" + layer.name) if u.channels else -1))
-                calls.append(f"{fn_up}({act(layer.inputs[0])}, {gacc}, e_acc_{i}, lr_shift);")
+                calls.append(f"{fn_up}({act(layer.inputs[0])}, {gacc}, e_acc_{i}, lr_shift, apply);")
         elif isinstance(layer, ir.Add):
             for k, t in enumerate(layer.inputs):
                 if t not in want:
@@ -315,7 +323,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                buffers=buffers, kernels=kernels, calls=fwd_calls, input_buf=act(model.input.name),
                output_buf=act(out_root), train=True, loss_fn=loss_fn, grad_out=plan.ptr(f"grad_{out_root}"),
                e_out=f"e_{c_ident(out_root)}", exps=sorted(exps | {f"e_{c_ident(out_root)}"}), bwd_calls=bwd_calls,
-               lr_halve_every=cfg.lr_halve_every, frac_bits=F, params=params, state=state,
+               lr_halve_every=cfg.lr_halve_every, frac_bits=F, accumulate=cfg.accumulate, loss=cfg.loss,
+               params=params, state=state,
                masters=[(m, m.replace("_master", "_weight")) for m in masters],
                array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in const_arrays.items()]
                + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])

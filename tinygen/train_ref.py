@@ -126,6 +126,8 @@ class Trainer:
         self.bias: dict[str, np.ndarray] = {}
         self.w_velocity: dict[str, np.ndarray] = {}
         self.b_velocity: dict[str, np.ndarray] = {}
+        self.w_accum: dict[str, np.ndarray] = {}
+        self.b_accum: dict[str, np.ndarray] = {}
         F = self.config.frac_bits
         for name, u in scheme.layers.items():
             if not (u.channels or u.bias):
@@ -133,8 +135,9 @@ class Trainer:
             layer = names[name]
             x = self.tensors[layer.inputs[0]]
             s_w = layer.w_scales.astype(np.float64)
-            wm, ws = _split(self.config.lr / s_w**2)
-            bm, bs = _split(self.config.lr / (x.scale * s_w) ** 2)
+            lr = self.config.lr / self.config.accumulate  # the mean over the accumulated samples
+            wm, ws = _split(lr / s_w**2)
+            bm, bs = _split(lr / (x.scale * s_w) ** 2)
             wmask = np.zeros(layer.weight.shape, dtype=bool)
             if u.channels:
                 if is_depthwise(layer):
@@ -149,6 +152,8 @@ class Trainer:
             self.bias[name] = layer.bias.astype(np.int64)
             self.w_velocity[name] = np.zeros(layer.weight.shape, dtype=np.int64)
             self.b_velocity[name] = np.zeros(layer.bias.shape, dtype=np.int64)
+            self.w_accum[name] = np.zeros(layer.weight.shape, dtype=np.int64)
+            self.b_accum[name] = np.zeros(layer.bias.shape, dtype=np.int64)
         if not self.trained:
             raise TinygenError("the update scheme trains no layer; give at least one layer weights or bias")
         self.needs_grad = self._gradient_path()
@@ -336,18 +341,32 @@ class Trainer:
                 record[f"dw:{name}"] = d
             delta = mul_q31(d, tl.w_mult[:, None, None, None], tl.w_shift[:, None, None, None] + e_acc + F - lr_shift)
             delta = np.where(tl.wmask.reshape(d.shape), delta, 0).reshape(self.master[name].shape)
-            v = self._momentum(self.w_velocity, name, delta)
-            limit = WEIGHT_LIMIT << F
-            self.master[name] = np.clip(self.master[name] - v, -limit, limit)
-            self.weights[name] = rshift_round(self.master[name], F).astype(np.int8)
+            delta = self._accumulate(self.w_accum, name, delta)
+            if delta is not None:
+                v = self._momentum(self.w_velocity, name, delta)
+                limit = WEIGHT_LIMIT << F
+                self.master[name] = np.clip(self.master[name] - v, -limit, limit)
+                self.weights[name] = rshift_round(self.master[name], F).astype(np.int8)
         if tl.update.bias:
             total = (gacc * counts).reshape(-1, cout).sum(axis=0)
             if record is not None:
                 record[f"db:{name}"] = total
-            delta = mul_q31(total, tl.b_mult, tl.b_shift + e_acc - lr_shift)
-            v = self._momentum(self.b_velocity, name, delta)
-            lim = bias_limit(layer)
-            self.bias[name] = np.clip(self.bias[name] - v, -lim, lim)
+            delta = self._accumulate(self.b_accum, name, mul_q31(total, tl.b_mult, tl.b_shift + e_acc - lr_shift))
+            if delta is not None:
+                v = self._momentum(self.b_velocity, name, delta)
+                lim = bias_limit(layer)
+                self.bias[name] = np.clip(self.bias[name] - v, -lim, lim)
+
+    def _accumulate(self, store, name, delta):
+        """Gradient accumulation: sum deltas (saturated to int32); the sum is due every B-th step."""
+        B = self.config.accumulate
+        if B == 1:
+            return delta
+        store[name] = sat(store[name] + delta, 32)
+        if self.step_count % B != B - 1:
+            return None
+        due, store[name] = store[name], np.zeros_like(store[name])
+        return due
 
     def _momentum(self, store, name, delta):
         """v = mu * v + delta (mu in Q15, rounded), saturated to int32; with mu = 0 just delta."""

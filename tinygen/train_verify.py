@@ -33,7 +33,9 @@ def write_samples(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
     with open(path, "wb") as f:
         for xi, yi in zip(x, labels, strict=True):
             f.write(np.ascontiguousarray(xi, dtype=np.int8).tobytes())
-            f.write(np.int32(yi).astype("<i4").tobytes())
+            yi = np.asarray(yi)
+            # a class index (int32) for cross-entropy, int8 target codes for mean squared error
+            f.write(yi.astype(np.int8).tobytes() if yi.ndim else np.int32(yi).astype("<i4").tobytes())
 
 
 def build_host_trainer(build: Path, src: Path) -> Path:

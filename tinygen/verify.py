@@ -74,6 +74,14 @@ def training_samples(model, steps: int):
     return quantize(x, model.input), y, source
 
 
+def onehot_targets(model, labels) -> np.ndarray:
+    """Regression targets for an MSE build: each label's one-hot vector quantized like the output."""
+    from .inputs import quantize
+
+    onehot = np.eye(model.output.size)[np.asarray(labels) % model.output.size]
+    return quantize(onehot, model.output)
+
+
 def verify_training(build_dir: Path, steps: int = 20) -> TrainVerifyResult:
     from .train_verify import build_host_trainer, compare, run_c_training
 
@@ -83,6 +91,9 @@ def verify_training(build_dir: Path, steps: int = 20) -> TrainVerifyResult:
         raise MismatchError(f"{build_dir} was built without training; rebuild without --no-train to use --steps")
     model, trainer = load_trainer(build_dir, manifest)
     x, y, source = training_samples(model, steps)
+    if trainer.config.loss == "mse":
+        y = onehot_targets(model, y)
+        source += " (MSE targets: the one-hot label vector in the output's codes)"
     binary = build_host_trainer(build_dir, build_dir / "src")
     with tempfile.TemporaryDirectory() as tmp:
         c = run_c_training(binary, x, y, steps, Path(tmp))
