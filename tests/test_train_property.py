@@ -25,13 +25,17 @@ def _w(rng, shape, scale):
 
 
 def _scheme(model, rng, r, names):
+    """Random: which of `names` train (the head always), all or half of their channels or none
+    (bias-only), with or without bias — so frozen, bias-only and partial layers, and the in-place and
+    fused forward kernels they allow, all occur."""
     layers = {}
     for layer in model.layers:
-        if layer.name in names:
+        if layer.name in names and (layer is model.layers[-1] or rng.random() < 0.75):
             n = layer.groups if is_depthwise(layer) else layer.weight.shape[-1]
-            chans = sorted(rng.choice(n, size=max(1, n // 2), replace=False).tolist()) if rng.random() < 0.5 \
-                else list(range(n))
-            layers[layer.name] = LayerUpdate(chans, bool(rng.random() < 0.8), r)
+            u = rng.random()
+            chans = [] if u < 0.25 else sorted(rng.choice(n, size=max(1, n // 2), replace=False).tolist()) \
+                if u < 0.6 else list(range(n))
+            layers[layer.name] = LayerUpdate(chans, bool(rng.random() < 0.8) or not chans, r)
     return Scheme(layers)
 
 
@@ -131,8 +135,8 @@ def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stri
        r=st.sampled_from([1, 2]))
 def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r):
     """Updates summed over B samples, applied every B-th step (with and without momentum)."""
-    from tinygen.zoo import get_model
     from tinygen.verify import training_samples
+    from tinygen.zoo import get_model
 
     model = get_model("digits-cnn")
     x, y, _ = training_samples(model, 9)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import ir
 from .arena import Buffer, plan_greedy_by_size
+from .fusion import Fusion, plan_fusions
 from .paths import data_dir
 
 CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
@@ -61,22 +62,55 @@ class ForwardPlan:
         return self.buffers[self.alias.get(tensor, tensor)].offset
 
 
+def forward_ops(model: ir.Model, fusions: dict) -> list[tuple[int, int, Fusion | None]]:
+    """The forward schedule as (step, layer index, fusion): layer i runs at step i+1; a pointwise
+    conv fused into the following depthwise runs inside that layer's step."""
+    fused_pw = {f.pointwise for f in fusions.values() if f.kind == "pw_dw"}
+    return [(i + 1, i, fusions.get(i)) for i in range(len(model.layers)) if i not in fused_pw]
+
+
+def op_inputs(model: ir.Model, i: int, fusion: Fusion | None) -> list[str]:
+    return model.layers[fusion.pointwise].inputs if fusion and fusion.kind == "pw_dw" else model.layers[i].inputs
+
+
+def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str]) -> None:
+    """Declare the forward pass's buffers through `need(name, size, first, last)`; fills `alias`
+    (reshape outputs and in-place outputs share their input's buffer)."""
+    need(model.input.name, model.input.size, 0, 0)
+    for step, i, f in forward_ops(model, fusions):
+        layer = model.layers[i]
+        for t in op_inputs(model, i, f):
+            need(alias.get(t, t), 0, step, step)
+        if isinstance(layer, ir.Reshape):
+            alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
+            continue
+        if f and f.kind == "inplace_dw":
+            root = alias.get(layer.inputs[0], layer.inputs[0])
+            alias[layer.output.name] = root
+            need(root, layer.output.size, step, step)
+        else:
+            need(layer.output.name, layer.output.size, step, step)
+        if f:
+            need(f"plane_l{i}", f.plane, step, step)
+
+
 def plan_forward(model: ir.Model, align: int = 8) -> ForwardPlan:
     """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output lives to the end."""
     alias: dict[str, str] = {}
-    buffers: dict[str, Buffer] = {model.input.name: Buffer(model.input.name, model.input.size, 0, 0)}
-    for step, layer in enumerate(model.layers, start=1):
-        for t in layer.inputs:
-            root = alias.get(t, t)
-            buffers[root].last = max(buffers[root].last, step)
-        if isinstance(layer, ir.Reshape):
-            alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
-        else:
-            buffers[layer.output.name] = Buffer(layer.output.name, layer.output.size, step, step)
+    buffers: dict[str, Buffer] = {}
+
+    def need(name, size, first, last):
+        b = buffers.setdefault(name, Buffer(name, size, first, last))
+        b.size, b.first, b.last = max(b.size, size), min(b.first, first), max(b.last, last)
+
+    fusions = plan_fusions(model)
+    place_forward(model, fusions, need, alias)
     out_root = alias.get(model.output.name, model.output.name)
     buffers[out_root].last = len(model.layers) + 1
     size = plan_greedy_by_size(list(buffers.values()), align)
-    return ForwardPlan(buffers, alias, size)
+    plan = ForwardPlan(buffers, alias, size)
+    plan.fusions = fusions  # type: ignore[attr-defined]
+    return plan
 
 
 @dataclass
@@ -166,28 +200,58 @@ def render_kernels(model: ir.Model, env: jinja2.Environment | None = None) -> li
     return codes
 
 
+def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset()):
+    """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
+    (kind "act" for a tensor, "plane" for a fused kernel's plane, "mask" for a clamp mask); layers whose
+    output is in `masked` also write their 1-bit clamp mask."""
+    tensors = model.tensors()
+    kernels, calls, codes = [], [], []
+    for _, i, f in forward_ops(model, fusions):
+        layer = model.layers[i]
+        code = layer_code(i, layer, tensors)
+        if code is None:
+            continue
+        mask = layer.output.name in masked
+        code.context["mask"] = mask
+        args = [buf("act", t) for t in layer.inputs] + [buf("act", layer.output.name)]
+        if f and f.kind == "inplace_dw":
+            code.template = "depthwise_conv_inplace_s8"
+            args = [buf("act", layer.inputs[0]), buf("plane", f"plane_l{i}")]
+        elif f and f.kind == "pw_dw":
+            pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
+            code.template = "pointwise_depthwise_fused_s8"
+            code.context["pw"] = pw.context
+            code.arrays.update(pw.arrays)
+            code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]
+            args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
+        code.fn = code.context["fn"] = f"tg_l{i}_{c_ident(layer.name)}_{code.template}"
+        if mask:
+            args.append(buf("mask", layer.output.name))
+        code.kernel_c = env.get_template(f"kernels/{code.template}.c.j2").render(**code.context)
+        kernels.append(code.kernel_c)
+        calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
+        codes.append(code)
+    return kernels, calls, codes
+
+
 def generate_forward(model: ir.Model, src_dir: Path) -> dict:
     """Write tg_model.h/.c and tg_weights.h/.c into `src_dir`; return facts for the manifest."""
     env = environment()
     src_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_forward(model)
-    codes = render_kernels(model, env)
     tensors = model.tensors()
 
-    def buf(t: str) -> str:
+    def buf(kind: str, t: str) -> str:
         return f"TG_BUF_{c_ident(plan.alias.get(t, t))}"
 
     buffers = [dict(macro=f"TG_BUF_{c_ident(name)}", offset=b.offset, size=b.size, first=b.first, last=b.last,
                     name=name) for name, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
-    calls = []
-    for code in codes:
-        args = [buf(t) for t in code.layer.inputs] + [buf(code.layer.output.name)]
-        calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
+    kernels, calls, codes = render_forward(model, plan.fusions, env, buf)
     arrays = {name: arr for code in codes for name, arr in code.arrays.items()}
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
-               buffers=buffers, kernels=[c.kernel_c for c in codes], calls=calls,
-               input_buf=buf(model.input.name), output_buf=buf(model.output.name),
+               buffers=buffers, kernels=kernels, calls=calls,
+               input_buf=buf("act", model.input.name), output_buf=buf("act", model.output.name),
                array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in arrays.items()],
                input_zero_point=tensors[model.input.name].zero_point)
     (src_dir / "tg_model.h").write_text(env.get_template("tg_model.h.j2").render(**ctx))

@@ -17,8 +17,9 @@ import numpy as np
 
 from . import ir
 from .arena import Buffer, plan_greedy_by_size
-from .codegen import CTYPES, c_array, c_ident, environment, layer_code
+from .codegen import CTYPES, c_array, c_ident, environment, place_forward, render_forward
 from .errors import TinygenError
+from .fusion import plan_fusions
 from .memory import trained_state_bytes
 from .quant import round_half_away, split_multiplier
 from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
@@ -50,7 +51,8 @@ class TrainPlan:
     buffers: dict[str, Buffer]
     ctype: dict[str, str]
     arena_size: int
-    alias: dict[str, str]
+    alias: dict[str, str]  # activation storage: reshape and in-place outputs share their input's buffer
+    grad_alias: dict[str, str]  # gradients: only reshape outputs share (an in-place output's gradient differs)
     records: list[str] = field(default_factory=list)
 
     def ptr(self, name: str) -> str:
@@ -62,9 +64,6 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
     index = {layer.name: i for i, layer in enumerate(model.layers)}
     producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
     alias: dict[str, str] = {}
-    for layer in model.layers:
-        if isinstance(layer, ir.Reshape):
-            alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
 
     def root(t):
         return alias.get(t, t)
@@ -75,18 +74,23 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
     def need(name, size, first, last, ct="int8_t"):
         if name in bufs:
             b = bufs[name]
-            b.first, b.last = min(b.first, first), max(b.last, last)
+            b.size, b.first, b.last = max(b.size, int(size)), min(b.first, first), max(b.last, last)
         else:
             bufs[name] = Buffer(name, int(size), first, last)
             ctype[name] = ct
 
     tensors = model.tensors()
-    need(f"act_{model.input.name}", model.input.size, 0, 0)
-    for i, layer in enumerate(model.layers):
-        for t in layer.inputs:
-            need(f"act_{root(t)}", tensors[root(t)].size, sched.fwd(i), sched.fwd(i))
-        if not isinstance(layer, ir.Reshape):
-            need(f"act_{layer.output.name}", layer.output.size, sched.fwd(i), sched.fwd(i))
+    keep = {model.output.name} | {model.layer(n).inputs[0] for n, tl in trainer.trained.items() if tl.update.channels}
+    fusions = plan_fusions(model, keep, trainer.needs_grad)
+    place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias)
+    galias: dict[str, str] = {}
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape):
+            galias[layer.output.name] = galias.get(layer.inputs[0], layer.inputs[0])
+
+    def groot(t):
+        return galias.get(t, t)
+
     out_root = root(model.output.name)
     need(f"act_{out_root}", model.output.size, sched.loss, sched.loss)
     for name, tl in trainer.trained.items():
@@ -102,7 +106,7 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
         need(f"mask_{layer.output.name}", -(-layer.output.size // 8), sched.fwd(i), sched.bwd(i), "uint8_t")
         for t in layer.inputs:
             if t in trainer.needs_grad:
-                contributions.setdefault(root(t), []).append(i)
+                contributions.setdefault(groot(t), []).append(i)
         if isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
             r = trainer.trained[layer.name].update.filter_r if layer.name in trainer.trained else 1
             oh, ow = layer.output.shape[:2] if len(layer.output.shape) == 3 else (1, 1)
@@ -110,7 +114,7 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
             need(f"gacc_{layer.name}", 2 * n, sched.bwd(i), sched.bwd(i), "int16_t")
             if any(t in trainer.needs_grad for t in layer.inputs):
                 need(f"scratch_{layer.name}", 4 * tensors[layer.inputs[0]].size, sched.bwd(i), sched.bwd(i), "int32_t")
-    grad_first = {out_root: sched.loss}
+    grad_first = {groot(model.output.name): sched.loss}
     for t, writers in contributions.items():
         grad_first[t] = sched.bwd(writers[0])
         for w in writers[1:]:
@@ -125,8 +129,9 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
                 raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
                                    "path is not supported")
     size = plan_greedy_by_size(list(bufs.values()), ALIGN)
-    plan = TrainPlan(bufs, ctype, size, alias)
+    plan = TrainPlan(bufs, ctype, size, alias, galias)
     plan.contributions = contributions  # type: ignore[attr-defined]
+    plan.fusions = fusions  # type: ignore[attr-defined]
     return plan
 
 
@@ -146,7 +151,7 @@ def _geometry(layer, tensors):
 def _emit_grad(calls: list[str], plan: TrainPlan, tensors, t: str, i: int, call: str, exps: set) -> None:
     """Append the C that stores layer i's gradient for tensor t (`call` has a {dest} slot): written
     straight into the gradient buffer by its first contributor, added (aligned) by later ones."""
-    r = plan.alias.get(t, t)
+    r = plan.grad_alias.get(t, t)
     writers = plan.contributions[r]  # type: ignore[attr-defined]
     grad = plan.ptr(f"grad_{r}")
     et = f"e_{c_ident(r)}"
@@ -183,24 +188,17 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
         records.append(key)
         return len(records) - 1
 
-    for i, layer in enumerate(model.layers):
-        code = layer_code(i, layer, tensors)
-        if code is None:
-            continue
-        on_path = layer.output.name in trainer.needs_grad
-        code.context["mask"] = on_path
-        trained = layer.name in trainer.trained
+    names = {"act": act, "plane": lambda t: plan.ptr(f"act_{t}"), "mask": lambda t: plan.ptr(f"mask_{t}")}
+    fwd_kernels, fwd_calls, codes = render_forward(model, plan.fusions, env, lambda kind, t: names[kind](t),
+                                                   trainer.needs_grad)
+    kernels.extend(fwd_kernels)
+    for code in codes:
+        tl = trainer.trained.get(code.layer.name)
         for name, arr in code.arrays.items():
-            updates_weights = trained and bool(trainer.trained[layer.name].update.channels)
-            if (updates_weights and name.endswith("_weight")) or (trained and name.endswith("_bias")):
+            if tl and ((tl.update.channels and name.endswith("_weight")) or name.endswith("_bias")):
                 mutable[name] = arr
             else:
                 const_arrays[name] = arr
-        kernels.append(env.get_template(f"kernels/{code.template}.c.j2").render(**code.context))
-        args = [act(t) for t in layer.inputs] + [act(layer.output.name)]
-        if on_path:
-            args.append(plan.ptr(f"mask_{layer.output.name}"))
-        fwd_calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
 
     # loss
     out = model.output
@@ -218,6 +216,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
             fn=loss_fn, comment=f"loss: mean squared error over {out.size} outputs", scale=out.scale, size=out.size,
             m=lm, s=ls, vm=vm, vs=vs))
     out_root = plan.alias.get(out.name, out.name)
+    out_groot = plan.grad_alias.get(out.name, out.name)
 
     # backward, in reverse
     exps: set[str] = set()
@@ -227,7 +226,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
         if layer.output.name not in trainer.needs_grad or isinstance(layer, ir.Reshape):
             continue
         prefix = f"tg_l{i}_{c_ident(layer.name)}"
-        yroot = plan.alias.get(layer.output.name, layer.output.name)
+        yroot = plan.grad_alias.get(layer.output.name, layer.output.name)
         gy, ey, mask = plan.ptr(f"grad_{yroot}"), f"e_{c_ident(yroot)}", plan.ptr(f"mask_{layer.output.name}")
         exps.add(ey)
         calls = [f"TG_RECORD_GRAD({record('grad:' + layer.output.name)}, {gy}, {layer.output.size}, {ey});"]
@@ -287,7 +286,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                     b_velocity=f"{prefix}_b_velocity", master=f"{prefix}_master", bias_name=f"{prefix}_bias",
                     accumulate=cfg.accumulate, w_accum=f"{prefix}_w_accum", b_accum=f"{prefix}_b_accum",
                     record_id=record("dw:" + layer.name) if u.channels else -1))
-                calls.append(f"{fn_up}({act(layer.inputs[0])}, {gacc}, e_acc_{i}, lr_shift, apply);")
+                x_saved = act(layer.inputs[0]) if u.channels else "NULL"  # bias-only: the input is not kept
+                calls.append(f"{fn_up}({x_saved}, {gacc}, e_acc_{i}, lr_shift, apply);")
         elif isinstance(layer, ir.Add):
             for k, t in enumerate(layer.inputs):
                 if t not in want:
@@ -321,8 +321,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
                buffers=buffers, kernels=kernels, calls=fwd_calls, input_buf=act(model.input.name),
-               output_buf=act(out_root), train=True, loss_fn=loss_fn, grad_out=plan.ptr(f"grad_{out_root}"),
-               e_out=f"e_{c_ident(out_root)}", exps=sorted(exps | {f"e_{c_ident(out_root)}"}), bwd_calls=bwd_calls,
+               output_buf=act(out_root), train=True, loss_fn=loss_fn, grad_out=plan.ptr(f"grad_{out_groot}"),
+               e_out=f"e_{c_ident(out_groot)}", exps=sorted(exps | {f"e_{c_ident(out_groot)}"}), bwd_calls=bwd_calls,
                lr_halve_every=cfg.lr_halve_every, frac_bits=F, accumulate=cfg.accumulate, loss=cfg.loss,
                params=params, state=state,
                masters=[(m, m.replace("_master", "_weight")) for m in masters],
