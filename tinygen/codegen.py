@@ -181,7 +181,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     else:
         raise TypeError(layer.op)
     fn = f"{prefix}_{template}"
-    ctx.update(fn=fn, comment=desc, mask=False)
+    ctx.update(fn=fn, comment=desc, mask=False, split_k=0)
     for key in ("weight", "bias", "mult", "shift"):
         if f"{prefix}_{key}" in arrays:
             ctx[key] = f"{prefix}_{key}"
@@ -200,10 +200,12 @@ def render_kernels(model: ir.Model, env: jinja2.Environment | None = None) -> li
     return codes
 
 
-def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset()):
+def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
+                   customize=None):
     """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
     (kind "act" for a tensor, "plane" for a fused kernel's plane, "mask" for a clamp mask); layers whose
-    output is in `masked` also write their 1-bit clamp mask."""
+    output is in `masked` also write their 1-bit clamp mask. `customize(code)` may adjust a layer's
+    context and arrays before it is rendered (trained layers move weights to SRAM)."""
     tensors = model.tensors()
     kernels, calls, codes = [], [], []
     for _, i, f in forward_ops(model, fusions):
@@ -213,6 +215,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             continue
         mask = layer.output.name in masked
         code.context["mask"] = mask
+        if customize is not None:
+            customize(code)
         args = [buf("act", t) for t in layer.inputs] + [buf("act", layer.output.name)]
         if f and f.kind == "inplace_dw":
             code.template = "depthwise_conv_inplace_s8"

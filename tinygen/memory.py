@@ -30,16 +30,19 @@ class SramEstimate:
 
 def trained_state_bytes(trainer) -> int:
     """Bytes of trained parameters and optimizer state in SRAM."""
+    from .weight_store import frac_dtype, weight_store
+
     total = 0
     momentum = trainer.config.momentum != 0.0
+    frac = frac_dtype(trainer.config.frac_bits).itemsize
     for name, tl in trainer.trained.items():
-        w = trainer.weights[name]
         total += 4 * trainer.bias[name].size  # int32 bias
-        if tl.update.channels:
-            total += 5 * w.size  # int8 view + int32 master copy (frozen weights stay in flash)
+        part = 0
+        if tl.update.channels:  # the trained part: int8 view + master fraction (frozen weights stay in flash)
+            part = weight_store(trainer.model.layer(name), tl.update.channels).trained_part(trainer.weights[name]).size
+            total += (1 + frac) * part
         state_copies = int(momentum) + int(trainer.config.accumulate > 1)
-        total += 4 * state_copies * ((w.size if tl.update.channels else 0)
-                                     + (trainer.bias[name].size if tl.update.bias else 0))
+        total += 4 * state_copies * (part + (trainer.bias[name].size if tl.update.bias else 0))
     return total
 
 

@@ -53,7 +53,7 @@ class TrainConfig:
     momentum: float = 0.0
     lr_halve_every: int = 0  # 0: constant learning rate; N: halve it every N steps
     loss: str = "ce"  # "ce" softmax cross-entropy on the logits, or "mse"
-    frac_bits: int = 16  # fractional bits of the int32 master weights
+    frac_bits: int = 8  # fractional bits of the master weights (stored as an int8/int16 remainder beside the view)
     accumulate: int = 1  # apply the summed update of every `accumulate` samples (gradient accumulation)
 
     def to_json(self) -> dict:
@@ -67,6 +67,8 @@ class TrainConfig:
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise TinygenError(f"learning rate {self.lr} must be a positive number")
+        if not (isinstance(self.frac_bits, int) and 1 <= self.frac_bits <= 16):
+            raise TinygenError(f"master-weight fraction of {self.frac_bits} bits: use 1..16")
         if not 0.0 <= self.momentum < 1.0:
             raise TinygenError(f"momentum {self.momentum} must be in [0, 1)")
         if not (isinstance(self.accumulate, int) and 1 <= self.accumulate <= 1 << 16):

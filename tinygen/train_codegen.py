@@ -25,6 +25,7 @@ from .quant import round_half_away, split_multiplier
 from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
 from .scheme import is_depthwise
 from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit, dx_static_shift
+from .weight_store import frac_ctype, weight_store
 
 ALIGN = 8
 
@@ -189,13 +190,29 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
         return len(records) - 1
 
     names = {"act": act, "plane": lambda t: plan.ptr(f"act_{t}"), "mask": lambda t: plan.ptr(f"mask_{t}")}
+    stores = {n: weight_store(model.layer(n), tl.update.channels) for n, tl in trainer.trained.items()
+              if tl.update.channels}
+
+    def sram_weights(code):
+        """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash."""
+        st = stores.get(code.layer.name)
+        if st is None:
+            return
+        prefix = code.fn.rsplit("_" + code.template, 1)[0]
+        w = code.arrays.pop(f"{prefix}_weight")
+        code.arrays[f"{prefix}_weight_t"] = np.ascontiguousarray(st.trained_part(w))
+        if st.split_k:
+            code.arrays[f"{prefix}_weight_f"] = np.ascontiguousarray(st.frozen_part(w))
+        code.context.update(split_k=st.split_k, weight=f"{prefix}_weight_t", weight_t=f"{prefix}_weight_t",
+                            weight_f=f"{prefix}_weight_f")
+
     fwd_kernels, fwd_calls, codes = render_forward(model, plan.fusions, env, lambda kind, t: names[kind](t),
-                                                   trainer.needs_grad)
+                                                   trainer.needs_grad, customize=sram_weights)
     kernels.extend(fwd_kernels)
     for code in codes:
         tl = trainer.trained.get(code.layer.name)
         for name, arr in code.arrays.items():
-            if tl and ((tl.update.channels and name.endswith("_weight")) or name.endswith("_bias")):
+            if tl and (name.endswith("_weight_t") or name.endswith("_bias")):
                 mutable[name] = arr
             else:
                 const_arrays[name] = arr
@@ -242,9 +259,12 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
             mult, shift = ir.conv_requant(layer, x_info)
             const_arrays[f"{prefix}_mult"] = mult.astype(np.int32)
             const_arrays[f"{prefix}_shift"] = shift.astype(np.int32)
-            weight = f"{prefix}_weight"
+            st = stores.get(layer.name)
+            weight = f"{prefix}_weight_t" if st else f"{prefix}_weight"
             ctx = dict(geo, r=r, ph=ph, pw=pw, mult=f"{prefix}_mult", shift=f"{prefix}_shift", weight=weight,
-                       s_static=dx_static_shift(geo["kh"] * geo["kw"] * (geo["out_c"] // geo["groups"])))
+                       s_static=dx_static_shift(geo["kh"] * geo["kw"] * (geo["out_c"] // geo["groups"])),
+                       split_k=st.split_k if st else 0, weight_t=f"{prefix}_weight_t", weight_f=f"{prefix}_weight_f",
+                       depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]))
             gacc = plan.ptr(f"gacc_{layer.name}")
             fn_go = f"{prefix}_grad_output_s16"
             kernels.append(env.get_template("train/conv_grad_output_s16.c.j2").render(
@@ -262,28 +282,27 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                 fn_up = f"{prefix}_update_s8"
                 u = tl.update
                 chan_name = f"{prefix}_channels"
+                part = st.trained_part(layer.weight).size if st else 0
                 if u.channels:
                     const_arrays[chan_name] = np.asarray(u.channels, dtype=np.int32)
-                    mutable_master = f"{prefix}_master"
-                    state[mutable_master] = ("int32_t", layer.weight.size)
-                    params.append((mutable_master, "master"))
+                    state[f"{prefix}_frac"] = (frac_ctype(F), part)
                 for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult),
                                  ("b_shift", tl.b_shift)):
                     const_arrays[f"{prefix}_{key}"] = arr.astype(np.int32)
                 for kind, wanted in (("velocity", bool(mu)), ("accum", cfg.accumulate > 1)):
                     if wanted and u.channels:
-                        state[f"{prefix}_w_{kind}"] = ("int32_t", layer.weight.size)
+                        state[f"{prefix}_w_{kind}"] = ("int32_t", part)
                     if wanted and u.bias:
                         state[f"{prefix}_b_{kind}"] = ("int32_t", layer.bias.size)
                 kernels.append(env.get_template("train/conv_weight_update_s8.c.j2").render(
                     fn=fn_up, comment=f"{desc}: update", **ctx, bias=u.bias, n_sel=len(u.channels),
                     n_chan=(layer.groups if is_depthwise(layer) else geo["cg"]), channels=chan_name,
-                    depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]),
-                    input_zero_point=x_info.zero_point, frac_bits=F, limit=WEIGHT_LIMIT << F,
+                    frac=f"{prefix}_frac", frac_type=frac_ctype(F), input_zero_point=x_info.zero_point,
+                    frac_bits=F, limit=WEIGHT_LIMIT << F,
                     bias_limit=bias_limit(layer),
                     w_mult=f"{prefix}_w_mult", w_shift=f"{prefix}_w_shift", b_mult=f"{prefix}_b_mult",
                     b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
-                    b_velocity=f"{prefix}_b_velocity", master=f"{prefix}_master", bias_name=f"{prefix}_bias",
+                    b_velocity=f"{prefix}_b_velocity", bias_name=f"{prefix}_bias",
                     accumulate=cfg.accumulate, w_accum=f"{prefix}_w_accum", b_accum=f"{prefix}_b_accum",
                     record_id=record("dw:" + layer.name) if u.channels else -1))
                 x_saved = act(layer.inputs[0]) if u.channels else "NULL"  # bias-only: the input is not kept
@@ -313,11 +332,10 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     for name in trainer.trained:
         i = [k for k, layer in enumerate(model.layers) if layer.name == name][0]
         prefix = f"tg_l{i}_{c_ident(name)}"
-        params[:0] = ([(f"{prefix}_weight", "weight")] if trainer.trained[name].update.channels else []) + [
-            (f"{prefix}_bias", "bias")]
+        params.extend(([(f"{prefix}_weight_t", "weight"), (f"{prefix}_frac", "frac")]
+                       if trainer.trained[name].update.channels else []) + [(f"{prefix}_bias", "bias")])
     buffers = [dict(macro=plan.ptr(n), ctype=plan.ctype[n], offset=b.offset, size=b.size, first=b.first,
                     last=b.last, name=n) for n, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
-    masters = [n for n, what in params if what == "master"]
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
                buffers=buffers, kernels=kernels, calls=fwd_calls, input_buf=act(model.input.name),
@@ -325,7 +343,6 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                e_out=f"e_{c_ident(out_groot)}", exps=sorted(exps | {f"e_{c_ident(out_groot)}"}), bwd_calls=bwd_calls,
                lr_halve_every=cfg.lr_halve_every, frac_bits=F, accumulate=cfg.accumulate, loss=cfg.loss,
                params=params, state=state,
-               masters=[(m, m.replace("_master", "_weight")) for m in masters],
                array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in const_arrays.items()]
                + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])
     (src_dir / "tg_model.h").write_text(env.get_template("tg_model.h.j2").render(**ctx))

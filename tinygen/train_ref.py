@@ -48,6 +48,16 @@ def dx_static_shift(terms: int) -> int:
     return max(0, int(bitlen(terms * (1 << (GRAD_BITS + 7)))) - 31)
 
 
+def view_of(master, frac_bits: int):
+    """The int8 view of a master weight: round half up, floor((W + 2^(F-1)) / 2^F). Its remainder
+    W - view * 2^F lies in [-2^(F-1), 2^(F-1)), so the device stores it in F bits (int8 for F <= 8)."""
+    return (np.asarray(master, dtype=np.int64) + (1 << (frac_bits - 1))) >> frac_bits
+
+
+def fraction_of(master, frac_bits: int) -> np.ndarray:
+    return np.asarray(master, dtype=np.int64) - (view_of(master, frac_bits) << frac_bits)
+
+
 def bias_limit(layer) -> int:
     """Largest |bias| a trained layer may reach: the forward accumulator (bias plus K products of
     at most 255 * 128) must stay inside int32."""
@@ -346,7 +356,7 @@ class Trainer:
                 v = self._momentum(self.w_velocity, name, delta)
                 limit = WEIGHT_LIMIT << F
                 self.master[name] = np.clip(self.master[name] - v, -limit, limit)
-                self.weights[name] = rshift_round(self.master[name], F).astype(np.int8)
+                self.weights[name] = view_of(self.master[name], F).astype(np.int8)
         if tl.update.bias:
             total = (gacc * counts).reshape(-1, cout).sum(axis=0)
             if record is not None:

@@ -17,7 +17,8 @@ from .codegen import c_ident, environment
 from .errors import MismatchError
 from .hostbuild import compile_host, run_host
 from .paths import data_dir
-from .train_ref import Trainer
+from .train_ref import Trainer, fraction_of
+from .weight_store import frac_dtype, weight_store
 
 
 @dataclass
@@ -78,9 +79,14 @@ def reference_params(trainer: Trainer) -> dict[str, bytes]:
             continue
         prefix = f"tg_l{i}_{c_ident(layer.name)}"
         out[f"{prefix}_bias"] = trainer.bias[layer.name].astype("<i4").tobytes()
-        if trainer.trained[layer.name].update.channels:
-            out[f"{prefix}_weight"] = trainer.weights[layer.name].astype(np.int8).tobytes()
-            out[f"{prefix}_master"] = trainer.master[layer.name].astype("<i4").tobytes()
+        channels = trainer.trained[layer.name].update.channels
+        if channels:
+            st = weight_store(layer, channels)
+            F = trainer.config.frac_bits
+            out[f"{prefix}_weight_t"] = np.ascontiguousarray(st.trained_part(trainer.weights[layer.name])).astype(
+                np.int8).tobytes()
+            frac = fraction_of(trainer.master[layer.name], F)
+            out[f"{prefix}_frac"] = np.ascontiguousarray(st.trained_part(frac)).astype(frac_dtype(F)).tobytes()
     return out
 
 
