@@ -23,7 +23,7 @@ void tg_record_grad(int32_t id, const int16_t *g, int32_t n, int32_t e);
 #define TG_RECORD_I64(id, i, v) tg_record_i64((id), (i), (v))
 #define TG_RECORD_GRAD(id, g, n, e) tg_record_grad((id), (g), (n), (e))
 #else
-#define TG_RECORD_I64(id, i, v) ((void)0)
+#define TG_RECORD_I64(id, i, v) ((void)(i), (void)(v))
 #define TG_RECORD_GRAD(id, g, n, e) ((void)0)
 #endif
 #define TG_SAT62 ((int64_t)1 << 62)
