@@ -27,10 +27,20 @@ def _align(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
-def plan_greedy_by_size(buffers: list[Buffer], align: int = 8) -> int:
+ORDERS = {
+    # TFLite Micro's GreedyMemoryPlanner order
+    "greedy-by-size": lambda b: (-b.size, b.first, b.name),
+    # alternatives searched by plan_best: long-lived first, area first, conflict-heavy first
+    "greedy-by-lifetime": lambda b: (-(b.last - b.first), -b.size, b.name),
+    "greedy-by-area": lambda b: (-b.size * (b.last - b.first + 1), b.name),
+    "greedy-by-start": lambda b: (b.first, -b.size, b.name),
+}
+
+
+def plan_greedy_by_size(buffers: list[Buffer], align: int = 8, order=ORDERS["greedy-by-size"]) -> int:
     """Assign `offset` to every buffer in place; return the arena size in bytes."""
     placed: list[Buffer] = []
-    for buf in sorted(buffers, key=lambda b: (-b.size, b.first, b.name)):
+    for buf in sorted(buffers, key=order):
         live = sorted((p for p in placed if p.overlaps_in_time(buf)), key=lambda p: p.offset)
         offset = 0
         for p in live:
@@ -40,6 +50,18 @@ def plan_greedy_by_size(buffers: list[Buffer], align: int = 8) -> int:
         buf.offset = offset
         placed.append(buf)
     return _align(max((b.offset + b.size for b in buffers), default=0), align)
+
+
+def plan_best(buffers: list[Buffer], align: int = 8) -> tuple[int, str]:
+    """Search the greedy orders; keep the smallest arena (ties: TFLite Micro's). Returns (size, order)."""
+    best = None
+    for name, order in ORDERS.items():
+        size = plan_greedy_by_size(buffers, align, order)
+        if best is None or size < best[0]:
+            best = (size, name, [b.offset for b in buffers])
+    for b, off in zip(buffers, best[2], strict=True):
+        b.offset = off
+    return best[0], best[1]
 
 
 def lower_bound(buffers: list[Buffer]) -> int:

@@ -87,3 +87,51 @@ def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | No
                                    "tasks": {t: T.TASKS[t].__dict__ for t in tasks}})
     log(f"saved {path}")
     return {"rows": rows, "results": results}
+
+
+# Lin et al. 2022, STM32F746, 128x128, 10 classes: peak SRAM (KB) with sparse update + operator
+# reordering, and sparse update without reordering.
+PAPER_KB = {"mbv2-w0.35": (141, 335), "proxyless-w0.3": (135, 326), "mcunet-5fps": (173, 560)}
+SCHEME_KEYS = {"mbv2-w0.35": "mbv2", "proxyless-w0.3": "proxyless", "mcunet-5fps": "mcunet"}
+
+
+def memory(out: Path | None, log=print) -> dict:
+    """tinygen's planned peak SRAM for the MIT models with each published scheme, beside the paper's."""
+    from .boards import load_board
+    from .memory import RUNTIME_RESERVE, sram_budget
+    from .paths import shared_dir
+    from .plan_report import build_plan
+    from .scheme import TrainConfig, load_scheme
+    from .train_ref import Trainer
+    from .zoo import get_model
+
+    root = shared_dir()
+    if root is None:
+        from .errors import TinygenError
+
+        raise TinygenError("the memory benchmark needs ../shared/models/mit-tiny-training (not present)")
+    board = load_board("stm32f746")
+    schemes = json.loads((root / "models/mit-tiny-training/sparse_schemes.json").read_text())
+    rows, payload = [], []
+    for name, (reorder_kb, sparse_kb) in PAPER_KB.items():
+        model = get_model(name, classes=10)
+        for key in schemes[SCHEME_KEYS[name]]:
+            spec = f"{root}/models/mit-tiny-training/sparse_schemes.json#{SCHEME_KEYS[name]}/{key}"
+            trainer = Trainer(model, load_scheme(spec, model), TrainConfig())
+            p = build_plan(model, trainer, board, sram_budget(board))
+            step = p["arena_bytes"] + p["trained_state_bytes"]
+            payload.append({"model": name, "scheme": key, "paper_kb_sparse_reorder": reorder_kb,
+                            "paper_kb_sparse": sparse_kb, **{k: p[k] for k in (
+                                "peak_sram_bytes", "arena_bytes", "arena_lower_bound_bytes", "trained_state_bytes",
+                                "runtime_reserve_bytes", "flash_bytes", "fits")}})
+            rows.append([name, key, f"{step / 1024:.1f}", f"{p['peak_sram_bytes'] / 1024:.1f}",
+                         f"{p['arena_bytes'] / 1024:.1f}", f"{p['trained_state_bytes'] / 1024:.1f}",
+                         reorder_kb, sparse_kb, "yes" if p["fits"] else "no"])
+            log(f"  {name} {key}: {step / 1024:.1f} KB")
+    log(table(["model", "scheme", "tinygen step KB", "+ stack/runtime KB", "arena KB", "trained state KB",
+               "paper sparse+reorder KB", "paper sparse KB", "fits F746"], rows, "llrrrrrrl"))
+    log(f"tinygen step = arena (activations, masks, gradients, scratch) + trained weights and optimizer state; "
+        f"the next column adds the {RUNTIME_RESERVE // 1024} KB stack/runtime allowance")
+    path = _save(out, "memory", {"rows": payload})
+    log(f"saved {path}")
+    return {"rows": payload}

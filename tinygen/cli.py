@@ -90,39 +90,94 @@ def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, l
           loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
     from .boards import load_board
-    from .memory import auto_last_k, check_fits, describe, sram_budget
+    from .memory import check_fits, describe, sram_budget
     from .project import write_project
     from .resolve import resolve_model
 
     b = load_board(board)
     model = resolve_model(model_spec, classes)
-    trainer = None
     budget = sram_budget(b, budget_kb)
-    if train:
-        from .scheme import TrainConfig, parse_update
-        from .train_ref import Trainer
-
-        config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
-                             accumulate=accumulate).check()
-        if update == "auto":
-            trainer, _ = auto_last_k(model, config, budget, filter_r)
-        else:
-            trainer = Trainer(model, parse_update(update, model, filter_r), config)
-        check_fits(model, trainer, b, budget)
+    trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
+                              accumulate)
+    check_fits(model, trainer, b, budget)
+    if trainer is not None:
         click.echo(f"update scheme: {describe(trainer.scheme)}")
-    else:
-        check_fits(model, None, b, budget)
     from .firmware import FirmwareOptions
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0))
+    import json as _json
+
+    from .plan_report import build_plan, timeline_svg
+
+    p = build_plan(model, trainer, b, budget)
+    (Path(out) / "plan.json").write_text(_json.dumps(p, indent=1) + "\n")
+    (Path(out) / "memory_timeline.svg").write_text(timeline_svg(p))
     click.echo(f"built {m['model']} for {b.name} in {out}: {len(model.layers)} layers, {m['params']:,} params, "
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
     if trainer is not None:
         t = m["train"]
         click.echo(f"training: {t['trained_layers']} layers train ({update}, r={filter_r}), "
                    f"{t['trained_bytes']:,} B of trained parameters and optimizer state in SRAM")
+    click.echo(f"plan: peak SRAM {p['peak_sram_bytes']:,} B of {p['budget_bytes']:,} B (plan.json, "
+               "memory_timeline.svg)")
+
+
+def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1):
+    """The reference Trainer for the requested update scheme (None without training)."""
+    if not train:
+        return None
+    from .memory import auto_last_k
+    from .scheme import TrainConfig, parse_update
+    from .train_ref import Trainer
+
+    config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
+                         accumulate=accumulate).check()
+    if update == "auto":
+        return auto_last_k(model, config, budget, filter_r)[0]
+    return Trainer(model, parse_update(update, model, filter_r), config)
+
+
+@main.command()
+@click.option("--board", required=True, help="Target board (see `tinygen boards`).")
+@click.option("--model", "model_spec", required=True, help="Zoo name or a model file.")
+@click.option("--classes", type=click.IntRange(min=2), default=None, help="Replace the head with N classes.")
+@click.option("--budget-kb", type=click.FloatRange(min=1), default=None, help="SRAM budget (default: the board's).")
+@click.option("--update", default="auto", show_default=True, help="As for build.")
+@click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--no-train", "no_train", is_flag=True, help="Plan inference only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the memory timeline picture here (default: memory_timeline.svg).")
+@friendly
+def plan(board, model_spec, classes, budget_kb, update, filter_r, momentum, no_train, as_json, svg):
+    """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
+    import json as _json
+
+    from .boards import load_board
+    from .errors import TinygenError
+    from .memory import check_fits, sram_budget
+    from .plan_report import build_plan, plan_table, timeline_svg
+    from .resolve import resolve_model
+
+    b = load_board(board)
+    model = resolve_model(model_spec, classes)
+    budget = sram_budget(b, budget_kb)
+    trainer = _choose_trainer(model, budget, not no_train, update, filter_r, 0.01, momentum, 0)
+    p = build_plan(model, trainer, b, budget)
+    svg = svg or Path("memory_timeline.svg")
+    svg.write_text(timeline_svg(p))
+    click.echo(_json.dumps(p, indent=1) if as_json else plan_table(p) + f"\nmemory timeline: {svg}")
+    if not p["fits"]:
+        try:
+            check_fits(model, trainer, b, budget)
+        except TinygenError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        raise TinygenError(f"{model.name} needs {p['flash_bytes']:,} B of flash but {b.name} has "
+                           f"{b.flash_bytes:,} B; pick a board with more flash or a smaller model")
 
 
 @main.command()
@@ -169,6 +224,16 @@ def bench_gradients(models, samples, rs, out):
     from .bench import gradient_filter
 
     gradient_filter(list(models), samples, list(rs), out, log=click.echo)
+
+
+@bench.command("memory")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_memory(out):
+    """Planned peak SRAM of the MIT models with their published schemes, beside the paper's figures."""
+    from .bench import memory
+
+    memory(out, log=click.echo)
 
 
 @bench.command("transfer")

@@ -17,7 +17,7 @@ import jinja2
 import numpy as np
 
 from . import ir
-from .arena import Buffer, plan_greedy_by_size
+from .arena import Buffer, plan_best
 from .fusion import Fusion, plan_fusions
 from .paths import data_dir
 
@@ -107,7 +107,7 @@ def plan_forward(model: ir.Model, align: int = 8) -> ForwardPlan:
     place_forward(model, fusions, need, alias)
     out_root = alias.get(model.output.name, model.output.name)
     buffers[out_root].last = len(model.layers) + 1
-    size = plan_greedy_by_size(list(buffers.values()), align)
+    size, _ = plan_best(list(buffers.values()), align)
     plan = ForwardPlan(buffers, alias, size)
     plan.fusions = fusions  # type: ignore[attr-defined]
     return plan

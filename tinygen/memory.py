@@ -108,7 +108,8 @@ def check_fits(model: ir.Model, trainer, board: Board, budget: int) -> SramEstim
         return est
     parts = {"the activation arena": est.arena, "trained parameters and optimizer state": est.trained}
     big = max(parts, key=parts.get)
-    fix = ("train fewer layers (--update last-K or auto), use --filter-r, or pick a board with more SRAM"
+    fix = ("train fewer layers or channels (--update last-K, a sparser scheme, or auto), or pick a board with "
+           "more SRAM"
            if trainer is not None else "pick a board with more SRAM or a smaller model/input size")
     raise TinygenError(f"{model.name} needs {est.total:,} B of SRAM on {board.name} but {budget:,} B are available "
                        f"(largest part: {big}, {parts[big]:,} B; {est.reserve:,} B reserved for stack and "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .arena import Buffer, plan_greedy_by_size
+from .arena import Buffer, plan_best
 from .codegen import CTYPES, c_array, c_ident, environment, place_forward, render_forward
 from .errors import TinygenError
 from .fusion import plan_fusions
@@ -97,7 +97,7 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
     for name, tl in trainer.trained.items():
         if tl.update.channels:
             t = root(model.layer(name).inputs[0])
-            need(f"act_{t}", tensors[t].size, 0, sched.bwd(index[name]))
+            need(f"act_{t}", tensors[t].size, sched.bwd(index[name]), sched.bwd(index[name]))  # kept from its producer
     # gradient path
     path = [(i, layer) for i, layer in enumerate(model.layers) if layer.output.name in trainer.needs_grad]
     contributions: dict[str, list[int]] = {}  # grad root -> backward layer indices writing into it, in order
@@ -129,10 +129,11 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
             if any(u.output.name in trainer.needs_grad for u in users):
                 raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
                                    "path is not supported")
-    size = plan_greedy_by_size(list(bufs.values()), ALIGN)
+    size, strategy = plan_best(list(bufs.values()), ALIGN)
     plan = TrainPlan(bufs, ctype, size, alias, galias)
     plan.contributions = contributions  # type: ignore[attr-defined]
     plan.fusions = fusions  # type: ignore[attr-defined]
+    plan.strategy = strategy  # type: ignore[attr-defined]
     return plan
 
 
