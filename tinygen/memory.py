@@ -2,7 +2,7 @@
 
 Peak SRAM = the arena (activations kept for backward, masks, gradients, scratch, placed by
 the lifetime planner over the step) + trained parameters (int8 views, int32 biases,
-int32 master copies, momentum) + a stack/runtime allowance.
+master-weight fractions, momentum) + a stack/runtime allowance.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bit-exact NumPy reference of the integer training step (docs/numerics.md).
 
-`Trainer(model, scheme, config)` holds the trainable state (int32 master weights, their
+`Trainer(model, scheme, config)` holds the trainable state (master weights, their
 int8 views, int32 biases, momentum) and runs `step(x, label)`: forward with clamp masks,
 fixed-point loss, backward through the gradient path with each trained layer's weights
 and bias updated as soon as its gradient exists. Every intermediate is an integer; the
