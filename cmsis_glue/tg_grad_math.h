@@ -35,28 +35,6 @@ TG_INLINE int32_t tg_bitlen64(int64_t x)
     return a == 0 ? 0 : 64 - __builtin_clzll(a);
 }
 
-/* x / 2^n rounded half away from zero; n >= 0; 0 when n >= 63. */
-TG_INLINE int64_t tg_rshift_round64(int64_t x, int32_t n)
-{
-    if (n <= 0) {
-        return x;
-    }
-    if (n >= 63) {
-        return 0;
-    }
-    const int64_t mask = (int64_t)(((uint64_t)1 << n) - 1U);
-    const int64_t remainder = x & mask;
-    int64_t result = x >> n;
-    int64_t threshold = mask >> 1;
-    if (result < 0) {
-        threshold++;
-    }
-    if (remainder > threshold) {
-        result++;
-    }
-    return result;
-}
-
 TG_INLINE int32_t tg_sat32(int64_t x)
 {
     return (int32_t)(x < INT32_MIN ? INT32_MIN : (x > INT32_MAX ? INT32_MAX : x));

@@ -32,13 +32,19 @@ TG_INLINE int32_t tg_doubling_high_mult(int32_t a, int32_t b)
     return (int32_t)(prod >> 31);
 }
 
-/* x / 2^exponent, ties away from zero; exponent in [0, 31]. */
-TG_INLINE int32_t tg_divide_by_power_of_two(int32_t x, int32_t exponent)
+/* x / 2^n rounded half away from zero (arm_nn_divide_by_power_of_two); n >= 0; 0 when n >= 63. */
+TG_INLINE int64_t tg_rshift_round64(int64_t x, int32_t n)
 {
-    const int32_t mask = (int32_t)((1U << exponent) - 1U);
-    const int32_t remainder = x & mask;
-    int32_t result = x >> exponent;
-    int32_t threshold = mask >> 1;
+    if (n <= 0) {
+        return x;
+    }
+    if (n >= 63) {
+        return 0;
+    }
+    const int64_t mask = (int64_t)(((uint64_t)1 << n) - 1U);
+    const int64_t remainder = x & mask;
+    int64_t result = x >> n;
+    int64_t threshold = mask >> 1;
     if (result < 0) {
         threshold++;
     }
@@ -46,6 +52,12 @@ TG_INLINE int32_t tg_divide_by_power_of_two(int32_t x, int32_t exponent)
         result++;
     }
     return result;
+}
+
+/* The int32 case, exponent in [0, 31]. */
+TG_INLINE int32_t tg_divide_by_power_of_two(int32_t x, int32_t exponent)
+{
+    return (int32_t)tg_rshift_round64(x, exponent);
 }
 
 /* arm_nn_requantize: val * multiplier * 2^shift / 2^31. shift > 0 is a left shift. */

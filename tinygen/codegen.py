@@ -238,6 +238,24 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
     return kernels, calls, codes
 
 
+def write_sources(env: jinja2.Environment, src_dir: Path, ctx: dict, const_arrays: dict, mutable=None) -> None:
+    """tg_model.[ch] and tg_weights.[ch]: `const` arrays go to flash, `mutable` ones (trained) to SRAM."""
+    mutable = mutable or {}
+    ctx = dict(ctx, array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];"
+                                 for n, a in const_arrays.items()]
+               + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])
+    for name in ("tg_model.h", "tg_model.c", "tg_weights.h"):
+        (src_dir / name).write_text(env.get_template(f"{name}.j2").render(**ctx))
+    with open(src_dir / "tg_weights.c", "w") as f:
+        f.write(env.get_template("tg_weights.c.j2").render(**ctx))
+        for name, arr in const_arrays.items():
+            f.write(c_array(name, arr))
+        if mutable:
+            f.write("\n/* Trained parameters: in SRAM, updated by tg_train_step. */\n")
+        for name, arr in mutable.items():
+            f.write(c_array(name, arr, const=False))
+
+
 def generate_forward(model: ir.Model, src_dir: Path) -> dict:
     """Write tg_model.h/.c and tg_weights.h/.c into `src_dir`; return facts for the manifest."""
     env = environment()
@@ -256,15 +274,8 @@ def generate_forward(model: ir.Model, src_dir: Path) -> dict:
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
                buffers=buffers, kernels=kernels, calls=calls,
                input_buf=buf("act", model.input.name), output_buf=buf("act", model.output.name),
-               array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in arrays.items()],
                input_zero_point=tensors[model.input.name].zero_point)
-    (src_dir / "tg_model.h").write_text(env.get_template("tg_model.h.j2").render(**ctx))
-    (src_dir / "tg_model.c").write_text(env.get_template("tg_model.c.j2").render(**ctx))
-    (src_dir / "tg_weights.h").write_text(env.get_template("tg_weights.h.j2").render(**ctx))
-    with open(src_dir / "tg_weights.c", "w") as f:
-        f.write(env.get_template("tg_weights.c.j2").render(**ctx))
-        for name, arr in arrays.items():
-            f.write(c_array(name, arr))
+    write_sources(env, src_dir, ctx, arrays)
     weight_bytes = int(sum(a.nbytes for a in arrays.values()))
     return {"arena_bytes": plan.arena_size, "weight_bytes": weight_bytes,
             "buffers": {b["name"]: {"offset": b["offset"], "size": b["size"]} for b in buffers}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quant import split_multiplier  # noqa: F401  (re-exported: build-time multipliers of any size)
+from .quant import divide_by_power_of_two, split_multiplier  # noqa: F401  (split_multiplier re-exported)
 
 GRAD_BITS = 14  # normalized gradients satisfy |G| <= 2^14 (int16 with one bit of headroom)
 SAT62 = (1 << 62)
@@ -27,17 +27,11 @@ def bitlen(x) -> np.ndarray:
 
 
 def rshift_round(x, n):
-    """x / 2^n rounded half away from zero, n >= 0; 0 when n >= 63 (|x| < 2^62)."""
-    x = np.asarray(x, dtype=np.int64)
+    """x / 2^n rounded half away from zero, n >= 0; 0 when n >= 63 (|x| < 2^62): CMSIS-NN's
+    rounding divide (`quant.divide_by_power_of_two`) on int64."""
     n = np.asarray(n, dtype=np.int64)
     big = n >= 63
-    nn = np.where(big, 0, n)
-    mask = (np.int64(1) << nn) - 1
-    rem = x & mask
-    res = x >> nn
-    threshold = (mask >> 1) + (res < 0)
-    out = res + (rem > threshold)
-    return np.where(big, 0, out)
+    return np.where(big, 0, divide_by_power_of_two(x, np.where(big, 0, n)))
 
 
 def sat(x, bits: int):

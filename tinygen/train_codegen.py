@@ -17,7 +17,7 @@ import numpy as np
 
 from . import ir
 from .arena import Buffer, plan_best
-from .codegen import CTYPES, c_array, c_ident, environment, place_forward, render_forward
+from .codegen import c_ident, environment, place_forward, render_forward, write_sources
 from .errors import TinygenError
 from .fusion import plan_fusions
 from .memory import trained_state_bytes
@@ -343,19 +343,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                output_buf=act(out_root), train=True, loss_fn=loss_fn, grad_out=plan.ptr(f"grad_{out_groot}"),
                e_out=f"e_{c_ident(out_groot)}", exps=sorted(exps | {f"e_{c_ident(out_groot)}"}), bwd_calls=bwd_calls,
                lr_halve_every=cfg.lr_halve_every, frac_bits=F, accumulate=cfg.accumulate, loss=cfg.loss,
-               params=params, state=state,
-               array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in const_arrays.items()]
-               + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])
-    (src_dir / "tg_model.h").write_text(env.get_template("tg_model.h.j2").render(**ctx))
-    (src_dir / "tg_model.c").write_text(env.get_template("tg_model.c.j2").render(**ctx))
-    (src_dir / "tg_weights.h").write_text(env.get_template("tg_weights.h.j2").render(**ctx))
-    with open(src_dir / "tg_weights.c", "w") as f:
-        f.write(env.get_template("tg_weights.c.j2").render(**ctx))
-        for name, arr in const_arrays.items():
-            f.write(c_array(name, arr))
-        f.write("\n/* Trained parameters: in SRAM, updated by tg_train_step. */\n")
-        for name, arr in mutable.items():
-            f.write(c_array(name, arr, const=False))
+               params=params, state=state)
+    write_sources(env, src_dir, ctx, const_arrays, mutable)
     return {"arena_bytes": plan.arena_size, "records": records, "params": [p[0] for p in params],
             "const_bytes": int(sum(a.nbytes for a in const_arrays.values())),
             "trained_bytes": trained_state_bytes(trainer)}
