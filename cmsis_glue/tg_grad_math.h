@@ -107,18 +107,4 @@ static inline void tg_grad_align_add(const int16_t *a, int32_t ea, const int16_t
     *eout = e + k;
 }
 
-/* Normalize an int32 scratch holding values * 2^e into int16 gradients. */
-static inline void tg_grad_normalize32(const int32_t *v, int32_t e, int16_t *out, int32_t *eout, int32_t n)
-{
-    int64_t big = 0;
-    for (int32_t i = 0; i < n; i++) {
-        big = tg_abs64(v[i]) > big ? tg_abs64(v[i]) : big;
-    }
-    const int32_t k = tg_norm_shift(big);
-    for (int32_t i = 0; i < n; i++) {
-        out[i] = (int16_t)tg_rshift_round64(v[i], k);
-    }
-    *eout = e + k;
-}
-
 #endif /* TG_GRAD_MATH_H */

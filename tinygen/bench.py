@@ -130,7 +130,7 @@ def memory(out: Path | None, log=print) -> dict:
             log(f"  {name} {key}: {step / 1024:.1f} KB")
     log(table(["model", "scheme", "tinygen step KB", "+ stack/runtime KB", "arena KB", "trained state KB",
                "paper sparse+reorder KB", "paper sparse KB", "fits F746"], rows, "llrrrrrrl"))
-    log(f"tinygen step = arena (activations, masks, gradients, scratch) + trained weights and optimizer state; "
+    log(f"tinygen step = arena (activations, masks, gradients, planes) + trained weights and optimizer state; "
         f"the next column adds the {RUNTIME_RESERVE // 1024} KB stack/runtime allowance")
     path = _save(out, "memory", {"rows": payload})
     log(f"saved {path}")

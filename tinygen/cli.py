@@ -237,8 +237,8 @@ def bench_memory(out):
 
 
 @bench.command("transfer")
-@click.option("--task", "tasks", multiple=True, type=click.Choice(["digits", "mnist"]), default=["digits", "mnist"],
-              show_default=True)
+@click.option("--task", "tasks", multiple=True, type=click.Choice(["digits", "mnist", "mnist14"]),
+              default=["digits", "mnist", "mnist14"], show_default=True)
 @click.option("--update", "updates", multiple=True, default=["last-1", "last-2", "last-3", "full"],
               show_default=True)
 @click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=[1, 2], show_default=True)

@@ -1,6 +1,6 @@
 """SRAM of a training step, and the interim `--update auto`: the deepest last-K that fits.
 
-Peak SRAM = the arena (activations kept for backward, masks, gradients, scratch, placed by
+Peak SRAM = the arena (activations kept for backward, masks, gradients, planes, placed by
 the lifetime planner over the step) + trained parameters (int8 views, int32 biases,
 master-weight fractions, momentum) + a stack/runtime allowance.
 """

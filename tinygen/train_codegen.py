@@ -4,7 +4,7 @@ Emits, beside the forward kernels, one backward kernel per layer on the gradient
 (templates under `templates/train/`, one op each), the loss, and the schedule
 `tg_train_step(input, label)`: forward with 1-bit clamp masks, loss, then each layer's
 backward in reverse with its weights and bias updated as soon as their gradient exists.
-Every buffer (activations kept for backward, masks, gradients, scratch) is placed in
+Every buffer (activations kept for backward, masks, gradients, planes) is placed in
 one static arena by `tinygen.arena` over the step's schedule.
 """
 
@@ -24,7 +24,7 @@ from .memory import trained_state_bytes
 from .quant import round_half_away, split_multiplier
 from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
 from .scheme import is_depthwise
-from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit, dx_static_shift
+from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit
 from .weight_store import frac_ctype, weight_store
 
 ALIGN = 8
@@ -113,8 +113,6 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
             oh, ow = layer.output.shape[:2] if len(layer.output.shape) == 3 else (1, 1)
             n = -(-oh // r) * -(-ow // r) * layer.weight.shape[0]
             need(f"gacc_{layer.name}", 2 * n, sched.bwd(i), sched.bwd(i), "int16_t")
-            if any(t in trainer.needs_grad for t in layer.inputs):
-                need(f"scratch_{layer.name}", 4 * tensors[layer.inputs[0]].size, sched.bwd(i), sched.bwd(i), "int32_t")
     grad_first = {groot(model.output.name): sched.loss}
     for t, writers in contributions.items():
         grad_first[t] = sched.bwd(writers[0])
@@ -263,7 +261,6 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
             st = stores.get(layer.name)
             weight = f"{prefix}_weight_t" if st else f"{prefix}_weight"
             ctx = dict(geo, r=r, ph=ph, pw=pw, mult=f"{prefix}_mult", shift=f"{prefix}_shift", weight=weight,
-                       s_static=dx_static_shift(geo["kh"] * geo["kw"] * (geo["out_c"] // geo["groups"])),
                        split_k=st.split_k if st else 0, weight_t=f"{prefix}_weight_t", weight_f=f"{prefix}_weight_f",
                        depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]))
             gacc = plan.ptr(f"gacc_{layer.name}")
@@ -277,8 +274,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                 fn_dx = f"{prefix}_backward_input_s16"
                 kernels.append(env.get_template("train/conv_backward_input_s16.c.j2").render(
                     fn=fn_dx, comment=f"{desc}: input gradient", **ctx))
-                scratch = plan.ptr(f"scratch_{layer.name}")
-                _emit_grad(calls, plan, tensors, want[0], i, f"{fn_dx}({gacc}, e_acc_{i}, {scratch}, {{dest}})", exps)
+                _emit_grad(calls, plan, tensors, want[0], i, f"{fn_dx}({gacc}, e_acc_{i}, {{dest}})", exps)
             if tl:
                 fn_up = f"{prefix}_update_s8"
                 u = tl.update

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import ir, reference
 from .errors import TinygenError
-from .gradmath import GRAD_BITS, align_add, bitlen, mul_q31, normalize16, rshift_round, sat, split_multiplier
+from .gradmath import align_add, bitlen, mul_q31, normalize16, rshift_round, sat, split_multiplier
 from .quant import round_half_away
 from .reference import im2col, pool_counts
 from .scheme import LayerUpdate, Scheme, TrainConfig, is_depthwise
@@ -41,11 +41,6 @@ def ln_q16(n) -> np.ndarray:
     frac = ((n << 8) >> k) & 255
     log2 = k * 65536 + LOG2_TABLE[frac]
     return rshift_round(log2 * LN2_Q16, 16)
-
-
-def dx_static_shift(terms: int) -> int:
-    """Right shift that keeps a sum of `terms` products |G|<=2^14 times |w|<=128 inside int32."""
-    return max(0, int(bitlen(terms * (1 << (GRAD_BITS + 7)))) - 31)
 
 
 def view_of(master, frac_bits: int):
@@ -324,8 +319,7 @@ class Trainer:
             cols = np.einsum("pgo,gok->pgk", full, wg).reshape(oh, ow, groups, kh * kw, cg)
             cols = cols.transpose(0, 1, 3, 2, 4).reshape(oh, ow, kh * kw, groups * cg)
             dx = _scatter_windows(cols, x.shape, (kh, kw), geom["stride"], geom["pad"], geom["dil"])
-            s_static = dx_static_shift(kh * kw * (cout // groups))
-            g, e = normalize16(rshift_round(dx, s_static), e_acc + s_static)
+            g, e = normalize16(dx, e_acc)
             yield layer.inputs[0], Grad(g.reshape(self.tensors[layer.inputs[0]].shape), e)
         # 4. weight and bias update, applied now (the gradient is never stored)
         if tl:
