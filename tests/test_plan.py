@@ -95,3 +95,19 @@ def test_no_two_live_buffers_overlap(specs):
     assert size >= lower_bound(bufs)
     tflm = plan_greedy_by_size([Buffer(b.name, b.size, b.first, b.last) for b in bufs])
     assert size <= tflm
+
+
+@pytest.mark.skipif(not __import__("shutil").which("arm-none-eabi-gcc"), reason="arm-none-eabi-gcc is not installed")
+@pytest.mark.parametrize("model, board", [("digits-cnn", "nrf52840"), ("mnist-cnn", "stm32f746")])
+def test_plan_agrees_with_the_linker(model, board, tmp_path):
+    """The ELF's SRAM (.data + .bss + arena + stack) lies within the plan's runtime allowance of the
+    plan's peak, never above it."""
+    r = CliRunner().invoke(main, ["build", "--board", board, "--model", model, "--update", "last-3",
+                                  "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.stderr
+    b = tmp_path / "b"
+    plan = json.loads((b / "plan.json").read_text())
+    elf = json.loads((b / "tinygen.json").read_text())["firmware"]["hw"]["sizes"]
+    assert elf["arena"] == plan["arena_bytes"]
+    assert plan["peak_sram_bytes"] - plan["runtime_reserve_bytes"] <= elf["sram_bytes"] <= plan["peak_sram_bytes"]
+    assert elf["flash_bytes"] <= plan["flash_bytes"]
