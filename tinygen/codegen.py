@@ -188,18 +188,6 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     return LayerCode(index, layer, fn, template, ctx, arrays)
 
 
-def render_kernels(model: ir.Model, env: jinja2.Environment | None = None) -> list[LayerCode]:
-    env = env or environment()
-    tensors = model.tensors()
-    codes = []
-    for i, layer in enumerate(model.layers):
-        code = layer_code(i, layer, tensors)
-        if code is not None:
-            code.kernel_c = env.get_template(f"kernels/{code.template}.c.j2").render(**code.context)
-            codes.append(code)
-    return codes
-
-
 def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
                    customize=None):
     """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer

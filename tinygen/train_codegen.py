@@ -22,7 +22,6 @@ from .errors import TinygenError
 from .fusion import plan_fusions
 from .memory import trained_state_bytes
 from .quant import round_half_away, split_multiplier
-from .reference import pool_counts  # noqa: F401  (documents the avgpool count convention shared with C)
 from .scheme import is_depthwise
 from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit
 from .weight_store import frac_ctype, weight_store
