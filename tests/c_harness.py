@@ -23,3 +23,20 @@ def run_generated_forward(model, x: np.ndarray, workdir: Path) -> np.ndarray:
     fin.write_bytes(np.ascontiguousarray(x, dtype=np.int8).tobytes())
     run_host(binary, [str(fin), str(fout)])
     return np.frombuffer(fout.read_bytes(), dtype=np.int8).reshape((len(x),) + tuple(model.output.shape))
+
+
+def c_driver(workdir: Path, source: str, dtype, n_out: int):
+    """Compile a small C program that maps rows of `dtype` values read from argv[1] to `n_out`
+    values written to argv[2] (project flags, sanitizers on); returns run(rows) -> int64 array."""
+    workdir = Path(workdir)
+    (workdir / "drv.c").write_text(source)
+    exe = compile_host([workdir / "drv.c"], [data_dir("cmsis_glue")], workdir / "drv",
+                       extra=["-Wno-missing-prototypes"])
+
+    def run(rows):
+        (workdir / "in.bin").write_bytes(np.asarray(rows, dtype=dtype).tobytes())
+        run_host(exe, [str(workdir / "in.bin"), str(workdir / "out.bin")])
+        out = np.frombuffer((workdir / "out.bin").read_bytes(), dtype=dtype)
+        return out.reshape(-1, n_out).astype(np.int64)
+
+    return run

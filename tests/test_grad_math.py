@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from c_harness import c_driver
 
 from tinygen import gradmath
-from tinygen.hostbuild import compile_host, run_host
-from tinygen.paths import data_dir
 
 C_DRIVER = r"""
 #include <stdio.h>
@@ -34,16 +33,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def c_prims(tmp_path_factory):
-    d = tmp_path_factory.mktemp("grad")
-    (d / "drv.c").write_text(C_DRIVER)
-    exe = compile_host([d / "drv.c"], [data_dir("cmsis_glue")], d / "drv", extra=["-Wno-missing-prototypes"])
-
-    def run(v):
-        (d / "in.bin").write_bytes(np.asarray(v, dtype=np.int64).tobytes())
-        run_host(exe, [str(d / "in.bin"), str(d / "out.bin")])
-        return np.frombuffer((d / "out.bin").read_bytes(), dtype=np.int64).reshape(-1, 4)
-
-    return run
+    return c_driver(tmp_path_factory.mktemp("grad"), C_DRIVER, np.int64, 4)
 
 
 def test_grad_primitives_c_equal_python(c_prims):

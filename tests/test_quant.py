@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from c_harness import c_driver
 
 from tinygen import quant
-from tinygen.hostbuild import compile_host, run_host
-from tinygen.paths import data_dir
 
 C_DRIVER = r"""
 #include <stdio.h>
@@ -35,16 +34,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def c_prims(tmp_path_factory):
-    d = tmp_path_factory.mktemp("quant")
-    (d / "drv.c").write_text(C_DRIVER)
-    exe = compile_host([d / "drv.c"], [data_dir("cmsis_glue")], d / "drv", extra=["-Wno-missing-prototypes"])
-
-    def run(v):
-        (d / "in.bin").write_bytes(np.asarray(v, dtype=np.int32).tobytes())
-        run_host(exe, [str(d / "in.bin"), str(d / "out.bin")])
-        return np.frombuffer((d / "out.bin").read_bytes(), dtype=np.int32).reshape(-1, 3).astype(np.int64)
-
-    return run
+    return c_driver(tmp_path_factory.mktemp("quant"), C_DRIVER, np.int32, 3)
 
 
 def _cases():
