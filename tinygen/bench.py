@@ -135,3 +135,52 @@ def memory(out: Path | None, log=print) -> dict:
     path = _save(out, "memory", {"rows": payload})
     log(f"saved {path}")
     return {"rows": payload}
+
+
+def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, seeds: int = 1) -> dict:
+    """Transfer accuracy of the Fisher-selected scheme vs the deepest last-K at the same SRAM budget."""
+    from . import transfer as T
+    from .memory import auto_last_k, training_sram
+    from .scheme import TrainConfig
+    from .select import fisher_potential, select
+    from .train_ref import Trainer
+
+    model, xq, y, xq_te, y_te, _, _ = T.transfer_start(task)
+    lr = T.TASKS[task].lr
+    imp = fisher_potential(model, xq[:8], y[:8])
+    rows, payload = [], []
+    for kb in budgets_kb:
+        budget = int(kb * 1024)
+        accs = {}
+        for method in ("fisher", "last-K"):
+            if method == "fisher":
+                got = select(model, imp, budget, TrainConfig(lr=lr))
+            else:
+                try:
+                    got = auto_last_k(model, TrainConfig(lr=lr), budget)
+                except Exception:  # noqa: BLE001 - nothing fits this budget
+                    got = None
+            if got is None:
+                accs[method] = (None, 0, "-")
+                continue
+            scheme = got[0].scheme
+            res = []
+            for s in range(seeds):
+                tr = Trainer(model, scheme, TrainConfig(lr=lr))
+                rng = np.random.default_rng(s)
+                for i in np.concatenate([rng.permutation(len(y)) for _ in range(T.TASKS[task].epochs)]):
+                    tr.step(xq[i], y[i])
+                res.append(T._int_accuracy(tr.trained_model(), xq_te, y_te))
+            est = training_sram(model, got[0])
+            desc = ", ".join(f"{n}:{len(u.channels)}" for n, u in scheme.layers.items() if u.channels)
+            accs[method] = (float(np.mean(res)), est.total, desc)
+            payload.append({"budget_kb": kb, "method": method, "accuracy": float(np.mean(res)),
+                            "peak_sram_bytes": est.total, "scheme": desc})
+            log(f"  {kb:g} KB {method:7s} {100 * float(np.mean(res)):.2f}%  peak {est.total:,} B  [{desc}]")
+        rows.append([f"{kb:g}", *[f"{100 * accs[m][0]:.2f}" if accs[m][0] is not None else "-"
+                                   for m in ("fisher", "last-K")],
+                     *[f"{accs[m][1] / 1024:.1f}" for m in ("fisher", "last-K")]])
+    log(table(["budget KB", "fisher acc %", "last-K acc %", "fisher peak KB", "last-K peak KB"], rows, "lrrrr"))
+    path = _save(out, f"selection_{task}", {"task": task, "rows": payload})
+    log(f"saved {path}")
+    return {"rows": payload}

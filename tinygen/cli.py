@@ -136,6 +136,17 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
                          accumulate=accumulate).check()
     if update == "auto":
         return auto_last_k(model, config, budget, filter_r)[0]
+    if update == "fisher":
+        from .errors import TinygenError
+        from .select import fisher_potential, select
+        from .verify import training_samples
+
+        x, y, _ = training_samples(model, 4)
+        got = select(model, fisher_potential(model, x, y), budget, config, filter_r=filter_r)
+        if got is None:
+            raise TinygenError(f"even training only the classifier of {model.name} does not fit {budget:,} B of "
+                               "SRAM; use a board with more SRAM or build with --no-train")
+        return got[0]
     return Trainer(model, parse_update(update, model, filter_r), config)
 
 
@@ -234,6 +245,19 @@ def bench_memory(out):
     from .bench import memory
 
     memory(out, log=click.echo)
+
+
+@bench.command("selection")
+@click.option("--task", type=click.Choice(["digits", "mnist", "mnist14"]), default="mnist", show_default=True)
+@click.option("--budget-kb", "budgets", multiple=True, type=float, default=[32.0, 40.0, 56.0], show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_selection(task, budgets, seeds, out):
+    """Fisher-selected sparse update vs the deepest last-K at equal SRAM budgets, on the transfer task."""
+    from .bench import selection
+
+    selection(task, list(budgets), out, log=click.echo, seeds=seeds)
 
 
 @bench.command("transfer")
