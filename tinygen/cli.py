@@ -66,10 +66,13 @@ def boards():
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Emit the training step (tg_train_step) beside inference.")
 @click.option("--update", default="auto", show_default=True,
-              help="Which layers train: auto (the most last layers that fit the SRAM budget) | full | last-K | "
-                   "bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
+              help="Which layers train: auto (the most last layers that fit the SRAM budget) | fisher "
+                   "(Fisher-potential selection under the budget) | full | last-K | bias | scheme.json | "
+                   "sparse_schemes.json#mbv2/49kb.")
 @click.option("--budget-kb", type=click.FloatRange(min=1), default=None,
               help="SRAM budget for a training step (default: the board's SRAM).")
+@click.option("--macs-budget", type=click.IntRange(min=1), default=None,
+              help="With --update fisher: cap on the backward MACs of a training step.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
@@ -86,8 +89,8 @@ def boards():
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
 @friendly
-def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, lr, momentum, lr_halve_every,
-          loss, accumulate, samples, steps):
+def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, filter_r, lr, momentum,
+          lr_halve_every, loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
     from .boards import load_board
     from .memory import check_fits, describe, sram_budget
@@ -98,7 +101,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, l
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
-                              accumulate)
+                              accumulate, macs_budget)
     check_fits(model, trainer, b, budget)
     if trainer is not None:
         click.echo(f"update scheme: {describe(trainer.scheme)}")
@@ -124,7 +127,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, filter_r, l
                "memory_timeline.svg)")
 
 
-def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1):
+def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
+                    macs_budget=None):
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
@@ -142,7 +146,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
         from .verify import training_samples
 
         x, y, _ = training_samples(model, 4)
-        got = select(model, fisher_potential(model, x, y), budget, config, filter_r=filter_r)
+        got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r)
         if got is None:
             raise TinygenError(f"even training only the classifier of {model.name} does not fit {budget:,} B of "
                                "SRAM; use a board with more SRAM or build with --no-train")
@@ -155,7 +159,8 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--model", "model_spec", required=True, help="Zoo name or a model file.")
 @click.option("--classes", type=click.IntRange(min=2), default=None, help="Replace the head with N classes.")
 @click.option("--budget-kb", type=click.FloatRange(min=1), default=None, help="SRAM budget (default: the board's).")
-@click.option("--update", default="auto", show_default=True, help="As for build.")
+@click.option("--update", default="auto", show_default=True, help="As for build (auto, fisher, full, ...).")
+@click.option("--macs-budget", type=click.IntRange(min=1), default=None, help="As for build.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--momentum", type=float, default=0.0, show_default=True)
 @click.option("--no-train", "no_train", is_flag=True, help="Plan inference only.")
@@ -163,7 +168,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the memory timeline picture here (default: memory_timeline.svg).")
 @friendly
-def plan(board, model_spec, classes, budget_kb, update, filter_r, momentum, no_train, as_json, svg):
+def plan(board, model_spec, classes, budget_kb, update, macs_budget, filter_r, momentum, no_train, as_json, svg):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     import json as _json
 
@@ -176,7 +181,8 @@ def plan(board, model_spec, classes, budget_kb, update, filter_r, momentum, no_t
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
-    trainer = _choose_trainer(model, budget, not no_train, update, filter_r, 0.01, momentum, 0)
+    trainer = _choose_trainer(model, budget, not no_train, update, filter_r, 0.01, momentum, 0,
+                              macs_budget=macs_budget)
     p = build_plan(model, trainer, b, budget)
     svg = svg or Path("memory_timeline.svg")
     svg.write_text(timeline_svg(p))
