@@ -25,10 +25,33 @@ def run_generated_forward(model, x: np.ndarray, workdir: Path) -> np.ndarray:
     return np.frombuffer(fout.read_bytes(), dtype=np.int8).reshape((len(x),) + tuple(model.output.shape))
 
 
-def c_driver(workdir: Path, source: str, dtype, n_out: int):
-    """Compile a small C program that maps rows of `dtype` values read from argv[1] to `n_out`
-    values written to argv[2] (project flags, sanitizers on); returns run(rows) -> int64 array."""
+DRIVER = """#include <stdio.h>
+#include <stdint.h>
+#include "{header}"
+int main(int argc, char **argv) {{
+    (void)argc;
+    FILE *f = fopen(argv[1], "rb");
+    FILE *g = fopen(argv[2], "wb");
+    {ctype} v[3];
+    while (fread(v, sizeof v[0], 3, f) == 3) {{
+        {ctype} r[{n_out}];
+{body}
+        fwrite(r, sizeof r[0], {n_out}, g);
+    }}
+    fclose(f);
+    fclose(g);
+    return 0;
+}}
+"""
+CTYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
+
+
+def c_driver(workdir: Path, header: str, body: str, dtype, n_out: int):
+    """Compile a small C program that reads rows v[0..2] of `dtype` from argv[1], computes r[0..n_out-1]
+    with `body` (statements using the functions of `header`) and writes them to argv[2] (project
+    flags, sanitizers on); returns run(rows) -> int64 array of shape (rows, n_out)."""
     workdir = Path(workdir)
+    source = DRIVER.format(header=header, ctype=CTYPE[np.dtype(dtype)], n_out=n_out, body=body)
     (workdir / "drv.c").write_text(source)
     exe = compile_host([workdir / "drv.c"], [data_dir("cmsis_glue")], workdir / "drv",
                        extra=["-Wno-missing-prototypes"])
