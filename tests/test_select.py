@@ -4,10 +4,12 @@ samples, a greedy choice that stays under the SRAM budget, and a build that trai
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from tinygen.cli import main
 from tinygen.memory import training_sram
+from tinygen.paths import shared_dir
 from tinygen.scheme import TrainConfig
 from tinygen.select import fisher_potential, select
 from tinygen.verify import training_samples
@@ -39,3 +41,39 @@ def test_fisher_build_trains_bit_exact(tmp_path):
     assert "fisher" in r.stdout
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--steps", "5"])
     assert r.exit_code == 0, r.stderr
+
+
+BOARD_BUDGETS_KB = {"stm32f746": 256, "nrf52840": 256, "stm32h743": 1024}
+
+
+@pytest.mark.parametrize("board", list(BOARD_BUDGETS_KB))
+@pytest.mark.parametrize("name", ["digits-cnn", "mnist-cnn", "mbv2-w0.35-r32-mnist"])
+def test_auto_selection_fits_every_board(name, board):
+    """`--update auto` (Fisher selection) under 256 KB on the F746 and nRF52840 and 1 MB on the H743:
+    the plan fits the board, and the budget is used (not just the classifier)."""
+    from tinygen.boards import load_board
+    from tinygen.memory import check_fits, sram_budget
+
+    b = load_board(board)
+    budget = sram_budget(b, BOARD_BUDGETS_KB[board])
+    model = get_model(name, classes=5)
+    x, y, _ = training_samples(model, 4)
+    trainer, est = select(model, fisher_potential(model, x, y), budget, TrainConfig())
+    assert est.total <= budget
+    check_fits(model, trainer, b, budget)  # raises if the board cannot hold it
+    assert sum(1 for u in trainer.scheme.layers.values() if u.channels) >= 2
+
+
+@pytest.mark.skipif(shared_dir() is None, reason="../shared (the MIT models) is not present")
+def test_auto_selection_fits_an_mit_model_at_128():
+    from tinygen.boards import load_board
+    from tinygen.memory import check_fits, sram_budget
+
+    b = load_board("stm32f746")
+    budget = sram_budget(b, 256)
+    model = get_model("mcunet-5fps", classes=10)
+    x, y, _ = training_samples(model, 4)
+    trainer, est = select(model, fisher_potential(model, x, y), budget, TrainConfig())
+    assert est.total <= budget
+    check_fits(model, trainer, b, budget)
+    assert sum(1 for u in trainer.scheme.layers.values() if u.channels) >= 2

@@ -4,6 +4,11 @@ A buffer is live over the closed step interval [first, last]; two buffers whose
 intervals intersect must not share bytes. `plan_greedy_by_size` is TFLite Micro's
 GreedyMemoryPlanner strategy: largest first, each at the lowest aligned offset that
 fits in a gap between already-placed, simultaneously live buffers.
+
+A buffer may be pinned to another (`anchor`, `rel`): it then sits at the anchor's offset + rel,
+and the two may share bytes by design (a convolution writing its output over the already
+consumed part of its input, `fusion.overlap_offset`). Such a group is placed as one unit; each
+member keeps its own lifetime, so other buffers reuse a member's bytes once it is dead.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ class Buffer:
     first: int
     last: int
     offset: int = -1
+    anchor: str | None = None  # pinned at buffers[anchor].offset + rel (same group: may overlap by design)
+    rel: int = 0
+
+    @property
+    def group(self) -> str:
+        return self.anchor or self.name
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -37,18 +48,63 @@ ORDERS = {
 }
 
 
+def pin(buffers: dict[str, Buffer], member: str, anchor: str, rel: int) -> None:
+    """Fix buffers[member] (and whatever is pinned to it) at buffers[anchor].offset + rel."""
+    for b in buffers.values():
+        if b.name == member or b.anchor == member:
+            b.rel = rel + (b.rel if b.anchor == member else 0)
+            b.anchor = anchor
+
+
+def _groups(buffers: list[Buffer]) -> dict[str, list[Buffer]]:
+    groups: dict[str, list[Buffer]] = {}
+    for b in buffers:
+        groups.setdefault(b.group, []).append(b)
+    return groups
+
+
+def _envelope(members: list[Buffer]) -> Buffer:
+    """A group as one buffer for ordering: its extent over its whole lifetime."""
+    lo = min(m.rel for m in members)
+    return Buffer(members[0].group, max(m.rel + m.size for m in members) - lo, min(m.first for m in members),
+                  max(m.last for m in members), rel=lo)
+
+
+def _place_group(members: list[Buffer], placed: list[Buffer], align: int) -> int:
+    """The lowest anchor offset at which no member meets a placed, simultaneously live buffer."""
+    lo = min(m.rel for m in members)
+    conflicts = [(m, [p for p in placed if p.overlaps_in_time(m)]) for m in members]
+    cands = sorted({_align(-lo, align)} | {_align(p.offset + p.size - m.rel, align) for m, ps in conflicts for p in ps})
+    for anchor in cands:
+        if anchor + lo < 0:
+            continue
+        if all(anchor + m.rel + m.size <= p.offset or p.offset + p.size <= anchor + m.rel
+               for m, ps in conflicts for p in ps):
+            return anchor
+    raise AssertionError("unreachable: the highest candidate is past every placed buffer")
+
+
 def plan_greedy_by_size(buffers: list[Buffer], align: int = 8, order=ORDERS["greedy-by-size"]) -> int:
     """Assign `offset` to every buffer in place; return the arena size in bytes."""
     placed: list[Buffer] = []
-    for buf in sorted(buffers, key=order):
-        live = sorted((p for p in placed if p.overlaps_in_time(buf)), key=lambda p: p.offset)
-        offset = 0
-        for p in live:
-            if offset + buf.size <= p.offset:
-                break
-            offset = max(offset, _align(p.offset + p.size, align))
-        buf.offset = offset
-        placed.append(buf)
+    groups = _groups(buffers)
+    units = {name: (_envelope(ms) if len(ms) > 1 else ms[0]) for name, ms in groups.items()}
+    for name in sorted(units, key=lambda n: order(units[n])):
+        members = groups[name]
+        if len(members) == 1:
+            buf = members[0]
+            live = sorted((p for p in placed if p.overlaps_in_time(buf)), key=lambda p: p.offset)
+            offset = 0
+            for p in live:
+                if offset + buf.size <= p.offset:
+                    break
+                offset = max(offset, _align(p.offset + p.size, align))
+            buf.offset = offset
+        else:
+            anchor = _place_group(members, placed, align)
+            for m in members:
+                m.offset = anchor + m.rel
+        placed.extend(members)
     return _align(max((b.offset + b.size for b in buffers), default=0), align)
 
 
@@ -64,14 +120,33 @@ def plan_best(buffers: list[Buffer], align: int = 8) -> tuple[int, str]:
     return best[0], best[1]
 
 
+def _footprint(members: list[Buffer]) -> int:
+    """Bytes covered by the union of [rel, rel + size) of a group's members."""
+    total, end = 0, None
+    for lo, hi in sorted((m.rel, m.rel + m.size) for m in members):
+        if end is None or lo >= end:
+            total, end = total + hi - lo, hi
+        elif hi > end:
+            total, end = total + hi - end, hi
+    return total
+
+
 def lower_bound(buffers: list[Buffer]) -> int:
-    """The largest total size of buffers live at one step (no plan can beat it)."""
+    """The largest total size of buffers live at one step (no plan can beat it); a pinned group
+    counts the bytes its live members cover together."""
     steps = {s for b in buffers for s in (b.first, b.last)}
-    return max((sum(b.size for b in buffers if b.first <= s <= b.last) for s in steps), default=0)
+    groups = _groups(buffers)
+    return max((sum(_footprint([m for m in ms if m.first <= s <= m.last]) for ms in groups.values())
+                for s in steps), default=0)
 
 
 def check_no_overlap(buffers: list[Buffer]) -> None:
+    """No two simultaneously live buffers share bytes, except members of one pinned group (by design)."""
     for i, a in enumerate(buffers):
         for b in buffers[i + 1:]:
+            if a.group == b.group:
+                if b.offset - a.offset != b.rel - a.rel:
+                    raise AssertionError(f"buffers {a.name} and {b.name} moved apart from their pinned offsets")
+                continue
             if a.overlaps_in_time(b) and a.offset < b.offset + b.size and b.offset < a.offset + a.size:
                 raise AssertionError(f"buffers {a.name} and {b.name} overlap in the arena")

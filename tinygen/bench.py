@@ -83,7 +83,7 @@ def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | No
     headers = ["task", "update", "none", "float SGD", *[f"int r={r}" for r in rs], "int-float",
                *[f"r={r} cost" for r in rs if r != 1]]
     log(table(headers, rows, "ll" + "r" * (len(headers) - 2)))
-    path = _save(out, "transfer", {"results": results, "seeds": seeds,
+    path = _save(out, "transfer_" + "-".join(tasks), {"results": results, "seeds": seeds,
                                    "tasks": {t: T.TASKS[t].__dict__ for t in tasks}})
     log(f"saved {path}")
     return {"rows": rows, "results": results}
@@ -183,4 +183,69 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
     log(table(["budget KB", "fisher acc %", "last-K acc %", "fisher peak KB", "last-K peak KB"], rows, "lrrrr"))
     path = _save(out, f"selection_{task}", {"task": task, "rows": payload})
     log(f"saved {path}")
+    return {"rows": payload}
+
+
+def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
+    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection and the deepest
+    last-K, the two planned at the MIT scheme's own peak SRAM. Training runs the generated C on the host."""
+    from . import transfer as T
+    from .host_train import c_train_predict
+    from .memory import auto_last_k, training_sram
+    from .paths import shared_dir
+    from .scheme import TrainConfig, load_scheme
+    from .select import fisher_potential, select
+    from .train_ref import Trainer
+
+    root = shared_dir()
+    if root is None:
+        from .errors import TinygenError
+
+        raise TinygenError("the schemes benchmark needs ../shared/models/mit-tiny-training (not present)")
+    path = root / "models/mit-tiny-training/sparse_schemes.json"
+    keys = list(json.loads(path.read_text())["mbv2"])
+    t0 = time.perf_counter()
+    model, xq, y, xq_te, y_te, _, _ = T.transfer_start(task)
+    cfg = TrainConfig(lr=T.TASKS[task].lr)
+    log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; training on "
+        f"{len(y)} images of 5-9 ({T.TASKS[task].epochs} epoch(s), lr {cfg.lr}, batch 1), testing on {len(y_te)}")
+    imp = fisher_potential(model, xq[:8], y[:8])
+    orders = [np.concatenate([np.random.default_rng(s).permutation(len(y)) for _ in range(T.TASKS[task].epochs)])
+              for s in range(seeds)]
+
+    def accuracy(trainer) -> float:
+        return float(np.mean([np.mean(c_train_predict(model, trainer.scheme, cfg, xq[o], y[o], xq_te) == y_te)
+                              for o in orders]))
+
+    rows, payload = [], []
+    for key in keys:
+        mit = Trainer(model, load_scheme(f"{path}#mbv2/{key}", model), cfg)
+        budget = training_sram(model, mit).total
+        got = {"MIT " + key: (mit, budget)}
+        fisher = select(model, imp, budget, cfg)
+        if fisher is not None:
+            got["fisher"] = (fisher[0], fisher[1].total)
+        try:
+            lk = auto_last_k(model, cfg, budget)
+            got["last-K"] = (lk[0], lk[1].total)
+        except Exception:  # noqa: BLE001 - nothing fits this budget
+            pass
+        accs = {}
+        for method, (tr, total) in got.items():
+            t1 = time.perf_counter()
+            accs[method] = accuracy(tr)
+            layers = sum(1 for u in tr.scheme.layers.values() if u.channels)
+            biases = sum(1 for u in tr.scheme.layers.values() if u.bias)
+            payload.append({"budget_scheme": key, "method": method, "accuracy": accs[method], "peak_sram_bytes": total,
+                            "weight_layers": layers, "bias_layers": biases,
+                            "scheme": {n: [len(u.channels), u.bias] for n, u in tr.scheme.layers.items()}})
+            log(f"  {key:6s} {method:10s} {100 * accs[method]:6.2f}%  peak {total:,} B  ({layers} weight / {biases} "
+                f"bias layers; {time.perf_counter() - t1:.0f} s)")
+        rows.append([key, f"{budget / 1024:.1f}",
+                     *[f"{100 * accs[m]:.2f}" if m in accs else "-" for m in ("MIT " + key, "fisher", "last-K")],
+                     *[f"{got[m][1] / 1024:.1f}" if m in got else "-" for m in ("fisher", "last-K")]])
+    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "last-K acc %", "fisher peak KB",
+               "last-K peak KB"], rows, "lrrrrrr"))
+    saved = _save(out, f"schemes_{task}", {"task": task, "seeds": seeds, "lr": cfg.lr, "rows": payload})
+    log(f"saved {saved}")
     return {"rows": payload}

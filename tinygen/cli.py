@@ -9,6 +9,9 @@ from pathlib import Path
 import click
 
 from .errors import TinygenError
+from .transfer import TASKS as _TASKS
+
+TRANSFER_TASKS = list(_TASKS)
 
 
 def friendly(fn):
@@ -66,13 +69,13 @@ def boards():
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Emit the training step (tg_train_step) beside inference.")
 @click.option("--update", default="auto", show_default=True,
-              help="Which layers train: auto (the most last layers that fit the SRAM budget) | fisher "
-                   "(Fisher-potential selection under the budget) | full | last-K | bias | scheme.json | "
-                   "sparse_schemes.json#mbv2/49kb.")
+              help="Which layers train: auto (= fisher: layers and channels chosen by Fisher potential on real "
+                   "samples, under the SRAM budget) | deepest (the most last layers that fit) | full | last-K | "
+                   "bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
 @click.option("--budget-kb", type=click.FloatRange(min=1), default=None,
               help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None,
-              help="With --update fisher: cap on the backward MACs of a training step.")
+              help="With --update auto/fisher: cap on the backward MACs of a training step.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
@@ -138,18 +141,17 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 
     config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
                          accumulate=accumulate).check()
-    if update == "auto":
+    if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
-    if update == "fisher":
-        from .errors import TinygenError
+    if update in ("auto", "fisher"):
         from .select import fisher_potential, select
         from .verify import training_samples
 
-        x, y, _ = training_samples(model, 4)
+        x, y, source = training_samples(model, 4)
+        click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
         got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r)
-        if got is None:
-            raise TinygenError(f"even training only the classifier of {model.name} does not fit {budget:,} B of "
-                               "SRAM; use a board with more SRAM or build with --no-train")
+        if got is None:  # not even the classifier with its weights: biases only, or the error with the numbers
+            return auto_last_k(model, config, budget, filter_r)[0]
         return got[0]
     return Trainer(model, parse_update(update, model, filter_r), config)
 
@@ -159,7 +161,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--model", "model_spec", required=True, help="Zoo name or a model file.")
 @click.option("--classes", type=click.IntRange(min=2), default=None, help="Replace the head with N classes.")
 @click.option("--budget-kb", type=click.FloatRange(min=1), default=None, help="SRAM budget (default: the board's).")
-@click.option("--update", default="auto", show_default=True, help="As for build (auto, fisher, full, ...).")
+@click.option("--update", default="auto", show_default=True, help="As for build (auto, deepest, full, ...).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None, help="As for build.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--momentum", type=float, default=0.0, show_default=True)
@@ -254,7 +256,7 @@ def bench_memory(out):
 
 
 @bench.command("selection")
-@click.option("--task", type=click.Choice(["digits", "mnist", "mnist14"]), default="mnist", show_default=True)
+@click.option("--task", type=click.Choice(TRANSFER_TASKS), default="mnist", show_default=True)
 @click.option("--budget-kb", "budgets", multiple=True, type=float, default=[32.0, 40.0, 56.0], show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
@@ -267,7 +269,7 @@ def bench_selection(task, budgets, seeds, out):
 
 
 @bench.command("transfer")
-@click.option("--task", "tasks", multiple=True, type=click.Choice(["digits", "mnist", "mnist14"]),
+@click.option("--task", "tasks", multiple=True, type=click.Choice(TRANSFER_TASKS),
               default=["digits", "mnist", "mnist14"], show_default=True)
 @click.option("--update", "updates", multiple=True, default=["last-1", "last-2", "last-3", "full"],
               show_default=True)
@@ -281,6 +283,20 @@ def bench_transfer(tasks, updates, rs, seeds, out):
     from .bench import transfer
 
     transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds)
+
+
+@bench.command("schemes")
+@click.option("--task", type=click.Choice(TRANSFER_TASKS), default="mnist-mbv2", show_default=True,
+              help="A transfer task on a MobileNetV2-w0.35 (the published mbv2 schemes index its 51 convolutions).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sample orders averaged per configuration.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_schemes(task, seeds, out):
+    """Published MIT mbv2 schemes vs Fisher selection vs last-K at each scheme's own peak SRAM."""
+    from .bench import schemes
+
+    schemes(task, out, log=click.echo, seeds=seeds)
 
 
 # ---- firmware in an emulator (tinygen/sim.py) ----

@@ -17,8 +17,8 @@ import jinja2
 import numpy as np
 
 from . import ir
-from .arena import Buffer, plan_best
-from .fusion import Fusion, plan_fusions
+from .arena import Buffer, pin, plan_best
+from .fusion import Fusion, plan_fusions, prune_overlaps
 from .paths import data_dir
 
 CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
@@ -73,9 +73,10 @@ def op_inputs(model: ir.Model, i: int, fusion: Fusion | None) -> list[str]:
     return model.layers[fusion.pointwise].inputs if fusion and fusion.kind == "pw_dw" else model.layers[i].inputs
 
 
-def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str]) -> None:
+def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str], pin=None) -> None:
     """Declare the forward pass's buffers through `need(name, size, first, last)`; fills `alias`
-    (reshape outputs and in-place outputs share their input's buffer)."""
+    (reshape outputs and in-place outputs share their input's buffer); `pin(member, anchor, rel)`
+    fixes an overlapped convolution's input buffer relative to its output's."""
     need(model.input.name, model.input.size, 0, 0)
     for step, i, f in forward_ops(model, fusions):
         layer = model.layers[i]
@@ -90,12 +91,16 @@ def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str]) -
             need(root, layer.output.size, step, step)
         else:
             need(layer.output.name, layer.output.size, step, step)
-        if f:
+        if f and f.kind == "overlap":
+            pin(alias.get(layer.inputs[0], layer.inputs[0]), layer.output.name, f.offset)
+        elif f:
             need(f"plane_l{i}", f.plane, step, step)
 
 
-def plan_forward(model: ir.Model, align: int = 8) -> ForwardPlan:
+def plan_forward(model: ir.Model, align: int = 8, fusions: dict | None = None) -> ForwardPlan:
     """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output lives to the end."""
+    if fusions is None:
+        fusions = prune_overlaps(plan_fusions(model), lambda fs: plan_forward(model, align, fs).arena_size)
     alias: dict[str, str] = {}
     buffers: dict[str, Buffer] = {}
 
@@ -103,8 +108,7 @@ def plan_forward(model: ir.Model, align: int = 8) -> ForwardPlan:
         b = buffers.setdefault(name, Buffer(name, size, first, last))
         b.size, b.first, b.last = max(b.size, size), min(b.first, first), max(b.last, last)
 
-    fusions = plan_fusions(model)
-    place_forward(model, fusions, need, alias)
+    place_forward(model, fusions, need, alias, lambda m, a, rel: pin(buffers, m, a, rel))
     out_root = alias.get(model.output.name, model.output.name)
     buffers[out_root].last = len(model.layers) + 1
     size, _ = plan_best(list(buffers.values()), align)
@@ -181,7 +185,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     else:
         raise TypeError(layer.op)
     fn = f"{prefix}_{template}"
-    ctx.update(fn=fn, comment=desc, mask=False, split_k=0)
+    ctx.update(fn=fn, comment=desc, mask=False, split_k=0, overlap=False)
     for key in ("weight", "bias", "mult", "shift"):
         if f"{prefix}_{key}" in arrays:
             ctx[key] = f"{prefix}_{key}"
@@ -209,6 +213,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         if f and f.kind == "inplace_dw":
             code.template = "depthwise_conv_inplace_s8"
             args = [buf("act", layer.inputs[0]), buf("plane", f"plane_l{i}")]
+        elif f and f.kind == "overlap":
+            code.context.update(overlap=True, overlap_offset=f.offset)  # input and output share bytes
         elif f and f.kind == "pw_dw":
             pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
             code.template = "pointwise_depthwise_fused_s8"

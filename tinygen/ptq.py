@@ -46,8 +46,9 @@ def choose_qparams(lo: float, hi: float) -> tuple[float, int]:
     return float(scale), zp
 
 
-def quantize_weights(w: np.ndarray, b: np.ndarray | None, s_x: float):
-    """Per-output-channel symmetric int8 weights and int32 bias: (w_q, b_q, w_scales float32)."""
+def quantize_weights(w: np.ndarray, b: np.ndarray | None, s_x: float, headroom: float = 1.0):
+    """Per-output-channel symmetric int8 weights and int32 bias: (w_q, b_q, w_scales float32).
+    With headroom h > 1 each channel's largest weight maps to 127/h, leaving room to grow in training."""
     w = np.asarray(w, dtype=np.float64)
     cout = w.shape[0]
     flat = w.reshape(cout, -1)
@@ -57,7 +58,7 @@ def quantize_weights(w: np.ndarray, b: np.ndarray | None, s_x: float):
     if limit <= 0:
         raise ModelError(f"a dot product of {k} terms can overflow the int32 accumulator; split the layer")
     amax = np.abs(flat).max(axis=1)
-    s = np.maximum.reduce([amax / 127.0, np.abs(b) / (s_x * limit), np.full(cout, 1e-12)])
+    s = np.maximum.reduce([amax * headroom / 127.0, np.abs(b) / (s_x * limit), np.full(cout, 1e-12)])
     s32 = s.astype(np.float32)
     w_q = np.clip(round_half_away(flat / s32.astype(np.float64)[:, None]), -127, 127).astype(np.int8)
     b_q = np.clip(round_half_away(b / (s_x * s32.astype(np.float64))), -limit, limit).astype(np.int32)

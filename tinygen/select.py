@@ -5,7 +5,7 @@ reference: for every activation channel c of a weighted layer's input,
 `Delta_c = 1/2 * mean_n (sum_spatial a * g)^2` with `a` the channel's real value and `g` the
 real gradient of the loss with respect to it. A layer's update of its first k input channels
 is worth the sum of their Delta; candidate updates (k in {C/8, C/4, C/2, C}, with the bias) are
-chosen greedily by importance per byte of SRAM the step's plan grows by, normalised by their
+chosen greedily by importance per byte of SRAM they add (weights, bias and the saved input), normalised by their
 MACs, while the planned peak SRAM stays under the budget (and the backward MACs under an
 optional compute budget). The planner itself measures every accepted candidate.
 """
@@ -96,6 +96,9 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
     if best is None:
         return None
     total_macs = sum(_bwd_macs(layer, 1, 1) for layer in layers.values()) or 1
+    tensors = model.tensors()
+    saved = {n: tensors[layer.inputs[0]].size for n, layer in layers.items()}  # the input kept for dW
+    too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
         cands = []
         for name, imp in importance.items():
@@ -103,19 +106,21 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
             n = len(imp)
             cur = state.get(name, 0)
             for k in sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}):
-                if k <= cur:
+                if k <= cur or (name, k) in too_big:
                     continue
                 gain = float(imp[cur:k].sum())
                 per_channel = int(np.prod(layer.weight.shape[:-1]))
-                cost_bytes = 2 * (k - cur) * per_channel + (0 if cur else 4 * layer.bias.size)
+                # trained view + fraction per weight; a newly trained layer also keeps its bias and its input
+                cost_bytes = 2 * (k - cur) * per_channel + (0 if cur else 4 * layer.bias.size + saved[name])
                 cost_macs = _bwd_macs(layer, k - cur, n) / total_macs
                 cands.append((gain / (cost_bytes * (1.0 + cost_macs)), name, k))
         cands.sort(reverse=True)
-        for _, name, k in cands[:6]:  # the planner measures the few best by the proxy
+        for _, name, k in cands:  # best by the proxy first; the planner measures each
             trial = dict(state, **{name: k})
             got = fits(trial)
             if got is not None:
                 state, best = trial, got
                 break
+            too_big.add((name, k))
         else:
             return best

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .arena import Buffer, plan_best
+from .arena import Buffer, pin, plan_best
 from .codegen import c_ident, environment, place_forward, render_forward, write_sources
 from .errors import TinygenError
-from .fusion import plan_fusions
+from .fusion import plan_fusions, prune_overlaps
 from .memory import trained_state_bytes
 from .quant import round_half_away, split_multiplier
 from .scheme import is_depthwise
@@ -59,7 +59,7 @@ class TrainPlan:
         return f"TG_{c_ident(name).upper()}"
 
 
-def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
+def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None) -> TrainPlan:
     sched = TrainSchedule(len(model.layers))
     index = {layer.name: i for i, layer in enumerate(model.layers)}
     producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
@@ -81,8 +81,11 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
 
     tensors = model.tensors()
     keep = {model.output.name} | {model.layer(n).inputs[0] for n, tl in trainer.trained.items() if tl.update.channels}
-    fusions = plan_fusions(model, keep, trainer.needs_grad)
-    place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias)
+    if fusions is None:
+        fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad),
+                                 lambda fs: plan_training(model, trainer, fs).arena_size)
+    place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias,
+                  lambda m, a, rel: pin(bufs, f"act_{m}", f"act_{a}", rel))
     galias: dict[str, str] = {}
     for layer in model.layers:
         if isinstance(layer, ir.Reshape):
@@ -107,11 +110,8 @@ def plan_training(model: ir.Model, trainer: Trainer) -> TrainPlan:
         for t in layer.inputs:
             if t in trainer.needs_grad:
                 contributions.setdefault(groot(t), []).append(i)
-        if isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
-            r = trainer.trained[layer.name].update.filter_r if layer.name in trainer.trained else 1
-            oh, ow = layer.output.shape[:2] if len(layer.output.shape) == 3 else (1, 1)
-            n = -(-oh // r) * -(-ow // r) * layer.weight.shape[0]
-            need(f"gacc_{layer.name}", 2 * n, sched.bwd(i), sched.bwd(i), "int16_t")
+        # a conv's accumulator gradient (masked, filtered) is written over its output gradient, which
+        # nothing reads afterwards: no buffer of its own (conv_grad_output_s16 reads before it writes)
     grad_first = {groot(model.output.name): sched.loss}
     for t, writers in contributions.items():
         grad_first[t] = sched.bwd(writers[0])
@@ -262,7 +262,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
             ctx = dict(geo, r=r, ph=ph, pw=pw, mult=f"{prefix}_mult", shift=f"{prefix}_shift", weight=weight,
                        split_k=st.split_k if st else 0, weight_t=f"{prefix}_weight_t", weight_f=f"{prefix}_weight_f",
                        depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]))
-            gacc = plan.ptr(f"gacc_{layer.name}")
+            gacc = gy  # in place (see plan_training)
             fn_go = f"{prefix}_grad_output_s16"
             kernels.append(env.get_template("train/conv_grad_output_s16.c.j2").render(
                 fn=fn_go, comment=f"{desc}: grad output", **ctx))

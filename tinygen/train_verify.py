@@ -28,6 +28,7 @@ class CTrainOutput:
     dw: dict[int, dict[int, int]]
     params: dict[str, bytes]
     checksum: int
+    preds: list[int]  # predicted class of each test sample after training (when test samples were given)
 
 
 def write_samples(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
@@ -39,19 +40,25 @@ def write_samples(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
             f.write(yi.astype(np.int8).tobytes() if yi.ndim else np.int32(yi).astype("<i4").tobytes())
 
 
-def build_host_trainer(build: Path, src: Path) -> Path:
+def build_host_trainer(build: Path, src: Path, fast: bool = False) -> Path:
+    """The host training harness; `fast` builds it optimised without sanitizers or step-1 records."""
     main_c = build / "host" / "train_host.c"
     main_c.parent.mkdir(parents=True, exist_ok=True)
     main_c.write_text(environment().get_template("host/train_host.c.j2").render())
     return compile_host(sorted(src.glob("*.c")) + [main_c], [src, data_dir("cmsis_glue")],
-                        build / "host" / "tg_train_host", extra=["-DTG_RECORD"])
+                        build / "host" / "tg_train_host", extra=[] if fast else ["-DTG_RECORD"], fast=fast)
 
 
-def run_c_training(binary: Path, x: np.ndarray, labels: np.ndarray, steps: int, workdir: Path) -> CTrainOutput:
+def run_c_training(binary: Path, x: np.ndarray, labels: np.ndarray, steps: int, workdir: Path,
+                   x_test: np.ndarray | None = None) -> CTrainOutput:
     samples, out = workdir / "samples.bin", workdir / "train_out.txt"
     write_samples(samples, x, labels)
-    run_host(binary, [str(samples), str(steps), str(out)], timeout=1800)
-    losses, grads, dw, params, checksum = [], {}, {}, {}, 0
+    args = [str(samples), str(steps), str(out)]
+    if x_test is not None:
+        write_samples(workdir / "test.bin", x_test, np.zeros(len(x_test), dtype=np.int32))
+        args.append(str(workdir / "test.bin"))
+    run_host(binary, args, timeout=1800)
+    losses, grads, dw, params, checksum, preds = [], {}, {}, {}, 0, []
     lines = out.read_text().splitlines()
     k = 0
     while k < len(lines):
@@ -67,8 +74,10 @@ def run_c_training(binary: Path, x: np.ndarray, labels: np.ndarray, steps: int, 
             params[parts[1]] = bytes.fromhex(lines[k]) if k < len(lines) and int(parts[2]) else b""
         elif parts[0] == "checksum":
             checksum = int(parts[1])
+        elif parts[0] == "pred":
+            preds.append(int(parts[1]))
         k += 1
-    return CTrainOutput(losses, grads, dw, params, checksum)
+    return CTrainOutput(losses, grads, dw, params, checksum, preds)
 
 
 def reference_params(trainer: Trainer) -> dict[str, bytes]:

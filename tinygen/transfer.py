@@ -36,6 +36,10 @@ class Task:
     pretrain_lr: float
     lr: float  # on-device SGD learning rate
     epochs: int  # on-device passes over the transfer training set
+    size: int = 0  # pad the images to size x size (0: as they come)
+    augment: int = 0  # pretraining: max random shift in pixels
+    warmup: float = 0.0  # pretraining: epochs of linear learning-rate warm-up
+    weight_decay: float = 5e-4  # pretraining
 
 
 TASKS = {
@@ -43,6 +47,10 @@ TASKS = {
     "mnist": Task("mnist", "mnist-cnn", 8, 0.1, 0.003, 2),
     # the same MNIST task on a CNN that keeps 14x14 maps to the end, where gradient filtering is meant to work
     "mnist14": Task("mnist14", "mnist14-cnn", 8, 0.1, 0.003, 2),
+    # the same MNIST task on the MobileNetV2-w0.35 of the MIT schemes (51 convolutions, as theirs), at 32x32,
+    # so that the published mbv2 schemes apply as they are (`tinygen bench schemes`)
+    "mnist-mbv2": Task("mnist-mbv2", "mbv2-w0.35-r32", 8, 0.1, 0.01, 1, size=32, augment=2, warmup=1.0,
+                       weight_decay=4e-5),
 }
 
 
@@ -58,12 +66,21 @@ def mnist14_cnn(seed: int = 0) -> F.Net:
     return net
 
 
+def _mbv2_r32(seed: int = 0) -> F.Net:
+    from .zoo import mobilenet_v2
+
+    return mobilenet_v2(0.35, 32, 10, in_channels=1, seed=seed, zero_init_residual=True, name="mbv2-w0.35-r32")
+
+
 def _split(task: Task):
     if task.name == "digits":
         x, y = datasets.load_digits()
     else:
         x, y = datasets.load_mnist5k()
-    return datasets.train_test_split(x, y, 0.2, seed=SEED)
+    xtr, ytr, xte, yte = datasets.train_test_split(x, y, 0.2, seed=SEED)
+    if task.size:
+        xtr, xte = datasets.pad_to(xtr, task.size), datasets.pad_to(xte, task.size)
+    return xtr, ytr, xte, yte
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,9 +91,11 @@ def base_model(task_name: str):
     task = TASKS[task_name]
     xtr, ytr, _, _ = _split(task)
     keep = ytr < 5
-    net = {"digits-cnn": digits_cnn, "mnist-cnn": mnist_cnn, "mnist14-cnn": mnist14_cnn}[task.arch](SEED)
+    net = {"digits-cnn": digits_cnn, "mnist-cnn": mnist_cnn, "mnist14-cnn": mnist14_cnn,
+           "mbv2-w0.35-r32": _mbv2_r32}[task.arch](SEED)
     F.train(net, xtr[keep], ytr[keep], epochs=task.pretrain_epochs, batch_size=32, lr=task.pretrain_lr,
-            seed=SEED, log=None)
+            seed=SEED, weight_decay=task.weight_decay, warmup=task.warmup,
+            augment=F.shift_augment(task.augment) if task.augment else None, log=None)
     folded = net.fold_bn()
     return ptq.quantize(folded, xtr[keep][:512], name=f"{task.arch}-0to4", input_range=(0.0, 1.0))
 
