@@ -114,7 +114,7 @@ def timeline_svg(plan: dict) -> str:
     arena = max(plan["arena_bytes"], 1)
     W, H, left, top = 960, 540, 70, 40
     sx, sy = (W - left - 20) / steps, (H - top - 40) / arena
-    colors = {"act": "#4e79a7", "mask": "#f28e2b", "grad": "#e15759", "gacc": "#76b7b2",
+    colors = {"act": "#4e79a7", "mask": "#f28e2b", "grad": "#e15759",
               "gradtmp": "#edc948", "plane": "#b07aa1"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
            f'font-size="11">',

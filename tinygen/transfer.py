@@ -56,20 +56,9 @@ TASKS = {
 
 def mnist14_cnn(seed: int = 0) -> F.Net:
     """28x28x1 -> conv s2/16 -> conv/32 -> dw3x3 -> pw/32 -> GAP -> fc10: every trained map is 14x14."""
-    net = F.Net((28, 28, 1), name="mnist14-cnn", seed=seed)
-    x = net.conv2d(net.input, 16, 3, stride=2, act="relu", bn=True, bias=False, name="conv1")
-    x = net.conv2d(x, 32, 3, act="relu", bn=True, bias=False, name="conv2")
-    x = net.depthwise_conv2d(x, 3, act="relu", bn=True, bias=False, name="dw3")
-    x = net.conv2d(x, 32, 1, act="relu", bn=True, bias=False, name="pw4")
-    x = net.global_avgpool(x, name="gap")
-    net.dense(x, 10, name="fc")
-    return net
+    from .zoo import small_cnn
 
-
-def _mbv2_r32(seed: int = 0) -> F.Net:
-    from .zoo import mobilenet_v2
-
-    return mobilenet_v2(0.35, 32, 10, in_channels=1, seed=seed, zero_init_residual=True, name="mbv2-w0.35-r32")
+    return small_cnn((28, 28, 1), "mnist14-cnn", ((16, 2), (32, 1)), seed)
 
 
 def _split(task: Task):
@@ -86,13 +75,13 @@ def _split(task: Task):
 @functools.lru_cache(maxsize=4)
 def base_model(task_name: str):
     """Pretrain on classes 0-4 (float, then PTQ to int8); deterministic."""
-    from .zoo import digits_cnn, mnist_cnn
+    from .zoo import RECIPES, digits_cnn, mnist_cnn
 
     task = TASKS[task_name]
     xtr, ytr, _, _ = _split(task)
     keep = ytr < 5
     net = {"digits-cnn": digits_cnn, "mnist-cnn": mnist_cnn, "mnist14-cnn": mnist14_cnn,
-           "mbv2-w0.35-r32": _mbv2_r32}[task.arch](SEED)
+           "mbv2-w0.35-r32": RECIPES["mbv2-w0.35-r32-mnist"].build}[task.arch](SEED)
     F.train(net, xtr[keep], ytr[keep], epochs=task.pretrain_epochs, batch_size=32, lr=task.pretrain_lr,
             seed=SEED, weight_decay=task.weight_decay, warmup=task.warmup,
             augment=F.shift_augment(task.augment) if task.augment else None, log=None)

@@ -75,16 +75,23 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v
 
 
-def digits_cnn(seed: int = 0) -> F.Net:
-    """8x8x1 -> conv3x3/8 -> conv3x3 s2/16 -> dw3x3 -> pw1x1/32 -> GAP -> fc10 (ReLU throughout)."""
-    net = F.Net((8, 8, 1), name="digits-cnn", seed=seed)
-    x = net.conv2d(net.input, 8, 3, act="relu", bn=True, bias=False, name="conv1")
-    x = net.conv2d(x, 16, 3, stride=2, act="relu", bn=True, bias=False, name="conv2")
+def small_cnn(input_shape: tuple, name: str, convs: tuple[tuple[int, int], tuple[int, int]], seed: int = 0) -> F.Net:
+    """input -> conv3x3 -> conv3x3 (`convs`: (channels, stride) each) -> dw3x3 -> pw1x1/32 -> GAP -> fc10,
+    batch norm folded later, ReLU throughout."""
+    net = F.Net(input_shape, name=name, seed=seed)
+    x = net.input
+    for k, (channels, stride) in enumerate(convs, start=1):
+        x = net.conv2d(x, channels, 3, stride=stride, act="relu", bn=True, bias=False, name=f"conv{k}")
     x = net.depthwise_conv2d(x, 3, act="relu", bn=True, bias=False, name="dw3")
     x = net.conv2d(x, 32, 1, act="relu", bn=True, bias=False, name="pw4")
     x = net.global_avgpool(x, name="gap")
     net.dense(x, 10, name="fc")
     return net
+
+
+def digits_cnn(seed: int = 0) -> F.Net:
+    """8x8x1 -> conv3x3/8 -> conv3x3 s2/16 -> dw3x3 -> pw1x1/32 -> GAP -> fc10."""
+    return small_cnn((8, 8, 1), "digits-cnn", ((8, 1), (16, 2)), seed)
 
 
 def mnist_cnn(seed: int = 0) -> F.Net:
