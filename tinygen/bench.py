@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import TinygenError
 from .report import table
 
 
@@ -107,8 +108,6 @@ def memory(out: Path | None, log=print) -> dict:
 
     root = shared_dir()
     if root is None:
-        from .errors import TinygenError
-
         raise TinygenError("the memory benchmark needs ../shared/models/mit-tiny-training (not present)")
     board = load_board("stm32f746")
     schemes = json.loads((root / "models/mit-tiny-training/sparse_schemes.json").read_text())
@@ -158,7 +157,7 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
             else:
                 try:
                     got = auto_last_k(model, TrainConfig(lr=lr), budget)
-                except Exception:  # noqa: BLE001 - nothing fits this budget
+                except TinygenError:  # nothing fits this budget
                     got = None
             if got is None:
                 accs[method] = (None, 0, "-")
@@ -199,8 +198,6 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
 
     root = shared_dir()
     if root is None:
-        from .errors import TinygenError
-
         raise TinygenError("the schemes benchmark needs ../shared/models/mit-tiny-training (not present)")
     path = root / "models/mit-tiny-training/sparse_schemes.json"
     keys = list(json.loads(path.read_text())["mbv2"])
@@ -228,7 +225,7 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
         try:
             lk = auto_last_k(model, cfg, budget)
             got["last-K"] = (lk[0], lk[1].total)
-        except Exception:  # noqa: BLE001 - nothing fits this budget
+        except TinygenError:  # nothing fits this budget
             pass
         accs = {}
         for method, (tr, total) in got.items():

@@ -31,7 +31,7 @@ from . import ir
 @dataclass(frozen=True)
 class Fusion:
     kind: str  # "inplace_dw" | "pw_dw" | "overlap"
-    layer: int  # the depthwise layer's index (it carries the fused call)
+    layer: int  # the index of the layer that carries the call (the depthwise one, or the overlapped conv)
     pointwise: int = -1  # for pw_dw: the 1x1 conv's index
     plane: int = 0  # bytes of the one-channel plane buffer
     offset: int = 0  # for overlap: the input's position after the output's start, in bytes
@@ -66,7 +66,7 @@ def overlap_offset(layer, in_shape: tuple, align: int = 8) -> int:
 
 
 def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[str] | None = None) -> dict[int, Fusion]:
-    """Fusions keyed by the depthwise layer index. `keep`: tensors that must survive their last
+    """Fusions keyed by the index of the layer that carries the call. `keep`: tensors that must survive their last
     forward consumer (saved for backward); `grad_path`: tensors that get gradients."""
     keep, grad_path = keep or set(), grad_path or set()
     users = model.consumers()
