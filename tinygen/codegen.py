@@ -97,8 +97,10 @@ def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str], p
             need(f"plane_l{i}", f.plane, step, step)
 
 
-def plan_forward(model: ir.Model, align: int = 8, fusions: dict | None = None) -> ForwardPlan:
-    """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output lives to the end."""
+def plan_forward(model: ir.Model, align: int = 8, fusions: dict | None = None,
+                 keep: frozenset[str] = frozenset()) -> ForwardPlan:
+    """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output (and every tensor in
+    `keep`, saved for a backward pass) lives to the end."""
     if fusions is None:
         fusions = prune_overlaps(plan_fusions(model), lambda fs: plan_forward(model, align, fs).arena_size)
     alias: dict[str, str] = {}
@@ -109,8 +111,8 @@ def plan_forward(model: ir.Model, align: int = 8, fusions: dict | None = None) -
         b.size, b.first, b.last = max(b.size, size), min(b.first, first), max(b.last, last)
 
     place_forward(model, fusions, need, alias, lambda m, a, rel: pin(buffers, m, a, rel))
-    out_root = alias.get(model.output.name, model.output.name)
-    buffers[out_root].last = len(model.layers) + 1
+    for t in keep | {model.output.name}:
+        buffers[alias.get(t, t)].last = len(model.layers) + 1
     size, _ = plan_best(list(buffers.values()), align)
     plan = ForwardPlan(buffers, alias, size)
     plan.fusions = fusions  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import ir
 from .arena import Buffer, pin, plan_best
-from .codegen import c_ident, environment, place_forward, render_forward, write_sources
+from .codegen import c_ident, environment, place_forward, plan_forward, render_forward, write_sources
 from .errors import TinygenError
 from .fusion import plan_fusions, prune_overlaps
 from .memory import trained_state_bytes
@@ -82,8 +82,10 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
     tensors = model.tensors()
     keep = {model.output.name} | {model.layer(n).inputs[0] for n, tl in trainer.trained.items() if tl.update.channels}
     if fusions is None:
+        # which overlaps pay is a question about the forward pass (they move forward buffers only):
+        # asked of the forward plan with the saved tensors kept, a fraction of the cost of whole steps
         fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad),
-                                 lambda fs: plan_training(model, trainer, fs).arena_size)
+                                 lambda fs: plan_forward(model, ALIGN, fs, frozenset(keep)).arena_size)
     place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias,
                   lambda m, a, rel: pin(bufs, f"act_{m}", f"act_{a}", rel))
     galias: dict[str, str] = {}
