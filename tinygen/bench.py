@@ -246,3 +246,52 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
     saved = _save(out, f"schemes_{task}", {"task": task, "seeds": seeds, "lr": cfg.lr, "rows": payload})
     log(f"saved {saved}")
     return {"rows": payload}
+
+
+AUTO_BUDGETS_KB = {"stm32f746": 256, "nrf52840": 256, "stm32h743": 1024}
+
+
+def auto_fit(out: Path | None, log=print) -> dict:
+    """`--update auto` (Fisher selection) for every zoo model (10 classes) on each board at the issue's
+    budgets (256 KB on the F746 and nRF52840, 1 MB on the H743, capped by the board's largest bank)."""
+    from .boards import load_board
+    from .memory import check_fits, sram_budget
+    from .scheme import TrainConfig
+    from .select import fisher_potential, select
+    from .verify import training_samples
+    from .zoo import get_model, list_models
+
+    rows, payload = [], []
+    for entry in list_models():
+        try:
+            model = get_model(entry.name, classes=10)
+        except TinygenError as exc:  # the MIT models without ../shared
+            log(f"  {entry.name}: skipped ({exc})")
+            continue
+        x, y, _ = training_samples(model, 4)
+        imp = fisher_potential(model, x, y)
+        for board_name, kb in AUTO_BUDGETS_KB.items():
+            board = load_board(board_name)
+            budget = sram_budget(board, kb)
+            t0 = time.perf_counter()
+            got = select(model, imp, budget, TrainConfig())
+            seconds = time.perf_counter() - t0
+            if got is None:
+                row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": False}
+            else:
+                trainer, est = got
+                check_fits(model, trainer, board, budget)  # raises (with the numbers) if it does not
+                row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": True,
+                       "peak_sram_bytes": est.total, "seconds": round(seconds, 1),
+                       "weight_layers": sum(1 for u in trainer.scheme.layers.values() if u.channels),
+                       "bias_layers": sum(1 for u in trainer.scheme.layers.values() if u.bias)}
+            payload.append(row)
+            rows.append([entry.name, board_name, f"{budget:,}", f"{row.get('peak_sram_bytes', 0):,}",
+                         "yes" if row["fits"] else "no", str(row.get("weight_layers", "-")),
+                         str(row.get("bias_layers", "-")), f"{seconds:.1f}"])
+            log(f"  {entry.name} on {board_name}: {'fits' if row['fits'] else 'nothing fits'} ({seconds:.1f} s)")
+    log(table(["model", "board", "budget B", "planned peak B", "fits", "weight layers", "bias layers",
+               "selection s"], rows, "llrrlrrr"))
+    path = _save(out, "auto_fit", {"budgets_kb": AUTO_BUDGETS_KB, "rows": payload})
+    log(f"saved {path}")
+    return {"rows": payload}

@@ -285,6 +285,16 @@ def bench_transfer(tasks, updates, rs, seeds, out):
     transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds)
 
 
+@bench.command("auto")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_auto(out):
+    """--update auto on every zoo model and board at 256 KB (F746, nRF52840) and 1 MB (H743): does it fit?"""
+    from .bench import auto_fit
+
+    auto_fit(out, log=click.echo)
+
+
 @bench.command("schemes")
 @click.option("--task", type=click.Choice(TRANSFER_TASKS), default="mnist-mbv2", show_default=True,
               help="A transfer task on a MobileNetV2-w0.35 (the published mbv2 schemes index its 51 convolutions).")
