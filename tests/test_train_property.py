@@ -25,16 +25,16 @@ def _w(rng, shape, scale):
 
 
 def _scheme(model, rng, r, names):
-    """Random: which of `names` train (the head always), all or half of their channels or none
-    (bias-only), with or without bias — so frozen, bias-only and partial layers, and the in-place and
-    fused forward kernels they allow, all occur."""
+    """Random: which of `names` train (the head always), all, a random half or the first half of their
+    channels (kept in SRAM apart from the frozen rest) or none (bias-only), with or without bias — so
+    frozen, bias-only and partial layers, and the in-place and fused forward kernels they allow, all occur."""
     layers = {}
     for layer in model.layers:
         if layer.name in names and (layer is model.layers[-1] or rng.random() < 0.75):
             n = layer.groups if is_depthwise(layer) else layer.weight.shape[-1]
             u = rng.random()
             chans = [] if u < 0.25 else sorted(rng.choice(n, size=max(1, n // 2), replace=False).tolist()) \
-                if u < 0.6 else list(range(n))
+                if u < 0.5 else list(range(max(1, n // 2))) if u < 0.7 else list(range(n))
             layers[layer.name] = LayerUpdate(chans, bool(rng.random() < 0.8) or not chans, r)
     return Scheme(layers)
 

@@ -65,10 +65,12 @@ def overlap_offset(layer, in_shape: tuple, align: int = 8) -> int:
     return (need + align - 1) // align * align
 
 
-def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[str] | None = None) -> dict[int, Fusion]:
+def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[str] | None = None,
+                 materialise: set[str] | None = None) -> dict[int, Fusion]:
     """Fusions keyed by the index of the layer that carries the call. `keep`: tensors that must survive their last
-    forward consumer (saved for backward); `grad_path`: tensors that get gradients."""
-    keep, grad_path = keep or set(), grad_path or set()
+    forward consumer (saved for backward); `grad_path`: tensors that get gradients; `materialise`: tensors that
+    must exist whole when their consumer runs (a copy of them is saved for backward)."""
+    keep, grad_path, materialise = keep or set(), grad_path or set(), materialise or set()
     users = model.consumers()
     out = {}
     for j, layer in enumerate(model.layers):
@@ -80,7 +82,8 @@ def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[s
             continue
         oh, ow = layer.output.shape[:2]
         prev = model.layers[j - 1] if j > 0 else None
-        if (prev is not None and prev.output.name == t and _is_pw(prev) and t not in grad_path):
+        if (prev is not None and prev.output.name == t and _is_pw(prev) and t not in grad_path
+                and t not in materialise):
             w = prev.output.shape[1]
             rows = (layer.kernel[0] - 1) * layer.dilation[0] + 1  # a ring of the rows one output row reads
             out[j] = Fusion("pw_dw", j, j - 1, plane=rows * w)

@@ -28,7 +28,6 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
     from .train_codegen import plan_training
     from .weight_store import weight_store
 
-    tensors = model.tensors()
     if trainer is None:
         fp = plan_forward(model)
         buffers, arena, strategy, trained = fp.buffers, fp.arena_size, "greedy (best order)", 0
@@ -49,9 +48,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
             n_chan = layer.groups if (isinstance(layer, ir.Conv2D) and layer.groups > 1 and w.shape[3] == 1) \
                 else w.shape[-1]
         r = tl.update.filter_r if tl else 1
-        saved = 0
-        if tl and tl.update.channels:
-            saved = tensors[layer.inputs[0]].size
+        sv = tp.saved.get(layer.name) if trainer else None
         fwd = _macs(layer)
         bwd = 0
         if on_path and w is not None:
@@ -65,7 +62,8 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
             "bias": bool(tl and tl.update.bias), "filter_r": r if tl else None,
             "trained_sram_bytes": (weight_store(layer, tl.update.channels).trained_part(w).size
                                    if tl and tl.update.channels else 0),
-            "saved_bytes": saved, "mask_bytes": -(-layer.output.size // 8) if on_path else 0,
+            "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,
+            "mask_bytes": -(-layer.output.size // 8) if on_path else 0,
             "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
         })
     peak = arena + trained + RUNTIME_RESERVE
@@ -92,10 +90,11 @@ def plan_table(plan: dict) -> str:
         trained = (f"{L['trained_channels']}/{L['channels']}" if L["trained_channels"] else "-") \
             if L["channels"] else ""
         rows.append([L["name"], L["op"], "x".join(map(str, L["output"])), trained, "yes" if L["bias"] else "",
-                     L["filter_r"] or "", L["trained_sram_bytes"], L["saved_bytes"], L["mask_bytes"],
+                     L["filter_r"] or "", L["trained_sram_bytes"], L["saved_bytes"], L["saved_form"] or "",
+                     L["mask_bytes"],
                      L["gradient_bytes"], L["macs_forward"], L["macs_backward"]])
-    t = table(["layer", "op", "output", "trains", "bias", "r", "weights in SRAM", "saved", "masks", "gradient",
-               "MACs fwd", "MACs bwd"], rows, "lllllrrrrrrr")
+    t = table(["layer", "op", "output", "trains", "bias", "r", "weights in SRAM", "saved", "saved as", "masks",
+               "gradient", "MACs fwd", "MACs bwd"], rows, "lllllrrrlrrrr")
     kb = 1024
     totals = (f"peak SRAM {plan['peak_sram_bytes'] / kb:.1f} KB = arena {plan['arena_bytes'] / kb:.1f} KB "
               f"({plan['arena_strategy']}; lower bound {plan['arena_lower_bound_bytes'] / kb:.1f} KB, "
@@ -115,7 +114,7 @@ def timeline_svg(plan: dict) -> str:
     W, H, left, top = 960, 540, 70, 40
     sx, sy = (W - left - 20) / steps, (H - top - 40) / arena
     colors = {"act": "#4e79a7", "mask": "#f28e2b", "grad": "#e15759",
-              "gradtmp": "#edc948", "plane": "#b07aa1"}
+              "gradtmp": "#edc948", "plane": "#b07aa1", "saved": "#59a14f"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
            f'font-size="11">',
            f'<text x="{left}" y="20" font-size="14">{escape(plan["model"])} on {escape(plan["board"])}: arena '

@@ -22,6 +22,7 @@ from .errors import TinygenError
 from .fusion import plan_fusions, prune_overlaps
 from .memory import trained_state_bytes
 from .quant import round_half_away, split_multiplier
+from .saved_input import SavedInput, saved_input
 from .scheme import is_depthwise
 from .train_ref import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit
 from .weight_store import frac_ctype, weight_store
@@ -54,6 +55,7 @@ class TrainPlan:
     alias: dict[str, str]  # activation storage: reshape and in-place outputs share their input's buffer
     grad_alias: dict[str, str]  # gradients: only reshape outputs share (an in-place output's gradient differs)
     records: list[str] = field(default_factory=list)
+    saved: dict[str, SavedInput] = field(default_factory=dict)  # per trained layer: its input as kept for dW
 
     def ptr(self, name: str) -> str:
         return f"TG_{c_ident(name).upper()}"
@@ -80,11 +82,13 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
             ctype[name] = ct
 
     tensors = model.tensors()
-    keep = {model.output.name} | {model.layer(n).inputs[0] for n, tl in trainer.trained.items() if tl.update.channels}
+    saved = saved_inputs(model, trainer)
+    copied = {model.layer(n).inputs[0] for n, s in saved.items() if s.mode != "tensor"}
+    keep = {model.output.name} | {model.layer(n).inputs[0] for n, s in saved.items() if s.mode == "tensor"}
     if fusions is None:
         # which overlaps pay is a question about the forward pass (they move forward buffers only):
         # asked of the forward plan with the saved tensors kept, a fraction of the cost of whole steps
-        fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad),
+        fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad, copied),
                                  lambda fs: plan_forward(model, ALIGN, fs, frozenset(keep)).arena_size)
     place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias,
                   lambda m, a, rel: pin(bufs, f"act_{m}", f"act_{a}", rel))
@@ -98,10 +102,13 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
 
     out_root = root(model.output.name)
     need(f"act_{out_root}", model.output.size, sched.loss, sched.loss)
-    for name, tl in trainer.trained.items():
-        if tl.update.channels:
+    for name, sv in saved.items():
+        i = index[name]
+        if sv.mode == "tensor":  # the activation itself, kept from its producer
             t = root(model.layer(name).inputs[0])
-            need(f"act_{t}", tensors[t].size, sched.bwd(index[name]), sched.bwd(index[name]))  # kept from its producer
+            need(f"act_{t}", tensors[t].size, sched.bwd(i), sched.bwd(i))
+        else:  # a copy written just before the layer runs forward
+            need(f"saved_l{i}", sv.nbytes, sched.fwd(i), sched.bwd(i), sv.ctype)
     # gradient path
     path = [(i, layer) for i, layer in enumerate(model.layers) if layer.output.name in trainer.needs_grad]
     contributions: dict[str, list[int]] = {}  # grad root -> backward layer indices writing into it, in order
@@ -129,11 +136,18 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
                 raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
                                    "path is not supported")
     size, strategy = plan_best(list(bufs.values()), ALIGN)
-    plan = TrainPlan(bufs, ctype, size, alias, galias)
+    plan = TrainPlan(bufs, ctype, size, alias, galias, saved=saved)
     plan.contributions = contributions  # type: ignore[attr-defined]
     plan.fusions = fusions  # type: ignore[attr-defined]
     plan.strategy = strategy  # type: ignore[attr-defined]
     return plan
+
+
+def saved_inputs(model: ir.Model, trainer: Trainer) -> dict[str, SavedInput]:
+    """Per layer whose weights train: the form its input is kept in for the update."""
+    tensors = model.tensors()
+    return {n: saved_input(model.layer(n), len(tl.update.channels), tl.update.filter_r, tensors)
+            for n, tl in trainer.trained.items() if tl.update.channels}
 
 
 def _geometry(layer, tensors):
@@ -147,6 +161,30 @@ def _geometry(layer, tensors):
     return dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=layer.kernel[0], kw=layer.kernel[1],
                 cg=layer.weight.shape[3], groups=layer.groups, stride_h=layer.stride[0], stride_w=layer.stride[1],
                 pad_top=layer.padding[0], pad_left=layer.padding[2], dil_h=layer.dilation[0], dil_w=layer.dilation[1])
+
+
+def _emit_saves(model, plan: TrainPlan, env, kernels: list, calls: list, codes: list, act) -> None:
+    """Before each layer whose input is kept as a copy (not the activation itself), a call writing
+    that copy (templates/train/save_input_s8.c.j2). The copy is written by inference too: it lives in
+    its own arena slot, so this costs cycles, never values."""
+    tensors = model.tensors()
+    position = {code.index: k for k, code in enumerate(codes)}
+    for name, sv in sorted(plan.saved.items(), key=lambda kv: -model.layers.index(model.layer(kv[0]))):
+        if sv.mode == "tensor":
+            continue
+        i = model.layers.index(model.layer(name))
+        layer = model.layers[i]
+        prefix = f"tg_l{i}_{c_ident(name)}"
+        x = tensors[layer.inputs[0]]
+        geo = _geometry(layer, tensors)
+        fn = f"{prefix}_save_input_s8"
+        kernels.append(env.get_template("train/save_input_s8.c.j2").render(
+            fn=fn, comment=f"layer {i} '{name}': saved input", mode=sv.mode, n_sel=sv.channels,
+            channels=f"{prefix}_channels", input_zero_point=x.zero_point, ph=sv.h, pw=sv.w, r=sv.r, **{
+                k: geo[k] for k in ("in_h", "in_w", "in_c", "out_h", "out_w", "stride_h", "stride_w")}))
+        calls.insert(position[i], dict(fn=fn, args=[act(layer.inputs[0]), plan.ptr(f"saved_l{i}")],
+                                       comment=f"keep what layer {i}'s weight update reads ({sv.mode}, "
+                                               f"{sv.nbytes:,} B)"))
 
 
 def _emit_grad(calls: list[str], plan: TrainPlan, tensors, t: str, i: int, call: str, exps: set) -> None:
@@ -209,6 +247,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     fwd_kernels, fwd_calls, codes = render_forward(model, plan.fusions, env, lambda kind, t: names[kind](t),
                                                    trainer.needs_grad, customize=sram_weights)
     kernels.extend(fwd_kernels)
+    _emit_saves(model, plan, env, kernels, fwd_calls, codes, act)
     for code in codes:
         tl = trainer.trained.get(code.layer.name)
         for name, arr in code.arrays.items():
@@ -278,6 +317,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                 _emit_grad(calls, plan, tensors, want[0], i, f"{fn_dx}({gacc}, e_acc_{i}, {{dest}})", exps)
             if tl:
                 fn_up = f"{prefix}_update_s8"
+                sv = plan.saved.get(layer.name)
                 u = tl.update
                 chan_name = f"{prefix}_channels"
                 part = st.trained_part(layer.weight).size if st else 0
@@ -302,8 +342,10 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                     b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
                     b_velocity=f"{prefix}_b_velocity", bias_name=f"{prefix}_bias",
                     accumulate=cfg.accumulate, w_accum=f"{prefix}_w_accum", b_accum=f"{prefix}_b_accum",
-                    record_id=record("dw:" + layer.name) if u.channels else -1))
-                x_saved = act(layer.inputs[0]) if u.channels else "NULL"  # bias-only: the input is not kept
+                    record_id=record("dw:" + layer.name) if u.channels else -1,
+                    saved=sv.mode if sv else "tensor", saved_ctype=sv.ctype if sv else "int8_t"))
+                x_saved = "NULL" if sv is None else act(layer.inputs[0]) if sv.mode == "tensor" \
+                    else plan.ptr(f"saved_l{i}")  # bias-only: the input is not kept
                 calls.append(f"{fn_up}({x_saved}, {gacc}, e_acc_{i}, lr_shift, apply);")
         elif isinstance(layer, ir.Add):
             for k, t in enumerate(layer.inputs):
