@@ -165,12 +165,12 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
             scheme = got[0].scheme
             res = []
             for s in range(seeds):
-                tr = Trainer(model, scheme, TrainConfig(lr=lr))
+                tr = Trainer(got[0].model, scheme, TrainConfig(lr=lr))  # Fisher selection reorders channels
                 rng = np.random.default_rng(s)
                 for i in np.concatenate([rng.permutation(len(y)) for _ in range(T.TASKS[task].epochs)]):
                     tr.step(xq[i], y[i])
                 res.append(T._int_accuracy(tr.trained_model(), xq_te, y_te))
-            est = training_sram(model, got[0])
+            est = training_sram(got[0].model, got[0])
             desc = ", ".join(f"{n}:{len(u.channels)}" for n, u in scheme.layers.items() if u.channels)
             accs[method] = (float(np.mean(res)), est.total, desc)
             payload.append({"budget_kb": kb, "method": method, "accuracy": float(np.mean(res)),
@@ -186,8 +186,10 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
 
 
 def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
-    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection and the deepest
-    last-K, the two planned at the MIT scheme's own peak SRAM. Training runs the generated C on the host."""
+    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection (channels reordered
+    most important first, as `--update auto` does, and without reordering: each layer's first channels) and
+    the deepest last-K, all planned at the MIT scheme's own peak SRAM. Training runs the generated C on the
+    host."""
     from . import transfer as T
     from .host_train import c_train_predict
     from .memory import auto_last_k, training_sram
@@ -210,8 +212,8 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
     orders = [np.concatenate([np.random.default_rng(s).permutation(len(y)) for _ in range(T.TASKS[task].epochs)])
               for s in range(seeds)]
 
-    def accuracy(trainer) -> float:
-        return float(np.mean([np.mean(c_train_predict(model, trainer.scheme, cfg, xq[o], y[o], xq_te) == y_te)
+    def accuracy(trainer) -> float:  # trainer.model: Fisher selection reorders channels
+        return float(np.mean([np.mean(c_train_predict(trainer.model, trainer.scheme, cfg, xq[o], y[o], xq_te) == y_te)
                               for o in orders]))
 
     rows, payload = [], []
@@ -219,9 +221,10 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
         mit = Trainer(model, load_scheme(f"{path}#mbv2/{key}", model), cfg)
         budget = training_sram(model, mit).total
         got = {"MIT " + key: (mit, budget)}
-        fisher = select(model, imp, budget, cfg)
-        if fisher is not None:
-            got["fisher"] = (fisher[0], fisher[1].total)
+        for method, reorder in (("fisher", True), ("fisher, first channels", False)):
+            fisher = select(model, imp, budget, cfg, reorder=reorder)
+            if fisher is not None:
+                got[method] = (fisher[0], fisher[1].total)
         try:
             lk = auto_last_k(model, cfg, budget)
             got["last-K"] = (lk[0], lk[1].total)
@@ -238,11 +241,11 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
                             "scheme": {n: [len(u.channels), u.bias] for n, u in tr.scheme.layers.items()}})
             log(f"  {key:6s} {method:10s} {100 * accs[method]:6.2f}%  peak {total:,} B  ({layers} weight / {biases} "
                 f"bias layers; {time.perf_counter() - t1:.0f} s)")
-        rows.append([key, f"{budget / 1024:.1f}",
-                     *[f"{100 * accs[m]:.2f}" if m in accs else "-" for m in ("MIT " + key, "fisher", "last-K")],
-                     *[f"{got[m][1] / 1024:.1f}" if m in got else "-" for m in ("fisher", "last-K")]])
-    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "last-K acc %", "fisher peak KB",
-               "last-K peak KB"], rows, "lrrrrrr"))
+        methods = ("MIT " + key, "fisher", "fisher, first channels", "last-K")
+        rows.append([key, f"{budget / 1024:.1f}", *[f"{100 * accs[m]:.2f}" if m in accs else "-" for m in methods],
+                     *[f"{got[m][1] / 1024:.1f}" if m in got else "-" for m in methods[1:]]])
+    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "fisher (first channels) acc %",
+               "last-K acc %", "fisher peak KB", "first-channels peak KB", "last-K peak KB"], rows, "lrrrrrrrr"))
     saved = _save(out, f"schemes_{task}", {"task": task, "seeds": seeds, "lr": cfg.lr, "rows": payload})
     log(f"saved {saved}")
     return {"rows": payload}
@@ -280,7 +283,7 @@ def auto_fit(out: Path | None, log=print) -> dict:
                 row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": False}
             else:
                 trainer, est = got
-                check_fits(model, trainer, board, budget)  # raises (with the numbers) if it does not
+                check_fits(trainer.model, trainer, board, budget)  # raises (with the numbers) if it does not
                 row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": True,
                        "peak_sram_bytes": est.total, "seconds": round(seconds, 1),
                        "weight_layers": sum(1 for u in trainer.scheme.layers.values() if u.channels),

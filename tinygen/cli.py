@@ -105,9 +105,14 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
                               accumulate, macs_budget)
+    if trainer is not None:
+        model = trainer.model  # --update auto may have reordered channels (the same function)
     check_fits(model, trainer, b, budget)
     if trainer is not None:
         click.echo(f"update scheme: {describe(trainer.scheme)}")
+        if trainer.scheme.channel_order:
+            click.echo(f"channels reordered most important first in {len(trainer.scheme.channel_order)} tensors "
+                       "(the same function; the order is recorded in model/scheme.json)")
     from .firmware import FirmwareOptions
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
@@ -185,6 +190,8 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, filter_r, m
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, not no_train, update, filter_r, 0.01, momentum, 0,
                               macs_budget=macs_budget)
+    if trainer is not None:
+        model = trainer.model
     p = build_plan(model, trainer, b, budget)
     svg = svg or Path("memory_timeline.svg")
     svg.write_text(timeline_svg(p))

@@ -40,6 +40,8 @@ class LayerUpdate:
 class Scheme:
     layers: dict[str, LayerUpdate] = field(default_factory=dict)
     source: str = "custom"
+    # tensor -> original channel index of each channel, where the build reordered channels (reorder.py)
+    channel_order: dict[str, list[int]] = field(default_factory=dict)
 
     def trained(self) -> list[str]:
         return [n for n, u in self.layers.items() if u.channels or u.bias]
@@ -179,14 +181,25 @@ def load_scheme(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
         else:
             chans = first_channels(layer, tensors, float(entry.get("weight_ratio", 1.0)))
         scheme.layers[name] = LayerUpdate(chans, bool(entry.get("bias", True)), int(entry.get("filter_r", filter_r)))
+    order = d.get("channel_order", {})
+    if not (isinstance(order, dict) and all(
+            t in tensors and isinstance(p, list) and all(isinstance(i, int) for i in p)
+            and sorted(p) == list(range(tensors[t].shape[-1]))
+            for t, p in order.items())):
+        raise TinygenError(f"{spec}: channel_order must map tensors of {model.name} to a permutation of their "
+                           "channels (as a build writes it)")
+    scheme.channel_order = order
     return scheme
 
 
 def scheme_to_json(scheme: Scheme) -> dict:
     """The native form with explicit channel lists (what a build records)."""
-    return {"format": "tinygen-scheme", "version": 1, "source": scheme.source,
-            "layers": [{"layer": n, "channels": u.channels, "bias": u.bias, "filter_r": u.filter_r}
-                       for n, u in scheme.layers.items()]}
+    d = {"format": "tinygen-scheme", "version": 1, "source": scheme.source,
+         "layers": [{"layer": n, "channels": u.channels, "bias": u.bias, "filter_r": u.filter_r}
+                    for n, u in scheme.layers.items()]}
+    if scheme.channel_order:
+        d["channel_order"] = scheme.channel_order
+    return d
 
 
 def parse_update(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:

@@ -3,11 +3,14 @@
 Importance comes from a few samples of the user's data, computed with the bit-exact integer
 reference: for every activation channel c of a weighted layer's input,
 `Delta_c = 1/2 * mean_n (sum_spatial a * g)^2` with `a` the channel's real value and `g` the
-real gradient of the loss with respect to it. A layer's update of its first k input channels
-is worth the sum of their Delta; candidate updates (k in {C/8, C/4, C/2, C}, with the bias) are
-chosen greedily by importance per byte of SRAM they add (weights, bias and the saved input), normalised by their
-MACs, while the planned peak SRAM stays under the budget (and the backward MACs under an
-optional compute budget). The planner itself measures every accepted candidate.
+real gradient of the loss with respect to it. Channels are first reordered most important first
+(`reorder.py`: the model computes the same function), so a layer's update of its first k input
+channels trains its k most important ones and is worth the sum of their Delta. Candidate updates
+(k in {C/8, C/4, C/2, C}, with the bias) are chosen greedily by importance per byte of SRAM they add
+(weights, bias, and what is kept of the input: only the trained channels, as patch sums where a
+filter allows, `saved_input.py`), normalised by their MACs, while the planned peak SRAM stays under
+the budget (and the backward MACs under an optional compute budget). The planner itself measures
+every accepted candidate.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import numpy as np
 
 from . import ir
 from .memory import training_sram
+from .reorder import reorder_by_importance
+from .saved_input import saved_input
 from .scheme import LayerUpdate, Scheme, TrainConfig, first_channels, is_depthwise, weighted_layers
 
 
@@ -67,10 +72,16 @@ def _bwd_macs(layer, k: int, n: int) -> int:
 
 
 def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, config: TrainConfig,
-           macs_budget: int | None = None, filter_r: int = 1):
-    """Greedy selection under the SRAM (and compute) budget; returns (trainer, estimate)."""
+           macs_budget: int | None = None, filter_r: int = 1, reorder: bool = True):
+    """Greedy selection under the SRAM (and compute) budget; returns (trainer, estimate) or None.
+    With `reorder`, channels are first renamed most-important-first (`reorder.py`), so the prefixes the
+    greedy step grows are the most important channels and still split between SRAM and flash;
+    `trainer.model` is then the reordered model, and its scheme records the order."""
     from .train_ref import Trainer
 
+    order: dict[str, list[int]] = {}
+    if reorder:
+        model, importance, order = reorder_by_importance(model, importance)
     layers = {layer.name: layer for layer in weighted_layers(model)}
     head = model.layers[-1]
     state: dict[str, int] = {}
@@ -79,7 +90,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
 
     def build(st):
         return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in st.items()},
-                      "fisher (TinyTrain-style Fisher potential, greedy under the budget)")
+                      "fisher (TinyTrain-style Fisher potential, greedy under the budget)", order)
 
     def fits(st):
         try:
@@ -97,7 +108,9 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         return None
     total_macs = sum(_bwd_macs(layer, 1, 1) for layer in layers.values()) or 1
     tensors = model.tensors()
-    saved = {n: tensors[layer.inputs[0]].size for n, layer in layers.items()}  # the input kept for dW
+
+    def saved(name, k):  # bytes of the input kept for dW when k channels train
+        return saved_input(layers[name], k, filter_r, tensors).nbytes if k else 0
     too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
         cands = []
@@ -110,8 +123,10 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
                     continue
                 gain = float(imp[cur:k].sum())
                 per_channel = int(np.prod(layer.weight.shape[:-1]))
-                # trained view + fraction per weight; a newly trained layer also keeps its bias and its input
-                cost_bytes = 2 * (k - cur) * per_channel + (0 if cur else 4 * layer.bias.size + saved[name])
+                # trained view + fraction per weight, what the update keeps of the input; a newly trained layer
+                # also keeps its bias
+                cost_bytes = (2 * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
+                              + (0 if cur else 4 * layer.bias.size))
                 cost_macs = _bwd_macs(layer, k - cur, n) / total_macs
                 cands.append((gain / (cost_bytes * (1.0 + cost_macs)), name, k))
         cands.sort(reverse=True)
