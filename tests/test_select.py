@@ -28,7 +28,7 @@ def test_importance_and_selection_under_budgets():
     for kb in (24, 40, 80):
         trainer, est = select(model, imp, kb * 1024, TrainConfig())
         assert est.total <= kb * 1024
-        assert training_sram(model, trainer).total == est.total
+        assert training_sram(trainer.model, trainer).total == est.total
         assert "fc" in trainer.scheme.layers
         sizes.append(sum(len(u.channels) for u in trainer.scheme.layers.values()))
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0]  # more budget, more trained channels
@@ -60,7 +60,7 @@ def test_auto_selection_fits_every_board(name, board):
     x, y, _ = training_samples(model, 4)
     trainer, est = select(model, fisher_potential(model, x, y), budget, TrainConfig())
     assert est.total <= budget
-    check_fits(model, trainer, b, budget)  # raises if the board cannot hold it
+    check_fits(trainer.model, trainer, b, budget)  # raises if the board cannot hold it
     assert sum(1 for u in trainer.scheme.layers.values() if u.channels) >= 2
 
 
@@ -75,5 +75,5 @@ def test_auto_selection_fits_an_mit_model_at_128():
     x, y, _ = training_samples(model, 4)
     trainer, est = select(model, fisher_potential(model, x, y), budget, TrainConfig())
     assert est.total <= budget
-    check_fits(model, trainer, b, budget)
+    check_fits(trainer.model, trainer, b, budget)
     assert sum(1 for u in trainer.scheme.layers.values() if u.channels) >= 2
