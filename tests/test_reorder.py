@@ -99,7 +99,7 @@ def test_fisher_selection_trains_the_most_important_channels_as_prefixes():
     layer = weighted_layers(model)[-1]
     v = new_imp[layer.name]
     assert np.all(np.diff(v) <= 0) and not np.all(np.diff(imp[layer.name]) <= 0)
-    trainer, est = select(model, imp, 96 * 1024, TrainConfig())
+    trainer, est = select(model, imp, 96 * 1024, TrainConfig(), reorder=True)
     assert trainer.scheme.channel_order and trainer.model is not model
     tensors = trainer.model.tensors()
     partial = {n: u for n, u in trainer.scheme.layers.items()
@@ -112,7 +112,7 @@ def test_fisher_selection_trains_the_most_important_channels_as_prefixes():
 
 def test_reordered_build_records_the_order_and_verifies(tmp_path):
     r = CliRunner().invoke(main, ["build", "--board", "nrf52840", "--model", "mnist-cnn", "--budget-kb", "40",
-                                  "--out", str(tmp_path / "b")])
+                                  "--reorder-channels", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.stderr
     assert "channels reordered" in r.stdout
     import json

@@ -165,7 +165,7 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
             scheme = got[0].scheme
             res = []
             for s in range(seeds):
-                tr = Trainer(got[0].model, scheme, TrainConfig(lr=lr))  # Fisher selection reorders channels
+                tr = Trainer(got[0].model, scheme, TrainConfig(lr=lr))  # the model the selection returned
                 rng = np.random.default_rng(s)
                 for i in np.concatenate([rng.permutation(len(y)) for _ in range(T.TASKS[task].epochs)]):
                     tr.step(xq[i], y[i])
@@ -186,10 +186,9 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
 
 
 def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
-    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection (channels reordered
-    most important first, as `--update auto` does, and without reordering: each layer's first channels) and
-    the deepest last-K, all planned at the MIT scheme's own peak SRAM. Training runs the generated C on the
-    host."""
+    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection (`--update auto`:
+    each layer's first channels; and with `--reorder-channels`: the most important channels first) and the
+    deepest last-K, all planned at the MIT scheme's own peak SRAM. Training runs the generated C on the host."""
     from . import transfer as T
     from .host_train import c_train_predict
     from .memory import auto_last_k, training_sram
@@ -212,7 +211,7 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
     orders = [np.concatenate([np.random.default_rng(s).permutation(len(y)) for _ in range(T.TASKS[task].epochs)])
               for s in range(seeds)]
 
-    def accuracy(trainer) -> float:  # trainer.model: Fisher selection reorders channels
+    def accuracy(trainer) -> float:  # trainer.model: Fisher selection may reorder channels
         return float(np.mean([np.mean(c_train_predict(trainer.model, trainer.scheme, cfg, xq[o], y[o], xq_te) == y_te)
                               for o in orders]))
 
@@ -221,7 +220,7 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
         mit = Trainer(model, load_scheme(f"{path}#mbv2/{key}", model), cfg)
         budget = training_sram(model, mit).total
         got = {"MIT " + key: (mit, budget)}
-        for method, reorder in (("fisher", True), ("fisher, first channels", False)):
+        for method, reorder in (("fisher", False), ("fisher, reordered", True)):
             fisher = select(model, imp, budget, cfg, reorder=reorder)
             if fisher is not None:
                 got[method] = (fisher[0], fisher[1].total)
@@ -241,11 +240,11 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
                             "scheme": {n: [len(u.channels), u.bias] for n, u in tr.scheme.layers.items()}})
             log(f"  {key:6s} {method:10s} {100 * accs[method]:6.2f}%  peak {total:,} B  ({layers} weight / {biases} "
                 f"bias layers; {time.perf_counter() - t1:.0f} s)")
-        methods = ("MIT " + key, "fisher", "fisher, first channels", "last-K")
+        methods = ("MIT " + key, "fisher", "fisher, reordered", "last-K")
         rows.append([key, f"{budget / 1024:.1f}", *[f"{100 * accs[m]:.2f}" if m in accs else "-" for m in methods],
                      *[f"{got[m][1] / 1024:.1f}" if m in got else "-" for m in methods[1:]]])
-    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "fisher (first channels) acc %",
-               "last-K acc %", "fisher peak KB", "first-channels peak KB", "last-K peak KB"], rows, "lrrrrrrrr"))
+    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "fisher reordered acc %", "last-K acc %",
+               "fisher peak KB", "reordered peak KB", "last-K peak KB"], rows, "lrrrrrrrr"))
     saved = _save(out, f"schemes_{task}", {"task": task, "seeds": seeds, "lr": cfg.lr, "rows": payload})
     log(f"saved {saved}")
     return {"rows": payload}

@@ -76,6 +76,9 @@ def boards():
               help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None,
               help="With --update auto/fisher: cap on the backward MACs of a training step.")
+@click.option("--reorder-channels", is_flag=True,
+              help="With --update auto/fisher: rename channels most important first (the same function), so each "
+                   "layer trains its most important channels, not its first ones; the order goes to scheme.json.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
@@ -92,8 +95,8 @@ def boards():
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
 @friendly
-def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, filter_r, lr, momentum,
-          lr_halve_every, loss, accumulate, samples, steps):
+def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
+          momentum, lr_halve_every, loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
     from .boards import load_board
     from .memory import check_fits, describe, sram_budget
@@ -104,9 +107,9 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
-                              accumulate, macs_budget)
+                              accumulate, macs_budget, reorder_channels)
     if trainer is not None:
-        model = trainer.model  # --update auto may have reordered channels (the same function)
+        model = trainer.model  # --reorder-channels: the same function, channels renamed
     check_fits(model, trainer, b, budget)
     if trainer is not None:
         click.echo(f"update scheme: {describe(trainer.scheme)}")
@@ -136,7 +139,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
-                    macs_budget=None):
+                    macs_budget=None, reorder=False):
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
@@ -154,7 +157,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 
         x, y, source = training_samples(model, 4)
         click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
-        got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r)
+        got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r, reorder)
         if got is None:  # not even the classifier with its weights: biases only, or the error with the numbers
             return auto_last_k(model, config, budget, filter_r)[0]
         return got[0]
@@ -168,6 +171,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--budget-kb", type=click.FloatRange(min=1), default=None, help="SRAM budget (default: the board's).")
 @click.option("--update", default="auto", show_default=True, help="As for build (auto, deepest, full, ...).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None, help="As for build.")
+@click.option("--reorder-channels", is_flag=True, help="As for build.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--momentum", type=float, default=0.0, show_default=True)
 @click.option("--no-train", "no_train", is_flag=True, help="Plan inference only.")
@@ -175,7 +179,8 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the memory timeline picture here (default: memory_timeline.svg).")
 @friendly
-def plan(board, model_spec, classes, budget_kb, update, macs_budget, filter_r, momentum, no_train, as_json, svg):
+def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum, no_train,
+         as_json, svg):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     import json as _json
 
@@ -189,7 +194,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, filter_r, m
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, not no_train, update, filter_r, 0.01, momentum, 0,
-                              macs_budget=macs_budget)
+                              macs_budget=macs_budget, reorder=reorder_channels)
     if trainer is not None:
         model = trainer.model
     p = build_plan(model, trainer, b, budget)

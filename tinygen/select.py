@@ -3,9 +3,9 @@
 Importance comes from a few samples of the user's data, computed with the bit-exact integer
 reference: for every activation channel c of a weighted layer's input,
 `Delta_c = 1/2 * mean_n (sum_spatial a * g)^2` with `a` the channel's real value and `g` the
-real gradient of the loss with respect to it. Channels are first reordered most important first
-(`reorder.py`: the model computes the same function), so a layer's update of its first k input
-channels trains its k most important ones and is worth the sum of their Delta. Candidate updates
+real gradient of the loss with respect to it. A layer's update of its first k input channels is
+worth the sum of their Delta (with `reorder`, channels are first renamed most important first —
+`reorder.py`, the same function — so the first k are the k most important). Candidate updates
 (k in {C/8, C/4, C/2, C}, with the bias) are chosen greedily by importance per byte of SRAM they add
 (weights, bias, and what is kept of the input: only the trained channels, as patch sums where a
 filter allows, `saved_input.py`), normalised by their MACs, while the planned peak SRAM stays under
@@ -72,7 +72,7 @@ def _bwd_macs(layer, k: int, n: int) -> int:
 
 
 def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, config: TrainConfig,
-           macs_budget: int | None = None, filter_r: int = 1, reorder: bool = True):
+           macs_budget: int | None = None, filter_r: int = 1, reorder: bool = False):
     """Greedy selection under the SRAM (and compute) budget; returns (trainer, estimate) or None.
     With `reorder`, channels are first renamed most-important-first (`reorder.py`), so the prefixes the
     greedy step grows are the most important channels and still split between SRAM and flash;
