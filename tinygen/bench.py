@@ -233,8 +233,7 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
         for method, (tr, total) in got.items():
             t1 = time.perf_counter()
             accs[method] = accuracy(tr)
-            layers = sum(1 for u in tr.scheme.layers.values() if u.channels)
-            biases = sum(1 for u in tr.scheme.layers.values() if u.bias)
+            layers, biases = tr.scheme.counts()
             payload.append({"budget_scheme": key, "method": method, "accuracy": accs[method], "peak_sram_bytes": total,
                             "weight_layers": layers, "bias_layers": biases,
                             "scheme": {n: [len(u.channels), u.bias] for n, u in tr.scheme.layers.items()}})
@@ -283,10 +282,10 @@ def auto_fit(out: Path | None, log=print) -> dict:
             else:
                 trainer, est = got
                 check_fits(trainer.model, trainer, board, budget)  # raises (with the numbers) if it does not
+                weights, biases = trainer.scheme.counts()
                 row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": True,
                        "peak_sram_bytes": est.total, "seconds": round(seconds, 1),
-                       "weight_layers": sum(1 for u in trainer.scheme.layers.values() if u.channels),
-                       "bias_layers": sum(1 for u in trainer.scheme.layers.values() if u.bias)}
+                       "weight_layers": weights, "bias_layers": biases}
             payload.append(row)
             rows.append([entry.name, board_name, f"{budget:,}", f"{row.get('peak_sram_bytes', 0):,}",
                          "yes" if row["fits"] else "no", str(row.get("weight_layers", "-")),

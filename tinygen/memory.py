@@ -96,8 +96,7 @@ def auto_last_k(model: ir.Model, config: TrainConfig, budget: int, filter_r: int
 
 
 def describe(scheme: Scheme) -> str:
-    w = sum(1 for u in scheme.layers.values() if u.channels)
-    b = sum(1 for u in scheme.layers.values() if u.bias)
+    w, b = scheme.counts()
     return f"{scheme.source}: {w} layers update weights, {b} update biases"
 
 

@@ -74,23 +74,14 @@ def channel_groups(model: ir.Model) -> _Groups:
     return g
 
 
-def _take_columns(weight: np.ndarray, in_shape: tuple, p: np.ndarray) -> np.ndarray:
-    """An FC's weights with its input's channels permuted (the input may be H x W x C, flattened)."""
-    o = weight.shape[0]
-    c = in_shape[-1]
-    return weight.reshape(o, -1, c)[:, :, p].reshape(o, -1)
-
-
 def permute_channels(model: ir.Model, perms: dict[str, np.ndarray]) -> ir.Model:
     """The same function with the channels of each group permuted. `perms` maps any tensor of a group to
     its permutation; every tensor in that group is permuted alike."""
     groups = channel_groups(model)
-    by_root: dict[str, np.ndarray] = {}
-    for t, p in perms.items():
-        root = groups.find(t)
-        if groups.is_pinned(t):
-            raise ValueError(f"tensor {t!r}: its channels cannot be reordered")
-        by_root[root] = np.asarray(p, dtype=np.int64)
+    pinned = [t for t in perms if groups.is_pinned(t)]
+    if pinned:
+        raise ValueError(f"tensor {pinned[0]!r}: its channels cannot be reordered")
+    by_root = {groups.find(t): np.asarray(p, dtype=np.int64) for t, p in perms.items()}
     tensors = model.tensors()
 
     def perm_of(t):
@@ -106,22 +97,24 @@ def permute_channels(model: ir.Model, perms: dict[str, np.ndarray]) -> ir.Model:
         if po is not None:
             w, b, s = w[po], b[po], s[po]
         if pi is not None and not is_depthwise(layer):  # a depthwise conv's input follows its output
-            w = w[..., pi] if isinstance(layer, ir.Conv2D) else _take_columns(w, tensors[layer.inputs[0]].shape, pi)
-        layers.append(dataclasses.replace(layer, weight=np.ascontiguousarray(w), bias=np.ascontiguousarray(b),
-                                          w_scales=np.ascontiguousarray(s)))
+            w = w[..., pi] if isinstance(layer, ir.Conv2D) else _by_channel(w, tensors[layer.inputs[0]])[..., pi]
+        layers.append(dataclasses.replace(layer, weight=np.ascontiguousarray(w.reshape(layer.weight.shape)),
+                                          bias=np.ascontiguousarray(b), w_scales=np.ascontiguousarray(s)))
     return ir.Model(model.name, model.input, layers).validate()
 
 
-def _channel_scores(layer: ir.Layer, scores: np.ndarray, tensors) -> np.ndarray:
-    """A layer's per-selectable-channel scores folded to its input tensor's channels."""
-    c = tensors[layer.inputs[0]].shape[-1]
-    return np.asarray(scores, dtype=np.float64).reshape(-1, c).sum(axis=0)
+def _by_channel(a: np.ndarray, x: ir.TensorInfo) -> np.ndarray:
+    """An array over a layer's (flattened) input elements, viewed (..., spatial, channel): FC columns and
+    a layer's per-input-element scores index an H x W x C input as (h * W + w) * C + c."""
+    a = np.asarray(a)
+    return a.reshape(a.shape[:-1] + (-1, x.shape[-1]))
 
 
-def importance_order(model: ir.Model, importance: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per reorderable group (keyed by one of its tensors): its channels by falling importance, the
-    importance of a channel being its share of each consuming layer's total, summed over the layers.
-    Ties keep the original order."""
+def reorder_by_importance(model: ir.Model, importance: dict[str, np.ndarray]):
+    """(permuted model, its importance arrays, {tensor: permutation}) — most important channels first.
+
+    A group's order: its channels by falling importance, a channel's importance being its share of each
+    consuming layer's total, summed over those layers; ties keep the original order."""
     groups = channel_groups(model)
     tensors = model.tensors()
     score: dict[str, np.ndarray] = {}
@@ -129,47 +122,20 @@ def importance_order(model: ir.Model, importance: dict[str, np.ndarray]) -> dict
         t = layer.inputs[0]
         if layer.name not in importance or groups.is_pinned(t):
             continue
-        v = _channel_scores(layer, importance[layer.name], tensors)
-        total = v.sum()
-        if total > 0:
-            root = groups.find(t)
-            score[root] = score.get(root, 0) + v / total
-    return {root: np.argsort(-s, kind="stable") for root, s in score.items()
-            if not np.array_equal(np.argsort(-s, kind="stable"), np.arange(s.size))}
-
-
-def permute_importance(model: ir.Model, importance: dict[str, np.ndarray],
-                       perms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The importance arrays re-indexed like the permuted model's channels."""
-    groups = channel_groups(model)
-    by_root = {groups.find(t): p for t, p in perms.items()}
-    tensors = model.tensors()
-    out = {}
-    for name, v in importance.items():
-        layer = model.layer(name)
-        p = by_root.get(groups.find(layer.inputs[0]))
-        if p is None:
-            out[name] = v
-        else:
-            c = tensors[layer.inputs[0]].shape[-1]
-            out[name] = np.asarray(v).reshape(-1, c)[:, p].ravel()
-    return out
-
-
-def reorder_by_importance(model: ir.Model, importance: dict[str, np.ndarray]):
-    """(permuted model, its importance arrays, {tensor: permutation}) — most important channels first."""
-    perms = importance_order(model, importance)
+        v = _by_channel(np.asarray(importance[layer.name], dtype=np.float64), tensors[t]).sum(axis=0)
+        if v.sum() > 0:
+            score[groups.find(t)] = score.get(groups.find(t), 0) + v / v.sum()
+    perms = {root: np.argsort(-s, kind="stable") for root, s in score.items()}
+    perms = {root: p for root, p in perms.items() if not np.array_equal(p, np.arange(p.size))}
     if not perms:
         return model, importance, {}
-    new = permute_channels(model, perms)
-    return new, permute_importance(model, importance, perms), _by_tensor(model, perms)
-
-
-def _by_tensor(model: ir.Model, perms: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Every tensor's permutation (what a build records so trained weights map back)."""
-    groups = channel_groups(model)
-    by_root = {groups.find(t): p for t, p in perms.items()}
-    return {t: [int(i) for i in by_root[groups.find(t)]] for t in model.tensors() if groups.find(t) in by_root}
+    new_importance = {}
+    for name, v in importance.items():
+        t = model.layer(name).inputs[0]
+        p = perms.get(groups.find(t))
+        new_importance[name] = v if p is None else _by_channel(v, tensors[t])[:, p].ravel()
+    order = {t: [int(i) for i in perms[groups.find(t)]] for t in tensors if groups.find(t) in perms}
+    return permute_channels(model, perms), new_importance, order
 
 
 def restore_order(model: ir.Model, channel_order: dict[str, list[int]]) -> ir.Model:

@@ -46,6 +46,10 @@ class Scheme:
     def trained(self) -> list[str]:
         return [n for n, u in self.layers.items() if u.channels or u.bias]
 
+    def counts(self) -> tuple[int, int]:
+        """(layers that update weights, layers that update biases)."""
+        return (sum(1 for u in self.layers.values() if u.channels), sum(1 for u in self.layers.values() if u.bias))
+
 
 @dataclass
 class TrainConfig:

@@ -168,11 +168,12 @@ def _emit_saves(model, plan: TrainPlan, env, kernels: list, calls: list, codes: 
     that copy (templates/train/save_input_s8.c.j2). The copy is written by inference too: it lives in
     its own arena slot, so this costs cycles, never values."""
     tensors = model.tensors()
-    position = {code.index: k for k, code in enumerate(codes)}
-    for name, sv in sorted(plan.saved.items(), key=lambda kv: -model.layers.index(model.layer(kv[0]))):
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
+    position = {code.index: k for k, code in enumerate(codes)}  # a trained layer is never a fused pointwise
+    for name, sv in sorted(plan.saved.items(), key=lambda kv: -index[kv[0]]):  # last first: positions hold
         if sv.mode == "tensor":
             continue
-        i = model.layers.index(model.layer(name))
+        i = index[name]
         layer = model.layers[i]
         prefix = f"tg_l{i}_{c_ident(name)}"
         x = tensors[layer.inputs[0]]
@@ -344,8 +345,10 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                     accumulate=cfg.accumulate, w_accum=f"{prefix}_w_accum", b_accum=f"{prefix}_b_accum",
                     record_id=record("dw:" + layer.name) if u.channels else -1,
                     saved=sv.mode if sv else "tensor", saved_ctype=sv.ctype if sv else "int8_t"))
-                x_saved = "NULL" if sv is None else act(layer.inputs[0]) if sv.mode == "tensor" \
-                    else plan.ptr(f"saved_l{i}")  # bias-only: the input is not kept
+                if sv is None:  # bias-only: the input is not kept
+                    x_saved = "NULL"
+                else:
+                    x_saved = act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
                 calls.append(f"{fn_up}({x_saved}, {gacc}, e_acc_{i}, lr_shift, apply);")
         elif isinstance(layer, ir.Add):
             for k, t in enumerate(layer.inputs):
