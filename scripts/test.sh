@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ruff check .
+lint-imports
 exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen import codegen
-from tinygen.hostbuild import compile_host, run_host
+from tinygen.codegen import forward as codegen
 from tinygen.paths import data_dir
+from tinygen.targets.hostbuild import compile_host, run_host
 
 
 def run_generated_forward(model, x: np.ndarray, workdir: Path) -> np.ndarray:

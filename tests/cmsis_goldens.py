@@ -7,7 +7,7 @@ read: some folders carry stale extra headers (e.g. `fully_connected/` also holds
 tensors of a different, 89-input FC test, and `add/` an unused `input_data.h`).
 
 `load_case(name)` returns a `GoldenCase` whose `inputs` and `params` are named after the
-parameters of the `tinygen.reference` kernel that implements the op, so a test can call
+parameters of the `tinygen.reference.forward` kernel that implements the op, so a test can call
 `kernel(**inputs_for_one_batch_item, **params)`; `run_reference(case)` does exactly that.
 The same dicts are meant to drive generated C kernels later: `inputs` holds only NumPy
 arrays, `params` only Python ints, tuples of ints and int32 arrays (per-channel mult/shift).
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen import reference
 from tinygen.paths import shared_dir
+from tinygen.reference import forward as reference
 
 OPS = ("conv", "depthwise", "fully_connected", "add", "avgpool", "maxpool")
 
-# op -> name of the tinygen.reference kernel that implements it.
+# op -> name of the tinygen.reference.forward kernel that implements it.
 KERNELS = {
     "conv": "convolve_s8",
     "depthwise": "convolve_s8",
@@ -381,7 +381,7 @@ def load_case(name: str) -> GoldenCase:
 
 
 def run_reference(case: GoldenCase) -> np.ndarray:
-    """Run the tinygen.reference kernel for every batch item; int8, shaped like `case.expected`."""
+    """Run the tinygen.reference.forward kernel for every batch item; int8, shaped like `case.expected`."""
     fn = getattr(reference, case.kernel)
     outs = []
     for i in range(case.batches):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinygen.builder import ModelBuilder
+from tinygen.ir.builder import ModelBuilder
 
 
 def small_model(seed: int = 0, name: str = "small"):

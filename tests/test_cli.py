@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from models_for_tests import small_model
 
-from tinygen import modelfile
 from tinygen.cli import main
+from tinygen.frontends import modelfile
 
 
 def run(*args):

@@ -10,9 +10,9 @@ from c_harness import run_generated_forward
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tinygen import reference
-from tinygen.builder import ModelBuilder
 from tinygen.errors import ModelError
+from tinygen.ir.builder import ModelBuilder
+from tinygen.reference import forward as reference
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

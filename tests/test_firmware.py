@@ -21,14 +21,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinygen import firmware, sim
-from tinygen.armbuild import LinkOverflowError
-from tinygen.boards import Region, load_board
-from tinygen.builder import ModelBuilder
 from tinygen.cli import main
+from tinygen.codegen import firmware
+from tinygen.codegen.firmware import FirmwareOptions
+from tinygen.codegen.project import write_project
 from tinygen.errors import BuildError, MismatchError, TinygenError
-from tinygen.firmware import FirmwareOptions
-from tinygen.project import write_project
+from tinygen.ir.builder import ModelBuilder
+from tinygen.targets.armbuild import LinkOverflowError
+from tinygen.targets.boards import Region, load_board
+from tinygen.verify import sim
 
 HAVE_GCC = shutil.which("arm-none-eabi-gcc") is not None
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
@@ -44,7 +45,7 @@ BOARDS = ["stm32f746", "nrf52840", "stm32h743"]
 
 def digits_model():
     try:
-        from tinygen.zoo import get_model
+        from tinygen.zoo.catalog import get_model
 
         return get_model("digits-cnn")
     except Exception:  # the zoo is being finished elsewhere: fall back to the builder's test model

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from models_for_tests import small_model
 
-from tinygen.float_grad import cosine, float_backward, integer_gradients
-from tinygen.inputs import quantize, real_labelled
-from tinygen.scheme import TrainConfig, full_scheme
-from tinygen.train_ref import Trainer
-from tinygen.verify import training_samples
-from tinygen.zoo import get_model
+from tinygen.frontends.inputs import quantize, real_labelled, training_samples
+from tinygen.ir.scheme import TrainConfig, full_scheme
+from tinygen.reference.float_grad import cosine, float_backward, integer_gradients
+from tinygen.reference.training import Trainer
+from tinygen.zoo.catalog import get_model
 
 
 def _cosines(model, scheme, x, y):
@@ -41,7 +40,7 @@ def test_r1_gradients_grouped_conv():
     """The builder's every-op model: a grouped conv and the FC head train (max pooling, which has no
     backward, stays below them)."""
     model = small_model(seed=3)
-    from tinygen.scheme import LayerUpdate, Scheme
+    from tinygen.ir.scheme import LayerUpdate, Scheme
 
     trained = ["grouped", "fc"]
     scheme = Scheme({n: LayerUpdate(list(range(model.layer(n).weight.shape[-1])), True, 1) for n in trained})

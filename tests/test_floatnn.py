@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinygen import floatnn as F
-from tinygen import ptq, reference
+from tinygen.reference import forward as reference
+from tinygen.zoo import floatnn as F
+from tinygen.zoo import ptq
 
 
 def _randomize(net: F.Net, rng) -> None:

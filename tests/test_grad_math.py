@@ -1,4 +1,4 @@
-"""The training-path primitives: Python (tinygen.gradmath) vs C (cmsis_glue/tg_grad_math.h), bit for
+"""The training-path primitives: Python (tinygen.ir.gradmath) vs C (cmsis_glue/tg_grad_math.h), bit for
 bit, over random and extreme int64 inputs, every shift, and the saturation paths."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from c_harness import c_driver
 
-from tinygen import gradmath
+from tinygen.ir import gradmath
 
 C_BODY = """
         r[0] = tg_mul_q31(v[0], (int32_t)v[1], (int32_t)v[2]);

@@ -1,4 +1,4 @@
-"""tinygen.mit_import: the tiny-training int8 models, and the safe loader's refusals."""
+"""tinygen.frontends.mit_import: the tiny-training int8 models, and the safe loader's refusals."""
 
 from __future__ import annotations
 
@@ -14,16 +14,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from tinygen import ir, paths
+from tinygen import paths
 from tinygen.errors import ModelError
-from tinygen.mit_import import (
+from tinygen.frontends.mit_import import (
     MIT_MODELS,
     conv_index_to_layer,
     find_mit_file,
     load_mit_model,
     load_mit_pickle,
 )
-from tinygen.reference import run_model
+from tinygen.ir import model as ir
+from tinygen.reference.forward import run_model
 
 # name -> (layers, params, MACs, convs) with 1000 classes; params and MACs with 10 classes
 EXPECTED = {

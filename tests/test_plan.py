@@ -10,14 +10,13 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygen.arena import Buffer, check_no_overlap, lower_bound, plan_best, plan_greedy_by_size
-from tinygen.boards import load_board
 from tinygen.cli import main
-from tinygen.codegen import plan_forward
-from tinygen.memory import auto_last_k, sram_budget
-from tinygen.scheme import TrainConfig
-from tinygen.train_codegen import plan_training
-from tinygen.zoo import get_model, list_models
+from tinygen.ir.scheme import TrainConfig
+from tinygen.planning.arena import Buffer, check_no_overlap, lower_bound, plan_best, plan_greedy_by_size
+from tinygen.planning.memory import auto_last_k, sram_budget
+from tinygen.planning.schedule import plan_forward, plan_training
+from tinygen.targets.boards import load_board
+from tinygen.zoo.catalog import get_model, list_models
 
 
 def test_plan_json_has_the_documented_keys(tmp_path):

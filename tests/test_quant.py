@@ -1,4 +1,4 @@
-"""The fixed-point primitives: Python (tinygen.quant) vs C (cmsis_glue/tg_nn_math.h), bit for bit,
+"""The fixed-point primitives: Python (tinygen.ir.quant) vs C (cmsis_glue/tg_nn_math.h), bit for bit,
 including the int32 extremes and every shift."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from c_harness import c_driver
 
-from tinygen import quant
+from tinygen.ir import quant
 
 C_BODY = """
         r[0] = tg_requantize(v[0], v[1], v[2]);

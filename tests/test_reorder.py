@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinygen import reference
 from tinygen.cli import main
-from tinygen.reorder import channel_groups, permute_channels, reorder_by_importance, restore_order
-from tinygen.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
-from tinygen.select import fisher_potential, select
-from tinygen.train_ref import Trainer
-from tinygen.verify import real_inputs, training_samples
-from tinygen.weight_store import weight_store
-from tinygen.zoo import get_model
+from tinygen.frontends.inputs import real_inputs, training_samples
+from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
+from tinygen.planning.weight_store import weight_store
+from tinygen.reference import forward as reference
+from tinygen.reference.training import Trainer
+from tinygen.training.reorder import channel_groups, permute_channels, reorder_by_importance, restore_order
+from tinygen.training.selection import fisher_potential, select
+from tinygen.zoo.catalog import get_model
 
 MODELS = ["digits-cnn", "mnist-cnn", "mbv2-w0.35-r32-mnist"]
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from train_harness import train_c_vs_reference
 
-from tinygen.builder import ModelBuilder
-from tinygen.saved_input import saved_input
-from tinygen.scheme import LayerUpdate, Scheme, TrainConfig
-from tinygen.train_codegen import generate_training, plan_training
-from tinygen.train_ref import Trainer
+from tinygen.codegen.training import generate_training
+from tinygen.ir.builder import ModelBuilder
+from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig
+from tinygen.planning.saved_input import saved_input
+from tinygen.planning.schedule import plan_training
+from tinygen.reference.training import Trainer
 
 
 def _model(stride=1):

@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from tinygen.cli import main
-from tinygen.memory import training_sram
+from tinygen.frontends.inputs import training_samples
+from tinygen.ir.scheme import TrainConfig
 from tinygen.paths import shared_dir
-from tinygen.scheme import TrainConfig
-from tinygen.select import fisher_potential, select
-from tinygen.verify import training_samples
-from tinygen.zoo import get_model
+from tinygen.planning.memory import training_sram
+from tinygen.training.selection import fisher_potential, select
+from tinygen.zoo.catalog import get_model
 
 
 def test_importance_and_selection_under_budgets():
@@ -51,8 +51,8 @@ BOARD_BUDGETS_KB = {"stm32f746": 256, "nrf52840": 256, "stm32h743": 1024}
 def test_auto_selection_fits_every_board(name, board):
     """`--update auto` (Fisher selection) under 256 KB on the F746 and nRF52840 and 1 MB on the H743:
     the plan fits the board, and the budget is used (not just the classifier)."""
-    from tinygen.boards import load_board
-    from tinygen.memory import check_fits, sram_budget
+    from tinygen.planning.memory import check_fits, sram_budget
+    from tinygen.targets.boards import load_board
 
     b = load_board(board)
     budget = sram_budget(b, BOARD_BUDGETS_KB[board])
@@ -66,8 +66,8 @@ def test_auto_selection_fits_every_board(name, board):
 
 @pytest.mark.skipif(shared_dir() is None, reason="../shared (the MIT models) is not present")
 def test_auto_selection_fits_an_mit_model_at_128():
-    from tinygen.boards import load_board
-    from tinygen.memory import check_fits, sram_budget
+    from tinygen.planning.memory import check_fits, sram_budget
+    from tinygen.targets.boards import load_board
 
     b = load_board("stm32f746")
     budget = sram_budget(b, 256)

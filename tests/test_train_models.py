@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from train_harness import train_c_vs_reference
 
 from tinygen.cli import main
+from tinygen.frontends.inputs import training_samples
+from tinygen.ir.scheme import TrainConfig, load_scheme
 from tinygen.paths import shared_dir
-from tinygen.scheme import TrainConfig, load_scheme
-from tinygen.verify import training_samples
 
 STEPS = 20
 
@@ -39,7 +39,7 @@ def mbv2():
     root = shared_dir()
     if root is None:
         pytest.skip("../shared is not present: the MIT models are not available")
-    from tinygen.mit_import import load_mit_model
+    from tinygen.frontends.mit_import import load_mit_model
 
     return load_mit_model(root / "models/mit-tiny-training/mbv2-w0.35.pkl", classes=10)
 

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from train_harness import train_c_vs_reference
 
-from tinygen.builder import ModelBuilder
 from tinygen.errors import ModelError
-from tinygen.scheme import LayerUpdate, Scheme, TrainConfig, is_depthwise
+from tinygen.ir.builder import ModelBuilder
+from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, is_depthwise
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STEPS = 3
@@ -135,8 +135,8 @@ def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stri
        r=st.sampled_from([1, 2]))
 def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r):
     """Updates summed over B samples, applied every B-th step (with and without momentum)."""
-    from tinygen.verify import training_samples
-    from tinygen.zoo import get_model
+    from tinygen.frontends.inputs import training_samples
+    from tinygen.zoo.catalog import get_model
 
     model = get_model("digits-cnn")
     x, y, _ = training_samples(model, 9)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from train_harness import train_c_vs_reference
 
-from tinygen.scheme import TrainConfig, full_scheme
-from tinygen.train_ref import WEIGHT_LIMIT, Trainer, bias_limit
-from tinygen.verify import training_samples
-from tinygen.zoo import get_model
+from tinygen.frontends.inputs import training_samples
+from tinygen.ir.scheme import TrainConfig, full_scheme
+from tinygen.reference.training import WEIGHT_LIMIT, Trainer, bias_limit
+from tinygen.zoo.catalog import get_model
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ with more data and sample orders, is `tinygen bench transfer` (README, Results).
 
 from __future__ import annotations
 
-from tinygen import transfer
+from tinygen.bench import transfer
 
 
 def test_integer_training_learns_the_held_out_task():
@@ -20,10 +20,10 @@ def test_host_c_training_predicts_what_the_reference_predicts():
     """The benchmarks' fast path (the generated C, optimised, on the host) trains to the same classes."""
     import numpy as np
 
-    from tinygen.host_train import c_train_predict
-    from tinygen.reference import run_model
-    from tinygen.scheme import TrainConfig, parse_update
-    from tinygen.train_ref import Trainer
+    from tinygen.ir.scheme import TrainConfig, parse_update
+    from tinygen.reference.forward import run_model
+    from tinygen.reference.training import Trainer
+    from tinygen.verify.host_train import c_train_predict
 
     model, xq, y, xq_te, _, _, _ = transfer.transfer_start("digits")
     scheme = parse_update("last-2", model, 2)

@@ -8,10 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from tinygen import datasets, ir, modelfile, ptq, zoo
-from tinygen import floatnn as F
 from tinygen.errors import ModelError
-from tinygen.reference import run_model
+from tinygen.frontends import datasets, modelfile
+from tinygen.ir import model as ir
+from tinygen.reference.forward import run_model
+from tinygen.zoo import catalog as zoo
+from tinygen.zoo import floatnn as F
+from tinygen.zoo import ptq
 
 ENTRIES = {e.name: e for e in zoo.list_models()}
 

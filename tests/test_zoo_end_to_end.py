@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from tinygen.cli import main
 from tinygen.errors import ModelError
-from tinygen.zoo import get_model, list_models
+from tinygen.zoo.catalog import get_model, list_models
 
 ZOO = [e.name for e in list_models()]
 

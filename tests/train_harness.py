@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.train_codegen import generate_training
-from tinygen.train_ref import Trainer
-from tinygen.train_verify import build_host_trainer, compare, run_c_training
+from tinygen.codegen.training import generate_training
+from tinygen.reference.training import Trainer
+from tinygen.verify.host_training import build_host_trainer, compare, run_c_training
 
 
 def train_c_vs_reference(model, scheme, config, x, labels, steps):

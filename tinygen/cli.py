@@ -8,8 +8,24 @@ from pathlib import Path
 
 import click
 
-from .errors import TinygenError
-from .transfer import TASKS as _TASKS
+from tinygen.bench import transfer
+from tinygen.bench.suites import auto_fit, gradient_filter, memory, schemes, selection
+from tinygen.bench.transfer import TASKS as _TASKS
+from tinygen.codegen.firmware import FirmwareOptions
+from tinygen.codegen.project import read_manifest, write_project
+from tinygen.errors import TinygenError
+from tinygen.frontends.inputs import training_samples
+from tinygen.ir.scheme import TrainConfig, parse_update
+from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
+from tinygen.planning.report import build_plan, plan_table, timeline_svg
+from tinygen.reference.training import Trainer
+from tinygen.report import table
+from tinygen.targets.boards import board_names, load_board
+from tinygen.training.selection import fisher_potential, select
+from tinygen.verify.check import verify_forward, verify_training
+from tinygen.verify.sim import format_report, simulate
+from tinygen.zoo.catalog import list_models
+from tinygen.zoo.resolve import resolve_model
 
 TRANSFER_TASKS = list(_TASKS)
 
@@ -38,8 +54,6 @@ def main():
 @friendly
 def models():
     """List the model zoo: name, input shape, parameters, MACs."""
-    from .report import table
-    from .zoo import list_models
 
     rows = [[e.name, "x".join(map(str, e.input_shape)), e.params, e.macs, e.description] for e in list_models()]
     click.echo(table(["model", "input", "params", "MACs", "description"], rows, "llrrl"))
@@ -49,8 +63,6 @@ def models():
 @friendly
 def boards():
     """List the boards: core, clock, SRAM, flash, emulators."""
-    from .boards import board_names, load_board
-    from .report import table
 
     rows = []
     for name in board_names():
@@ -98,10 +110,6 @@ def boards():
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
           momentum, lr_halve_every, loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
-    from .boards import load_board
-    from .memory import check_fits, describe, sram_budget
-    from .project import write_project
-    from .resolve import resolve_model
 
     b = load_board(board)
     model = resolve_model(model_spec, classes)
@@ -116,14 +124,12 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
         if trainer.scheme.channel_order:
             click.echo(f"channels reordered most important first in {len(trainer.scheme.channel_order)} tensors "
                        "(the same function; the order is recorded in model/scheme.json)")
-    from .firmware import FirmwareOptions
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0))
     import json as _json
 
-    from .plan_report import build_plan, timeline_svg
 
     p = build_plan(model, trainer, b, budget)
     (Path(out) / "plan.json").write_text(_json.dumps(p, indent=1) + "\n")
@@ -143,17 +149,12 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
-    from .memory import auto_last_k
-    from .scheme import TrainConfig, parse_update
-    from .train_ref import Trainer
 
     config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
                          accumulate=accumulate).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
     if update in ("auto", "fisher"):
-        from .select import fisher_potential, select
-        from .verify import training_samples
 
         x, y, source = training_samples(model, 4)
         click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
@@ -184,11 +185,6 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     import json as _json
 
-    from .boards import load_board
-    from .errors import TinygenError
-    from .memory import check_fits, sram_budget
-    from .plan_report import build_plan, plan_table, timeline_svg
-    from .resolve import resolve_model
 
     b = load_board(board)
     model = resolve_model(model_spec, classes)
@@ -220,8 +216,6 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
 @friendly
 def verify(build_dir, n_inputs, steps):
     """Compile BUILD_DIR's C for the host (-Werror, ASan+UBSan) and compare with the reference."""
-    from .project import read_manifest
-    from .verify import verify_forward, verify_training
 
     r = verify_forward(build_dir, n_inputs)
     click.echo(f"verify: forward bit-exact: {r.elements} of {r.elements} output values equal on {r.source} "
@@ -252,7 +246,6 @@ def bench():
 @friendly
 def bench_gradients(models, samples, rs, out):
     """Cosine similarity of filtered integer gradients to the exact float gradient, per layer."""
-    from .bench import gradient_filter
 
     gradient_filter(list(models), samples, list(rs), out, log=click.echo)
 
@@ -262,7 +255,6 @@ def bench_gradients(models, samples, rs, out):
 @friendly
 def bench_memory(out):
     """Planned peak SRAM of the MIT models with their published schemes, beside the paper's figures."""
-    from .bench import memory
 
     memory(out, log=click.echo)
 
@@ -275,7 +267,6 @@ def bench_memory(out):
 @friendly
 def bench_selection(task, budgets, seeds, out):
     """Fisher-selected sparse update vs the deepest last-K at equal SRAM budgets, on the transfer task."""
-    from .bench import selection
 
     selection(task, list(budgets), out, log=click.echo, seeds=seeds)
 
@@ -292,7 +283,6 @@ def bench_selection(task, budgets, seeds, out):
 @friendly
 def bench_transfer(tasks, updates, rs, seeds, out):
     """Transfer learning (classes 0-4 -> 5-9): integer on-device training vs float SGD vs none."""
-    from .bench import transfer
 
     transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds)
 
@@ -302,7 +292,6 @@ def bench_transfer(tasks, updates, rs, seeds, out):
 @friendly
 def bench_auto(out):
     """--update auto on every zoo model and board at 256 KB (F746, nRF52840) and 1 MB (H743): does it fit?"""
-    from .bench import auto_fit
 
     auto_fit(out, log=click.echo)
 
@@ -316,7 +305,6 @@ def bench_auto(out):
 @friendly
 def bench_schemes(task, seeds, out):
     """Published MIT mbv2 schemes vs Fisher selection vs last-K at each scheme's own peak SRAM."""
-    from .bench import schemes
 
     schemes(task, out, log=click.echo, seeds=seeds)
 
@@ -331,7 +319,6 @@ def bench_schemes(task, seeds, out):
 @friendly
 def sim(build_dir, emulator, timeout):
     """Run BUILD_DIR's firmware in an emulator and compare its outputs with the reference, bit for bit."""
-    from .sim import format_report, simulate
 
     click.echo(format_report(simulate(build_dir, emulator, timeout)))
 

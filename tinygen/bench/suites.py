@@ -1,0 +1,279 @@
+"""Benchmarks the project ships: each prints a table and writes JSON (`tinygen bench ...`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinygen.bench import transfer as T
+from tinygen.errors import TinygenError
+from tinygen.frontends.inputs import training_samples
+from tinygen.ir.scheme import TrainConfig, full_scheme, load_scheme
+from tinygen.paths import shared_dir
+from tinygen.planning.memory import RUNTIME_RESERVE, auto_last_k, check_fits, sram_budget, training_sram
+from tinygen.planning.report import build_plan
+from tinygen.reference.float_grad import cosine, float_backward, integer_gradients
+from tinygen.reference.training import Trainer
+from tinygen.report import table
+from tinygen.targets.boards import load_board
+from tinygen.training.selection import fisher_potential, select
+from tinygen.verify.host_train import c_train_predict
+from tinygen.zoo.catalog import get_model, list_models
+
+
+def _save(out: Path | None, name: str, payload: dict) -> Path:
+    out = Path(out or "bench-results")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def gradient_filter(models: list[str], samples: int, rs: list[int], out: Path | None, log=print) -> dict:
+    """Per layer: cosine similarity of tinygen's integer gradients (filter r) to the exact float
+    gradient of the same int8 network, averaged over real samples."""
+
+    rows, payload = [], {"samples": samples, "filter_r": rs, "models": {}}
+    for name in models:
+        model = get_model(name)
+        x, y, source = training_samples(model, samples)
+        per = {}
+        for r in rs:
+            for xi, yi in zip(x, y, strict=True):
+                exact = float_backward(Trainer(model, full_scheme(model, 1), TrainConfig()), xi, yi)
+                got = integer_gradients(Trainer(model, full_scheme(model, r), TrainConfig()), xi, yi)
+                for key, v in got.items():
+                    if key.startswith("dw:") or key.startswith("grad:"):
+                        per.setdefault(key, {}).setdefault(r, []).append(cosine(v, exact[key]))
+        payload["models"][name] = {"data": source, "cosine": {k: {str(r): float(np.mean(v)) for r, v in d.items()}
+                                                              for k, d in per.items()}}
+        shapes = {layer.name: layer.output.shape for layer in model.layers}
+        for key, d in per.items():
+            kind, layer = key.split(":", 1)
+            if kind != "dw":
+                continue
+            rows.append([name, layer, "x".join(map(str, shapes[layer])), *[f"{np.mean(d[r]):.4f}" for r in rs]])
+        log(f"[{name}] {len(per)} gradients over {samples} samples of {source}")
+    log(table(["model", "layer (weight grad)", "output", *[f"cos r={r}" for r in rs]], rows,
+              "lll" + "r" * len(rs)))
+    path = _save(out, "gradient_filter", payload)
+    log(f"saved {path}")
+    return payload
+
+
+def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | None, log=print,
+             seeds: int = 3) -> dict:
+    """Accuracy of on-device (integer, bit-exact) training vs float SGD of the same layers vs none,
+    each the mean over `seeds` sample orders from the same start."""
+
+    rows, results = [], []
+    for task in tasks:
+        t0 = time.perf_counter()
+        model, *_ = T.transfer_start(task)
+        log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; "
+            f"training on classes 5-9, lr {T.TASKS[task].lr}, {T.TASKS[task].epochs} epochs, batch 1")
+        for update in updates:
+            runs = [("none", 1), ("float", 1)] + [("int", r) for r in rs]
+            accs = {}
+            for method, r in runs:
+                reps = [T.run(task, update, method, r, seed=s) for s in range(1 if method == "none" else seeds)]
+                accs[reps[0].method] = float(np.mean([x.accuracy for x in reps]))
+                results.extend(x.__dict__ for x in reps)
+                log(f"  {update:8s} {reps[0].method:9s} {100 * accs[reps[0].method]:6.2f}%  "
+                    f"(per order: {', '.join(f'{100 * x.accuracy:.1f}' for x in reps)}; {reps[0].steps} steps each)")
+            rows.append([task, update, *[f"{100 * accs[k]:.2f}" for k in accs],
+                         f"{100 * (accs['int r=1'] - accs['float']):+.2f}",
+                         *[f"{100 * (accs[f'int r={r}'] - accs['int r=1']):+.2f}" for r in rs if r != 1]])
+    headers = ["task", "update", "none", "float SGD", *[f"int r={r}" for r in rs], "int-float",
+               *[f"r={r} cost" for r in rs if r != 1]]
+    log(table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+    path = _save(out, "transfer_" + "-".join(tasks), {"results": results, "seeds": seeds,
+                                   "tasks": {t: T.TASKS[t].__dict__ for t in tasks}})
+    log(f"saved {path}")
+    return {"rows": rows, "results": results}
+
+
+# Lin et al. 2022, STM32F746, 128x128, 10 classes: peak SRAM (KB) with sparse update + operator
+# reordering, and sparse update without reordering.
+PAPER_KB = {"mbv2-w0.35": (141, 335), "proxyless-w0.3": (135, 326), "mcunet-5fps": (173, 560)}
+SCHEME_KEYS = {"mbv2-w0.35": "mbv2", "proxyless-w0.3": "proxyless", "mcunet-5fps": "mcunet"}
+
+
+def memory(out: Path | None, log=print) -> dict:
+    """tinygen's planned peak SRAM for the MIT models with each published scheme, beside the paper's."""
+
+    root = shared_dir()
+    if root is None:
+        raise TinygenError("the memory benchmark needs ../shared/models/mit-tiny-training (not present)")
+    board = load_board("stm32f746")
+    schemes = json.loads((root / "models/mit-tiny-training/sparse_schemes.json").read_text())
+    rows, payload = [], []
+    for name, (reorder_kb, sparse_kb) in PAPER_KB.items():
+        model = get_model(name, classes=10)
+        for key in schemes[SCHEME_KEYS[name]]:
+            spec = f"{root}/models/mit-tiny-training/sparse_schemes.json#{SCHEME_KEYS[name]}/{key}"
+            trainer = Trainer(model, load_scheme(spec, model), TrainConfig())
+            p = build_plan(model, trainer, board, sram_budget(board))
+            step = p["arena_bytes"] + p["trained_state_bytes"]
+            payload.append({"model": name, "scheme": key, "paper_kb_sparse_reorder": reorder_kb,
+                            "paper_kb_sparse": sparse_kb, **{k: p[k] for k in (
+                                "peak_sram_bytes", "arena_bytes", "arena_lower_bound_bytes", "trained_state_bytes",
+                                "runtime_reserve_bytes", "flash_bytes", "fits")}})
+            rows.append([name, key, f"{step / 1024:.1f}", f"{p['peak_sram_bytes'] / 1024:.1f}",
+                         f"{p['arena_bytes'] / 1024:.1f}", f"{p['trained_state_bytes'] / 1024:.1f}",
+                         reorder_kb, sparse_kb, "yes" if p["fits"] else "no"])
+            log(f"  {name} {key}: {step / 1024:.1f} KB")
+    log(table(["model", "scheme", "tinygen step KB", "+ stack/runtime KB", "arena KB", "trained state KB",
+               "paper sparse+reorder KB", "paper sparse KB", "fits F746"], rows, "llrrrrrrl"))
+    log(f"tinygen step = arena (activations, masks, gradients, planes) + trained weights and optimizer state; "
+        f"the next column adds the {RUNTIME_RESERVE // 1024} KB stack/runtime allowance")
+    path = _save(out, "memory", {"rows": payload})
+    log(f"saved {path}")
+    return {"rows": payload}
+
+
+def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, seeds: int = 1) -> dict:
+    """Transfer accuracy of the Fisher-selected scheme vs the deepest last-K at the same SRAM budget."""
+
+    model, xq, y, xq_te, y_te, _, _ = T.transfer_start(task)
+    lr = T.TASKS[task].lr
+    imp = fisher_potential(model, xq[:8], y[:8])
+    rows, payload = [], []
+    for kb in budgets_kb:
+        budget = int(kb * 1024)
+        accs = {}
+        for method in ("fisher", "last-K"):
+            if method == "fisher":
+                got = select(model, imp, budget, TrainConfig(lr=lr))
+            else:
+                try:
+                    got = auto_last_k(model, TrainConfig(lr=lr), budget)
+                except TinygenError:  # nothing fits this budget
+                    got = None
+            if got is None:
+                accs[method] = (None, 0, "-")
+                continue
+            scheme = got[0].scheme
+            res = []
+            for s in range(seeds):
+                tr = Trainer(got[0].model, scheme, TrainConfig(lr=lr))  # the model the selection returned
+                rng = np.random.default_rng(s)
+                for i in np.concatenate([rng.permutation(len(y)) for _ in range(T.TASKS[task].epochs)]):
+                    tr.step(xq[i], y[i])
+                res.append(T._int_accuracy(tr.trained_model(), xq_te, y_te))
+            est = training_sram(got[0].model, got[0])
+            desc = ", ".join(f"{n}:{len(u.channels)}" for n, u in scheme.layers.items() if u.channels)
+            accs[method] = (float(np.mean(res)), est.total, desc)
+            payload.append({"budget_kb": kb, "method": method, "accuracy": float(np.mean(res)),
+                            "peak_sram_bytes": est.total, "scheme": desc})
+            log(f"  {kb:g} KB {method:7s} {100 * float(np.mean(res)):.2f}%  peak {est.total:,} B  [{desc}]")
+        rows.append([f"{kb:g}", *[f"{100 * accs[m][0]:.2f}" if accs[m][0] is not None else "-"
+                                   for m in ("fisher", "last-K")],
+                     *[f"{accs[m][1] / 1024:.1f}" for m in ("fisher", "last-K")]])
+    log(table(["budget KB", "fisher acc %", "last-K acc %", "fisher peak KB", "last-K peak KB"], rows, "lrrrr"))
+    path = _save(out, f"selection_{task}", {"task": task, "rows": payload})
+    log(f"saved {path}")
+    return {"rows": payload}
+
+
+def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
+    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection (`--update auto`:
+    each layer's first channels; and with `--reorder-channels`: the most important channels first) and the
+    deepest last-K, all planned at the MIT scheme's own peak SRAM. Training runs the generated C on the host."""
+
+    root = shared_dir()
+    if root is None:
+        raise TinygenError("the schemes benchmark needs ../shared/models/mit-tiny-training (not present)")
+    path = root / "models/mit-tiny-training/sparse_schemes.json"
+    keys = list(json.loads(path.read_text())["mbv2"])
+    t0 = time.perf_counter()
+    model, xq, y, xq_te, y_te, _, _ = T.transfer_start(task)
+    cfg = TrainConfig(lr=T.TASKS[task].lr)
+    log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; training on "
+        f"{len(y)} images of 5-9 ({T.TASKS[task].epochs} epoch(s), lr {cfg.lr}, batch 1), testing on {len(y_te)}")
+    imp = fisher_potential(model, xq[:8], y[:8])
+    orders = [np.concatenate([np.random.default_rng(s).permutation(len(y)) for _ in range(T.TASKS[task].epochs)])
+              for s in range(seeds)]
+
+    def accuracy(trainer) -> float:  # trainer.model: Fisher selection may reorder channels
+        return float(np.mean([np.mean(c_train_predict(trainer.model, trainer.scheme, cfg, xq[o], y[o], xq_te) == y_te)
+                              for o in orders]))
+
+    rows, payload = [], []
+    for key in keys:
+        mit = Trainer(model, load_scheme(f"{path}#mbv2/{key}", model), cfg)
+        budget = training_sram(model, mit).total
+        got = {"MIT " + key: (mit, budget)}
+        for method, reorder in (("fisher", False), ("fisher, reordered", True)):
+            fisher = select(model, imp, budget, cfg, reorder=reorder)
+            if fisher is not None:
+                got[method] = (fisher[0], fisher[1].total)
+        try:
+            lk = auto_last_k(model, cfg, budget)
+            got["last-K"] = (lk[0], lk[1].total)
+        except TinygenError:  # nothing fits this budget
+            pass
+        accs = {}
+        for method, (tr, total) in got.items():
+            t1 = time.perf_counter()
+            accs[method] = accuracy(tr)
+            layers, biases = tr.scheme.counts()
+            payload.append({"budget_scheme": key, "method": method, "accuracy": accs[method], "peak_sram_bytes": total,
+                            "weight_layers": layers, "bias_layers": biases,
+                            "scheme": {n: [len(u.channels), u.bias] for n, u in tr.scheme.layers.items()}})
+            log(f"  {key:6s} {method:10s} {100 * accs[method]:6.2f}%  peak {total:,} B  ({layers} weight / {biases} "
+                f"bias layers; {time.perf_counter() - t1:.0f} s)")
+        methods = ("MIT " + key, "fisher", "fisher, reordered", "last-K")
+        rows.append([key, f"{budget / 1024:.1f}", *[f"{100 * accs[m]:.2f}" if m in accs else "-" for m in methods],
+                     *[f"{got[m][1] / 1024:.1f}" if m in got else "-" for m in methods[1:]]])
+    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "fisher reordered acc %", "last-K acc %",
+               "fisher peak KB", "reordered peak KB", "last-K peak KB"], rows, "lrrrrrrrr"))
+    saved = _save(out, f"schemes_{task}", {"task": task, "seeds": seeds, "lr": cfg.lr, "rows": payload})
+    log(f"saved {saved}")
+    return {"rows": payload}
+
+
+AUTO_BUDGETS_KB = {"stm32f746": 256, "nrf52840": 256, "stm32h743": 1024}
+
+
+def auto_fit(out: Path | None, log=print) -> dict:
+    """`--update auto` (Fisher selection) for every zoo model (10 classes) on each board at the issue's
+    budgets (256 KB on the F746 and nRF52840, 1 MB on the H743, capped by the board's largest bank)."""
+
+    rows, payload = [], []
+    for entry in list_models():
+        try:
+            model = get_model(entry.name, classes=10)
+        except TinygenError as exc:  # the MIT models without ../shared
+            log(f"  {entry.name}: skipped ({exc})")
+            continue
+        x, y, _ = training_samples(model, 4)
+        imp = fisher_potential(model, x, y)
+        for board_name, kb in AUTO_BUDGETS_KB.items():
+            board = load_board(board_name)
+            budget = sram_budget(board, kb)
+            t0 = time.perf_counter()
+            got = select(model, imp, budget, TrainConfig())
+            seconds = time.perf_counter() - t0
+            if got is None:
+                row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": False}
+            else:
+                trainer, est = got
+                check_fits(trainer.model, trainer, board, budget)  # raises (with the numbers) if it does not
+                weights, biases = trainer.scheme.counts()
+                row = {"model": entry.name, "board": board_name, "budget_bytes": budget, "fits": True,
+                       "peak_sram_bytes": est.total, "seconds": round(seconds, 1),
+                       "weight_layers": weights, "bias_layers": biases}
+            payload.append(row)
+            rows.append([entry.name, board_name, f"{budget:,}", f"{row.get('peak_sram_bytes', 0):,}",
+                         "yes" if row["fits"] else "no", str(row.get("weight_layers", "-")),
+                         str(row.get("bias_layers", "-")), f"{seconds:.1f}"])
+            log(f"  {entry.name} on {board_name}: {'fits' if row['fits'] else 'nothing fits'} ({seconds:.1f} s)")
+    log(table(["model", "board", "budget B", "planned peak B", "fits", "weight layers", "bias layers",
+               "selection s"], rows, "llrrlrrr"))
+    path = _save(out, "auto_fit", {"budgets_kb": AUTO_BUDGETS_KB, "rows": payload})
+    log(f"saved {path}")
+    return {"rows": payload}

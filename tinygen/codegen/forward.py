@@ -1,0 +1,202 @@
+"""Jinja C emitter for the int8 forward pass.
+
+Every kernel is a template under `templates/kernels/` named after its op
+(CMSIS-NN style: `convolve_s8`, `depthwise_conv_s8`, ...) rendered once per layer
+with that layer's shapes and quantization baked in as constants. Activations live
+in one static arena whose offsets come from `tinygen.planning.arena`; weights are `const`
+so they stay in flash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from tinygen.ir import model as ir
+from tinygen.ir.names import c_ident
+from tinygen.paths import data_dir
+from tinygen.planning.schedule import forward_ops, plan_forward
+
+CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
+          np.dtype(np.uint8): "uint8_t", np.dtype(np.uint32): "uint32_t"}
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+
+
+def c_array(name: str, arr: np.ndarray, const: bool = True, per_line: int = 24) -> str:
+    """A C array definition with the array's exact integer values."""
+    arr = np.ascontiguousarray(arr).ravel()
+    ctype = CTYPES[arr.dtype]
+    vals = arr.astype(np.int64).tolist()
+    if ctype == "int32_t":  # INT32_MIN cannot be written as a literal without a cast
+        text = [str(v) if v != -(2**31) else "(-2147483647 - 1)" for v in vals]
+    else:
+        text = [str(v) for v in vals]
+    lines = [", ".join(text[i:i + per_line]) for i in range(0, len(text), per_line)] or ["0"]
+    body = ",\n    ".join(lines)
+    return f"{'const ' if const else ''}{ctype} {name}[{max(1, arr.size)}] = {{\n    {body}\n}};\n"
+
+
+@dataclass
+class LayerCode:
+    index: int
+    layer: ir.Layer
+    fn: str
+    template: str
+    context: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    kernel_c: str = ""
+
+
+def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:
+    mult, shift = ir.conv_requant(layer, x)
+    h, w, cin = x.shape
+    oh, ow, cout = layer.output.shape
+    kh, kw = layer.kernel
+    pt, pb, pl, pr = layer.padding
+    depthwise = layer.groups == cin and layer.weight.shape[3] == 1 and layer.groups > 1
+    arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
+              f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
+    ctx = dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=kh, kw=kw, cg=cin // layer.groups,
+               groups=layer.groups, ch_mult=cout // cin, stride_h=layer.stride[0], stride_w=layer.stride[1],
+               pad_top=pt, pad_left=pl, dil_h=layer.dilation[0], dil_w=layer.dilation[1],
+               padded=bool(pt or pb or pl or pr) or _reads_past_end(h, w, oh, ow, kh, kw, layer),
+               input_offset=-x.zero_point, output_offset=layer.output.zero_point,
+               act_min=layer.act_min, act_max=layer.act_max)
+    return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
+
+
+def _reads_past_end(h, w, oh, ow, kh, kw, layer) -> bool:
+    return ((oh - 1) * layer.stride[0] + layer.dilation[0] * (kh - 1) >= h + layer.padding[0]
+            or (ow - 1) * layer.stride[1] + layer.dilation[1] * (kw - 1) >= w + layer.padding[2])
+
+
+def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -> LayerCode | None:
+    """Template name, context and constant arrays for one layer (None for a reshape: it aliases)."""
+    prefix = f"tg_l{index}_{c_ident(layer.name)}"
+    x = tensors[layer.inputs[0]]
+    out = layer.output
+    desc = f"layer {index} '{layer.name}': {layer.op} {'x'.join(map(str, x.shape))} -> {'x'.join(map(str, out.shape))}"
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(layer, ir.Conv2D):
+        template, ctx, arrays = _conv_context(layer, x, prefix)
+        desc += f", {layer.kind(x.shape[-1])} {layer.kernel[0]}x{layer.kernel[1]} stride {layer.stride[0]}"
+    elif isinstance(layer, ir.FullyConnected):
+        mult, shift = ir.conv_requant(layer, x)
+        arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
+                  f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
+        template = "fully_connected_s8"
+        ctx = dict(in_size=x.size, out_c=out.size, input_offset=-x.zero_point, output_offset=out.zero_point,
+                   act_min=layer.act_min, act_max=layer.act_max)
+    elif isinstance(layer, ir.Add):
+        b = tensors[layer.inputs[1]]
+        template = "elementwise_add_s8"
+        p = ir.add_requant(x, b, out)
+        ctx = dict(size=out.size, in1_offset=-x.zero_point, in2_offset=-b.zero_point, output_offset=out.zero_point,
+                   act_min=layer.act_min, act_max=layer.act_max, **p)
+    elif isinstance(layer, ir.Pool):
+        template = "avgpool_s8" if isinstance(layer, ir.AvgPool) else "maxpool_s8"
+        h, w, c = x.shape
+        ctx = dict(in_h=h, in_w=w, in_c=c, out_h=out.shape[0], out_w=out.shape[1], kh=layer.kernel[0],
+                   kw=layer.kernel[1], stride_h=layer.stride[0], stride_w=layer.stride[1],
+                   pad_top=layer.padding[0], pad_left=layer.padding[2], act_min=layer.act_min, act_max=layer.act_max)
+    elif isinstance(layer, ir.Reshape):
+        return None
+    else:
+        raise TypeError(layer.op)
+    fn = f"{prefix}_{template}"
+    ctx.update(fn=fn, comment=desc, mask=False, split_k=0, overlap=False)
+    for key in ("weight", "bias", "mult", "shift"):
+        if f"{prefix}_{key}" in arrays:
+            ctx[key] = f"{prefix}_{key}"
+    return LayerCode(index, layer, fn, template, ctx, arrays)
+
+
+def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
+                   customize=None):
+    """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
+    (kind "act" for a tensor, "plane" for a fused kernel's plane, "mask" for a clamp mask); layers whose
+    output is in `masked` also write their 1-bit clamp mask. `customize(code)` may adjust a layer's
+    context and arrays before it is rendered (trained layers move weights to SRAM)."""
+    tensors = model.tensors()
+    kernels, calls, codes = [], [], []
+    for _, i, f in forward_ops(model, fusions):
+        layer = model.layers[i]
+        code = layer_code(i, layer, tensors)
+        if code is None:
+            continue
+        mask = layer.output.name in masked
+        code.context["mask"] = mask
+        if customize is not None:
+            customize(code)
+        args = [buf("act", t) for t in layer.inputs] + [buf("act", layer.output.name)]
+        if f and f.kind == "inplace_dw":
+            code.template = "depthwise_conv_inplace_s8"
+            args = [buf("act", layer.inputs[0]), buf("plane", f"plane_l{i}")]
+        elif f and f.kind == "overlap":
+            code.context.update(overlap=True, overlap_offset=f.offset)  # input and output share bytes
+        elif f and f.kind == "pw_dw":
+            pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
+            code.template = "pointwise_depthwise_fused_s8"
+            code.context["pw"] = pw.context
+            code.arrays.update(pw.arrays)
+            code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]
+            args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
+        code.fn = code.context["fn"] = f"tg_l{i}_{c_ident(layer.name)}_{code.template}"
+        if mask:
+            args.append(buf("mask", layer.output.name))
+        code.kernel_c = env.get_template(f"kernels/{code.template}.c.j2").render(**code.context)
+        kernels.append(code.kernel_c)
+        calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
+        codes.append(code)
+    return kernels, calls, codes
+
+
+def write_sources(env: jinja2.Environment, src_dir: Path, ctx: dict, const_arrays: dict, mutable=None) -> None:
+    """tg_model.[ch] and tg_weights.[ch]: `const` arrays go to flash, `mutable` ones (trained) to SRAM."""
+    mutable = mutable or {}
+    ctx = dict(ctx, array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];"
+                                 for n, a in const_arrays.items()]
+               + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])
+    for name in ("tg_model.h", "tg_model.c", "tg_weights.h"):
+        (src_dir / name).write_text(env.get_template(f"{name}.j2").render(**ctx))
+    with open(src_dir / "tg_weights.c", "w") as f:
+        f.write(env.get_template("tg_weights.c.j2").render(**ctx))
+        for name, arr in const_arrays.items():
+            f.write(c_array(name, arr))
+        if mutable:
+            f.write("\n/* Trained parameters: in SRAM, updated by tg_train_step. */\n")
+        for name, arr in mutable.items():
+            f.write(c_array(name, arr, const=False))
+
+
+def generate_forward(model: ir.Model, src_dir: Path) -> dict:
+    """Write tg_model.h/.c and tg_weights.h/.c into `src_dir`; return facts for the manifest."""
+    env = environment()
+    src_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_forward(model)
+    tensors = model.tensors()
+
+    def buf(kind: str, t: str) -> str:
+        return f"TG_BUF_{c_ident(plan.alias.get(t, t))}"
+
+    buffers = [dict(macro=f"TG_BUF_{c_ident(name)}", offset=b.offset, size=b.size, first=b.first, last=b.last,
+                    name=name) for name, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
+    kernels, calls, codes = render_forward(model, plan.fusions, env, buf)
+    arrays = {name: arr for code in codes for name, arr in code.arrays.items()}
+    ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
+               input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
+               buffers=buffers, kernels=kernels, calls=calls,
+               input_buf=buf("act", model.input.name), output_buf=buf("act", model.output.name),
+               input_zero_point=tensors[model.input.name].zero_point)
+    write_sources(env, src_dir, ctx, arrays)
+    weight_bytes = int(sum(a.nbytes for a in arrays.values()))
+    return {"arena_bytes": plan.arena_size, "weight_bytes": weight_bytes,
+            "buffers": {b["name"]: {"offset": b["offset"], "size": b["size"]} for b in buffers}}

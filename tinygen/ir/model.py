@@ -1,0 +1,348 @@
+"""Model IR: a list of int8 layers over NHWC tensors (batch 1).
+
+Quantization follows TFLite Micro: activations int8 with a per-tensor scale and
+zero point; weights int8 symmetric per output channel; bias int32 at
+`s_x * s_w[c]`. Weights are stored in CMSIS-NN's OHWI layout; a depthwise conv is
+a conv with `groups == in_channels` whose weights are (C*mult, KH, KW, 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinygen.errors import ModelError
+from tinygen.ir.quant import quantize_multiplier
+
+ACT_NAMES = ("none", "relu", "relu6")
+
+
+@dataclass
+class TensorInfo:
+    """An int8 activation tensor: shape (H, W, C) and its quantization."""
+
+    name: str
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def activation_range(act: str, out: TensorInfo) -> tuple[int, int]:
+    """TFLite's CalculateActivationRangeQuantized: fold ReLU/ReLU6 into a clamp."""
+    if act == "none":
+        return -128, 127
+    lo = max(-128, out.zero_point)
+    if act == "relu":
+        return lo, 127
+    if act == "relu6":
+        return lo, min(127, out.zero_point + int(round(6.0 / out.scale)))
+    raise ModelError(f"unknown activation {act!r}; use one of {', '.join(ACT_NAMES)}")
+
+
+@dataclass
+class Layer:
+    name: str
+    inputs: list[str]
+    output: TensorInfo
+    op = "layer"
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Named constant arrays (weights, bias, scales) this layer owns."""
+        return {}
+
+
+@dataclass
+class Conv2D(Layer):
+    weight: np.ndarray = None  # int8 (O, KH, KW, I/groups)
+    bias: np.ndarray = None  # int32 (O,)
+    w_scales: np.ndarray = None  # float32 (O,)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    act_min: int = -128
+    act_max: int = 127
+    op = "conv2d"
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return int(self.weight.shape[1]), int(self.weight.shape[2])
+
+    def kind(self, in_channels: int) -> str:
+        """'depthwise', 'pointwise', 'grouped' or 'conv' (for names and reports)."""
+        if self.groups == in_channels and in_channels > 1:
+            return "depthwise"
+        if self.groups > 1:
+            return "grouped"
+        if self.kernel == (1, 1) and self.stride == (1, 1) and sum(self.padding) == 0:
+            return "pointwise"
+        return "conv"
+
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias, "w_scales": self.w_scales}
+
+
+@dataclass
+class FullyConnected(Layer):
+    weight: np.ndarray = None  # int8 (O, I)
+    bias: np.ndarray = None  # int32 (O,)
+    w_scales: np.ndarray = None  # float32 (O,)
+    act_min: int = -128
+    act_max: int = 127
+    op = "fully_connected"
+
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias, "w_scales": self.w_scales}
+
+
+@dataclass
+class Add(Layer):
+    act_min: int = -128
+    act_max: int = 127
+    op = "add"
+
+
+@dataclass
+class Pool(Layer):
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    act_min: int = -128
+    act_max: int = 127
+
+
+@dataclass
+class AvgPool(Pool):
+    op = "avgpool"
+
+
+@dataclass
+class MaxPool(Pool):
+    op = "maxpool"
+
+
+@dataclass
+class Reshape(Layer):
+    op = "reshape"
+
+
+LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Reshape)}
+
+
+def conv_out_size(size: int, k: int, stride: int, pad0: int, pad1: int, dil: int) -> int:
+    return (size + pad0 + pad1 - dil * (k - 1) - 1) // stride + 1
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ModelError(msg)
+
+
+@dataclass
+class Model:
+    """A validated graph: `layers` in execution order, each consuming earlier tensors."""
+
+    name: str
+    input: TensorInfo
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def output(self) -> TensorInfo:
+        return self.layers[-1].output
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        out = {self.input.name: self.input}
+        for layer in self.layers:
+            out[layer.output.name] = layer.output
+        return out
+
+    def consumers(self) -> dict[str, list[Layer]]:
+        users: dict[str, list[Layer]] = {t: [] for t in self.tensors()}
+        for layer in self.layers:
+            for t in layer.inputs:
+                users[t].append(layer)
+        return users
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def param_count(self) -> int:
+        n = 0
+        for layer in self.layers:
+            for key in ("weight", "bias"):
+                arr = layer.params().get(key)
+                if arr is not None:
+                    n += arr.size
+        return n
+
+    def macs(self) -> int:
+        total = 0
+        tensors = self.tensors()
+        for layer in self.layers:
+            if isinstance(layer, Conv2D):
+                _, kh, kw, cin_g = layer.weight.shape
+                total += layer.output.size * kh * kw * cin_g
+            elif isinstance(layer, FullyConnected):
+                total += layer.weight.size
+            elif isinstance(layer, Pool):
+                total += layer.output.size * layer.kernel[0] * layer.kernel[1]
+            elif isinstance(layer, Add):
+                total += tensors[layer.inputs[0]].size
+        return total
+
+    def validate(self) -> Model:
+        """Check shapes, dtypes and quantization; raise ModelError with the first problem."""
+        _check_tensor(self.input, "model input")
+        seen = {self.input.name: self.input}
+        names = set()
+        _need(len(self.layers) > 0, f"model {self.name!r} has no layers; add at least one")
+        for layer in self.layers:
+            where = f"layer {layer.name!r} ({layer.op})"
+            _need(layer.name not in names, f"{where}: the layer name is used twice; names must be unique")
+            names.add(layer.name)
+            for t in layer.inputs:
+                _need(t in seen, f"{where}: input tensor {t!r} is not produced by an earlier layer")
+            _need(layer.output.name not in seen, f"{where}: output tensor {layer.output.name!r} is already defined")
+            _check_tensor(layer.output, where)
+            ins = [seen[t] for t in layer.inputs]
+            _validate_layer(layer, ins, where)
+            seen[layer.output.name] = layer.output
+        return self
+
+
+def _check_tensor(t: TensorInfo, where: str) -> None:
+    _need(len(t.shape) in (1, 3) and all(int(d) > 0 for d in t.shape),
+          f"{where}: tensor {t.name!r} has shape {list(t.shape)}; use (H, W, C) or (N,) with positive sizes")
+    _need(isinstance(t.scale, float) and math.isfinite(t.scale) and t.scale > 0,
+          f"{where}: tensor {t.name!r} has scale {t.scale!r}; it must be a finite number > 0")
+    _need(-128 <= int(t.zero_point) <= 127,
+          f"{where}: tensor {t.name!r} has zero point {t.zero_point}; int8 needs -128..127")
+
+
+def _check_array(arr, dtype, shape, what: str) -> None:
+    _need(isinstance(arr, np.ndarray), f"{what} is missing")
+    _need(arr.dtype == dtype, f"{what} has dtype {arr.dtype}; it must be {np.dtype(dtype).name}")
+    _need(tuple(arr.shape) == tuple(shape), f"{what} has shape {list(arr.shape)}; expected {list(shape)}")
+
+
+def _check_act(layer, where):
+    _need(-128 <= layer.act_min <= layer.act_max <= 127,
+          f"{where}: activation range [{layer.act_min}, {layer.act_max}] is not inside int8 [-128, 127]")
+
+
+def _check_acc(k: int, bias, where: str) -> None:
+    # |x - z_x| <= 255 and |w| <= 128: the int32 accumulator must not overflow (C UB).
+    worst = k * 255 * 128 + (int(np.abs(bias.astype(np.int64)).max()) if bias.size else 0)
+    _need(worst < 2**31, f"{where}: a dot product of {k} terms can overflow the int32 accumulator; split the layer")
+
+
+def _check_multipliers(eff: np.ndarray, where: str) -> None:
+    for e in np.atleast_1d(eff):
+        try:
+            quantize_multiplier(float(e))
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}; check the tensor and weight scales") from None
+
+
+def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
+    out = layer.output
+    if isinstance(layer, Conv2D):
+        _need(len(ins) == 1, f"{where}: conv2d takes exactly one input")
+        x = ins[0]
+        _need(len(x.shape) == 3, f"{where}: conv2d needs an (H, W, C) input, got {list(x.shape)}")
+        h, w, cin = x.shape
+        _need(isinstance(layer.weight, np.ndarray) and layer.weight.ndim == 4,
+              f"{where}: weight must be a 4-D int8 array (O, KH, KW, I/groups)")
+        cout, kh, kw, cg = layer.weight.shape
+        _need(layer.groups >= 1 and cin % layer.groups == 0 and cout % layer.groups == 0,
+              f"{where}: groups={layer.groups} must divide input channels {cin} and output channels {cout}")
+        _check_array(layer.weight, np.int8, (cout, kh, kw, cin // layer.groups), f"{where}: weight")
+        _check_array(layer.bias, np.int32, (cout,), f"{where}: bias")
+        _check_array(layer.w_scales, np.float32, (cout,), f"{where}: w_scales")
+        _need(all(s >= 1 for s in layer.stride) and all(d >= 1 for d in layer.dilation)
+              and all(p >= 0 for p in layer.padding), f"{where}: stride and dilation must be >= 1, padding >= 0")
+        pt, pb, pl, pr = layer.padding
+        oh = conv_out_size(h, kh, layer.stride[0], pt, pb, layer.dilation[0])
+        ow = conv_out_size(w, kw, layer.stride[1], pl, pr, layer.dilation[1])
+        _need(oh > 0 and ow > 0, f"{where}: kernel {kh}x{kw} does not fit the {h}x{w} input")
+        _need(tuple(out.shape) == (oh, ow, cout),
+              f"{where}: output shape {list(out.shape)} does not match the computed {[oh, ow, cout]}")
+        _need(bool(np.all(layer.w_scales > 0)) and bool(np.all(np.isfinite(layer.w_scales))),
+              f"{where}: weight scales must be finite and > 0")
+        _check_act(layer, where)
+        _check_acc(kh * kw * cg, layer.bias, where)
+        _check_multipliers(x.scale * layer.w_scales.astype(np.float64) / out.scale, where)
+    elif isinstance(layer, FullyConnected):
+        _need(len(ins) == 1, f"{where}: fully_connected takes exactly one input")
+        n = ins[0].size
+        _need(isinstance(layer.weight, np.ndarray) and layer.weight.ndim == 2,
+              f"{where}: weight must be a 2-D int8 array (O, I)")
+        cout = layer.weight.shape[0]
+        _check_array(layer.weight, np.int8, (cout, n), f"{where}: weight")
+        _check_array(layer.bias, np.int32, (cout,), f"{where}: bias")
+        _check_array(layer.w_scales, np.float32, (cout,), f"{where}: w_scales")
+        _need(tuple(out.shape) == (cout,), f"{where}: output shape {list(out.shape)} must be [{cout}]")
+        _need(bool(np.all(layer.w_scales > 0)) and bool(np.all(np.isfinite(layer.w_scales))),
+              f"{where}: weight scales must be finite and > 0")
+        _check_act(layer, where)
+        _check_acc(n, layer.bias, where)
+        _check_multipliers(ins[0].scale * layer.w_scales.astype(np.float64) / out.scale, where)
+    elif isinstance(layer, Add):
+        _need(len(ins) == 2, f"{where}: add takes exactly two inputs")
+        _need(ins[0].shape == ins[1].shape == out.shape,
+              f"{where}: add needs equal shapes, got {list(ins[0].shape)}, {list(ins[1].shape)} -> {list(out.shape)}")
+        _check_act(layer, where)
+    elif isinstance(layer, Pool):
+        _need(len(ins) == 1 and len(ins[0].shape) == 3, f"{where}: pooling takes one (H, W, C) input")
+        x = ins[0]
+        h, w, c = x.shape
+        pt, pb, pl, pr = layer.padding
+        _need(pt < layer.kernel[0] and pb < layer.kernel[0] and pl < layer.kernel[1] and pr < layer.kernel[1],
+              f"{where}: padding must be smaller than the pool window")
+        oh = conv_out_size(h, layer.kernel[0], layer.stride[0], pt, pb, 1)
+        ow = conv_out_size(w, layer.kernel[1], layer.stride[1], pl, pr, 1)
+        _need(oh > 0 and ow > 0 and tuple(out.shape) == (oh, ow, c),
+              f"{where}: output shape {list(out.shape)} does not match the computed {[oh, ow, c]}")
+        _need(out.scale == x.scale and out.zero_point == x.zero_point,
+              f"{where}: pooling keeps the input's scale and zero point; requantize in a neighbouring layer")
+        _check_act(layer, where)
+    elif isinstance(layer, Reshape):
+        _need(len(ins) == 1 and ins[0].size == out.size,
+              f"{where}: reshape must keep the element count ({ins[0].size} -> {out.size})")
+        _need(out.scale == ins[0].scale and out.zero_point == ins[0].zero_point,
+              f"{where}: reshape keeps the input's scale and zero point")
+    else:
+        raise ModelError(f"{where}: unsupported op; tinygen supports {', '.join(LAYER_TYPES)}")
+
+
+# ---------------------------------------------------------------------------
+# Requantization constants: computed from float scales in exactly one place.
+
+
+def conv_requant(layer: Conv2D | FullyConnected, x: TensorInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (multiplier, shift) for `s_x * s_w[c] / s_y`."""
+    eff = float(x.scale) * layer.w_scales.astype(np.float64) / float(layer.output.scale)
+    pairs = [quantize_multiplier(float(e)) for e in eff]
+    return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64))
+
+
+ADD_LEFT_SHIFT = 20
+
+
+def add_requant(a: TensorInfo, b: TensorInfo, out: TensorInfo) -> dict[str, int]:
+    """TFLite's int8 ADD parameters (left shift 20, both inputs at twice the max scale)."""
+    twice_max = 2.0 * max(a.scale, b.scale)
+    m1, s1 = quantize_multiplier(a.scale / twice_max)
+    m2, s2 = quantize_multiplier(b.scale / twice_max)
+    mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
+    return {"left_shift": ADD_LEFT_SHIFT, "in1_mult": m1, "in1_shift": s1, "in2_mult": m2,
+            "in2_shift": s2, "out_mult": mo, "out_shift": so}

@@ -1,0 +1,119 @@
+"""Memory-saving forward schedules that compute exactly the same values.
+
+* **In-place depthwise**: a depthwise conv (channel multiplier 1) whose input dies with it
+  computes each output channel into a one-channel plane, then writes the plane over the
+  input's slots of that channel (already consumed); output and input share one buffer of
+  max(input, output) bytes, plus the plane.
+* **Fused pointwise -> depthwise** (the inverted-residual expansion): when a 1x1 conv's output
+  feeds only a depthwise conv (multiplier 1) and is needed by nothing else (not saved for
+  backward, no gradient), each expansion channel is computed into a plane and immediately
+  convolved; the plane is a ring of the kernel-height rows one output row reads, and the
+  expanded tensor never exists (TinyEngine-style). For MobileNetV2 at 128x128 this removes
+  the 64x64x48 tensor (196 KB) with a 192-byte plane.
+
+* **Overlapped convolution**: a regular convolution whose input dies with it writes its output
+  (in raster order) over the part of the input it has already consumed. The input sits
+  `overlap_offset` bytes after the output's start, the smallest distance at which no write
+  reaches an input byte that is still to be read; the pair needs max(output, offset + input)
+  bytes instead of their sum (MobileNetV2's 128x128 stem: 66.7 KB instead of 112 KB).
+
+Every kernel involved does the same integer operations as the unfused one, so the results
+are bit-identical; the tests compare them with the reference as usual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinygen.ir import model as ir
+
+
+@dataclass(frozen=True)
+class Fusion:
+    kind: str  # "inplace_dw" | "pw_dw" | "overlap"
+    layer: int  # the index of the layer that carries the call (the depthwise one, or the overlapped conv)
+    pointwise: int = -1  # for pw_dw: the 1x1 conv's index
+    plane: int = 0  # bytes of the one-channel plane buffer
+    offset: int = 0  # for overlap: the input's position after the output's start, in bytes
+
+
+def _is_dw1(layer) -> bool:
+    return (isinstance(layer, ir.Conv2D) and layer.groups > 1 and layer.weight.shape[3] == 1
+            and layer.weight.shape[0] == layer.groups)
+
+
+def _is_pw(layer) -> bool:
+    return (isinstance(layer, ir.Conv2D) and layer.groups == 1 and layer.kernel == (1, 1)
+            and layer.stride == (1, 1) and sum(layer.padding) == 0)
+
+
+def overlap_offset(layer, in_shape: tuple, align: int = 8) -> int:
+    """Where a convolution's input may start, relative to its output, so that the kernel (output
+    pixels in raster order, channels in order, each byte written after its window is read) never
+    overwrites an input byte a later write still needs. Window starts are taken at their first
+    in-bounds row and column, which can only over-estimate the distance."""
+    import numpy as np
+
+    h, w, cin = in_shape
+    oh, ow, cout = layer.output.shape
+    rows = np.clip(np.arange(oh) * layer.stride[0] - layer.padding[0], 0, h - 1)
+    cols = np.clip(np.arange(ow) * layer.stride[1] - layer.padding[2], 0, w - 1)
+    start = ((rows[:, None] * w + cols[None, :]) * cin).ravel().astype(np.int64)
+    still_needed = np.minimum.accumulate(start[::-1])[::-1]  # lowest input byte pixel p or a later one reads
+    written = (np.arange(oh * ow, dtype=np.int64) + 1) * cout  # output bytes once pixel p is written
+    need = int(max(0, (written - still_needed).max()))
+    return (need + align - 1) // align * align
+
+
+def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[str] | None = None,
+                 materialise: set[str] | None = None) -> dict[int, Fusion]:
+    """Fusions keyed by the index of the layer that carries the call. `keep`: tensors that must survive their last
+    forward consumer (saved for backward); `grad_path`: tensors that get gradients; `materialise`: tensors that
+    must exist whole when their consumer runs (a copy of them is saved for backward)."""
+    keep, grad_path, materialise = keep or set(), grad_path or set(), materialise or set()
+    users = model.consumers()
+    out = {}
+    for j, layer in enumerate(model.layers):
+        if not _is_dw1(layer):
+            continue
+        t = layer.inputs[0]
+        sole = len(users[t]) == 1 and t not in keep and t != model.output.name
+        if not sole:
+            continue
+        oh, ow = layer.output.shape[:2]
+        prev = model.layers[j - 1] if j > 0 else None
+        if (prev is not None and prev.output.name == t and _is_pw(prev) and t not in grad_path
+                and t not in materialise):
+            w = prev.output.shape[1]
+            rows = (layer.kernel[0] - 1) * layer.dilation[0] + 1  # a ring of the rows one output row reads
+            out[j] = Fusion("pw_dw", j, j - 1, plane=rows * w)
+        elif t != model.input.name:
+            out[j] = Fusion("inplace_dw", j, plane=oh * ow)
+    fused_pw = {f.pointwise for f in out.values() if f.kind == "pw_dw"}
+    tensors = model.tensors()
+    for j, layer in enumerate(model.layers):
+        if not isinstance(layer, ir.Conv2D) or layer.groups != 1 or j in fused_pw or j in out:
+            continue
+        t = layer.inputs[0]
+        if len(users[t]) != 1 or t in keep or t == model.output.name:
+            continue
+        a = overlap_offset(layer, tensors[t].shape)
+        if a < layer.output.size:  # it saves bytes
+            out[j] = Fusion("overlap", j, offset=a)
+    return out
+
+
+def prune_overlaps(fusions: dict[int, Fusion], arena_size) -> dict[int, Fusion]:
+    """Keep an overlapped convolution only where it pays: its pinned buffers move as one, so a chain
+    of them can push a group further than it saves. One pass, each dropped if the planned arena
+    (`arena_size(fusions)`) does not grow without it; never worse than no overlap at all."""
+    plain = {k: f for k, f in fusions.items() if f.kind != "overlap"}
+    if len(plain) == len(fusions):
+        return fusions
+    best = arena_size(fusions)
+    for j in [k for k, f in fusions.items() if f.kind == "overlap"]:
+        trial = {k: f for k, f in fusions.items() if k != j}
+        size = arena_size(trial)
+        if size <= best:
+            fusions, best = trial, size
+    return plain if arena_size(plain) < best else fusions

@@ -1,0 +1,142 @@
+"""`tinygen plan`: where every byte of a training step goes, per layer and in total, and a
+memory-timeline picture (SVG) of the arena over the step's schedule."""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+from tinygen.ir import model as ir
+from tinygen.planning.arena import lower_bound
+from tinygen.planning.memory import RUNTIME_RESERVE, trained_state_bytes
+from tinygen.planning.schedule import plan_forward, plan_training
+from tinygen.planning.weight_store import weight_store
+from tinygen.report import table
+
+CODE_ALLOWANCE = 48 * 1024  # runtime + kernels in flash, beside the weights (checked against the ELF by the tests)
+
+
+def _macs(layer: ir.Layer) -> int:
+    if isinstance(layer, ir.Conv2D):
+        return layer.output.size * int(np.prod(layer.weight.shape[1:]))
+    if isinstance(layer, ir.FullyConnected):
+        return int(layer.weight.size)
+    return 0
+
+
+def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
+    """The plan as a JSON-able dict (keys: peak_sram_bytes, flash_bytes, fits, layers, ...)."""
+
+    if trainer is None:
+        fp = plan_forward(model)
+        buffers, arena, strategy, trained = fp.buffers, fp.arena_size, "greedy (best order)", 0
+    else:
+        tp = plan_training(model, trainer)
+        buffers, arena, strategy = tp.buffers, tp.arena_size, tp.strategy
+        trained = trained_state_bytes(trainer)
+    bound = lower_bound(list(buffers.values()))
+    layers = []
+    flash = CODE_ALLOWANCE
+    for layer in model.layers:
+        tl = trainer.trained.get(layer.name) if trainer else None
+        on_path = trainer is not None and layer.output.name in trainer.needs_grad
+        w = layer.params().get("weight")
+        n_chan = None
+        if w is not None:
+            flash += int(w.nbytes + layer.bias.nbytes + 8 * layer.bias.size)  # weights, bias, multiplier, shift
+            n_chan = layer.groups if (isinstance(layer, ir.Conv2D) and layer.groups > 1 and w.shape[3] == 1) \
+                else w.shape[-1]
+        r = tl.update.filter_r if tl else 1
+        sv = tp.saved.get(layer.name) if trainer else None
+        fwd = _macs(layer)
+        bwd = 0
+        if on_path and w is not None:
+            wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
+            frac = len(tl.update.channels) / n_chan if tl and tl.update.channels else 0.0
+            bwd = (fwd if wants_dx else 0) + int(fwd * frac / (r * r))
+        grad = 2 * layer.output.size if on_path else 0
+        layers.append({
+            "name": layer.name, "op": layer.op, "output": list(layer.output.shape),
+            "trained_channels": len(tl.update.channels) if tl else 0, "channels": n_chan,
+            "bias": bool(tl and tl.update.bias), "filter_r": r if tl else None,
+            "trained_sram_bytes": (weight_store(layer, tl.update.channels).trained_part(w).size
+                                   if tl and tl.update.channels else 0),
+            "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,
+            "mask_bytes": -(-layer.output.size // 8) if on_path else 0,
+            "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
+        })
+    peak = arena + trained + RUNTIME_RESERVE
+    avail = board.sram_bytes if board.sram_contiguous else board.largest_sram.length
+    return {
+        "model": model.name, "board": board.name, "training": trainer is not None,
+        "scheme": trainer.scheme.source if trainer else None,
+        "peak_sram_bytes": peak, "arena_bytes": arena, "arena_lower_bound_bytes": bound,
+        "arena_over_lower_bound": round(arena / bound - 1, 4) if bound else 0.0, "arena_strategy": strategy,
+        "trained_state_bytes": trained, "runtime_reserve_bytes": RUNTIME_RESERVE,
+        "flash_bytes": flash, "board_sram_bytes": avail, "board_flash_bytes": board.flash_bytes,
+        "budget_bytes": budget, "fits": peak <= budget and flash <= board.flash_bytes,
+        "layers": layers,
+        "buffers": [{"name": b.name, "offset": b.offset, "size": b.size, "first": b.first, "last": b.last}
+                    for b in sorted(buffers.values(), key=lambda b: b.offset)],
+    }
+
+
+def plan_table(plan: dict) -> str:
+    rows = []
+    for L in plan["layers"]:
+        trained = (f"{L['trained_channels']}/{L['channels']}" if L["trained_channels"] else "-") \
+            if L["channels"] else ""
+        rows.append([L["name"], L["op"], "x".join(map(str, L["output"])), trained, "yes" if L["bias"] else "",
+                     L["filter_r"] or "", L["trained_sram_bytes"], L["saved_bytes"], L["saved_form"] or "",
+                     L["mask_bytes"],
+                     L["gradient_bytes"], L["macs_forward"], L["macs_backward"]])
+    t = table(["layer", "op", "output", "trains", "bias", "r", "weights in SRAM", "saved", "saved as", "masks",
+               "gradient", "MACs fwd", "MACs bwd"], rows, "lllllrrrlrrrr")
+    kb = 1024
+    totals = (f"peak SRAM {plan['peak_sram_bytes'] / kb:.1f} KB = arena {plan['arena_bytes'] / kb:.1f} KB "
+              f"({plan['arena_strategy']}; lower bound {plan['arena_lower_bound_bytes'] / kb:.1f} KB, "
+              f"+{100 * plan['arena_over_lower_bound']:.1f}%) + trained parameters and optimizer state "
+              f"{plan['trained_state_bytes'] / kb:.1f} KB + stack/runtime {plan['runtime_reserve_bytes'] / kb:.1f} KB; "
+              f"budget {plan['budget_bytes'] / kb:.1f} KB of {plan['board_sram_bytes'] / kb:.1f} KB on "
+              f"{plan['board']}; flash {plan['flash_bytes'] / kb:.1f} KB of {plan['board_flash_bytes'] / kb:.0f} KB; "
+              f"{'fits' if plan['fits'] else 'DOES NOT FIT'}")
+    return t + "\n\n" + totals
+
+
+def timeline_svg(plan: dict) -> str:
+    """Buffers as rectangles: x = schedule step (forward, loss, backward), y = arena offset; peak marked."""
+    bufs = plan["buffers"]
+    steps = max((b["last"] for b in bufs), default=1) + 1
+    arena = max(plan["arena_bytes"], 1)
+    W, H, left, top = 960, 540, 70, 40
+    sx, sy = (W - left - 20) / steps, (H - top - 40) / arena
+    colors = {"act": "#4e79a7", "mask": "#f28e2b", "grad": "#e15759",
+              "gradtmp": "#edc948", "plane": "#b07aa1", "saved": "#59a14f"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+           f'font-size="11">',
+           f'<text x="{left}" y="20" font-size="14">{escape(plan["model"])} on {escape(plan["board"])}: arena '
+           f'{plan["arena_bytes"]:,} B over the training step (lower bound {plan["arena_lower_bound_bytes"]:,} B)'
+           f'</text>']
+    live = np.zeros(steps)
+    for b in bufs:
+        kind = b["name"].split("_", 1)[0]
+        color = colors.get(kind, "#9c755f")
+        x, y = left + b["first"] * sx, top + b["offset"] * sy
+        w, h = max(1.0, (b["last"] - b["first"] + 1) * sx), max(0.5, b["size"] * sy)
+        out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{color}" '
+                   f'fill-opacity="0.75" stroke="white" stroke-width="0.3"><title>{escape(b["name"])}: '
+                   f'{b["size"]:,} B, steps {b["first"]}..{b["last"]}</title></rect>')
+        live[b["first"]:b["last"] + 1] += b["size"]
+    peak_step = int(np.argmax(live))
+    px = left + (peak_step + 0.5) * sx
+    out.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{top + arena * sy:.1f}" stroke="black" '
+               f'stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{px + 4:.1f}" y="{top + 12}">peak {int(live.max()):,} B live at step {peak_step}</text>')
+    out.append(f'<text x="{left}" y="{H - 12}">step (forward, loss, backward) →</text>')
+    out.append(f'<text x="10" y="{top + 10}" transform="rotate(90 10 {top + 10})">arena offset ↓</text>')
+    for i, (k, c) in enumerate(colors.items()):
+        out.append(f'<rect x="{W - 160}" y="{top + 14 * i}" width="10" height="10" fill="{c}"/>'
+                   f'<text x="{W - 146}" y="{top + 9 + 14 * i}">{k}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,212 @@
+"""The schedule of a forward pass and of a training step, and where every buffer lives.
+
+Forward: step 0 writes the input and layer i runs at step i+1. A training step adds the loss
+and each layer's backward in reverse (`TrainSchedule`). Buffers are declared with their first
+and last step and placed in one arena by `tinygen.planning.arena`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinygen.errors import TinygenError
+from tinygen.ir import model as ir
+from tinygen.ir.names import c_ident
+from tinygen.planning.arena import Buffer, pin, plan_best
+from tinygen.planning.fusion import Fusion, plan_fusions, prune_overlaps
+from tinygen.planning.saved_input import SavedInput, saved_input
+from tinygen.reference.training import Trainer
+
+
+@dataclass
+class ForwardPlan:
+    """Where each activation tensor lives: arena offset and size (reshape outputs alias)."""
+
+    buffers: dict[str, Buffer]
+    alias: dict[str, str]
+    arena_size: int
+    fusions: dict = field(default_factory=dict)  # layer index -> Fusion, as planned
+
+    def offset(self, tensor: str) -> int:
+        return self.buffers[self.alias.get(tensor, tensor)].offset
+
+
+def forward_ops(model: ir.Model, fusions: dict) -> list[tuple[int, int, Fusion | None]]:
+    """The forward schedule as (step, layer index, fusion): layer i runs at step i+1; a pointwise
+    conv fused into the following depthwise runs inside that layer's step."""
+    fused_pw = {f.pointwise for f in fusions.values() if f.kind == "pw_dw"}
+    return [(i + 1, i, fusions.get(i)) for i in range(len(model.layers)) if i not in fused_pw]
+
+
+def op_inputs(model: ir.Model, i: int, fusion: Fusion | None) -> list[str]:
+    return model.layers[fusion.pointwise].inputs if fusion and fusion.kind == "pw_dw" else model.layers[i].inputs
+
+
+def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str], pin=None) -> None:
+    """Declare the forward pass's buffers through `need(name, size, first, last)`; fills `alias`
+    (reshape outputs and in-place outputs share their input's buffer); `pin(member, anchor, rel)`
+    fixes an overlapped convolution's input buffer relative to its output's."""
+    need(model.input.name, model.input.size, 0, 0)
+    for step, i, f in forward_ops(model, fusions):
+        layer = model.layers[i]
+        for t in op_inputs(model, i, f):
+            need(alias.get(t, t), 0, step, step)
+        if isinstance(layer, ir.Reshape):
+            alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
+            continue
+        if f and f.kind == "inplace_dw":
+            root = alias.get(layer.inputs[0], layer.inputs[0])
+            alias[layer.output.name] = root
+            need(root, layer.output.size, step, step)
+        else:
+            need(layer.output.name, layer.output.size, step, step)
+        if f and f.kind == "overlap":
+            pin(alias.get(layer.inputs[0], layer.inputs[0]), layer.output.name, f.offset)
+        elif f:
+            need(f"plane_l{i}", f.plane, step, step)
+
+
+def plan_forward(model: ir.Model, align: int = 8, fusions: dict | None = None,
+                 keep: frozenset[str] = frozenset()) -> ForwardPlan:
+    """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output (and every tensor in
+    `keep`, saved for a backward pass) lives to the end."""
+    if fusions is None:
+        fusions = prune_overlaps(plan_fusions(model), lambda fs: plan_forward(model, align, fs).arena_size)
+    alias: dict[str, str] = {}
+    buffers: dict[str, Buffer] = {}
+
+    def need(name, size, first, last):
+        b = buffers.setdefault(name, Buffer(name, size, first, last))
+        b.size, b.first, b.last = max(b.size, size), min(b.first, first), max(b.last, last)
+
+    place_forward(model, fusions, need, alias, lambda m, a, rel: pin(buffers, m, a, rel))
+    for t in keep | {model.output.name}:
+        buffers[alias.get(t, t)].last = len(model.layers) + 1
+    size, _ = plan_best(list(buffers.values()), align)
+    return ForwardPlan(buffers, alias, size, fusions)
+
+
+
+ALIGN = 8
+
+
+@dataclass
+class TrainSchedule:
+    """Steps: input written at 0, forward layer i at i+1, loss at L+1, backward of layer i at 2L+1-i."""
+
+    n_layers: int
+
+    def fwd(self, i: int) -> int:
+        return i + 1
+
+    @property
+    def loss(self) -> int:
+        return self.n_layers + 1
+
+    def bwd(self, i: int) -> int:
+        return 2 * self.n_layers + 1 - i
+
+
+@dataclass
+class TrainPlan:
+    buffers: dict[str, Buffer]
+    ctype: dict[str, str]
+    arena_size: int
+    alias: dict[str, str]  # activation storage: reshape and in-place outputs share their input's buffer
+    grad_alias: dict[str, str]  # gradients: only reshape outputs share (an in-place output's gradient differs)
+    records: list[str] = field(default_factory=list)
+    saved: dict[str, SavedInput] = field(default_factory=dict)  # per trained layer: its input as kept for dW
+    contributions: dict[str, list[int]] = field(default_factory=dict)  # grad root -> backward layers adding to it
+    fusions: dict = field(default_factory=dict)  # layer index -> Fusion, as planned
+    strategy: str = ""  # which arena ordering won
+
+    def ptr(self, name: str) -> str:
+        return f"TG_{c_ident(name).upper()}"
+
+
+def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None) -> TrainPlan:
+    sched = TrainSchedule(len(model.layers))
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
+    producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
+    alias: dict[str, str] = {}
+
+    def root(t):
+        return alias.get(t, t)
+
+    bufs: dict[str, Buffer] = {}
+    ctype: dict[str, str] = {}
+
+    def need(name, size, first, last, ct="int8_t"):
+        if name in bufs:
+            b = bufs[name]
+            b.size, b.first, b.last = max(b.size, int(size)), min(b.first, first), max(b.last, last)
+        else:
+            bufs[name] = Buffer(name, int(size), first, last)
+            ctype[name] = ct
+
+    tensors = model.tensors()
+    saved = saved_inputs(model, trainer)
+    copied = {model.layer(n).inputs[0] for n, s in saved.items() if s.mode != "tensor"}
+    keep = {model.output.name} | {model.layer(n).inputs[0] for n, s in saved.items() if s.mode == "tensor"}
+    if fusions is None:
+        # which overlaps pay is a question about the forward pass (they move forward buffers only):
+        # asked of the forward plan with the saved tensors kept, a fraction of the cost of whole steps
+        fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad, copied),
+                                 lambda fs: plan_forward(model, ALIGN, fs, frozenset(keep)).arena_size)
+    place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias,
+                  lambda m, a, rel: pin(bufs, f"act_{m}", f"act_{a}", rel))
+    galias: dict[str, str] = {}
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape):
+            galias[layer.output.name] = galias.get(layer.inputs[0], layer.inputs[0])
+
+    def groot(t):
+        return galias.get(t, t)
+
+    out_root = root(model.output.name)
+    need(f"act_{out_root}", model.output.size, sched.loss, sched.loss)
+    for name, sv in saved.items():
+        i = index[name]
+        if sv.mode == "tensor":  # the activation itself, kept from its producer
+            t = root(model.layer(name).inputs[0])
+            need(f"act_{t}", tensors[t].size, sched.bwd(i), sched.bwd(i))
+        else:  # a copy written just before the layer runs forward
+            need(f"saved_l{i}", sv.nbytes, sched.fwd(i), sched.bwd(i), sv.ctype)
+    # gradient path
+    path = [(i, layer) for i, layer in enumerate(model.layers) if layer.output.name in trainer.needs_grad]
+    contributions: dict[str, list[int]] = {}  # grad root -> backward layer indices writing into it, in order
+    for i, layer in reversed(path):
+        if isinstance(layer, ir.Reshape):
+            continue
+        need(f"mask_{layer.output.name}", -(-layer.output.size // 8), sched.fwd(i), sched.bwd(i), "uint8_t")
+        for t in layer.inputs:
+            if t in trainer.needs_grad:
+                contributions.setdefault(groot(t), []).append(i)
+        # a conv's accumulator gradient (masked, filtered) is written over its output gradient, which
+        # nothing reads afterwards: no buffer of its own (conv_grad_output_s16 reads before it writes)
+    grad_first = {groot(model.output.name): sched.loss}
+    for t, writers in contributions.items():
+        grad_first[t] = sched.bwd(writers[0])
+        for w in writers[1:]:
+            need(f"gradtmp_{t}_{w}", 2 * tensors[t].size, sched.bwd(w), sched.bwd(w), "int16_t")
+    for t, first in grad_first.items():
+        last = sched.bwd(producer[t]) if t in producer else first
+        need(f"grad_{t}", 2 * tensors[t].size, first, last, "int16_t")
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape) and layer.output.name in trainer.needs_grad:
+            users = [u for u in model.consumers()[layer.inputs[0]] if u is not layer]
+            if any(u.output.name in trainer.needs_grad for u in users):
+                raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
+                                   "path is not supported")
+    size, strategy = plan_best(list(bufs.values()), ALIGN)
+    return TrainPlan(bufs, ctype, size, alias, galias, saved=saved, contributions=contributions, fusions=fusions,
+                     strategy=strategy)
+
+
+def saved_inputs(model: ir.Model, trainer: Trainer) -> dict[str, SavedInput]:
+    """Per layer whose weights train: the form its input is kept in for the update."""
+    tensors = model.tensors()
+    return {n: saved_input(model.layer(n), len(tl.update.channels), tl.update.filter_r, tensors)
+            for n, tl in trainer.trained.items() if tl.update.channels}
+
+

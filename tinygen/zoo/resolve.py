@@ -1,0 +1,31 @@
+"""Turn a `--model` argument into a validated IR model: a zoo name or a file path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tinygen.errors import ModelError
+from tinygen.frontends import modelfile
+from tinygen.frontends.mit_import import load_mit_model
+from tinygen.ir import model as ir
+from tinygen.zoo.catalog import get_model, is_zoo_name
+
+
+def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
+    path = Path(spec)
+    if is_zoo_name(spec) and not path.exists():  # zoo names may contain dots ("mbv2-w0.35")
+        return get_model(spec, classes=classes)
+    if path.suffix == ".json" or (path.suffix == "" and path.with_suffix(".json").is_file() and "/" in spec):
+        model = modelfile.load(path.with_suffix(".json"))
+        if classes is not None and classes != model.output.size:
+            raise ModelError(f"--classes {classes} does not apply to model file {path}: it has "
+                             f"{model.output.size} outputs; edit the model or drop --classes")
+        return model
+    if path.suffix == ".pkl":
+
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        return load_mit_model(path, classes=classes)
+    if path.suffix:
+        raise ModelError(f"cannot read {path}: tinygen models are .json (+ .npz) files or MIT tiny-training .pkl files")
+    return get_model(spec, classes=classes)
