@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 
 from tinygen.ir import model as ir
-from tinygen.ir.names import c_ident
+from tinygen.ir.names import c_comment, c_ident, c_string
 from tinygen.paths import data_dir
 from tinygen.planning.schedule import forward_ops, plan_forward
 
@@ -25,9 +25,13 @@ CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(n
 
 
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+    """The template environment. Names from a model reach a template's text only through its filters:
+    `c_ident` (identifiers, build files), `c_string` (a quoted C literal), `c_comment` (comment text)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters.update(c_ident=c_ident, c_string=c_string, c_comment=c_comment)
+    return env
 
 
 def c_array(name: str, arr: np.ndarray, const: bool = True, per_line: int = 24) -> str:

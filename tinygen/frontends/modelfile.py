@@ -18,6 +18,12 @@ from tinygen.ir import model as ir
 
 FORMAT = "tinygen-model"
 VERSION = 1
+MODEL_KEYS = ("format", "version", "name", "arrays", "input", "layers")
+TENSOR_KEYS = ("name", "shape", "scale", "zero_point")
+LAYER_KEYS = ("name", "op", "inputs", "output")
+CONV_KEYS = ("stride", "padding", "dilation", "groups")
+POOL_KEYS = ("kernel", "stride", "padding")
+ACT_KEYS = ("act_min", "act_max")
 
 
 def _tensor_json(t: ir.TensorInfo) -> dict:
@@ -84,7 +90,16 @@ class _Reader:
             self.fail(f"{where} field {key!r} must be a list of {n} integers, got {v!r}")
         return tuple(v)
 
+    def known(self, d, keys, where: str) -> None:
+        """Refuse keys this format does not define: a misspelt or foreign field must not be dropped silently."""
+        if isinstance(d, dict):
+            unknown = sorted(set(d) - set(keys), key=str)
+            if unknown:
+                self.fail(f"{where} has the unknown field {unknown[0]!r}; this format defines "
+                          f"{', '.join(sorted(keys))} there")
+
     def tensor(self, d, where) -> ir.TensorInfo:
+        self.known(d, TENSOR_KEYS, f"{where}'s tensor")
         shape = self.field(d, "shape", list, where)
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in shape):
             self.fail(f"{where} shape must be a list of integers, got {shape!r}")
@@ -99,6 +114,17 @@ class _Reader:
             return self.arrays[name]
         except Exception as exc:  # zlib/CRC/format errors from a damaged archive member
             self.fail(f"array {name!r} cannot be read ({type(exc).__name__}); the .npz file is damaged")
+
+
+def _layer_keys(layer: ir.Layer) -> tuple[str, ...]:
+    keys = LAYER_KEYS + tuple(layer.params())
+    if isinstance(layer, ir.Conv2D):
+        keys += CONV_KEYS
+    if isinstance(layer, ir.Pool):
+        keys += POOL_KEYS
+    if hasattr(layer, "act_min"):
+        keys += ACT_KEYS
+    return keys
 
 
 def load(path: str | Path) -> ir.Model:
@@ -123,6 +149,7 @@ def load(path: str | Path) -> ir.Model:
         raise ModelError(f"{npz} is not a readable .npz archive ({exc}); is the file truncated?") from None
     with arrays:
         r = _Reader(path, arrays)
+        r.known(doc, MODEL_KEYS, "the model")
         model = ir.Model(r.field(doc, "name", str, "model"), r.tensor(r.field(doc, "input", dict, "model"), "input"))
         for i, d in enumerate(r.field(doc, "layers", list, "model")):
             where = f"layer {i}"
@@ -134,6 +161,7 @@ def load(path: str | Path) -> ir.Model:
             if not all(isinstance(t, str) for t in inputs):
                 r.fail(f"{where} inputs must be tensor names")
             layer = cls(r.field(d, "name", str, where), inputs, r.tensor(r.field(d, "output", dict, where), where))
+            r.known(d, _layer_keys(layer), where)
             for key in layer.params():
                 setattr(layer, key, r.array(d, key, where))
             if cls is ir.Conv2D:

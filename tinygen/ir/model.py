@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinygen.errors import ModelError
+from tinygen.ir.names import name_problem
 from tinygen.ir.quant import quantize_multiplier
 
 ACT_NAMES = ("none", "relu", "relu6")
@@ -201,11 +202,13 @@ class Model:
 
     def validate(self) -> Model:
         """Check shapes, dtypes and quantization; raise ModelError with the first problem."""
+        _check_name(self.name, "the model's name")
         _check_tensor(self.input, "model input")
         seen = {self.input.name: self.input}
         names = set()
         _need(len(self.layers) > 0, f"model {self.name!r} has no layers; add at least one")
         for layer in self.layers:
+            _check_name(layer.name, f"layer {len(names)}'s name")
             where = f"layer {layer.name!r} ({layer.op})"
             _need(layer.name not in names, f"{where}: the layer name is used twice; names must be unique")
             names.add(layer.name)
@@ -219,7 +222,14 @@ class Model:
         return self
 
 
+def _check_name(name, what: str) -> None:
+    _need(isinstance(name, str), f"{what} must be a string")
+    problem = name_problem(name)
+    _need(problem is None, f"{what} {problem}; rename it")
+
+
 def _check_tensor(t: TensorInfo, where: str) -> None:
+    _check_name(t.name, f"{where}: a tensor name")
     _need(len(t.shape) in (1, 3) and all(int(d) > 0 for d in t.shape),
           f"{where}: tensor {t.name!r} has shape {list(t.shape)}; use (H, W, C) or (N,) with positive sizes")
     _need(isinstance(t.scale, float) and math.isfinite(t.scale) and t.scale > 0,
