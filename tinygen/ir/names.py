@@ -62,3 +62,8 @@ def c_comment(text: str) -> str:
     while "*/" in s or "/*" in s:
         s = s.replace("*/", "* /").replace("/*", "/ *")
     return s
+
+
+def layer_symbol(index: int, name: str) -> str:
+    """The C prefix of everything generated for layer `index` (kernels, weights, constants)."""
+    return f"tg_l{index}_{c_ident(name)}"
