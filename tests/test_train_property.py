@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from train_harness import train_c_vs_reference
 
 from tinygen.errors import ModelError
+from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
-from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, is_depthwise
+from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STEPS = 3
@@ -31,7 +32,7 @@ def _scheme(model, rng, r, names):
     layers = {}
     for layer in model.layers:
         if layer.name in names and (layer is model.layers[-1] or rng.random() < 0.75):
-            n = layer.groups if is_depthwise(layer) else layer.weight.shape[-1]
+            n = ir.selectable_channels(layer)
             u = rng.random()
             chans = [] if u < 0.25 else sorted(rng.choice(n, size=max(1, n // 2), replace=False).tolist()) \
                 if u < 0.5 else list(range(max(1, n // 2))) if u < 0.7 else list(range(n))

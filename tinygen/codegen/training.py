@@ -23,7 +23,6 @@ from tinygen.codegen.forward import (
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.quant import round_half_away, split_multiplier
-from tinygen.ir.scheme import is_depthwise
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
 from tinygen.planning.weight_store import frac_ctype, weight_store
@@ -183,7 +182,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
             weight = f"{prefix}_weight_t" if st else f"{prefix}_weight"
             ctx = dict(geo, r=r, ph=ph, pw=pw, mult=f"{prefix}_mult", shift=f"{prefix}_shift", weight=weight,
                        split_k=st.split_k if st else 0, weight_t=f"{prefix}_weight_t", weight_f=f"{prefix}_weight_f",
-                       depthwise=is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]))
+                       depthwise=ir.is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]))
             gacc = gy  # in place (see plan_training)
             fn_go = f"{prefix}_grad_output_s16"
             kernels.append(env.get_template("train/conv_grad_output_s16.c.j2").render(
@@ -215,7 +214,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                         state[f"{prefix}_b_{kind}"] = ("int32_t", layer.bias.size)
                 kernels.append(env.get_template("train/conv_weight_update_s8.c.j2").render(
                     fn=fn_up, comment=f"{desc}: update", **ctx, bias=u.bias, n_sel=len(u.channels),
-                    n_chan=(layer.groups if is_depthwise(layer) else geo["cg"]), channels=chan_name,
+                    n_chan=(layer.groups if ir.is_depthwise(layer) else geo["cg"]), channels=chan_name,
                     frac=f"{prefix}_frac", frac_type=frac_ctype(F), input_zero_point=x_info.zero_point,
                     frac_bits=F, limit=WEIGHT_LIMIT << F,
                     bias_limit=bias_limit(layer),

@@ -360,65 +360,40 @@ def _fresh_head(classes: int, cin: int, out_scale: float):
     return weight, np.zeros(classes, dtype=np.int32), w_scales, float(out_scale), 0
 
 
-def load_mit_model(path: str | Path, classes: int | None = None, name: str | None = None) -> ir.Model:
-    """A tiny-training `.pkl` model as a validated tinygen IR model (see the module docstring)."""
-    path = Path(path)
-    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
-        raise ModelError(f"classes={classes!r} must be a positive integer")
-    doc = load_mit_pickle(path)
-    r = _Reader(path)
-    top = "the model"
-    if not isinstance(doc, dict):
-        r.fail(f"the pickle holds a {type(doc).__name__}; expected a dict with first_conv, blocks, "
-               "feature_mix and classifier")
-    first = r.get(doc, "first_conv", top)
-    blocks = r.get(doc, "blocks", top)
-    feature_mix = r.get(doc, "feature_mix", top)
-    cls = r.get(doc, "classifier", top)
-    if not isinstance(first, dict):
-        r.fail("first_conv must be a dict")
-    if not isinstance(blocks, list) or not blocks:
-        r.fail("blocks must be a non-empty list")
+def _block(b: ModelBuilder, r: _Reader, x, i: int, blk) -> object:
+    """One inverted-residual block: pointwise1, depthwise, pointwise2 (each optional), then the residual add."""
+    where = f"blocks[{i}]"
+    if not isinstance(blk, dict):
+        r.fail(f"{where} must be a dict, got {type(blk).__name__}")
+    for key in ("pointwise1", "depthwise", "pointwise2", "residual", "se"):
+        r.get(blk, key, where)
+    if blk["se"] is not None:
+        r.fail(f"{where} has a squeeze-and-excitation ('se') module, which tinygen does not support")
+    block_in = x
+    for key, short in (("pointwise1", "pw1"), ("depthwise", "dw"), ("pointwise2", "pw2")):
+        if blk[key] is not None:
+            x = _conv(b, r, x, blk[key], f"{where}.{key}", f"b{i}_{short}")
+    res = blk["residual"]
+    if res is None:
+        return x
+    rw = f"{where}.residual"
+    if x == block_in:
+        r.fail(f"{rw} adds a block that has no convolution")
+    rp = r.get(res, "params", rw)
+    xq, yq = r.quant(rp, "x", f"{rw}.params"), r.quant(rp, "y", f"{rw}.params")
+    src = b.info(block_in)
+    if not _same_quant(xq, (src.scale, src.zero_point)):
+        r.fail(f"{rw} reads the block input as {_fmt(xq)} but that tensor has "
+               f"{_fmt((src.scale, src.zero_point))}; the file is inconsistent")
+    if b.shape(block_in) != b.shape(x):
+        r.fail(f"{rw} adds the block input {list(b.shape(block_in))} to the block output "
+               f"{list(b.shape(x))}; the shapes differ")
+    return b.add(x, block_in, yq[0], yq[1], act=_act(r, res, rw), name=f"b{i}_add")
 
-    hw = r.pair(first, "in_shape", "first_conv")
-    cin = r.integer(first, "in_channel", "first_conv", 1)
-    xs, xz = r.quant(r.get(first, "params", "first_conv"), "x", "first_conv.params")
-    b = ModelBuilder(name or path.stem, (hw[0], hw[1], cin), xs, xz)
-    x = _conv(b, r, b.input, first, "first_conv", "first_conv")
 
-    for i, blk in enumerate(blocks):
-        where = f"blocks[{i}]"
-        if not isinstance(blk, dict):
-            r.fail(f"{where} must be a dict, got {type(blk).__name__}")
-        for key in ("pointwise1", "depthwise", "pointwise2", "residual", "se"):
-            r.get(blk, key, where)
-        if blk["se"] is not None:
-            r.fail(f"{where} has a squeeze-and-excitation ('se') module, which tinygen does not support")
-        block_in = x
-        for key, short in (("pointwise1", "pw1"), ("depthwise", "dw"), ("pointwise2", "pw2")):
-            if blk[key] is not None:
-                x = _conv(b, r, x, blk[key], f"{where}.{key}", f"b{i}_{short}")
-        res = blk["residual"]
-        if res is not None:
-            rw = f"{where}.residual"
-            if x == block_in:
-                r.fail(f"{rw} adds a block that has no convolution")
-            rp = r.get(res, "params", rw)
-            xq, yq = r.quant(rp, "x", f"{rw}.params"), r.quant(rp, "y", f"{rw}.params")
-            src = b.info(block_in)
-            if not _same_quant(xq, (src.scale, src.zero_point)):
-                r.fail(f"{rw} reads the block input as {_fmt(xq)} but that tensor has "
-                       f"{_fmt((src.scale, src.zero_point))}; the file is inconsistent")
-            if b.shape(block_in) != b.shape(x):
-                r.fail(f"{rw} adds the block input {list(b.shape(block_in))} to the block output "
-                       f"{list(b.shape(x))}; the shapes differ")
-            x = b.add(x, block_in, yq[0], yq[1], act=_act(r, res, rw), name=f"b{i}_add")
-
-    if feature_mix is not None:
-        x = _conv(b, r, x, feature_mix, "feature_mix", "feature_mix")
-    x = b.global_avgpool(x, name="gap")
+def _classifier(b: ModelBuilder, r: _Reader, x, cls, classes: int | None) -> None:
+    """The 1x1 classifier as a fully connected layer over the pooled features (or a fresh head)."""
     pooled = b.info(x)
-
     cw = "classifier"
     if not isinstance(cls, dict):
         r.fail("classifier must be a dict")
@@ -450,6 +425,40 @@ def load_mit_model(path: str | Path, classes: int | None = None, name: str | Non
             bias = scaled.astype(np.int32)
         weight, bias, w_scales = _fit_bias(weight, bias, w_scales)
     b.fully_connected(x, weight, bias, w_scales, ys, yz, act=act, name="classifier")
+
+
+def load_mit_model(path: str | Path, classes: int | None = None, name: str | None = None) -> ir.Model:
+    """A tiny-training `.pkl` model as a validated tinygen IR model (see the module docstring)."""
+    path = Path(path)
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ModelError(f"classes={classes!r} must be a positive integer")
+    doc = load_mit_pickle(path)
+    r = _Reader(path)
+    top = "the model"
+    if not isinstance(doc, dict):
+        r.fail(f"the pickle holds a {type(doc).__name__}; expected a dict with first_conv, blocks, "
+               "feature_mix and classifier")
+    first = r.get(doc, "first_conv", top)
+    blocks = r.get(doc, "blocks", top)
+    feature_mix = r.get(doc, "feature_mix", top)
+    cls = r.get(doc, "classifier", top)
+    if not isinstance(first, dict):
+        r.fail("first_conv must be a dict")
+    if not isinstance(blocks, list) or not blocks:
+        r.fail("blocks must be a non-empty list")
+
+    hw = r.pair(first, "in_shape", "first_conv")
+    cin = r.integer(first, "in_channel", "first_conv", 1)
+    xs, xz = r.quant(r.get(first, "params", "first_conv"), "x", "first_conv.params")
+    b = ModelBuilder(name or path.stem, (hw[0], hw[1], cin), xs, xz)
+    x = _conv(b, r, b.input, first, "first_conv", "first_conv")
+
+    for i, blk in enumerate(blocks):
+        x = _block(b, r, x, i, blk)
+    if feature_mix is not None:
+        x = _conv(b, r, x, feature_mix, "feature_mix", "feature_mix")
+    x = b.global_avgpool(x, name="gap")
+    _classifier(b, r, x, cls, classes)
     try:
         return b.build()
     except ModelError as exc:

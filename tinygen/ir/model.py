@@ -89,6 +89,22 @@ class Conv2D(Layer):
         return {"weight": self.weight, "bias": self.bias, "w_scales": self.w_scales}
 
 
+
+def is_depthwise(layer: Layer, multiplier: int | None = None) -> bool:
+    """A grouped conv with one input channel per group; with `multiplier`, also that many outputs per group."""
+    if not (isinstance(layer, Conv2D) and layer.groups > 1 and layer.weight.shape[3] == 1):
+        return False
+    return multiplier is None or layer.weight.shape[0] == multiplier * layer.groups
+
+
+def selectable_channels(layer: Layer) -> int:
+    """Size of the channel axis a training scheme selects from: the weights' input channels, or for a
+    depthwise conv its channels."""
+    if isinstance(layer, Conv2D):
+        return layer.groups if is_depthwise(layer) else layer.weight.shape[3]
+    return layer.weight.shape[1]
+
+
 @dataclass
 class FullyConnected(Layer):
     weight: np.ndarray = None  # int8 (O, I)

@@ -84,22 +84,10 @@ class TrainConfig:
         return self
 
 
-def _in_channels(layer: ir.Layer, tensors) -> int:
-    """Size of the channel axis a scheme selects from: the weights' input-channel axis, or for a
-    depthwise conv its channels."""
-    if isinstance(layer, ir.Conv2D):
-        return layer.groups if is_depthwise(layer) else layer.weight.shape[3]
-    return layer.weight.shape[1]
-
-
-def is_depthwise(layer: ir.Layer) -> bool:
-    return isinstance(layer, ir.Conv2D) and layer.groups > 1 and layer.weight.shape[3] == 1
-
-
 def first_channels(layer: ir.Layer, tensors, ratio: float) -> list[int]:
     if not 0.0 <= ratio <= 1.0:
         raise TinygenError(f"layer {layer.name!r}: weight ratio {ratio} must be in [0, 1]")
-    n = _in_channels(layer, tensors)
+    n = ir.selectable_channels(layer)
     return list(range(math.ceil(ratio * n - 1e-9)))
 
 
@@ -180,7 +168,7 @@ def load_scheme(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
         layer = names[name]
         if "channels" in entry:
             chans = sorted({int(c) for c in entry["channels"]})
-            if chans and (chans[0] < 0 or chans[-1] >= _in_channels(layer, tensors)):
+            if chans and (chans[0] < 0 or chans[-1] >= ir.selectable_channels(layer)):
                 raise TinygenError(f"{spec}: layer {name!r} channel index out of range")
         else:
             chans = first_channels(layer, tensors, float(entry.get("weight_ratio", 1.0)))

@@ -38,8 +38,7 @@ class Fusion:
 
 
 def _is_dw1(layer) -> bool:
-    return (isinstance(layer, ir.Conv2D) and layer.groups > 1 and layer.weight.shape[3] == 1
-            and layer.weight.shape[0] == layer.groups)
+    return ir.is_depthwise(layer, multiplier=1)
 
 
 def _is_pw(layer) -> bool:

@@ -45,8 +45,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
         n_chan = None
         if w is not None:
             flash += int(w.nbytes + layer.bias.nbytes + 8 * layer.bias.size)  # weights, bias, multiplier, shift
-            n_chan = layer.groups if (isinstance(layer, ir.Conv2D) and layer.groups > 1 and w.shape[3] == 1) \
-                else w.shape[-1]
+            n_chan = ir.selectable_channels(layer)
         r = tl.update.filter_r if tl else 1
         sv = tp.saved.get(layer.name) if trainer else None
         fwd = _macs(layer)

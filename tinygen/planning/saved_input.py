@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinygen.ir import model as ir
-from tinygen.ir.scheme import is_depthwise
 
 PATCH_SUM_MAX_R = 11  # 11 * 11 * 255 = 30,855 <= INT16_MAX
 
@@ -53,7 +52,7 @@ def saved_input(layer: ir.Layer, n_channels: int, r: int, tensors: dict[str, ir.
     x = tensors[layer.inputs[0]]
     h, w, c = _grid(layer, x)
     whole = SavedInput("tensor", h, w, c)
-    if isinstance(layer, ir.Conv2D) and layer.groups > 1 and not is_depthwise(layer):
+    if isinstance(layer, ir.Conv2D) and layer.groups > 1 and not ir.is_depthwise(layer):
         return whole  # a grouped conv's channel index repeats per group: keep it simple
     forms = [whole, SavedInput("channels", h, w, n_channels)]
     if (isinstance(layer, ir.Conv2D) and layer.kernel == (1, 1) and not any(layer.padding)

@@ -124,27 +124,89 @@ class TrainPlan:
         return f"TG_{c_ident(name).upper()}"
 
 
-def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None) -> TrainPlan:
-    sched = TrainSchedule(len(model.layers))
-    index = {layer.name: i for i, layer in enumerate(model.layers)}
-    producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
-    alias: dict[str, str] = {}
+class _Buffers:
+    """The step's buffers as they are declared: a second declaration widens size and lifetime."""
 
-    def root(t):
-        return alias.get(t, t)
+    def __init__(self):
+        self.bufs: dict[str, Buffer] = {}
+        self.ctype: dict[str, str] = {}
 
-    bufs: dict[str, Buffer] = {}
-    ctype: dict[str, str] = {}
-
-    def need(name, size, first, last, ct="int8_t"):
-        if name in bufs:
-            b = bufs[name]
+    def need(self, name, size, first, last, ct="int8_t"):
+        if name in self.bufs:
+            b = self.bufs[name]
             b.size, b.first, b.last = max(b.size, int(size)), min(b.first, first), max(b.last, last)
         else:
-            bufs[name] = Buffer(name, int(size), first, last)
-            ctype[name] = ct
+            self.bufs[name] = Buffer(name, int(size), first, last)
+            self.ctype[name] = ct
 
+
+def _gradient_aliases(model: ir.Model) -> dict[str, str]:
+    """Gradients share a buffer only through reshapes (an in-place output's gradient differs)."""
+    galias: dict[str, str] = {}
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape):
+            galias[layer.output.name] = galias.get(layer.inputs[0], layer.inputs[0])
+    return galias
+
+
+def _check_reshapes(model: ir.Model, trainer: Trainer) -> None:
+    for layer in model.layers:
+        if isinstance(layer, ir.Reshape) and layer.output.name in trainer.needs_grad:
+            users = [u for u in model.consumers()[layer.inputs[0]] if u is not layer]
+            if any(u.output.name in trainer.needs_grad for u in users):
+                raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
+                                   "path is not supported")
+
+
+def _place_saved(model: ir.Model, saved: dict[str, SavedInput], alias: dict[str, str], sched: TrainSchedule,
+                 b: _Buffers) -> None:
+    """Each trained layer's input as its update reads it: the activation kept alive, or a copy."""
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
     tensors = model.tensors()
+    for name, sv in saved.items():
+        i = index[name]
+        if sv.mode == "tensor":  # the activation itself, kept from its producer
+            t = alias.get(model.layer(name).inputs[0], model.layer(name).inputs[0])
+            b.need(f"act_{t}", tensors[t].size, sched.bwd(i), sched.bwd(i))
+        else:  # a copy written just before the layer runs forward
+            b.need(f"saved_l{i}", sv.nbytes, sched.fwd(i), sched.bwd(i), sv.ctype)
+
+
+def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], sched: TrainSchedule,
+                     b: _Buffers) -> dict[str, list[int]]:
+    """Masks and gradient buffers of the gradient path; returns, per gradient root, the backward layers
+    writing into it in order (the first writes, later ones add through a temporary)."""
+    tensors = model.tensors()
+    producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
+    path = [(i, layer) for i, layer in enumerate(model.layers) if layer.output.name in trainer.needs_grad]
+    contributions: dict[str, list[int]] = {}
+    for i, layer in reversed(path):
+        if isinstance(layer, ir.Reshape):
+            continue
+        b.need(f"mask_{layer.output.name}", -(-layer.output.size // 8), sched.fwd(i), sched.bwd(i), "uint8_t")
+        for t in layer.inputs:
+            if t in trainer.needs_grad:
+                contributions.setdefault(galias.get(t, t), []).append(i)
+        # a conv's accumulator gradient (masked, filtered) is written over its output gradient, which
+        # nothing reads afterwards: no buffer of its own (conv_grad_output_s16 reads before it writes)
+    out = model.output.name
+    grad_first = {galias.get(out, out): sched.loss}
+    for t, writers in contributions.items():
+        grad_first[t] = sched.bwd(writers[0])
+        for w in writers[1:]:
+            b.need(f"gradtmp_{t}_{w}", 2 * tensors[t].size, sched.bwd(w), sched.bwd(w), "int16_t")
+    for t, first in grad_first.items():
+        last = sched.bwd(producer[t]) if t in producer else first
+        b.need(f"grad_{t}", 2 * tensors[t].size, first, last, "int16_t")
+    return contributions
+
+
+def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None) -> TrainPlan:
+    """Every buffer of one training step (forward with the saved inputs, loss, backward) placed in one arena."""
+    _check_reshapes(model, trainer)
+    sched = TrainSchedule(len(model.layers))
+    b = _Buffers()
+    alias: dict[str, str] = {}
     saved = saved_inputs(model, trainer)
     copied = {model.layer(n).inputs[0] for n, s in saved.items() if s.mode != "tensor"}
     keep = {model.output.name} | {model.layer(n).inputs[0] for n, s in saved.items() if s.mode == "tensor"}
@@ -153,54 +215,16 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
         # asked of the forward plan with the saved tensors kept, a fraction of the cost of whole steps
         fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad, copied),
                                  lambda fs: plan_forward(model, ALIGN, fs, frozenset(keep)).arena_size)
-    place_forward(model, fusions, lambda n, size, a, b: need(f"act_{n}", size, a, b), alias,
-                  lambda m, a, rel: pin(bufs, f"act_{m}", f"act_{a}", rel))
-    galias: dict[str, str] = {}
-    for layer in model.layers:
-        if isinstance(layer, ir.Reshape):
-            galias[layer.output.name] = galias.get(layer.inputs[0], layer.inputs[0])
-
-    def groot(t):
-        return galias.get(t, t)
-
-    out_root = root(model.output.name)
-    need(f"act_{out_root}", model.output.size, sched.loss, sched.loss)
-    for name, sv in saved.items():
-        i = index[name]
-        if sv.mode == "tensor":  # the activation itself, kept from its producer
-            t = root(model.layer(name).inputs[0])
-            need(f"act_{t}", tensors[t].size, sched.bwd(i), sched.bwd(i))
-        else:  # a copy written just before the layer runs forward
-            need(f"saved_l{i}", sv.nbytes, sched.fwd(i), sched.bwd(i), sv.ctype)
-    # gradient path
-    path = [(i, layer) for i, layer in enumerate(model.layers) if layer.output.name in trainer.needs_grad]
-    contributions: dict[str, list[int]] = {}  # grad root -> backward layer indices writing into it, in order
-    for i, layer in reversed(path):
-        if isinstance(layer, ir.Reshape):
-            continue
-        need(f"mask_{layer.output.name}", -(-layer.output.size // 8), sched.fwd(i), sched.bwd(i), "uint8_t")
-        for t in layer.inputs:
-            if t in trainer.needs_grad:
-                contributions.setdefault(groot(t), []).append(i)
-        # a conv's accumulator gradient (masked, filtered) is written over its output gradient, which
-        # nothing reads afterwards: no buffer of its own (conv_grad_output_s16 reads before it writes)
-    grad_first = {groot(model.output.name): sched.loss}
-    for t, writers in contributions.items():
-        grad_first[t] = sched.bwd(writers[0])
-        for w in writers[1:]:
-            need(f"gradtmp_{t}_{w}", 2 * tensors[t].size, sched.bwd(w), sched.bwd(w), "int16_t")
-    for t, first in grad_first.items():
-        last = sched.bwd(producer[t]) if t in producer else first
-        need(f"grad_{t}", 2 * tensors[t].size, first, last, "int16_t")
-    for layer in model.layers:
-        if isinstance(layer, ir.Reshape) and layer.output.name in trainer.needs_grad:
-            users = [u for u in model.consumers()[layer.inputs[0]] if u is not layer]
-            if any(u.output.name in trainer.needs_grad for u in users):
-                raise TinygenError(f"layer {layer.name!r}: a reshaped tensor with other consumers on the gradient "
-                                   "path is not supported")
-    size, strategy = plan_best(list(bufs.values()), ALIGN)
-    return TrainPlan(bufs, ctype, size, alias, galias, saved=saved, contributions=contributions, fusions=fusions,
-                     strategy=strategy)
+    place_forward(model, fusions, lambda n, size, first, last: b.need(f"act_{n}", size, first, last), alias,
+                  lambda m, a, rel: pin(b.bufs, f"act_{m}", f"act_{a}", rel))
+    out_root = alias.get(model.output.name, model.output.name)
+    b.need(f"act_{out_root}", model.output.size, sched.loss, sched.loss)
+    _place_saved(model, saved, alias, sched, b)
+    galias = _gradient_aliases(model)
+    contributions = _place_gradients(model, trainer, galias, sched, b)
+    size, strategy = plan_best(list(b.bufs.values()), ALIGN)
+    return TrainPlan(b.bufs, b.ctype, size, alias, galias, saved=saved, contributions=contributions,
+                     fusions=fusions, strategy=strategy)
 
 
 def saved_inputs(model: ir.Model, trainer: Trainer) -> dict[str, SavedInput]:

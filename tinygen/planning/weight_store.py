@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygen.ir import model as ir
-from tinygen.ir.scheme import is_depthwise
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class WeightStore:
 
 
 def weight_store(layer: ir.Layer, channels: list[int]) -> WeightStore:
-    dw = is_depthwise(layer)
+    dw = ir.is_depthwise(layer)
     n = layer.groups if dw else layer.weight.shape[-1]
     k = len(channels)
     prefix = 0 < k < n and channels == list(range(k))

@@ -19,7 +19,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.gradmath import align_add, bitlen, mul_q31, normalize16, rshift_round, sat, split_multiplier
 from tinygen.ir.quant import round_half_away
-from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, is_depthwise
+from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig
 from tinygen.reference import forward as reference
 from tinygen.reference.forward import im2col, pool_counts
 
@@ -146,7 +146,7 @@ class Trainer:
             bm, bs = _split(lr / (x.scale * s_w) ** 2)
             wmask = np.zeros(layer.weight.shape, dtype=bool)
             if u.channels:
-                if is_depthwise(layer):
+                if ir.is_depthwise(layer):
                     mult = layer.weight.shape[0] // layer.groups
                     for c in u.channels:
                         wmask[c * mult:(c + 1) * mult] = True
@@ -207,9 +207,6 @@ class Trainer:
             else:
                 values[layer.output.name] = reference.run_layer(lp, ins, self.tensors)
         return values, masks
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)[0][self.model.output.name]
 
     # -- loss --------------------------------------------------------------------------------
 

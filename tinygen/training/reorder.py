@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from tinygen.ir import model as ir
-from tinygen.ir.scheme import is_depthwise, weighted_layers
+from tinygen.ir.scheme import weighted_layers
 
 
 class _Groups:
@@ -58,7 +58,7 @@ def channel_groups(model: ir.Model) -> _Groups:
     for layer in model.layers:
         ins, out = layer.inputs, layer.output.name
         if isinstance(layer, ir.Conv2D) and layer.groups > 1:
-            if is_depthwise(layer) and layer.weight.shape[0] == layer.groups:
+            if ir.is_depthwise(layer, multiplier=1):
                 g.union(ins[0], out)
             else:  # a channel multiplier or groups: channel positions are tied to the grouping
                 g.pin(ins[0], out)
@@ -96,7 +96,7 @@ def permute_channels(model: ir.Model, perms: dict[str, np.ndarray]) -> ir.Model:
         po, pi = perm_of(layer.output.name), perm_of(layer.inputs[0])
         if po is not None:
             w, b, s = w[po], b[po], s[po]
-        if pi is not None and not is_depthwise(layer):  # a depthwise conv's input follows its output
+        if pi is not None and not ir.is_depthwise(layer):  # a depthwise conv's input follows its output
             w = w[..., pi] if isinstance(layer, ir.Conv2D) else _by_channel(w, tensors[layer.inputs[0]])[..., pi]
         layers.append(dataclasses.replace(layer, weight=np.ascontiguousarray(w.reshape(layer.weight.shape)),
                                           bias=np.ascontiguousarray(b), w_scales=np.ascontiguousarray(s)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinygen.ir import model as ir
-from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, is_depthwise, weighted_layers
+from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
 from tinygen.planning.memory import training_sram
 from tinygen.planning.saved_input import saved_input
 from tinygen.reference.training import Trainer
@@ -60,7 +60,7 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
     for layer in layers:
         if layer.name in acc:
             d = acc[layer.name] / len(x)
-            n = layer.groups if is_depthwise(layer) else layer.weight.shape[-1]
+            n = ir.selectable_channels(layer)
             out[layer.name] = d if d.size == n else np.full(n, d.sum() / n)  # grouped: spread evenly
     return out
 
