@@ -1,1 +1,2 @@
-"""bench"""
+"""The benchmarks `tinygen bench ...` runs: each prints a table and writes JSON to bench-results/.
+"""

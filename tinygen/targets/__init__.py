@@ -1,1 +1,3 @@
-"""targets"""
+"""What code runs on: board data files (`boards`), the host C compiler (`hostbuild`) and the
+Arm toolchain (`armbuild`).
+"""

@@ -1,1 +1,3 @@
-"""training"""
+"""Choosing what to train: Fisher-potential selection under the memory budget (`selection`) and
+channel reordering (`reorder`).
+"""
