@@ -9,7 +9,7 @@
 * `mbv2-w0.35`, `proxyless-w0.3`, `mcunet-5fps`: the ImageNet-pretrained int8 models of
   Lin et al. 2022, imported by `tinygen.frontends.mit_import`.
 
-Pretrained models are committed data (`tinygen/zoo_data/<name>.json` + `.npz`, with their
+Pretrained models are committed data (`tinygen/zoo/data/<name>.json` + `.npz`, with their
 accuracies in `metrics.json`); `python -m tinygen.zoo.catalog regenerate [names]` retrains them
 from scratch, deterministically, and rewrites those files.
 
