@@ -69,13 +69,14 @@ import numpy as np
 
 from tinygen import paths
 from tinygen.errors import ModelError
+from tinygen.frontends.arrays import MAX_MODEL_BYTES, native
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
 
 MIT_MODELS = {"mbv2-w0.35": "mbv2-w0.35.pkl", "proxyless-w0.3": "proxyless-w0.3.pkl",
               "mcunet-5fps": "mcunet-5fps.pkl"}
 MIT_SUBDIR = "models/mit-tiny-training"
-MAX_PICKLE_BYTES = 256 << 20
+MAX_PICKLE_BYTES = MAX_MODEL_BYTES
 
 try:  # NumPy 2 name; numpy.core is a deprecated alias there
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -255,8 +256,7 @@ class _Reader:
         want = np.dtype(dtype)
         if not isinstance(v, np.ndarray):
             self.fail(f"{where}.{key} must be a NumPy {want.name} array, got {type(v).__name__}")
-        if v.dtype != want and v.dtype.newbyteorder("=") == want:
-            v = v.astype(want)  # byte-swapped copy of the right type
+        v = native(v, want)
         if v.dtype != want:
             self.fail(f"{where}.{key} has dtype {v.dtype}; it must be {want.name}")
         if tuple(v.shape) != tuple(shape):

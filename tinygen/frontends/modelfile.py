@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from tinygen.errors import ModelError
+from tinygen.frontends.arrays import check_npz_sizes, native
 from tinygen.ir import model as ir
 
 FORMAT = "tinygen-model"
 VERSION = 1
+MAX_JSON_BYTES = 16 << 20  # the graph only: arrays live in the .npz
 MODEL_KEYS = ("format", "version", "name", "arrays", "input", "layers")
 TENSOR_KEYS = ("name", "shape", "scale", "zero_point")
 LAYER_KEYS = ("name", "op", "inputs", "output")
@@ -111,9 +113,11 @@ class _Reader:
         if name not in self.arrays.files:
             self.fail(f"{where} names array {name!r}, which is not in {self.path.with_suffix('.npz').name}")
         try:
-            return self.arrays[name]
+            v = self.arrays[name]
         except Exception as exc:  # zlib/CRC/format errors from a damaged archive member
             self.fail(f"array {name!r} cannot be read ({type(exc).__name__}); the .npz file is damaged")
+        want = {"weight": np.int8, "bias": np.int32, "w_scales": np.float32}.get(key)
+        return native(v, np.dtype(want)) if want is not None else v
 
 
 def _layer_keys(layer: ir.Layer) -> tuple[str, ...]:
@@ -132,10 +136,15 @@ def load(path: str | Path) -> ir.Model:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; pass a .json model file or a zoo name")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ModelError(f"{path} is {path.stat().st_size} bytes; a model's JSON may have at most "
+                         f"{MAX_JSON_BYTES >> 20} MiB (its arrays belong in the .npz)")
     try:
         doc = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and integers past Python's digit limit
         raise ModelError(f"{path} is not valid JSON ({exc}); is the file truncated?") from None
+    except RecursionError:
+        raise ModelError(f"{path} nests its JSON too deeply to be a model file") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ModelError(f"{path} is not a tinygen model (its 'format' field must be {FORMAT!r})")
     if doc.get("version") != VERSION:
@@ -144,6 +153,8 @@ def load(path: str | Path) -> ir.Model:
     if not npz.is_file():
         raise ModelError(f"{path}: its arrays file {npz.name} is missing; keep it beside the JSON")
     try:
+        with zipfile.ZipFile(npz) as zf:
+            check_npz_sizes(npz, zf)
         arrays = np.load(npz, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ModelError(f"{npz} is not a readable .npz archive ({exc}); is the file truncated?") from None

@@ -152,6 +152,10 @@ class Reshape(Layer):
 LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Reshape)}
 
 
+MAX_DIM = 1 << 15  # any shape, kernel, stride, padding or dilation value
+MAX_ELEMENTS = 1 << 24  # elements of one tensor
+
+
 def conv_out_size(size: int, k: int, stride: int, pad0: int, pad1: int, dil: int) -> int:
     return (size + pad0 + pad1 - dil * (k - 1) - 1) // stride + 1
 
@@ -246,8 +250,11 @@ def _check_name(name, what: str) -> None:
 
 def _check_tensor(t: TensorInfo, where: str) -> None:
     _check_name(t.name, f"{where}: a tensor name")
-    _need(len(t.shape) in (1, 3) and all(int(d) > 0 for d in t.shape),
-          f"{where}: tensor {t.name!r} has shape {list(t.shape)}; use (H, W, C) or (N,) with positive sizes")
+    _need(len(t.shape) in (1, 3) and all(0 < int(d) <= MAX_DIM for d in t.shape),
+          f"{where}: tensor {t.name!r} has shape {list(t.shape)}; use (H, W, C) or (N,) with sizes 1..{MAX_DIM}")
+    _need(math.prod(int(d) for d in t.shape) <= MAX_ELEMENTS,
+          f"{where}: tensor {t.name!r} has {math.prod(int(d) for d in t.shape)} elements; at most {MAX_ELEMENTS} fit "
+          "the generated code's int32 indexing and any microcontroller")
     _need(isinstance(t.scale, float) and math.isfinite(t.scale) and t.scale > 0,
           f"{where}: tensor {t.name!r} has scale {t.scale!r}; it must be a finite number > 0")
     _need(-128 <= int(t.zero_point) <= 127,
@@ -294,8 +301,9 @@ def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
         _check_array(layer.weight, np.int8, (cout, kh, kw, cin // layer.groups), f"{where}: weight")
         _check_array(layer.bias, np.int32, (cout,), f"{where}: bias")
         _check_array(layer.w_scales, np.float32, (cout,), f"{where}: w_scales")
-        _need(all(s >= 1 for s in layer.stride) and all(d >= 1 for d in layer.dilation)
-              and all(p >= 0 for p in layer.padding), f"{where}: stride and dilation must be >= 1, padding >= 0")
+        _need(all(1 <= s <= MAX_DIM for s in layer.stride) and all(1 <= d <= MAX_DIM for d in layer.dilation)
+              and all(0 <= p <= MAX_DIM for p in layer.padding),
+              f"{where}: stride and dilation must be 1..{MAX_DIM}, padding 0..{MAX_DIM}")
         pt, pb, pl, pr = layer.padding
         oh = conv_out_size(h, kh, layer.stride[0], pt, pb, layer.dilation[0])
         ow = conv_out_size(w, kw, layer.stride[1], pl, pr, layer.dilation[1])
@@ -331,6 +339,9 @@ def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
         _need(len(ins) == 1 and len(ins[0].shape) == 3, f"{where}: pooling takes one (H, W, C) input")
         x = ins[0]
         h, w, c = x.shape
+        _need(all(1 <= k <= MAX_DIM for k in layer.kernel) and all(1 <= s <= MAX_DIM for s in layer.stride)
+              and all(0 <= q <= MAX_DIM for q in layer.padding),
+              f"{where}: pool kernel and stride must be 1..{MAX_DIM}, padding 0..{MAX_DIM}")
         pt, pb, pl, pr = layer.padding
         _need(pt < layer.kernel[0] and pb < layer.kernel[0] and pl < layer.kernel[1] and pr < layer.kernel[1],
               f"{where}: padding must be smaller than the pool window")

@@ -1,0 +1,43 @@
+"""Rules every loader applies to the arrays in a model file, before trusting them."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+
+from tinygen.errors import ModelError
+
+MAX_MODEL_BYTES = 256 << 20  # a model file's arrays (or pickle) may declare at most this much
+
+
+def native(v: np.ndarray, want: np.dtype) -> np.ndarray:
+    """`v` in native byte order when it is `want` in the other order (either byte order is accepted)."""
+    if v.dtype != want and v.dtype.newbyteorder("=") == np.dtype(want):
+        return v.astype(want)
+    return v
+
+
+def check_npz_sizes(path, zf: zipfile.ZipFile) -> None:
+    """Refuse an .npz whose members declare more than MAX_MODEL_BYTES, reading only their headers
+    (a small file must not make the loader allocate gigabytes)."""
+    total = 0
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with zf.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+                raise ModelError(f"{path}: member {info.filename} has no readable array header ({exc})") from None
+        count = 1
+        for d in shape:
+            count *= int(d)
+        total += count * dtype.itemsize
+        if total > MAX_MODEL_BYTES:
+            raise ModelError(f"{path}: its arrays declare more than the {MAX_MODEL_BYTES >> 20} MiB a model file "
+                             f"may have (member {info.filename}: shape {list(shape)}, {dtype})")
