@@ -147,7 +147,7 @@ def enum_block(tag: str, K: Constants, indent: int = 4) -> str:
     pad = " " * indent
     lines = [f"{pad}enum {tag} {{"]
     lines += [f"{pad}    {k} = {v.expr if v.expr is not None else int(v)}," for k, v in K.items()]
-    return "\n".join(lines + [f"{pad}}};"]) + "\n"
+    return "\n".join(lines + [f"{pad}}};"])
 
 
 def _indent_of(body: str) -> str:
@@ -409,9 +409,10 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
 def write_sources(env: jinja2.Environment, src_dir: Path, ctx: dict, const_arrays: dict, mutable=None) -> None:
     """tg_model.[ch] and tg_weights.[ch]: `const` arrays go to flash, `mutable` ones (trained) to SRAM."""
     mutable = mutable or {}
-    ctx = dict(ctx, array_decls=[f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];"
-                                 for n, a in const_arrays.items()]
-               + [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()])
+    const_decls = [f"extern const {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in const_arrays.items()]
+    mutable_decls = [f"extern {CTYPES[a.dtype]} {n}[{max(1, a.size)}];" for n, a in mutable.items()]
+    ctx = dict(ctx, array_decls=const_decls + mutable_decls, const_decls=const_decls, mutable_decls=mutable_decls,
+               has_mutable=bool(mutable))
     for name in ("tg_model.h", "tg_model.c", "tg_weights.h"):
         (src_dir / name).write_text(env.get_template(f"{name}.j2").render(**ctx))
     with open(src_dir / "tg_weights.c", "w") as f:
