@@ -1,5 +1,5 @@
-"""microTVM-style test runner: generate the C for a model, build it on the host with the
-project's flags (-Werror, ASan+UBSan), run it on given inputs, return its outputs."""
+"""Test harness for generated C: generate a model's forward C and run it through the one runner
+(`tinygen.verify.runner`, host target with -Werror and ASan+UBSan) with a given kernel implementation."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ import numpy as np
 from tinygen.codegen import forward as codegen
 from tinygen.paths import data_dir
 from tinygen.targets.hostbuild import compile_host, run_host
+from tinygen.verify.runner import Program, run
 
 
-def run_generated_forward(model, x: np.ndarray, workdir: Path) -> np.ndarray:
+def forward_program(model, workdir: Path, kernels: str = "portable") -> Program:
+    """Generate `model`'s forward C into workdir/src; the Program the runner builds from it."""
     workdir = Path(workdir)
-    src = workdir / "src"
-    codegen.generate_forward(model, src)
-    main_c = workdir / "main_host.c"
-    main_c.write_text(codegen.environment().get_template("host/main_host.c.j2").render())
-    binary = compile_host(sorted(src.glob("*.c")) + [main_c], [src, data_dir("cmsis_glue")], workdir / "tg_host")
-    fin, fout = workdir / "in.bin", workdir / "out.bin"
-    fin.write_bytes(np.ascontiguousarray(x, dtype=np.int8).tobytes())
-    run_host(binary, [str(fin), str(fout)])
-    return np.frombuffer(fout.read_bytes(), dtype=np.int8).reshape((len(x),) + tuple(model.output.shape))
+    codegen.generate_forward(model, workdir / "src")
+    return Program(workdir / "src", workdir, "forward", kernels)
+
+
+def run_generated_forward(model, x: np.ndarray, workdir: Path, kernels: str = "portable") -> np.ndarray:
+    """The generated C's outputs for every input of `x`, shaped (len(x), *output shape)."""
+    result = run(forward_program(model, workdir, kernels), "host-asan", x)
+    return np.stack(result.outputs).reshape((len(x),) + tuple(model.output.shape))
 
 
 DRIVER = """#include <stdio.h>
@@ -49,17 +50,19 @@ CTYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 def c_driver(workdir: Path, header: str, body: str, dtype, n_out: int):
     """Compile a small C program that reads rows v[0..2] of `dtype` from argv[1], computes r[0..n_out-1]
     with `body` (statements using the functions of `header`) and writes them to argv[2] (project
-    flags, sanitizers on); returns run(rows) -> int64 array of shape (rows, n_out)."""
+    flags, sanitizers on); returns run(rows) -> int64 array of shape (rows, n_out).
+
+    (Not generated model code: a direct probe of cmsis_glue's helpers, so it compiles on its own.)"""
     workdir = Path(workdir)
     source = DRIVER.format(header=header, ctype=CTYPE[np.dtype(dtype)], n_out=n_out, body=body)
     (workdir / "drv.c").write_text(source)
     exe = compile_host([workdir / "drv.c"], [data_dir("cmsis_glue")], workdir / "drv",
                        extra=["-Wno-missing-prototypes"])
 
-    def run(rows):
+    def run_rows(rows):
         (workdir / "in.bin").write_bytes(np.asarray(rows, dtype=dtype).tobytes())
         run_host(exe, [str(workdir / "in.bin"), str(workdir / "out.bin")])
         out = np.frombuffer((workdir / "out.bin").read_bytes(), dtype=dtype)
         return out.reshape(-1, n_out).astype(np.int64)
 
-    return run
+    return run_rows

@@ -9,8 +9,9 @@ tensors of a different, 89-input FC test, and `add/` an unused `input_data.h`).
 `load_case(name)` returns a `GoldenCase` whose `inputs` and `params` are named after the
 parameters of the `tinygen.reference.forward` kernel that implements the op, so a test can call
 `kernel(**inputs_for_one_batch_item, **params)`; `run_reference(case)` does exactly that.
-The same dicts are meant to drive generated C kernels later: `inputs` holds only NumPy
+The same dicts drive the generated C (tests/test_goldens_c.py): `inputs` holds only NumPy
 arrays, `params` only Python ints, tuples of ints and int32 arrays (per-channel mult/shift).
+A declaration the parser cannot read raises GoldenFormatError naming it; none is skipped.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+(.+?)[ \t]*$", re.M)
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', re.M)
 _ARRAY = re.compile(r"(?:static\s+)?const\s+(\w+)\s+(\w+)\s*\[\s*(\w*)\s*\]\s*=\s*\{(.*?)\}\s*;", re.S)
-_ALIAS = re.compile(r"(?:static\s+)?const\s+(\w+)\s*\*\s*const\s+(\w+)\s*=\s*(\w+)\s*;")
+# `const T *const a = b;` and `const T *a = NULL;` (a pointer to another array, or none)
+_ALIAS = re.compile(r"(?:static\s+)?const\s+(\w+)\s*\*\s*(?:const\s+)?(\w+)\s*=\s*(\w+)\s*;")
 
 
 class GoldenFormatError(ValueError):
@@ -150,11 +152,21 @@ def parse_arrays(text: str, where: str = "") -> dict[str, np.ndarray | str | Non
         out[name] = np.array(values, dtype=dtype)
     for _ctype, name, target in _ALIAS.findall(text):
         out[name] = None if target in ("NULL", "0", "nullptr") else target
-    # Everything that looks like a declaration must have been understood.
-    declared = set(re.findall(r"\bconst\s+\w+\s*(?:\*\s*const\s+)?(\w+)\s*(?:\[[^\]]*\])?\s*=", text))
-    if declared - set(out):
-        raise GoldenFormatError(f"{where}: could not parse declaration(s) {sorted(declared - set(out))}")
+    # Every statement outside the preprocessor must have been understood: a form the patterns above
+    # miss would otherwise drop a tensor without a word.
+    for stmt in _statements(text):
+        m = re.match(r"[^=\[]*?(\w+)\s*(?:\[[^\]]*\])?\s*=", stmt)
+        if m is None or m.group(1) not in out:
+            raise GoldenFormatError(f"{where}: cannot read the declaration `{stmt};`")
     return out
+
+
+def _statements(text: str) -> list[str]:
+    """The C statements of a header (comments already removed): initialisers collapsed to `{}`,
+    preprocessor lines dropped, whitespace normalised."""
+    flat = re.sub(r"\{.*?\}", "{}", text, flags=re.S)
+    flat = re.sub(r"^[ \t]*#.*$", "", flat, flags=re.M)
+    return [" ".join(s.split()) for s in flat.split(";") if s.strip()]
 
 
 def _read_case(d: Path) -> tuple[dict[str, int | str], dict[str, np.ndarray | None], tuple[str, ...]]:

@@ -38,12 +38,12 @@ def _weights(rng, shape, w_scale_max):
         (rng.random(cout) * w_scale_max + 1e-4).astype(np.float32)
 
 
-def _check(model, seed):
+def _check(model, seed, kernels):
     rng = np.random.default_rng(seed)
     x = rng.integers(-128, 128, size=(3,) + tuple(model.input.shape)).astype(np.int8)
     expected = reference.run_batch(model, x)
     with tempfile.TemporaryDirectory() as tmp:
-        got = run_generated_forward(model, x, tmp)
+        got = run_generated_forward(model, x, tmp, kernels)
     assert np.array_equal(got, expected), f"{np.sum(got != expected)} elements differ"
 
 
@@ -61,7 +61,7 @@ def _build(fn):
        kind=st.sampled_from(["conv", "depthwise", "grouped", "pointwise"]), mult=st.integers(1, 3),
        qin=quant(), qout=quant(), act=act_range(), w_scale=st.floats(1e-4, 0.05), seed=st.integers(0, 2**16))
 def test_conv_variants_match_reference(h, w, cin, cout, k, kw, stride, dil, pad, pads, kind, mult, qin, qout, act,
-                                       w_scale, seed):
+                                       w_scale, seed, kernels):
     rng = np.random.default_rng(seed)
     groups = 1
     if kind == "pointwise":
@@ -82,13 +82,13 @@ def test_conv_variants_match_reference(h, w, cin, cout, k, kw, stride, dil, pad,
         m.layers[-1].act_min, m.layers[-1].act_max = act
         return b.build()
 
-    _check(_build(make), seed)
+    _check(_build(make), seed, kernels)
 
 
 @SETTINGS
 @given(n_in=st.integers(1, 300), n_out=st.integers(1, 40), qin=quant(), qout=quant(), act=act_range(),
        w_scale=st.floats(1e-4, 0.05), seed=st.integers(0, 2**16), spatial=st.booleans())
-def test_fully_connected_matches_reference(n_in, n_out, qin, qout, act, w_scale, seed, spatial):
+def test_fully_connected_matches_reference(n_in, n_out, qin, qout, act, w_scale, seed, spatial, kernels):
     rng = np.random.default_rng(seed)
     weight, bias, ws = _weights(rng, (n_out, n_in * (4 if spatial else 1)), w_scale)
 
@@ -98,13 +98,13 @@ def test_fully_connected_matches_reference(n_in, n_out, qin, qout, act, w_scale,
         b.model.layers[-1].act_min, b.model.layers[-1].act_max = act
         return b.build()
 
-    _check(_build(make), seed)
+    _check(_build(make), seed, kernels)
 
 
 @SETTINGS
 @given(h=st.integers(1, 10), w=st.integers(1, 10), c=st.integers(1, 6), qa=quant(), qb=quant(), qout=quant(),
        act=act_range(), seed=st.integers(0, 2**16))
-def test_add_matches_reference(h, w, c, qa, qb, qout, act, seed):
+def test_add_matches_reference(h, w, c, qa, qb, qout, act, seed, kernels):
     rng = np.random.default_rng(seed)
     wgt, bias, ws = _weights(rng, (c, 1, 1, c), 0.02)
 
@@ -115,14 +115,14 @@ def test_add_matches_reference(h, w, c, qa, qb, qout, act, seed):
         b.model.layers[-1].act_min, b.model.layers[-1].act_max = act
         return b.build()
 
-    _check(_build(make), seed)
+    _check(_build(make), seed, kernels)
 
 
 @SETTINGS
 @given(h=st.integers(1, 12), w=st.integers(1, 12), c=st.integers(1, 6), k=st.integers(1, 4), kw=st.integers(1, 4),
        stride=st.integers(1, 3), same=st.booleans(), is_max=st.booleans(), q=quant(), act=act_range(),
        seed=st.integers(0, 2**16), global_pool=st.booleans())
-def test_pooling_matches_reference(h, w, c, k, kw, stride, same, is_max, q, act, seed, global_pool):
+def test_pooling_matches_reference(h, w, c, k, kw, stride, same, is_max, q, act, seed, global_pool, kernels):
     assume(k <= h and kw <= w)
 
     def make():
@@ -134,4 +134,4 @@ def test_pooling_matches_reference(h, w, c, k, kw, stride, same, is_max, q, act,
         b.model.layers[-1].act_min, b.model.layers[-1].act_max = act
         return b.build()
 
-    _check(_build(make), seed)
+    _check(_build(make), seed, kernels)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cmsis_goldens import OPS, UnsupportedCase, case_names, golden_dir, load_case, missing_reason, run_reference
+from cmsis_goldens import (
+    OPS,
+    GoldenFormatError,
+    UnsupportedCase,
+    case_names,
+    golden_dir,
+    load_case,
+    missing_reason,
+    parse_arrays,
+    run_reference,
+)
 
 EXPECTED_CASES = 44
 
@@ -45,3 +55,20 @@ def test_all_cases_discovered_and_parsed():
     assert not unsupported, f"cases the int8 reference cannot run: {unsupported}"
     assert set(ops) == set(OPS), f"ops covered: {sorted(ops)}"
     assert sum(len(v) for v in ops.values()) == EXPECTED_CASES
+
+
+def test_header_parser_reads_null_pointers_and_aliases():
+    text = ("const int32_t *conv_biases = NULL;\n"
+            "const int8_t conv_weights[3] = {1, -2, 0x7f};\n"
+            "const int8_t *const conv_w = conv_weights;\n")
+    got = parse_arrays(text, "weights.h")
+    assert got["conv_biases"] is None and got["conv_w"] == "conv_weights"
+    assert got["conv_weights"].tolist() == [1, -2, 127]
+
+
+@pytest.mark.parametrize("decl", ["const int16_t **conv_bias = NULL;", "extern const int8_t conv_input[];",
+                                  "int8_t conv_input[2] = {1, 2};", "const int32_t *conv_bias = (int32_t *)0;"])
+def test_header_parser_names_a_declaration_it_cannot_read(decl):
+    with pytest.raises(GoldenFormatError, match="cannot read the declaration") as exc:
+        parse_arrays("const int8_t conv_ok[1] = {1};\n" + decl + "\n", "case/data.h")
+    assert "case/data.h" in str(exc.value) and decl.split("=")[0].split("[")[0].strip() in str(exc.value)

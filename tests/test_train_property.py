@@ -40,7 +40,7 @@ def _scheme(model, rng, r, names):
     return Scheme(layers)
 
 
-def _run(make, seed, r, trained, classes, momentum=0.0):
+def _run(make, seed, r, trained, classes, kernels, momentum=0.0):
     try:
         model = make()
     except ModelError:
@@ -51,7 +51,7 @@ def _run(make, seed, r, trained, classes, momentum=0.0):
     scheme = _scheme(model, rng, r, trained)
     config = TrainConfig(lr=float(rng.choice([0.001, 0.05, 0.5])), momentum=momentum,
                          lr_halve_every=int(rng.integers(0, 3)))
-    train_c_vs_reference(model, scheme, config, x, labels, STEPS)
+    train_c_vs_reference(model, scheme, config, x, labels, STEPS, kernels)
 
 
 def _head(b, x, rng, classes):
@@ -68,7 +68,7 @@ def _head(b, x, rng, classes):
        kind=st.sampled_from(["conv", "depthwise", "pointwise", "grouped"]), mult=st.integers(1, 2),
        r=st.sampled_from([1, 2, 4]), act=st.sampled_from(["none", "relu", "relu6"]), seed=st.integers(0, 2**16),
        two=st.booleans())
-def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, kind, mult, r, act, seed, two):
+def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, kind, mult, r, act, seed, two, kernels):
     rng = np.random.default_rng(seed)
     groups = 1
     if kind == "pointwise":
@@ -91,13 +91,13 @@ def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, k
         _head(b, x, rng, 5)
         return b.build()
 
-    _run(make, seed, r, {"below", "layer", "head"} if two else {"layer", "head"}, 5)
+    _run(make, seed, r, {"below", "layer", "head"} if two else {"layer", "head"}, 5, kernels)
 
 
 @SETTINGS
 @given(n=st.integers(1, 64), hidden=st.integers(1, 20), r=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16),
        momentum=st.sampled_from([0.0, 0.9]))
-def test_fully_connected_training_matches_reference(n, hidden, r, seed, momentum):
+def test_fully_connected_training_matches_reference(n, hidden, r, seed, momentum, kernels):
     rng = np.random.default_rng(seed)
 
     def make():
@@ -107,13 +107,13 @@ def test_fully_connected_training_matches_reference(n, hidden, r, seed, momentum
         _head(b, x, rng, 4)
         return b.build()
 
-    _run(make, seed, r, {"fc1", "head"}, 4, momentum)
+    _run(make, seed, r, {"fc1", "head"}, 4, kernels, momentum)
 
 
 @SETTINGS
 @given(h=st.integers(2, 8), w=st.integers(2, 8), c=st.integers(1, 6), pool_k=st.integers(1, 3),
        stride=st.integers(1, 2), same=st.booleans(), r=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16))
-def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stride, same, r, seed):
+def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stride, same, r, seed, kernels):
     rng = np.random.default_rng(seed)
     assume(pool_k <= h and pool_k <= w)
 
@@ -128,13 +128,13 @@ def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stri
         _head(b, z, rng, 3)
         return b.build()
 
-    _run(make, seed, r, {"stem", "branch", "head"}, 3)
+    _run(make, seed, r, {"stem", "branch", "head"}, 3, kernels)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(accumulate=st.integers(2, 4), momentum=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16),
        r=st.sampled_from([1, 2]))
-def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r):
+def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r, kernels):
     """Updates summed over B samples, applied every B-th step (with and without momentum)."""
     from tinygen.frontends.inputs import training_samples
     from tinygen.zoo.catalog import get_model
@@ -144,4 +144,4 @@ def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r):
     rng = np.random.default_rng(seed)
     config = TrainConfig(lr=0.05, momentum=momentum, accumulate=accumulate)
     trained = {layer.name for layer in model.layers if layer.op in ("conv2d", "fully_connected")}
-    train_c_vs_reference(model, _scheme(model, rng, r, trained), config, x, y, 9)
+    train_c_vs_reference(model, _scheme(model, rng, r, trained), config, x, y, 9, kernels)

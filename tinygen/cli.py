@@ -23,6 +23,7 @@ from tinygen.report import table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
+from tinygen.verify.runner import KERNEL_IMPLS
 from tinygen.verify.sim import format_report, simulate
 from tinygen.zoo.catalog import list_models
 from tinygen.zoo.resolve import resolve_model
@@ -213,17 +214,19 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
               help="Number of real inputs to compare.")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
               help="Training steps to compare (default 20 for a training build, 0 to skip).")
+@click.option("--kernels", type=click.Choice(list(KERNEL_IMPLS)), default="portable", show_default=True,
+              help="Kernel implementation the host build compiles.")
 @friendly
-def verify(build_dir, n_inputs, steps):
+def verify(build_dir, n_inputs, steps, kernels):
     """Compile BUILD_DIR's C for the host (-Werror, ASan+UBSan) and compare with the reference."""
 
-    r = verify_forward(build_dir, n_inputs)
+    r = verify_forward(build_dir, n_inputs, kernels)
     click.echo(f"verify: forward bit-exact: {r.elements} of {r.elements} output values equal on {r.source} "
                f"(host C built -std=c99 -Wall -Wextra -Werror, ASan+UBSan clean)")
     if steps is None:
         steps = 20 if "train" in read_manifest(build_dir) else 0
     if steps:
-        t = verify_training(build_dir, steps)
+        t = verify_training(build_dir, steps, kernels)
         q = [v / 65536 for v in t.losses]
         click.echo(f"verify: training bit-exact over {t.steps} steps on {t.source}: every loss, "
                    f"{t.gradient_values:,} step-1 gradient values, {t.param_bytes:,} bytes of trained parameters "
@@ -309,7 +312,7 @@ def bench_schemes(task, seeds, out):
     schemes(task, out, log=click.echo, seeds=seeds)
 
 
-# ---- firmware in an emulator (tinygen/sim.py) ----
+# ---- firmware in an emulator (tinygen/verify/sim.py, run by tinygen/verify/runner.py) ----
 @main.command()
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--emulator", type=click.Choice(["qemu", "renode"]), default="qemu", show_default=True,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from tinygen.codegen.project import read_manifest
 from tinygen.errors import MismatchError
@@ -15,8 +12,8 @@ from tinygen.frontends.inputs import onehot_targets, real_inputs, training_sampl
 from tinygen.ir.scheme import TrainConfig, load_scheme
 from tinygen.reference import forward as reference
 from tinygen.reference.training import Trainer
-from tinygen.targets.hostbuild import compile_host, run_host
-from tinygen.verify.host_training import build_host_trainer, compare, run_c_training
+from tinygen.verify.compare import compare_forward, compare_training, expect_training
+from tinygen.verify.runner import Program, run
 
 
 @dataclass
@@ -26,28 +23,15 @@ class VerifyResult:
     source: str
 
 
-def verify_forward(build_dir: Path, n_inputs: int = 8) -> VerifyResult:
+def verify_forward(build_dir: Path, n_inputs: int = 8, kernels: str = "portable") -> VerifyResult:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     model = modelfile.load(build_dir / manifest["model_file"])
     x, source = real_inputs(model, n_inputs)
-    expected = reference.run_batch(model, x)
-    binary = compile_host(sorted((build_dir / "src").glob("*.c")) + [build_dir / "host" / "main_host.c"],
-                          [build_dir / "src", build_dir / "cmsis_glue"], build_dir / "host" / "tg_host")
-    with tempfile.TemporaryDirectory() as tmp:
-        fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-        fin.write_bytes(x.tobytes())
-        run_host(binary, [str(fin), str(fout)])
-        got = np.frombuffer(fout.read_bytes(), dtype=np.int8)
-    if got.size != expected.size:
-        raise MismatchError(f"the generated C wrote {got.size} output values; the reference has {expected.size}")
-    got = got.reshape(expected.shape)
-    if not np.array_equal(got, expected):
-        bad = np.argwhere(got != expected)
-        i, j = bad[0][0], tuple(bad[0][1:])
-        raise MismatchError(f"{len(bad)} of {expected.size} outputs differ from the reference; first at input {i} "
-                            f"element {j}: C {got[(i, *j)]} vs reference {expected[(i, *j)]}")
-    return VerifyResult(len(x), int(expected.size), source)
+    program = Program(build_dir / "src", build_dir, "forward", kernels,
+                      include_dirs=(build_dir / "src", build_dir / "cmsis_glue"))
+    elements = compare_forward(run(program, "host-asan", x), reference.run_batch(model, x))
+    return VerifyResult(len(x), elements, source)
 
 
 @dataclass
@@ -67,7 +51,7 @@ def load_trainer(build_dir: Path, manifest: dict):
     return model, Trainer(model, scheme, TrainConfig.from_json(t["config"]))
 
 
-def verify_training(build_dir: Path, steps: int = 20) -> TrainVerifyResult:
+def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable") -> TrainVerifyResult:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     if "train" not in manifest:
@@ -77,10 +61,10 @@ def verify_training(build_dir: Path, steps: int = 20) -> TrainVerifyResult:
     if trainer.config.loss == "mse":
         y = onehot_targets(model, y)
         source += " (MSE targets: the one-hot label vector in the output's codes)"
-    binary = build_host_trainer(build_dir, build_dir / "src")
-    with tempfile.TemporaryDirectory() as tmp:
-        c = run_c_training(binary, x, y, steps, Path(tmp))
+    program = Program(build_dir / "src", build_dir, "train", kernels)
+    result = run(program, "host-asan", x, y, steps)
     t = manifest["train"]
-    summary = compare(c, trainer, x, y, steps, t["records"], t["params"])
+    expect = expect_training(trainer, x, y, [s % len(x) for s in range(steps)], t["params"], t["records"])
+    summary = compare_training(result, expect)
     return TrainVerifyResult(steps, summary["losses"], summary["gradient_values"], summary["param_bytes"],
                              summary["checksum"], source)

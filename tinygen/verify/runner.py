@@ -1,0 +1,366 @@
+"""The one runner: execute generated C on a target and return what it printed, parsed.
+
+Every path that runs generated code goes through here (`tinygen verify`, `tinygen sim`, the
+benchmarks' host training, the tests' harnesses), in the manner of microTVM's AOTTestRunner:
+a `Program` names the generated sources, the host harness that drives them (forward or
+training) and the kernel implementation; `run` builds it for a target and returns a
+`RunResult`; `tinygen.verify.compare` judges that against the NumPy reference.
+
+Targets: "host" (-O2, no sanitizers: benchmarks), "host-asan" (-O1, ASan+UBSan, -Werror:
+every comparison), "qemu" and "renode" (the firmware of a build directory, `run_firmware`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, hw_elf_name, qemu_args
+from tinygen.codegen.forward import environment
+from tinygen.errors import BuildError, TinygenError
+from tinygen.paths import data_dir
+from tinygen.targets.boards import load_board
+from tinygen.targets.hostbuild import compile_host, run_host
+
+HOST_TARGETS = ("host", "host-asan")
+EMULATORS = ("qemu", "renode")
+TARGETS = HOST_TARGETS + EMULATORS
+QEMU = "qemu-system-arm"
+RENODE = "renode"
+
+
+@dataclass(frozen=True)
+class KernelImpl:
+    """A kernel implementation: what the host build adds to compile it (flags, sources, include dirs)."""
+
+    name: str
+    cflags: tuple[str, ...] = ()
+    sources: tuple[Path, ...] = ()
+    include_dirs: tuple[Path, ...] = ()
+
+
+# The implementations every kernel test runs through (tests/conftest.py parametrizes over these keys).
+# "portable" is the templates' C99; an optimised set (e.g. "cmsis") registers here with its flags.
+KERNEL_IMPLS: dict[str, KernelImpl] = {"portable": KernelImpl("portable")}
+
+
+def kernel_impl(name: str) -> KernelImpl:
+    if name not in KERNEL_IMPLS:
+        raise TinygenError(f"unknown kernel implementation {name!r}; choose one of {', '.join(KERNEL_IMPLS)}")
+    return KERNEL_IMPLS[name]
+
+
+@dataclass
+class Program:
+    """Generated sources (`src/*.c`) driven by a host harness: "forward" (host/main_host.c.j2:
+    inputs in, outputs out) or "train" (host/train_host.c.j2: steps, records, parameters)."""
+
+    src: Path
+    workdir: Path
+    kind: str = "forward"
+    kernels: str = "portable"
+    include_dirs: tuple[Path, ...] = ()  # default: src and the project's cmsis_glue
+    record: bool = True  # training: print every step-1 gradient (-DTG_RECORD); off for fast runs
+
+    def binary(self, target: str) -> Path:
+        name = "tg_host" if self.kind == "forward" else "tg_train_host"
+        return Path(self.workdir) / "host" / (name if target == "host-asan" else f"{name}_fast")
+
+
+@dataclass
+class Run:
+    """What the firmware printed (`TG ...` lines of templates/firmware/main.c.j2), parsed."""
+
+    lines: list[str]
+    start: dict = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    params_crc: int | None = None
+    stack: dict = field(default_factory=dict)
+    done: dict | None = None
+    exit_status: int | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """Everything a run reported, in one shape for every target."""
+
+    target: str
+    outputs: list[np.ndarray | None] = field(default_factory=list)  # per sample, flat int8 (None: only a CRC)
+    crcs: list[int | None] = field(default_factory=list)  # per sample CRC-32 of its outputs (firmware)
+    losses: list[int] = field(default_factory=list)  # per training step, Q16
+    step_samples: list[int] = field(default_factory=list)  # the sample each training step used
+    grads: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # record id -> (exponent, values)
+    dw: dict[int, dict[int, int]] = field(default_factory=dict)  # record id -> {weight index: gradient}
+    params: dict[str, bytes] = field(default_factory=dict)  # trained parameters by C name
+    checksum: int | None = None  # FNV-1a (host) / firmware checksum of the trained parameters
+    preds: list[int] = field(default_factory=list)  # predicted class per test sample
+    counts: list[int] = field(default_factory=list)  # instructions/cycles per inference (emulators)
+    step_counts: list[int] = field(default_factory=list)  # instructions/cycles per training step
+    stack: dict = field(default_factory=dict)
+    exit_status: int | None = None
+    seconds: float = 0.0
+    firmware: Run | None = None  # the firmware's full parsed output (emulators)
+
+
+# ---------------------------------------------------------------------------
+# Host
+
+
+def _main_c(p: Program) -> Path:
+    template = "host/main_host.c.j2" if p.kind == "forward" else "host/train_host.c.j2"
+    main_c = Path(p.workdir) / "host" / ("main_host.c" if p.kind == "forward" else "train_host.c")
+    main_c.parent.mkdir(parents=True, exist_ok=True)
+    main_c.write_text(environment().get_template(template).render())
+    return main_c
+
+
+def compile_program(p: Program, target: str = "host-asan") -> Path:
+    """Build the host binary of `p` for a host target; returns its path."""
+    if target not in HOST_TARGETS:
+        raise TinygenError(f"{target!r} is not a host target; choose one of {', '.join(HOST_TARGETS)}")
+    if p.kind not in ("forward", "train"):
+        raise TinygenError(f"unknown program kind {p.kind!r}; choose forward or train")
+    impl = kernel_impl(p.kernels)
+    src = Path(p.src)
+    includes = list(p.include_dirs or (src, data_dir("cmsis_glue"))) + list(impl.include_dirs)
+    extra = list(impl.cflags) + (["-DTG_RECORD"] if p.kind == "train" and p.record and target == "host-asan" else [])
+    sources = sorted(src.glob("*.c")) + list(impl.sources) + [_main_c(p)]
+    return compile_host(sources, includes, p.binary(target), extra=extra, fast=target == "host")
+
+
+def compile_programs(programs: list[Program], target: str = "host-asan", jobs: int | None = None) -> list[Path]:
+    """Build many programs at once (one compiler process per program, `jobs` at a time)."""
+    jobs = jobs or min(len(programs), os.cpu_count() or 1) or 1
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda p: compile_program(p, target), programs))
+
+
+def write_samples(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
+    """The training harness's sample file: int8 input, then an int32 class (cross-entropy) or int8 targets (MSE)."""
+    with open(path, "wb") as f:
+        for xi, yi in zip(x, labels, strict=True):
+            f.write(np.ascontiguousarray(xi, dtype=np.int8).tobytes())
+            yi = np.asarray(yi)
+            f.write(yi.astype(np.int8).tobytes() if yi.ndim else np.int32(yi).astype("<i4").tobytes())
+
+
+def parse_training(text: str, result: RunResult) -> RunResult:
+    """The training harness's lines: `loss`, `grad`, `rec`, `param` (hex on the next line), `checksum`, `pred`."""
+    lines = text.splitlines()
+    k = 0
+    while k < len(lines):
+        parts = lines[k].split()
+        if not parts:
+            pass
+        elif parts[0] == "loss":
+            result.losses.append(int(parts[2]))
+        elif parts[0] == "grad":
+            result.grads[int(parts[1])] = (int(parts[2]), np.array(parts[4:], dtype=np.int64))
+        elif parts[0] == "rec":
+            result.dw.setdefault(int(parts[1]), {})[int(parts[2])] = int(parts[3])
+        elif parts[0] == "param":
+            k += 1
+            result.params[parts[1]] = bytes.fromhex(lines[k]) if k < len(lines) and int(parts[2]) else b""
+        elif parts[0] == "checksum":
+            result.checksum = int(parts[1])
+        elif parts[0] == "pred":
+            result.preds.append(int(parts[1]))
+        k += 1
+    return result
+
+
+def run(p: Program, target: str = "host-asan", x: np.ndarray | None = None, labels: np.ndarray | None = None,
+        steps: int = 0, x_test: np.ndarray | None = None, binary: Path | None = None) -> RunResult:
+    """Build (unless `binary` is given) and run `p` on a host target.
+
+    forward: every input of `x` -> `outputs`. train: `steps` steps on (x[s % len(x)], labels[...]) in order,
+    then (with `x_test`) the predicted class of every test sample."""
+    binary = binary or compile_program(p, target)
+    work = Path(p.workdir)
+    result = RunResult(target)
+    t0 = time.monotonic()
+    if p.kind == "forward":
+        fin, fout = work / "in.bin", work / "out.bin"
+        x = np.ascontiguousarray(x, dtype=np.int8)
+        fin.write_bytes(x.tobytes())
+        run_host(binary, [str(fin), str(fout)])
+        got = np.frombuffer(fout.read_bytes(), dtype=np.int8)
+        n = len(x)
+        per = got.size // n if n and got.size % n == 0 else None
+        result.outputs = [got[i * per:(i + 1) * per] for i in range(n)] if per is not None else [got]
+    else:
+        samples, out = work / "samples.bin", work / "train_out.txt"
+        write_samples(samples, x, labels)
+        args = [str(samples), str(steps), str(out)]
+        if x_test is not None:
+            write_samples(work / "test.bin", x_test, np.zeros(len(x_test), dtype=np.int32))
+            args.append(str(work / "test.bin"))
+        run_host(binary, args, timeout=1800)
+        parse_training(out.read_text(), result)
+        result.step_samples = [s % len(x) for s in range(len(result.losses))]
+    result.exit_status = 0
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Emulators: the firmware of a build directory
+
+_KV = re.compile(r"(\w+)=(\S+)")
+
+
+def _kv(text: str) -> dict:
+    return {k: v for k, v in _KV.findall(text)}
+
+
+def _num(v: str) -> int:
+    return int(v, 16) if v.startswith("0x") else int(v)
+
+
+def parse_output(text: str) -> Run:
+    """Parse the firmware's `TG ...` lines (other lines, e.g. QEMU's own messages, are kept but ignored)."""
+    lines = [ln.rstrip("\r") for ln in text.splitlines()]
+    fw = Run(lines)
+    for ln in lines:
+        if not ln.startswith("TG "):
+            continue
+        words = ln.split()
+        kind = words[1] if len(words) > 1 else ""
+        kv = _kv(ln)
+        if kind == "start":
+            fw.start = kv
+        elif kind == "sample" and len(words) > 2 and words[2].isdigit():
+            s = {"index": int(words[2]), "label": int(kv.get("label", "-1")), "crc": _num(kv.get("crc", "0x0")),
+                 "ok": kv.get("ok") == "1", "count": _num(kv.get("instr", kv.get("cycles", "0")))}
+            if "out" in kv:
+                s["out"] = [int(v) for v in kv["out"].split(",")]
+            fw.samples.append(s)
+        elif kind == "step" and len(words) > 2 and words[2].isdigit():
+            fw.steps.append({"index": int(words[2]), "sample": int(kv.get("sample", "-1")),
+                             "label": int(kv.get("label", "-1")), "loss": int(kv.get("loss", "0")),
+                             "count": _num(kv.get("instr", kv.get("cycles", "0")))})
+        elif kind == "params" and ("checksum" in kv or "crc" in kv):
+            fw.params_crc = _num(kv.get("checksum", kv.get("crc", "0")))
+        elif kind == "stack":
+            fw.stack = {k: int(v) for k, v in kv.items()}
+        elif kind == "done":
+            fw.done = kv
+        elif kind == "exit" and len(words) > 2:
+            fw.exit_status = int(words[2])
+        elif kind == "FAIL":
+            fw.failures.append(ln[len("TG FAIL "):])
+    return fw
+
+
+def firmware_result(fw: Run, target: str, code: int | None, seconds: float) -> RunResult:
+    """A parsed firmware run as a RunResult (outputs are None where the firmware printed only a CRC)."""
+    samples = sorted(fw.samples, key=lambda s: s["index"])
+    return RunResult(
+        target,
+        outputs=[np.array(s["out"], dtype=np.int64) if "out" in s else None for s in samples],
+        crcs=[s["crc"] for s in samples], losses=[s["loss"] for s in fw.steps],
+        step_samples=[s["sample"] for s in fw.steps], checksum=fw.params_crc, counts=[s["count"] for s in samples],
+        step_counts=[s["count"] for s in fw.steps], stack=fw.stack, exit_status=code, seconds=seconds, firmware=fw)
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:]) if lines else "(no output)"
+
+
+def _qemu_run(elf: Path, args: list[str], timeout: float) -> tuple[str, int | None, float]:
+    """Run QEMU; returns (stdout + stderr, exit code or None on timeout, wall seconds)."""
+    if shutil.which(QEMU) is None:
+        raise BuildError(f"{QEMU} is not on PATH; install it (Debian: apt-get install qemu-system-arm) to simulate")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([QEMU, *args, "-kernel", str(elf)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        code = None
+    return out + err, code, time.monotonic() - t0
+
+
+def _renode_run(fw: Path, resc: Path, timeout: float) -> tuple[str, int | None, float]:
+    """Run the .resc headless; poll the UART file backend until `TG exit`, then stop Renode."""
+    log = fw / "renode_uart.log"
+    for stale in fw.glob("renode_uart.log*"):
+        stale.unlink()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([RENODE, "--disable-gui", "--plain", str(resc)], cwd=fw,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    code = None
+    try:
+        while time.monotonic() - t0 < timeout:
+            text = log.read_text(errors="replace") if log.is_file() else ""
+            m = re.search(r"^TG exit (-?\d+)\s*$", text, re.M)
+            if m:
+                code = int(m.group(1))
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return text, code, time.monotonic() - t0
+
+
+def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
+                 timeout: float = 120.0) -> tuple[RunResult, str]:
+    """Run a build's firmware under QEMU or Renode until it exits; returns (result, machine description).
+
+    Raises BuildError when the firmware fails, hangs or stops before its final line; whether its numbers are
+    right is `tinygen.verify.compare`'s question."""
+    fw = Path(build_dir) / FW_DIR
+    board = load_board(board_name)
+    if emulator == "qemu":
+        elf = fw / "build" / QEMU_ELF
+        if not elf.is_file():
+            raise BuildError(f"{elf} does not exist: the firmware was not compiled (arm-none-eabi-gcc was missing "
+                             f"at build time); run `make -C {fw} qemu` or rebuild")
+        text, code, secs = _qemu_run(elf, qemu_args(board), timeout)
+        machine = f"QEMU {board.qemu['machine']}"
+    elif emulator == "renode":
+        if shutil.which(RENODE) is None:
+            raise TinygenError(f"{RENODE} is not on PATH; install Renode (https://renode.io) or simulate with "
+                               "--emulator qemu")
+        elf = fw / "build" / hw_elf_name(board)
+        if not elf.is_file():
+            raise BuildError(f"{elf} does not exist: the firmware was not compiled; run `make -C {fw} firmware`")
+        text, code, secs = _renode_run(fw, fw / f"{board.name}.resc", timeout)
+        machine = f"Renode {board.renode['platform']}"
+    else:
+        raise TinygenError(f"unknown emulator {emulator!r}; choose qemu or renode")
+    fwrun = parse_output(text)
+    if fwrun.failures:
+        raise BuildError(f"the firmware failed under {machine}: {fwrun.failures[0]}")
+    if code is None:
+        raise BuildError(f"the firmware did not finish under {machine} within {timeout:g} s (last output: "
+                         f"{_last_lines(text)}); raise --timeout if the model is large")
+    if fwrun.done is None:
+        raise BuildError(f"the firmware stopped under {machine} with status {code} before its final line "
+                         f"(last output: {_last_lines(text)})")
+    return firmware_result(fwrun, emulator, code, secs), machine
+
+
+def last_lines(result: RunResult, n: int = 3) -> str:
+    return _last_lines("\n".join(result.firmware.lines) if result.firmware else "", n)
