@@ -92,7 +92,7 @@ TG_CHECK_OFFSET(TG_SCB_Type, CPACR, 0x88);
 /* Cache maintenance operations (write-only, Cortex-M7 TRM 4.1.x): 0xE000EF50.. */
 #define TG_SCB_ICIALLU (*(volatile uint32_t *)0xE000EF50UL) /* invalidate all I-cache to PoU */
 #define TG_SCB_DCISW   (*(volatile uint32_t *)0xE000EF60UL) /* invalidate D-cache by set/way */
-#define TG_SCB_DCCISW  (*(volatile uint32_t *)0xE000EF74UL) /* clean+invalidate D-cache by set/way */
+#define TG_SCB_DCCISW  (*(volatile uint32_t *)0xE000EF74UL) /* clean+invalidate by set/way */
 
 /* Floating-point context control (B3.2.21) */
 #define TG_FPU_FPCCR (*(volatile uint32_t *)0xE000EF34UL)
@@ -123,7 +123,7 @@ typedef struct {
 } TG_DWT_Type;
 #define TG_DWT_BASE           0xE0001000UL
 #define TG_DWT                ((TG_DWT_Type *)TG_DWT_BASE)
-#define TG_DWT_LAR            (*(volatile uint32_t *)0xE0001FB0UL) /* lock access (M7): write 0xC5ACCE55 */
+#define TG_DWT_LAR            (*(volatile uint32_t *)0xE0001FB0UL) /* M7 lock: write 0xC5ACCE55 */
 #define TG_DWT_CTRL_CYCCNTENA (1UL << 0)
 #define TG_DWT_CTRL_NOCYCCNT  (1UL << 25)
 #define TG_COREDEBUG_DEMCR    (*(volatile uint32_t *)0xE000EDFCUL)

@@ -98,7 +98,8 @@ static void tg_driver_drain(void)
 static void tg_driver_init(void)
 {
 #if defined(TG_CONSOLE_RCC_REG)
-    /* Clock the USART and the TX pin's GPIO port, route the pin to the USART (alternate function). */
+    /* Clock the USART and the TX pin's GPIO port, route the pin to the USART (its alternate
+     * function). */
     *(volatile uint32_t *)(uintptr_t)TG_CONSOLE_RCC_REG |= (1UL << TG_CONSOLE_RCC_BIT);
     *(volatile uint32_t *)(uintptr_t)TG_CONSOLE_GPIO_RCC_REG |= (1UL << TG_CONSOLE_GPIO_RCC_BIT);
     tg_dsb();

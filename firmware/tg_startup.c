@@ -134,7 +134,8 @@ static void tg_enable_caches(void)
      * fault. */
 #if !defined(TG_TEST_FORCE_CACHES)
     if ((TG_SCB->CLIDR & TG_CLIDR_CTYPE1_MASK) == 0U) {
-        return; /* no L1 cache reported: QEMU 7.2's Cortex-M7 reads CLIDR = 0 (caches not modelled) */
+        /* No L1 cache reported: QEMU 7.2's Cortex-M7 reads CLIDR = 0 (caches not modelled). */
+        return;
     }
 #endif
     /* I-cache: invalidate all, then enable. */
@@ -183,15 +184,20 @@ static void tg_enable_stack_guard(void)
     tg_isb();
 }
 
+#if defined(TG_BOARD_EARLY_INIT)
+static void tg_set_bits(uint32_t address, uint32_t bits)
+{
+    *(volatile uint32_t *)(uintptr_t)address |= bits;
+}
+#endif
+
 /* Board bring-up that must precede memory initialisation (tg_board.h, real boards only): e.g. the
- * STM32H743's D2 SRAM1-3 banks are unclocked at reset. Pairs of {register address, bits to set}. */
+ * STM32H743's D2 SRAM1-3 banks are unclocked at reset. TG_BOARD_EARLY_INIT(set_bits) expands to
+ * one set_bits(register address, bits) call per write the board file lists. */
 static void tg_board_early_init(void)
 {
 #if defined(TG_BOARD_EARLY_INIT)
-    static const uint32_t writes[][2] = TG_BOARD_EARLY_INIT;
-    for (uint32_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
-        *(volatile uint32_t *)(uintptr_t)writes[i][0] |= writes[i][1];
-    }
+    TG_BOARD_EARLY_INIT(tg_set_bits);
     tg_dsb();
 #endif
 }
