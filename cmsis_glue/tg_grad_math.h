@@ -20,10 +20,10 @@
 #ifdef TG_RECORD
 void tg_record_i64(int32_t id, int32_t index, int64_t value);
 void tg_record_grad(int32_t id, const int16_t *g, int32_t n, int32_t e);
-#define TG_RECORD_I64(id, i, v) tg_record_i64((id), (i), (v))
+#define TG_RECORD_I64(id, i, v)     tg_record_i64((id), (i), (v))
 #define TG_RECORD_GRAD(id, g, n, e) tg_record_grad((id), (g), (n), (e))
 #else
-#define TG_RECORD_I64(id, i, v) ((void)(i), (void)(v))
+#define TG_RECORD_I64(id, i, v)     ((void)(i), (void)(v))
 #define TG_RECORD_GRAD(id, g, n, e) ((void)0)
 #endif
 #define TG_SAT62 ((int64_t)1 << 62)
@@ -90,8 +90,8 @@ TG_INLINE void tg_mask_put(uint8_t *mask, int32_t i, int32_t bit)
 }
 
 /* out = normalize16(align(a, ea) + align(b, eb)); in place on a or b is safe. */
-static inline void tg_grad_align_add(const int16_t *a, int32_t ea, const int16_t *b, int32_t eb, int16_t *out,
-                                     int32_t *eout, int32_t n)
+static inline void tg_grad_align_add(const int16_t *a, int32_t ea, const int16_t *b, int32_t eb,
+                                     int16_t *out, int32_t *eout, int32_t n)
 {
     const int32_t e = ea > eb ? ea : eb;
     int64_t big = 0;

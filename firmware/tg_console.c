@@ -29,16 +29,17 @@ static char tg_line[TG_LINE_MAX + 1];
 static uint32_t tg_line_len;
 
 #if defined(TG_CONSOLE_CMSDK_UART)
-#define CMSDK_DATA 0x00U
-#define CMSDK_STATE 0x04U
-#define CMSDK_CTRL 0x08U
-#define CMSDK_BAUDDIV 0x10U
+#define CMSDK_DATA         0x00U
+#define CMSDK_STATE        0x04U
+#define CMSDK_CTRL         0x08U
+#define CMSDK_BAUDDIV      0x10U
 #define CMSDK_STATE_TXFULL (1U << 0)
-#define CMSDK_CTRL_TXEN (1U << 0)
+#define CMSDK_CTRL_TXEN    (1U << 0)
+#define CMSDK_BAUDDIV_MIN  16U /* the smallest divider the TRM allows; QEMU ignores the rate */
 
 static void tg_driver_init(void)
 {
-    TG_REG(CMSDK_BAUDDIV) = 16U;
+    TG_REG(CMSDK_BAUDDIV) = CMSDK_BAUDDIV_MIN;
     TG_REG(CMSDK_CTRL) = CMSDK_CTRL_TXEN;
 }
 
@@ -58,6 +59,8 @@ static void tg_driver_drain(void)
 }
 
 #elif defined(TG_CONSOLE_SEMIHOST)
+#define SEMIHOST_SYS_WRITE0 0x04U /* write a NUL-terminated string to the debug console */
+
 static void tg_driver_init(void)
 {
 }
@@ -65,7 +68,7 @@ static void tg_driver_init(void)
 static void tg_driver_write(const char *s, uint32_t n)
 {
     (void)n; /* tg_line is NUL-terminated by the caller */
-    (void)tg_semihost_call(0x04U, s); /* SYS_WRITE0 */
+    (void)tg_semihost_call(SEMIHOST_SYS_WRITE0, s);
 }
 
 static void tg_driver_drain(void)
@@ -73,28 +76,41 @@ static void tg_driver_drain(void)
 }
 
 #elif defined(TG_CONSOLE_STM32_USART)
-#define USART_CR1 0x00U
-#define USART_BRR 0x0CU
-#define USART_ISR 0x1CU
-#define USART_TDR 0x28U
-#define USART_CR1_UE (1U << 0)
-#define USART_CR1_TE (1U << 3)
-#define USART_ISR_TC (1U << 6)
-#define USART_ISR_TXE (1U << 7)
+#define USART_CR1           0x00U
+#define USART_BRR           0x0CU
+#define USART_ISR           0x1CU
+#define USART_TDR           0x28U
+#define USART_CR1_UE        (1U << 0)
+#define USART_CR1_TE        (1U << 3)
+#define USART_ISR_TC        (1U << 6)
+#define USART_ISR_TXE       (1U << 7)
+/* GPIO port registers (RM0385/RM0433 GPIO chapter): 2 mode bits and 4 AF bits per pin. */
+#define GPIO_MODER          0x00U
+#define GPIO_AFRL           0x20U /* alternate function of pins 0..7 */
+#define GPIO_AFRH           0x24U /* alternate function of pins 8..15 */
+#define GPIO_PINS_PER_AFR   8U
+#define GPIO_AF_BITS        4U
+#define GPIO_AF_MASK        0xFUL
+#define GPIO_MODE_BITS      2U
+#define GPIO_MODE_MASK      3UL
+#define GPIO_MODE_ALTERNATE 2UL
 
 static void tg_driver_init(void)
 {
 #if defined(TG_CONSOLE_RCC_REG)
-    /* Clock the USART and the TX pin's GPIO port, route the pin to the USART (alternate function). */
+    /* Clock the USART and the TX pin's GPIO port, route the pin to the USART (its alternate
+     * function). */
     *(volatile uint32_t *)(uintptr_t)TG_CONSOLE_RCC_REG |= (1UL << TG_CONSOLE_RCC_BIT);
     *(volatile uint32_t *)(uintptr_t)TG_CONSOLE_GPIO_RCC_REG |= (1UL << TG_CONSOLE_GPIO_RCC_BIT);
     tg_dsb();
-    volatile uint32_t *moder = (volatile uint32_t *)(uintptr_t)(TG_CONSOLE_GPIO_BASE + 0x00U);
-    volatile uint32_t *afr = (volatile uint32_t *)(uintptr_t)(TG_CONSOLE_GPIO_BASE + (TG_CONSOLE_TX_PIN < 8 ? 0x20U : 0x24U));
     const uint32_t pin = TG_CONSOLE_TX_PIN;
-    const uint32_t af_shift = (pin & 7U) * 4U;
-    *afr = (*afr & ~(0xFUL << af_shift)) | ((uint32_t)TG_CONSOLE_TX_AF << af_shift);
-    *moder = (*moder & ~(3UL << (pin * 2U))) | (2UL << (pin * 2U));
+    const uint32_t afr_offset = pin < GPIO_PINS_PER_AFR ? GPIO_AFRL : GPIO_AFRH;
+    volatile uint32_t *moder = (volatile uint32_t *)(uintptr_t)(TG_CONSOLE_GPIO_BASE + GPIO_MODER);
+    volatile uint32_t *afr = (volatile uint32_t *)(uintptr_t)(TG_CONSOLE_GPIO_BASE + afr_offset);
+    const uint32_t af_shift = (pin % GPIO_PINS_PER_AFR) * GPIO_AF_BITS;
+    const uint32_t mode_shift = pin * GPIO_MODE_BITS;
+    *afr = (*afr & ~(GPIO_AF_MASK << af_shift)) | ((uint32_t)TG_CONSOLE_TX_AF << af_shift);
+    *moder = (*moder & ~(GPIO_MODE_MASK << mode_shift)) | (GPIO_MODE_ALTERNATE << mode_shift);
 #endif
     TG_REG(USART_CR1) = 0U;
     TG_REG(USART_BRR) = TG_CONSOLE_BRR;
@@ -118,22 +134,23 @@ static void tg_driver_drain(void)
 
 #elif defined(TG_CONSOLE_NRF_UARTE)
 #define UARTE_TASKS_STARTTX 0x008U
-#define UARTE_EVENTS_ENDTX 0x120U
-#define UARTE_ENABLE 0x500U
-#define UARTE_PSEL_TXD 0x50CU
-#define UARTE_BAUDRATE 0x524U
-#define UARTE_TXD_PTR 0x544U
-#define UARTE_TXD_MAXCNT 0x548U
-#define UARTE_CONFIG 0x56CU
-#define UARTE_ENABLE_UARTE 8U
-#define UARTE_BAUD_115200 0x01D7E000U
+#define UARTE_EVENTS_ENDTX  0x120U
+#define UARTE_ENABLE        0x500U
+#define UARTE_PSEL_TXD      0x50CU
+#define UARTE_BAUDRATE      0x524U
+#define UARTE_TXD_PTR       0x544U
+#define UARTE_TXD_MAXCNT    0x548U
+#define UARTE_CONFIG        0x56CU
+#define UARTE_ENABLE_UARTE  8U
+#define UARTE_BAUD_115200   0x01D7E000U
+#define UARTE_CONFIG_8N1    0U /* no parity, one stop bit, no flow control */
 
 static void tg_driver_init(void)
 {
     TG_REG(UARTE_ENABLE) = 0U;
     TG_REG(UARTE_PSEL_TXD) = TG_CONSOLE_TX_PIN;
     TG_REG(UARTE_BAUDRATE) = UARTE_BAUD_115200;
-    TG_REG(UARTE_CONFIG) = 0U;
+    TG_REG(UARTE_CONFIG) = UARTE_CONFIG_8N1;
     TG_REG(UARTE_ENABLE) = UARTE_ENABLE_UARTE;
 }
 
@@ -194,7 +211,7 @@ void tg_puts(const char *s)
 
 void tg_put_u64(uint64_t v)
 {
-    char digits[20];
+    char digits[20]; /* UINT64_MAX has 20 decimal digits */
     uint32_t n = 0;
     do {
         digits[n++] = (char)('0' + (int)(v % 10U));

@@ -13,7 +13,7 @@
 #include "tg_runtime.h"
 #include "tg_runtime_internal.h"
 
-#define TG_SYS_EXIT_EXTENDED 0x20U
+#define TG_SYS_EXIT_EXTENDED            0x20U
 #define TG_ADP_STOPPED_APPLICATION_EXIT 0x20026U
 
 uint32_t tg_semihost_call(uint32_t op, const void *arg)

@@ -22,11 +22,15 @@
 
 #include "tg_board.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Exit statuses (QEMU returns them as its own exit code). */
-#define TG_EXIT_OK 0
-#define TG_EXIT_MISMATCH 1        /* outputs differ from the expected ones embedded at build time */
-#define TG_EXIT_FAULT 3           /* a HardFault/MemManage/BusFault/UsageFault */
-#define TG_EXIT_STACK_OVERFLOW 4  /* the stack ran into its guard */
+#define TG_EXIT_OK             0
+#define TG_EXIT_MISMATCH       1 /* outputs differ from the expected ones embedded at build time */
+#define TG_EXIT_FAULT          3 /* a HardFault/MemManage/BusFault/UsageFault */
+#define TG_EXIT_STACK_OVERFLOW 4 /* the stack ran into its guard */
 
 /* ---- console: buffered, flushed at every newline --------------------------------- */
 void tg_console_init(void);
@@ -41,14 +45,15 @@ void tg_console_flush(void);
 /* ---- instruction / cycle counter --------------------------------------------------- */
 /* TG_COUNTER_NAME is "instr" (QEMU, SysTick under -icount) or "cycles" (DWT CYCCNT). */
 void tg_counter_init(void);
-void tg_counter_start(void);      /* zero the counter */
+void tg_counter_start(void);       /* zero the counter */
 uint64_t tg_counter_elapsed(void); /* instructions or cycles since tg_counter_start() */
 
 /* ---- stack: painted at reset, guard below it (MPU no-access region) ------------------ */
-uint32_t tg_stack_size(void);      /* usable bytes (guard excluded) */
-uint32_t tg_stack_used(void);      /* high-water mark in bytes */
-int tg_stack_overflowed(void);     /* 1 when the lowest stack words or the guard were written */
-void tg_stack_check_or_fail(void); /* prints "TG FAIL stack overflow ..." and exits 4 if overflowed */
+uint32_t tg_stack_size(void);  /* usable bytes (guard excluded) */
+uint32_t tg_stack_used(void);  /* high-water mark in bytes */
+int tg_stack_overflowed(void); /* 1 when the lowest stack words or the guard were written */
+void tg_stack_check_or_fail(
+    void); /* prints "TG FAIL stack overflow ..." and exits 4 if overflowed */
 
 /* ---- checksums ------------------------------------------------------------------------ */
 /* CRC-32 (IEEE 802.3, reflected, = zlib.crc32): pass 0 to start, the previous value to continue. */
@@ -58,5 +63,9 @@ uint32_t tg_crc32(uint32_t crc, const void *data, size_t len);
 /* Prints "TG exit <status>", then: QEMU -> semihosting exit with `status`;
  * hardware/Renode -> interrupts off, wfi forever. */
 void tg_exit(int status) __attribute__((noreturn));
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* TG_RUNTIME_H */

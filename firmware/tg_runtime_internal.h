@@ -6,6 +6,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Stack layout, from the linker script:
  *   __tg_stack_guard_start .. __tg_stack_limit   guard (MPU no access), TG_STACK_GUARD_BYTES
  *   __tg_stack_limit       .. __tg_stack_top     the stack, grows down from __tg_stack_top */
@@ -13,8 +17,8 @@ extern uint32_t __tg_stack_guard_start[];
 extern uint32_t __tg_stack_limit[];
 extern uint32_t __tg_stack_top[];
 
-#define TG_STACK_PAINT 0xC5C5C5C5
-#define TG_STACK_GUARD_LOG2 8
+#define TG_STACK_PAINT       0xC5C5C5C5
+#define TG_STACK_GUARD_LOG2  8
 #define TG_STACK_GUARD_BYTES (1U << TG_STACK_GUARD_LOG2)
 
 void tg_systick_handler(void);
@@ -22,5 +26,9 @@ void tg_systick_handler(void);
 /* Arm semihosting call (bkpt 0xAB): op in r0, argument block pointer in r1. Only
  * meaningful under an emulator or debugger that services semihosting. */
 uint32_t tg_semihost_call(uint32_t op, const void *arg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* TG_RUNTIME_INTERNAL_H */

@@ -39,7 +39,8 @@ int tg_stack_overflowed(void)
     TG_MPU->CTRL = 0U; /* the guard is no-access while the MPU is on */
     tg_dsb();
     tg_isb();
-    for (const volatile uint32_t *p = __tg_stack_guard_start; p < __tg_stack_limit + TG_STACK_LOW_WORDS; p++) {
+    for (const volatile uint32_t *p = __tg_stack_guard_start;
+         p < __tg_stack_limit + TG_STACK_LOW_WORDS; p++) {
         if (*p != TG_STACK_PAINT) {
             overflow = 1;
         }

@@ -26,9 +26,11 @@ from tinygen.codegen import firmware
 from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import write_project
 from tinygen.errors import BuildError, MismatchError, TinygenError
+from tinygen.frontends import datasets
+from tinygen.frontends.inputs import quantize
 from tinygen.ir.builder import ModelBuilder
 from tinygen.targets.armbuild import LinkOverflowError
-from tinygen.targets.boards import Region, load_board
+from tinygen.targets.boards import Region, RegWrite, load_board, load_board_file
 from tinygen.verify import sim
 
 HAVE_GCC = shutil.which("arm-none-eabi-gcc") is not None
@@ -399,3 +401,97 @@ def test_missing_elf_is_explained(builds, tmp_path):
     (build / "firmware" / "build" / firmware.QEMU_ELF).unlink()
     with pytest.raises(BuildError, match="was not compiled"):
         sim.simulate(build)
+
+
+# ---- board files, embedded labels, the emitted C -------------------------------------------------------------------
+
+def test_forward_build_embeds_the_labels_of_its_own_images(model, builds):
+    """Each label embedded in a forward-only build is the data set's label of the image embedded beside it."""
+    x_all, y_all = datasets.load_digits()
+    q_all = quantize(x_all.reshape((len(x_all),) + tuple(model.input.shape)), model.input)
+    for name, build in builds.items():
+        s = np.load(build / "firmware" / "samples.npz")
+        assert len(s["x"]) == len(s["labels"]) > 1
+        for xi, label in zip(s["x"], s["labels"], strict=True):
+            same = np.flatnonzero((q_all == xi).reshape(len(q_all), -1).all(axis=1))
+            assert len(same) > 0, name
+            assert set(y_all[same].tolist()) == {int(label)}, (name, label, y_all[same])
+        c = (build / "firmware" / "tg_dataset.c").read_text()
+        body = re.search(r"tg_samples_label\[\d+\] = \{([^}]*)\}", c).group(1)
+        assert [int(v) for v in body.replace(",", " ").split()] == s["labels"].tolist(), name
+
+
+def _emitted_c(build: Path) -> list[Path]:
+    fw = build / "firmware"
+    return [fw / "main.c", fw / "tg_board.h", fw / "tg_dataset.h", fw / "tg_dataset.c",
+            *sorted((fw / "runtime").glob("*.[ch]")), *sorted((build / "cmsis_glue").glob("*.h"))]
+
+
+@pytest.mark.skipif(shutil.which("clang-format") is None, reason="clang-format is not on PATH "
+                    "(apt-get install clang-format)")
+@pytest.mark.parametrize("which", ["main.c", "tg_board.h", "tg_dataset.h", "tg_dataset.c", "runtime", "cmsis_glue"])
+def test_emitted_firmware_c_is_clang_format_clean(builds, which):
+    """Every C file a build's firmware/ holds (and the cmsis_glue headers it includes) is as clang-format
+    formats it with the committed .clang-format, with no line over 100 characters."""
+    style = f"--style=file:{Path(__file__).resolve().parents[1] / '.clang-format'}"
+    for build in builds.values():
+        for f in _emitted_c(build):
+            if which not in (f.name, f.parent.name):
+                continue
+            long = [i + 1 for i, line in enumerate(f.read_text().splitlines()) if len(line) > 100]
+            assert not long, f"{f}: lines {long} are over 100 characters"
+            r = subprocess.run(["clang-format", "--dry-run", "--Werror", style, str(f)], capture_output=True,
+                               text=True)
+            assert r.returncode == 0, f"{f} is not clang-format clean:\n{r.stderr[:2000]}"
+
+
+def test_headers_have_extern_c_guards(builds):
+    fw = builds["stm32f746"] / "firmware"
+    for f in ("tg_board.h", "tg_dataset.h", "runtime/tg_runtime.h", "runtime/tg_runtime_internal.h"):
+        assert 'extern "C" {' in (fw / f).read_text(), f
+
+
+def test_board_facts_come_from_the_board_file(builds):
+    h7 = (builds["stm32h743"] / "firmware" / "tg_board.h").read_text()
+    assert "#define TG_BOARD_EARLY_INIT(set_bits) set_bits(0x580244DCUL, 0xE0000000UL)" in h7
+    assert re.search(r"#define TG_CONSOLE_RCC_REG\s+0x580244E8UL", h7)
+    assert "TG_BOARD_EARLY_INIT" not in (builds["stm32f746"] / "firmware" / "tg_board.h").read_text()
+    assert re.search(r"#define TG_CONSOLE_TX_PIN\s+6U", (builds["nrf52840"] / "firmware" / "tg_board.h").read_text())
+    resc = (builds["stm32h743"] / "firmware" / "stm32h743.resc").read_text()
+    assert all(line in resc for line in load_board("stm32h743").renode["checked"])
+
+
+@pytest.mark.skipif(shutil.which("clang-format") is None, reason="clang-format is not on PATH")
+def test_several_early_init_writes_render_clean(model, tmp_path):
+    h7 = load_board("stm32h743")
+    board = dataclasses.replace(h7, early_init=h7.early_init + [RegWrite(0x58024400, 0x1, "a second write")])
+    write_project(model, board, tmp_path / "b", firmware_options=FirmwareOptions(compile=HAVE_GCC))
+    header = tmp_path / "b" / "firmware" / "tg_board.h"
+    text = header.read_text()
+    assert "set_bits(0x580244DCUL, 0xE0000000UL);" in text and "set_bits(0x58024400UL, 0x00000001UL)\n" in text
+    style = f"--style=file:{Path(__file__).resolve().parents[1] / '.clang-format'}"
+    r = subprocess.run(["clang-format", "--dry-run", "--Werror", style, str(header)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+BAD_BOARDS = [
+    (lambda d: d["console"].pop("rcc_bit"), "console gives part of the USART bring-up but not rcc_bit"),
+    (lambda d: d["console"].update(tx_af=16), "console.tx_af must be an integer from 0 to 15"),
+    (lambda d: d["console"].update(base="40011000"), "console.base must be a hex string"),
+    (lambda d: d["console"].update(colour="red"), "console field 'colour' is not used by a stm32_usart console"),
+    (lambda d: d["console"].update(kind="spi-lcd"), "console.kind 'spi-lcd' has no driver"),
+    (lambda d: d["early_init"].append({"reg": "0x58024400"}), r"early_init\[0\].set is missing"),
+    (lambda d: d["renode"].pop("uart"), "renode.uart is missing"),
+    (lambda d: d.pop("clock_hz"), "clock_hz is missing"),
+]
+
+
+@pytest.mark.parametrize("spoil,message", BAD_BOARDS)
+def test_a_bad_board_file_is_one_sentence(tmp_path, spoil, message):
+    d = json.loads((Path(__file__).resolve().parents[1] / "boards" / "stm32f746.json").read_text())
+    spoil(d)
+    path = tmp_path / "stm32f746.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(TinygenError, match=message) as err:
+        load_board_file(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"board file {path} is malformed: ")

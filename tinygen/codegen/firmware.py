@@ -37,8 +37,7 @@ import numpy as np
 
 from tinygen.codegen import forward as codegen
 from tinygen.errors import TinygenError
-from tinygen.frontends import datasets
-from tinygen.frontends.inputs import quantize, real_inputs, real_labelled
+from tinygen.frontends.inputs import quantize, real_inputs_labelled, real_labelled
 from tinygen.ir import model as ir
 from tinygen.paths import data_dir
 from tinygen.reference import forward as reference
@@ -49,6 +48,7 @@ FW_DIR = "firmware"
 SAMPLES_FILE = "samples.npz"
 QEMU_ELF = "tinygen-qemu.elf"
 QEMU_INSTR_PER_TICK = 40  # mps2 SYSCLK 25 MHz; -icount shift=0 runs one instruction per ns of virtual time
+QEMU_UART_BASE = 0x40004000  # mps2 CMSDK UART0, which QEMU connects to -serial stdio
 QEMU_SSRAM_BYTES = 4 * 1024 * 1024  # mps2 AN385/AN386/AN500: SSRAM1 at 0x0 and SSRAM2/3 at 0x20000000
 GUARD_BYTES = 256  # MPU region 0 below the stack (power of two >= 32, >= the 104-byte FP exception frame)
 DEFAULT_STACK_BYTES = 8192
@@ -163,94 +163,41 @@ def qemu_memory_map(board: Board) -> Layout:
 
 # ---- consoles on the real boards -------------------------------------------------------------------------------
 
-# How to bring up each board's console UART from reset (reset clocks; no PLL setup). From the reference manuals:
-# STM32F746 RM0385: RCC 0x40023800 (AHB1ENR +0x30, APB2ENR +0x44: USART1EN bit 4), HSI 16 MHz at reset;
-#   32F746G-DISCOVERY's ST-LINK virtual COM port is USART1, TX = PA9 (AF7).
-# STM32H743 RM0433: RCC 0x58024400 (AHB4ENR +0xE0: GPIODEN bit 3, APB1LENR +0xE8: USART3EN bit 18), HSI 64 MHz;
-#   NUCLEO-H743ZI's ST-LINK virtual COM port is USART3, TX = PD8 (AF7), GPIOD at 0x58020C00.
-# nRF52840-DK: UARTE0, TX = P0.06 (to the J-Link virtual COM port).
-# A board file may override any of these in its "console" object (same keys).
-CONSOLE_BRINGUP = {
-    ("stm32f746", "usart1"): dict(clock_hz=16_000_000, rcc_reg=0x40023844, rcc_bit=4, gpio_rcc_reg=0x40023830,
-                                  gpio_rcc_bit=0, gpio_base=0x40020000, tx_pin=9, tx_af=7),
-    ("stm32h743", "usart3"): dict(clock_hz=64_000_000, rcc_reg=0x580244E8, rcc_bit=18, gpio_rcc_reg=0x580244E0,
-                                  gpio_rcc_bit=3, gpio_base=0x58020C00, tx_pin=8, tx_af=7),
-    ("nrf52840", "uart0"): dict(tx_pin=6),
-}
-BAUD = 115200
-
-# Register writes (address, bits to OR in) that must run before .data/.bss initialisation on the real board.
-# STM32H743 RM0433: RCC_AHB2ENR (0x580244DC) SRAM1EN/SRAM2EN/SRAM3EN = bits 29..31; the D2 SRAM banks are
-# unclocked after reset, and .tg_bank.SRAM123 is zeroed at reset.
-BOARD_EARLY_INIT = {
-    "stm32h743": [(0x580244DC, 0xE0000000, "RCC_AHB2ENR: clock D2 SRAM1/2/3")],
-}
-
-
-def early_init_define(board: Board) -> str | None:
-    writes = BOARD_EARLY_INIT.get(board.name, [])
-    if not writes:
-        return None
-    body = ", ".join(f"{{0x{a:08X}UL, 0x{b:08X}UL}}" for a, b, _ in writes)
-    return f"TG_BOARD_EARLY_INIT {{{body}}} /* {'; '.join(c for _, _, c in writes)} */"
-
-
-def hw_console_defines(board: Board) -> list[str]:
+def hw_console_defines(board: Board) -> list[tuple[str, str]]:
+    """The real board's console as (macro, value) rows for tg_board.h, from the board file's "console" object
+    (checked by tinygen.targets.boards; firmware/README.md lists its fields)."""
     c = board.console
     kind = c["kind"]
-    cfg = dict(CONSOLE_BRINGUP.get((board.name, c.get("name", "")), {}))
-    cfg.update({k: v for k, v in c.items() if k not in ("kind", "name", "base")})
-    base = int(c["base"], 16)
-
-    def num(key):
-        v = cfg[key]
-        return int(v, 16) if isinstance(v, str) else int(v)
-
-    out = [f"TG_CONSOLE_BASE 0x{base:08X}UL"]
-    if kind == "stm32_usart":
-        clock = num("clock_hz") if "clock_hz" in cfg else 16_000_000
-        out = ["TG_CONSOLE_STM32_USART 1", *out, f"TG_CONSOLE_BRR {(clock + BAUD // 2) // BAUD}U /* {BAUD} baud "
-               f"from the {clock // 1_000_000} MHz reset clock */"]
-        if "rcc_reg" in cfg:
-            out += [f"TG_CONSOLE_RCC_REG 0x{num('rcc_reg'):08X}UL", f"TG_CONSOLE_RCC_BIT {num('rcc_bit')}",
-                    f"TG_CONSOLE_GPIO_RCC_REG 0x{num('gpio_rcc_reg'):08X}UL",
-                    f"TG_CONSOLE_GPIO_RCC_BIT {num('gpio_rcc_bit')}",
-                    f"TG_CONSOLE_GPIO_BASE 0x{num('gpio_base'):08X}UL", f"TG_CONSOLE_TX_PIN {num('tx_pin')}",
-                    f"TG_CONSOLE_TX_AF {num('tx_af')}"]
-    elif kind == "nrf_uarte":
-        out = ["TG_CONSOLE_NRF_UARTE 1", *out, f"TG_CONSOLE_TX_PIN {num('tx_pin') if 'tx_pin' in cfg else 6}"]
-    elif kind == "cmsdk_uart":
-        out = ["TG_CONSOLE_CMSDK_UART 1", *out]
-    elif kind == "semihost":
-        out = ["TG_CONSOLE_SEMIHOST 1"]
-    else:
+    if kind == "semihost":
+        return [("TG_CONSOLE_SEMIHOST", "1")]
+    if kind not in ("stm32_usart", "nrf_uarte", "cmsdk_uart"):
         raise TinygenError(f"board {board.name}'s console kind {kind!r} has no driver in firmware/tg_console.c "
                            "(known: stm32_usart, nrf_uarte, cmsdk_uart, semihost)")
-    return out
+    rows = [(f"TG_CONSOLE_{kind.upper()}", "1"), ("TG_CONSOLE_BASE", f"0x{c['base']:08X}UL")]
+    if kind == "stm32_usart":
+        rows.append(("TG_CONSOLE_BRR", f"{(c['clock_hz'] + c['baud'] // 2) // c['baud']}U"))
+        if "rcc_reg" in c:
+            rows += [("TG_CONSOLE_RCC_REG", f"0x{c['rcc_reg']:08X}UL"), ("TG_CONSOLE_RCC_BIT", f"{c['rcc_bit']}U"),
+                     ("TG_CONSOLE_GPIO_RCC_REG", f"0x{c['gpio_rcc_reg']:08X}UL"),
+                     ("TG_CONSOLE_GPIO_RCC_BIT", f"{c['gpio_rcc_bit']}U"),
+                     ("TG_CONSOLE_GPIO_BASE", f"0x{c['gpio_base']:08X}UL"), ("TG_CONSOLE_TX_PIN", f"{c['tx_pin']}U"),
+                     ("TG_CONSOLE_TX_AF", f"{c['tx_af']}U")]
+    elif kind == "nrf_uarte":
+        rows.append(("TG_CONSOLE_TX_PIN", f"{c['tx_pin']}U"))
+    return rows
 
 
 # ---- the embedded samples ---------------------------------------------------------------------------------------
 
-def _labels(model: ir.Model, n: int) -> np.ndarray:
-    """The labels of the images `inputs.real_inputs` picks (the last n of the data set), -1 if none."""
-
-    shape = tuple(model.input.shape)
-    h, w, c = shape if len(shape) == 3 else (1, shape[0], 1)
-    if c == 3 and len(shape) == 3:
-        return np.full(n, -1, np.int32)
-    _, y = datasets.load_digits() if (h, w) == (8, 8) else datasets.load_mnist5k()
-    return y[-n:].astype(np.int32)
-
-
 def embedded_samples(model: ir.Model, n: int, train: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
-    """int8 inputs, labels and a description. Forward builds embed what `tinygen verify` uses (the test end of
-    the data set); training builds embed labelled samples of the training split with labels < classes."""
+    """int8 inputs, their labels (-1 where none) and a description, chosen together so each label belongs to
+    its image. Forward builds embed what `tinygen verify` uses (the test split); training builds embed labelled
+    samples of the training split with labels < classes."""
     if train:
-
         xf, y, source = real_labelled(tuple(model.input.shape), n, model.output.size)
         return quantize(xf, model.input), y.astype(np.int32), source
-    x, source = real_inputs(model, n)
-    return x, _labels(model, len(x)), source
+    x, y, source = real_inputs_labelled(model, n)
+    return x, y.astype(np.int32), source
 
 
 # ---- writing the project -------------------------------------------------------------------------------------
@@ -260,26 +207,6 @@ def _render_link(env, layout: Layout, filename: str, stack_bytes: int, arena_byt
         filename=filename, title=layout.title, notes=layout.notes, flash=layout.flash, sram=layout.sram,
         stack_region=layout.stack_region, data_region=layout.data_region, arena_region=layout.arena_region,
         bank_regions=layout.bank_regions, stack_bytes=stack_bytes, guard_bytes=GUARD_BYTES, arena_bytes=arena_bytes)
-
-
-RENODE_CHECKED = {
-    "stm32f746": ["platforms/cpus/stm32f746.repl:10  usart1: UART.STM32F7_USART @ sysbus 0x40011000",
-                  "platforms/cpus/stm32f746.repl:4,7  sram 0x20000000 (0x60000), flash 0x08000000 (0x200000)"],
-    "nrf52840": ["platforms/cpus/nrf52840.repl:8  uart0: UART.NRF52840_UART @ sysbus 0x40002000 (easyDMA: true)",
-                 "platforms/cpus/nrf52840.repl:33,36  flash 0x0 (0x100000), ram 0x20000000 (0x40000)"],
-    "stm32h743": ["platforms/cpus/stm32h743.repl:1  using \"platforms/cpus/stm32h7.repl\"",
-                  "platforms/cpus/stm32h7.repl:373  usart3: UART.STM32F7_USART @ sysbus 0x40004800",
-                  "platforms/cpus/stm32h7.repl:489,492  axiSram 0x24000000 (0x80000), dtcm 0x20000000 (0x20000)"],
-}
-RENODE_COMMON_CHECKED = [
-    "src/Emulator/Extensions/Utilities/UartFileBackend.cs:21  <uart> CreateFileBackend <path> <immediateFlush>",
-    "src/Emulator/Extensions/UserInterface/Monitor.cs:323  $ORIGIN = the including script's directory",
-    "src/Emulator/Cores/Arm-M/CortexM.cs:1062  VTOR guessed as the ELF's lowest loaded address (.isr_vector)",
-]
-
-
-def _uart_short(board: Board) -> str:
-    return board.renode["uart"]
 
 
 def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
@@ -308,20 +235,18 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     expected = reference.run_batch(model, x)
     np.savez(fw / SAMPLES_FILE, x=x, labels=labels, source=np.array(source))
     n = len(x)
-    (fw / "tg_dataset.h").write_text(env.get_template("firmware/tg_dataset.h.j2").render(
-        n=n, source=source, x_size=max(1, x.size), label_size=max(1, n), y_size=max(1, expected.size)))
-    with open(fw / "tg_dataset.c", "w") as f:
-        f.write(f"/* tg_dataset.c - generated by tinygen: {source} as int8 (model input quantization), their "
-                "labels, and tinygen.reference.forward's outputs on them. */\n#include \"tg_dataset.h\"\n\n")
-        f.write(codegen.c_array("tg_samples_x", x))
-        f.write(codegen.c_array("tg_samples_label", labels.astype(np.int32)))
-        f.write(codegen.c_array("tg_samples_expected", expected.astype(np.int8)))
+    dataset = dict(n=n, source=source, x_size=max(1, x.size), label_size=max(1, n), y_size=max(1, expected.size),
+                   x_array=codegen.c_array("tg_samples_x", x),
+                   label_array=codegen.c_array("tg_samples_label", labels.astype(np.int32)),
+                   expected_array=codegen.c_array("tg_samples_expected", expected.astype(np.int8)))
+    for name in ("tg_dataset.h", "tg_dataset.c"):
+        (fw / name).write_text(env.get_template(f"firmware/{name}.j2").render(**dataset))
 
     # board header + harness
     (fw / "tg_board.h").write_text(env.get_template("firmware/tg_board.h.j2").render(
         board=board, model_name=model.name, core_cm7=board.core == "cortex-m7", qemu=board.qemu,
-        qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK,
-        hw_console_defines=hw_console_defines(board) + [d for d in [early_init_define(board)] if d]))
+        qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK, qemu_uart_base=QEMU_UART_BASE,
+        hw_console=hw_console_defines(board), early_init=board.early_init))
     (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
         model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps))
 
@@ -350,8 +275,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     resc, robot = f"{board.name}.resc", f"{board.name}.robot"
     crcs = [f"0x{zlib.crc32(e.astype(np.int8).tobytes()):08x}" for e in expected]
     renode_ctx = dict(model_name=model.name, board_name=board.name, hw_elf=hw_elf,
-                      platform=board.renode["platform"], uart=_uart_short(board), resc_name=resc, robot_name=robot,
-                      checked=RENODE_CHECKED.get(board.name, []) + RENODE_COMMON_CHECKED, n_samples=n,
+                      platform=board.renode["platform"], uart=board.renode["uart"], resc_name=resc, robot_name=robot,
+                      checked=board.renode["checked"], n_samples=n,
                       labels=[int(v) for v in labels], crcs=crcs, train=opts.train, timeout=120)
     (fw / resc).write_text(env.get_template("firmware/renode.resc.j2").render(**renode_ctx))
     (fw / robot).write_text(env.get_template("firmware/renode.robot.j2").render(**renode_ctx))

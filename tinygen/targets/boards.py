@@ -1,12 +1,34 @@
-"""Board data files (`boards/<name>.json`): core, flags, clock, memory map, console, emulators."""
+"""Board data files (`boards/<name>.json`): core, flags, clock, memory map, console, early init, emulators.
+
+Every register fact the firmware needs about a board lives in its file, so adding a board is a data file
+(plus a driver in firmware/tg_console.c when its UART is of a new kind). The fields are documented in
+firmware/README.md; `load_board` checks them and names the first bad one in a single sentence.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from tinygen.errors import TinygenError
 from tinygen.paths import data_dir
+
+# Console fields with register addresses (hex strings in the file, ints after loading) and plain integers.
+_HEX_FIELDS = ("base", "rcc_reg", "gpio_rcc_reg", "gpio_base")
+_INT_RANGES = {"clock_hz": (1, 2**32 - 1), "baud": (1, 10_000_000), "rcc_bit": (0, 31), "gpio_rcc_bit": (0, 31),
+               "tx_pin": (0, 47), "tx_af": (0, 15)}
+_TEXT_FIELDS = ("name", "reference")
+# An STM32 USART's bring-up from reset (peripheral clock, TX pin routing): all of these or none.
+STM32_BRINGUP = ("rcc_reg", "rcc_bit", "gpio_rcc_reg", "gpio_rcc_bit", "gpio_base", "tx_pin", "tx_af")
+# The console kinds firmware/tg_console.c has a driver for, and the fields each requires.
+CONSOLE_KINDS = {
+    "stm32_usart": ("base", "clock_hz", "baud"),
+    "nrf_uarte": ("base", "baud", "tx_pin"),
+    "cmsdk_uart": ("base",),
+    "semihost": (),
+}
+NRF_UARTE_BAUD = 115200  # the only rate tg_console.c programs into the UARTE
 
 
 @dataclass
@@ -14,6 +36,15 @@ class Region:
     name: str
     origin: int
     length: int
+
+
+@dataclass
+class RegWrite:
+    """A register write (OR in `bits`) the reset handler does before .data/.bss are initialised."""
+
+    address: int
+    bits: int
+    what: str
 
 
 @dataclass
@@ -27,9 +58,10 @@ class Board:
     flash: list[Region]
     sram: list[Region]
     sram_contiguous: bool
-    console: dict
-    renode: dict
+    console: dict  # "kind" plus that kind's fields, addresses as ints (see CONSOLE_KINDS)
+    renode: dict  # "platform", "uart", "checked" (where those names were verified in Renode's sources)
     qemu: dict
+    early_init: list[RegWrite]
 
     @property
     def sram_bytes(self) -> int:
@@ -44,12 +76,136 @@ class Board:
         return max(self.sram, key=lambda r: r.length)
 
 
-def _regions(items) -> list[Region]:
-    return [Region(d["name"], int(d["origin"], 16), int(d["length"])) for d in items]
+class _Bad(Exception):
+    """A problem in a board file, phrased as the middle of the one error sentence."""
+
+
+def _hex(value, where: str) -> int:
+    if not isinstance(value, str) or not value.lower().startswith("0x"):
+        raise _Bad(f"{where} must be a hex string such as \"0x40011000\", not {value!r}")
+    try:
+        n = int(value, 16)
+    except ValueError:
+        raise _Bad(f"{where} must be a hex string such as \"0x40011000\", not {value!r}") from None
+    if not 0 <= n < 2**32:
+        raise _Bad(f"{where} {value} is not a 32-bit address")
+    return n
+
+
+def _int(value, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _Bad(f"{where} must be an integer from {lo} to {hi}, not {value!r}")
+    return value
+
+
+def _get(d: dict, key: str, where: str, kind: type):
+    if not isinstance(d, dict) or key not in d:
+        raise _Bad(f"{where}.{key} is missing" if where else f"{key} is missing")
+    value = d[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Bad(f"{where + '.' if where else ''}{key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _regions(items, where: str) -> list[Region]:
+    if not isinstance(items, list) or not items:
+        raise _Bad(f"{where} must be a non-empty list of regions")
+    return [Region(_get(d, "name", f"{where}[{i}]", str), _hex(_get(d, "origin", f"{where}[{i}]", str),
+                                                                f"{where}[{i}].origin"),
+                   _int(_get(d, "length", f"{where}[{i}]", int), f"{where}[{i}].length", 1, 2**32))
+            for i, d in enumerate(items)]
+
+
+def _console(c) -> dict:
+    kind = _get(c, "kind", "console", str)
+    if kind not in CONSOLE_KINDS:
+        raise _Bad(f"console.kind {kind!r} has no driver in firmware/tg_console.c "
+                   f"(known: {', '.join(CONSOLE_KINDS)})")
+    allowed = {"kind", *_TEXT_FIELDS, *CONSOLE_KINDS[kind], *(STM32_BRINGUP if kind == "stm32_usart" else ())}
+    unknown = sorted(set(c) - allowed)
+    if unknown:
+        raise _Bad(f"console field {unknown[0]!r} is not used by a {kind} console "
+                   f"(its fields: {', '.join(sorted(allowed))})")
+    for key in CONSOLE_KINDS[kind]:
+        if key not in c:
+            raise _Bad(f"console.{key} is missing (a {kind} console needs {', '.join(CONSOLE_KINDS[kind])})")
+    present = [k for k in STM32_BRINGUP if k in c] if kind == "stm32_usart" else []
+    if present and len(present) != len(STM32_BRINGUP):
+        missing = [k for k in STM32_BRINGUP if k not in c]
+        raise _Bad(f"console gives part of the USART bring-up but not {', '.join(missing)} "
+                   f"(give all of {', '.join(STM32_BRINGUP)} or none)")
+    out = {}
+    for key, value in c.items():
+        if key in _HEX_FIELDS:
+            out[key] = _hex(value, f"console.{key}")
+        elif key in _INT_RANGES:
+            out[key] = _int(value, f"console.{key}", *_INT_RANGES[key])
+        else:
+            out[key] = _get(c, key, "console", str)
+    if kind == "nrf_uarte" and out["baud"] != NRF_UARTE_BAUD:
+        raise _Bad(f"console.baud must be {NRF_UARTE_BAUD} for an nrf_uarte console (the rate its driver sets)")
+    return out
+
+
+def _early_init(items) -> list[RegWrite]:
+    if not isinstance(items, list):
+        raise _Bad("early_init must be a list of {\"reg\", \"set\", \"what\"} objects")
+    return [RegWrite(_hex(_get(w, "reg", f"early_init[{i}]", str), f"early_init[{i}].reg"),
+                     _hex(_get(w, "set", f"early_init[{i}]", str), f"early_init[{i}].set"),
+                     _get(w, "what", f"early_init[{i}]", str))
+            for i, w in enumerate(items)]
+
+
+def _renode(r) -> dict:
+    checked = r.get("checked", []) if isinstance(r, dict) else None
+    if not isinstance(checked, list) or not all(isinstance(s, str) for s in checked):
+        raise _Bad("renode.checked must be a list of strings")
+    return {"platform": _get(r, "platform", "renode", str), "uart": _get(r, "uart", "renode", str),
+            "checked": checked}
+
+
+def _qemu(q) -> dict:
+    for key in ("machine", "cpu"):
+        _get(q, key, "qemu", str)
+    for key in ("flash_origin", "sram_origin"):
+        if key in q:
+            _hex(q[key], f"qemu.{key}")
+    return dict(q)
+
+
+def _board(d, stem: str) -> Board:
+    if not isinstance(d, dict):
+        raise _Bad("the file must hold one JSON object")
+    name = _get(d, "name", "", str)
+    if name != stem:
+        raise _Bad(f"name {name!r} differs from the file name {stem!r}")
+    flags = _get(d, "cpu_flags", "", list)
+    if not all(isinstance(f, str) for f in flags):
+        raise _Bad("cpu_flags must be a list of strings")
+    mem = _get(d, "memory", "", dict)
+    return Board(name, _get(d, "description", "", str), _get(d, "core", "", str), list(flags),
+                 _get(d, "fpu", "", str), _int(_get(d, "clock_hz", "", int), "clock_hz", 1, 2**32 - 1),
+                 _regions(_get(mem, "flash", "memory", list), "memory.flash"),
+                 _regions(_get(mem, "sram", "memory", list), "memory.sram"),
+                 _get(mem, "sram_contiguous", "memory", bool), _console(_get(d, "console", "", dict)),
+                 _renode(_get(d, "renode", "", dict)), _qemu(_get(d, "qemu", "", dict)),
+                 _early_init(d.get("early_init", [])))
 
 
 def board_names() -> list[str]:
     return sorted(p.stem for p in data_dir("boards").glob("*.json"))
+
+
+def load_board_file(path: Path) -> Board:
+    """A board from its JSON file, checked field by field (one sentence naming the first problem)."""
+    path = Path(path)
+    try:
+        return _board(json.loads(path.read_text()), path.stem)
+    except json.JSONDecodeError as exc:
+        raise TinygenError(f"board file {path} is not valid JSON ({exc})") from None
+    except _Bad as exc:
+        raise TinygenError(f"board file {path} is malformed: {exc}; compare it with boards/stm32f746.json "
+                           "(fields in firmware/README.md)") from None
 
 
 def load_board(name: str) -> Board:
@@ -57,12 +213,4 @@ def load_board(name: str) -> Board:
     if not path.is_file():
         raise TinygenError(f"unknown board {name!r}; choose one of: {', '.join(board_names())} "
                            "(or add boards/<name>.json)")
-    try:
-        d = json.loads(path.read_text())
-        mem = d["memory"]
-        return Board(d["name"], d["description"], d["core"], list(d["cpu_flags"]), d["fpu"], int(d["clock_hz"]),
-                     _regions(mem["flash"]), _regions(mem["sram"]), bool(mem["sram_contiguous"]),
-                     d["console"], d["renode"], d["qemu"])
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise TinygenError(f"board file {path} is malformed ({type(exc).__name__}: {exc}); "
-                           "compare it with boards/stm32f746.json") from None
+    return load_board_file(path)
