@@ -1,10 +1,13 @@
 """Jinja C emitter for the int8 forward pass.
 
 Every kernel is a template under `templates/kernels/` named after its op
-(CMSIS-NN style: `convolve_s8`, `depthwise_conv_s8`, ...) rendered once per layer
-with that layer's shapes and quantization baked in as constants. Activations live
-in one static arena whose offsets come from `tinygen.planning.arena`; weights are `const`
-so they stay in flash.
+(CMSIS-NN style: `convolve_s8`, `depthwise_conv_s8`, ...) rendered once per layer. A layer's
+shapes, strides, padding, zero points and clamp range are enumerators of a block-scope enum
+named after its symbol (`names.layer_symbol`); identity arithmetic (`+ 0`, `* 1`, `% 1`) and
+one-iteration loops are folded away at generation time by the helpers below, so the C keeps
+exactly the reference's arithmetic and nothing more. Emitted text is laid out as the committed
+.clang-format would (lines <= 100). Activations live in one static arena whose offsets come from
+`tinygen.planning.arena`; weights are `const` so they stay in flash.
 """
 
 from __future__ import annotations
