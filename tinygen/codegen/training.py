@@ -134,8 +134,10 @@ def _conv_dims(em: _Emit, i: int, layer) -> None:
     if tl:
         dims["n_sel"] = len(tl.update.channels)  # 0: bias only
     if st and st.split_k:
-        dims.update(train_c=st.split_k, train_oc=st.split_k * out_cg, frozen_c=geo["cg"] - st.split_k,
-                    train_taps=st.split_k * out_cg * geo["kh"] * geo["kw"])
+        if is_depthwise(layer):  # split by channel: the first train_oc filters are in SRAM
+            dims.update(train_oc=st.split_k * out_cg, train_taps=st.split_k * out_cg * geo["kh"] * geo["kw"])
+        else:  # split by input channel within every filter
+            dims.update(train_c=st.split_k, frozen_c=geo["cg"] - st.split_k)
 
 
 def _grad_op(em: _Emit, t: str, i: int, fn: str, args: list) -> dict:
