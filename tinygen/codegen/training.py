@@ -6,10 +6,15 @@ Emits, beside the forward kernels, one backward kernel per layer on the gradient
 backward in reverse with its weights and bias updated as soon as their gradient exists.
 Every buffer (activations kept for backward, masks, gradients, planes) is placed in
 one static arena by `tinygen.planning.arena` over the step's schedule.
+
+Python passes data only: the shapes and numbers of a layer (`dims`, written once per layer as
+named constants by templates/train/layer_constants.c.j2, folded where they are 0 or 1 by
+templates/train/_fold.j2) and the step's operations as records; the templates write all C.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from tinygen.codegen.forward import (
 )
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
+from tinygen.ir.names import layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
@@ -42,11 +48,59 @@ def _geometry(layer, tensors):
                 pad_top=layer.padding[0], pad_left=layer.padding[2], dil_h=layer.dilation[0], dil_w=layer.dilation[1])
 
 
-def _emit_saves(model, plan: TrainPlan, env, kernels: list, calls: list, codes: list, act) -> None:
+@dataclass
+class _Layer:
+    """What one layer contributes to the training C: its named constants and its kernels."""
+    index: int
+    name: str
+    dims: dict = field(default_factory=dict)  # key -> int, written as <PREFIX>_<KEY> (0 and 1 folded)
+    named: set = field(default_factory=set)  # keys always referred to by name
+    kernels: list = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return layer_symbol(self.index, self.name)
+
+
+@dataclass
+class _Emit:
+    """The training sources being built: kernels per layer, arrays, state and the step's operations."""
+    model: ir.Model
+    trainer: Trainer
+    plan: TrainPlan
+    env: object
+    layers: dict = field(default_factory=dict)  # layer index -> _Layer
+    const_arrays: dict = field(default_factory=dict)
+    mutable: dict = field(default_factory=dict)  # trained parameters (SRAM), initial values
+    state: dict = field(default_factory=dict)  # zero-initialised state: name -> (ctype, count)
+    records: list = field(default_factory=list)
+    exps: set = field(default_factory=set)
+    stores: dict = field(default_factory=dict)
+
+    def act(self, t: str) -> str:
+        return self.plan.ptr(f"act_{self.plan.alias.get(t, t)}")
+
+    def layer(self, i: int) -> _Layer:
+        if i not in self.layers:
+            self.layers[i] = _Layer(i, self.model.layers[i].name)
+        return self.layers[i]
+
+    def record(self, lay: _Layer, key: str, what: str) -> None:
+        """Number the next recorded gradient (the host harness reads them in this order)."""
+        lay.dims[key] = len(self.records)
+        lay.named.add(key)
+        self.records.append(what)
+
+    def render(self, lay: _Layer, template: str, **ctx) -> None:
+        lay.kernels.append(self.env.get_template(f"train/{template}.c.j2").render(
+            prefix=lay.prefix, dims=lay.dims, **ctx))
+
+
+def _emit_saves(em: _Emit, calls: list, codes: list) -> None:
     """Before each layer whose input is kept as a copy (not the activation itself), a call writing
     that copy (templates/train/save_input_s8.c.j2). The copy is written by inference too: it lives in
     its own arena slot, so this costs cycles, never values."""
-    tensors = model.tensors()
+    model, plan = em.model, em.plan
     index = {layer.name: i for i, layer in enumerate(model.layers)}
     position = {code.index: k for k, code in enumerate(codes)}  # a trained layer is never a fused pointwise
     for name, sv in sorted(plan.saved.items(), key=lambda kv: -index[kv[0]]):  # last first: positions hold
@@ -54,69 +108,221 @@ def _emit_saves(model, plan: TrainPlan, env, kernels: list, calls: list, codes: 
             continue
         i = index[name]
         layer = model.layers[i]
-        prefix = f"tg_l{i}_{c_ident(name)}"
-        x = tensors[layer.inputs[0]]
-        geo = _geometry(layer, tensors)
-        fn = f"{prefix}_save_input_s8"
-        kernels.append(env.get_template("train/save_input_s8.c.j2").render(
-            fn=fn, comment=f"layer {i} '{name}': saved input", mode=sv.mode, n_sel=sv.channels,
-            channels=f"{prefix}_channels", input_zero_point=x.zero_point, ph=sv.h, pw=sv.w, r=sv.r, **{
-                k: geo[k] for k in ("in_h", "in_w", "in_c", "out_h", "out_w", "stride_h", "stride_w")}))
-        calls.insert(position[i], dict(fn=fn, args=[act(layer.inputs[0]), plan.ptr(f"saved_l{i}")],
+        lay = em.layer(i)
+        _conv_dims(em, i, layer)
+        fn = f"{lay.prefix}_save_input_s8"
+        em.render(lay, "save_input_s8", fn=fn, comment=f"layer {i} '{name}': saved input", mode=sv.mode,
+                  n_sel=sv.channels, channels=f"{lay.prefix}_channels", r=sv.r)
+        calls.insert(position[i], dict(fn=fn, args=[em.act(layer.inputs[0]), plan.ptr(f"saved_l{i}")],
                                        comment=f"keep what layer {i}'s weight update reads ({sv.mode}, "
                                                f"{sv.nbytes:,} B)"))
 
 
-def _emit_grad(calls: list[str], plan: TrainPlan, tensors, t: str, i: int, call: str, exps: set) -> None:
-    """Append the C that stores layer i's gradient for tensor t (`call` has a {dest} slot): written
-    straight into the gradient buffer by its first contributor, added (aligned) by later ones."""
+def _conv_dims(em: _Emit, i: int, layer) -> None:
+    """The named shapes of a conv or FC layer on the gradient path (set before any of its kernels)."""
+    tensors = em.model.tensors()
+    geo = _geometry(layer, tensors)
+    tl = em.trainer.trained.get(layer.name)
+    st = em.stores.get(layer.name)
+    r = tl.update.filter_r if tl else 1
+    out_cg = geo["out_c"] // max(1, geo["groups"])
+    dims = em.layer(i).dims
+    dims.update(geo, out_cg=out_cg, r=r, ph=-(-geo["out_h"] // r), pw=-(-geo["out_w"] // r),
+                in_hw=geo["in_h"] * geo["in_w"], out_hw=geo["out_h"] * geo["out_w"],
+                in_size=tensors[layer.inputs[0]].size, x_zp=tensors[layer.inputs[0]].zero_point)
+    if tl:
+        dims["n_sel"] = len(tl.update.channels)  # 0: bias only
+    if st and st.split_k:
+        if ir.is_depthwise(layer):  # split by channel: the first train_oc filters are in SRAM
+            dims.update(train_oc=st.split_k * out_cg, train_taps=st.split_k * out_cg * geo["kh"] * geo["kw"])
+        else:  # split by input channel within every filter
+            dims.update(train_c=st.split_k, frozen_c=geo["cg"] - st.split_k)
+
+
+def _grad_op(em: _Emit, t: str, i: int, fn: str, args: list) -> dict:
+    """The step's record for layer i's gradient to tensor t: written straight into the gradient
+    buffer by its first contributor, added (aligned) by later ones (templates/tg_model.c.j2)."""
+    plan = em.plan
     r = plan.grad_alias.get(t, t)
-    writers = plan.contributions[r]
-    grad = plan.ptr(f"grad_{r}")
-    et = f"e_{c_ident(r)}"
-    exps.add(et)
-    if writers[0] == i:
-        calls.append(f"{et} = {call.format(dest=grad)};")
-        return
-    tmp = plan.ptr(f"gradtmp_{r}_{i}")
-    calls.append(f"{{ const int32_t e_part = {call.format(dest=tmp)};")
-    calls.append(f"  tg_grad_align_add({grad}, {et}, {tmp}, e_part, {grad}, &{et}, {tensors[r].size}); }}")
+    exp = f"e_{c_ident(r)}"
+    first = plan.contributions[r][0] == i
+    if first:
+        em.exps.add(exp)
+    return dict(kind="grad", fn=fn, args=args, exp=exp, first=first, grad=plan.ptr(f"grad_{r}"),
+                tmp=None if first else plan.ptr(f"gradtmp_{r}_{i}"))
 
 
-def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
-    """Write the training firmware sources (tg_model.[ch], tg_weights.[ch]); return facts for the manifest."""
-    env = environment()
-    src_dir.mkdir(parents=True, exist_ok=True)
-    tensors = model.tensors()
-    plan = plan_training(model, trainer)
+def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: str, mask: str) -> list:
+    """Kernels and step operations of a conv or FC layer: grad output, input gradient, update."""
+    trainer = em.trainer
+    lay = em.layer(i)
+    p = lay.prefix
+    x_info = em.model.tensors()[layer.inputs[0]]
+    tl = trainer.trained.get(layer.name)
+    st = em.stores.get(layer.name)
+    _conv_dims(em, i, layer)
+    dims = lay.dims
+    mult, shift = ir.conv_requant(layer, x_info)
+    em.const_arrays[f"{p}_mult"] = mult.astype(np.int32)
+    em.const_arrays[f"{p}_shift"] = shift.astype(np.int32)
+    ctx = dict(r=dims["r"], mult=f"{p}_mult", shift=f"{p}_shift", weight=f"{p}_weight_t" if st else f"{p}_weight",
+               split_k=st.split_k if st else 0, weight_t=f"{p}_weight_t", weight_f=f"{p}_weight_f",
+               depthwise=ir.is_depthwise(layer))
+    dims["gacc_size"] = dims["ph"] * dims["pw"] * dims["out_c"]
+    lay.named.add("gacc_size")
+    em.record(lay, "rec_gacc", "gacc:" + layer.name)
+    e_acc = f"e_acc_l{i}"
+    ops = [dict(kind="acc", fn=f"{p}_grad_output_s16", args=[gy, ey, mask, gy], exp=e_acc),
+           dict(kind="record", id=f"{p.upper()}_REC_GACC", buf=gy, size=f"{p.upper()}_GACC_SIZE", exp=e_acc)]
+    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx)
+    if want:
+        fn = f"{p}_backward_input_s16"
+        em.render(lay, "conv_backward_input_s16", fn=fn, comment=f"{desc}: input gradient", **ctx)
+        ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc]))
+        ops[-1]["size"] = f"{p.upper()}_IN_SIZE"
+        lay.named.add("in_size")
+    if tl:
+        ops.append(_conv_update(em, i, layer, desc, ctx, gy, e_acc))
+    return ops
+
+
+def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_acc: str) -> dict:
+    """The weight and bias update kernel of a trained layer, its state, and its step operation."""
+    plan, trainer = em.plan, em.trainer
     cfg = trainer.config
-    F = cfg.frac_bits
+    lay = em.layer(i)
+    p = lay.prefix
+    tl = trainer.trained[layer.name]
+    st = em.stores.get(layer.name)
+    sv = plan.saved.get(layer.name)
+    u = tl.update
+    part = st.trained_part(layer.weight).size if st else 0
     mu = round_half_away(cfg.momentum * (1 << 15))
+    if u.channels:
+        em.const_arrays[f"{p}_channels"] = np.asarray(u.channels, dtype=np.int32)
+        em.state[f"{p}_frac"] = (frac_ctype(cfg.frac_bits), part)
+        em.record(lay, "rec_dw", "dw:" + layer.name)
+    for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult), ("b_shift", tl.b_shift)):
+        em.const_arrays[f"{p}_{key}"] = arr.astype(np.int32)
+    for kind, wanted in (("velocity", bool(mu)), ("accum", cfg.accumulate > 1)):
+        if wanted and u.channels:
+            em.state[f"{p}_w_{kind}"] = ("int32_t", part)
+        if wanted and u.bias:
+            em.state[f"{p}_b_{kind}"] = ("int32_t", layer.bias.size)
+    if u.bias:
+        lay.dims["b_limit"] = bias_limit(layer)
+        lay.named.add("b_limit")
+    fn = f"{p}_update_s8"
+    em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **ctx, bias=u.bias,
+              n_sel=len(u.channels), n_chan=(layer.groups if ir.is_depthwise(layer) else lay.dims["cg"]),
+              channels=f"{p}_channels", frac=f"{p}_frac", frac_type=frac_ctype(cfg.frac_bits),
+              w_mult=f"{p}_w_mult", w_shift=f"{p}_w_shift", b_mult=f"{p}_b_mult", b_shift=f"{p}_b_shift",
+              momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
+              accumulate=cfg.accumulate, w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum",
+              lr_shift=bool(cfg.lr_halve_every), saved=sv.mode if sv else "tensor",
+              saved_ctype=sv.ctype if sv else "int8_t")
+    args = [gacc, e_acc]
+    if u.channels:  # a bias-only update does not read the input
+        x_saved = em.act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
+        args.insert(0, x_saved)
+    return dict(kind="update", fn=fn, args=args)
 
-    def act(t):
-        return plan.ptr(f"act_{plan.alias.get(t, t)}")
 
-    const_arrays: dict[str, np.ndarray] = {}
-    mutable: dict[str, np.ndarray] = {}  # trained parameters (SRAM), initial values
-    state: dict[str, tuple[str, int]] = {}  # zero-initialised state: name -> (ctype, count)
-    params: list[tuple[str, str]] = []  # (C name, what) for the checksum and the host dump
-    kernels, fwd_calls, bwd_calls = [], [], []
-    records = []
+def _add_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: str, mask: str) -> list:
+    tensors = em.model.tensors()
+    lay = em.layer(i)
+    lay.dims["size"] = layer.output.size
+    lay.named.add("size")
+    ops = []
+    for k, t in enumerate(layer.inputs):
+        if t not in want:
+            continue
+        m, s = split_multiplier(tensors[t].scale / layer.output.scale)
+        lay.dims.update({f"in{k + 1}_mult": m, f"in{k + 1}_shift": s})
+        lay.named.update({f"in{k + 1}_mult", f"in{k + 1}_shift"})
+        fn = f"{lay.prefix}_backward_input{k + 1}_s16"
+        em.render(lay, "add_backward_s16", fn=fn, comment=desc, which=k + 1)
+        ops.append(_grad_op(em, t, i, fn, [gy, ey, mask]))
+        ops[-1]["size"] = f"{lay.prefix.upper()}_SIZE"
+    return ops
 
-    def record(key: str) -> int:
-        records.append(key)
-        return len(records) - 1
 
-    names = {"act": act, "plane": lambda t: plan.ptr(f"act_{t}"), "mask": lambda t: plan.ptr(f"mask_{t}")}
-    stores = {n: weight_store(model.layer(n), tl.update.channels) for n, tl in trainer.trained.items()
-              if tl.update.channels}
+def _avgpool_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: str, mask: str) -> list:
+    x = em.model.tensors()[layer.inputs[0]]
+    lay = em.layer(i)
+    (in_h, in_w, in_c), (out_h, out_w, _) = x.shape, layer.output.shape
+    lay.dims.update(in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, kh=layer.kernel[0],
+                    kw=layer.kernel[1], stride_h=layer.stride[0], stride_w=layer.stride[1],
+                    pad_top=layer.padding[0], pad_left=layer.padding[2], in_hw=in_h * in_w, in_size=x.size)
+    count = min(layer.kernel[0], in_h) * min(layer.kernel[1], in_w)
+    lay.dims["inv_count"] = ((1 << 15) + count // 2) // count  # a global pool's round(2^15 / count)
+    lay.named.add("in_size")
+    fn = f"{lay.prefix}_backward_s16"
+    em.render(lay, "avgpool_backward_s16", fn=fn, comment=desc)
+    ops = [_grad_op(em, t, i, fn, [gy, ey, mask]) for t in want]
+    for op in ops:
+        op["size"] = f"{lay.prefix.upper()}_IN_SIZE"
+    return ops
+
+
+_BACKWARD = ((ir.Conv2D, _conv_backward), (ir.FullyConnected, _conv_backward), (ir.Add, _add_backward),
+             (ir.AvgPool, _avgpool_backward))
+
+
+def _backward(em: _Emit) -> list:
+    """Each layer's backward kernels and step operations, last layer first."""
+    model, plan, trainer = em.model, em.plan, em.trainer
+    steps = []
+    for i in reversed(range(len(model.layers))):
+        layer = model.layers[i]
+        if layer.output.name not in trainer.needs_grad or isinstance(layer, ir.Reshape):
+            continue
+        emit = next((f for cls, f in _BACKWARD if isinstance(layer, cls)), None)
+        if emit is None:
+            raise TinygenError(f"layer {layer.name!r}: no C backward for op {layer.op}")
+        lay = em.layer(i)
+        yroot = plan.grad_alias.get(layer.output.name, layer.output.name)
+        gy, ey, mask = plan.ptr(f"grad_{yroot}"), f"e_{c_ident(yroot)}", plan.ptr(f"mask_{layer.output.name}")
+        lay.dims["grad_size"] = layer.output.size
+        lay.named.add("grad_size")
+        em.record(lay, "rec_grad", "grad:" + layer.output.name)
+        p = lay.prefix.upper()
+        ops = [dict(kind="record", id=f"{p}_REC_GRAD", buf=gy, size=f"{p}_GRAD_SIZE", exp=ey)]
+        want = [t for t in layer.inputs if t in trainer.needs_grad]
+        desc = f"layer {i} '{layer.name}' backward"
+        ops += emit(em, i, layer, desc, want, gy, ey, mask)
+        steps.append(dict(comment=desc, ops=ops))
+    return steps
+
+
+def _loss(em: _Emit) -> tuple[str, str]:
+    """The loss kernel (softmax cross-entropy or mean squared error); returns (function, C text)."""
+    trainer, out = em.trainer, em.model.output
+    lm, ls = trainer.loss_mult
+    if trainer.config.loss == "ce":
+        fn = "tg_loss_softmax_ce_s8"
+        return fn, em.env.get_template("train/loss_softmax_ce_s8.c.j2").render(
+            fn=fn, comment=f"loss: softmax cross-entropy over {out.size} classes", scale=out.scale,
+            exp_table=[int(v) for v in trainer.exp], log2_table=[int(v) for v in LOG2_TABLE], ln2_q16=LN2_Q16,
+            m=lm, s=ls)
+    fn = "tg_loss_mse_s8"
+    vm, vs = trainer.mse_value_mult
+    return fn, em.env.get_template("train/loss_mse_s8.c.j2").render(
+        fn=fn, comment=f"loss: mean squared error over {out.size} outputs", scale=out.scale, m=lm, s=ls, vm=vm,
+        vs=vs)
+
+
+def _forward(em: _Emit) -> tuple[list, list]:
+    """Forward kernels and calls (trained weights in SRAM, clamp masks where gradients flow)."""
+    plan, trainer = em.plan, em.trainer
+    names = {"act": em.act, "plane": lambda t: plan.ptr(f"act_{t}"), "mask": lambda t: plan.ptr(f"mask_{t}")}
 
     def sram_weights(code):
         """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash."""
-        st = stores.get(code.layer.name)
+        st = em.stores.get(code.layer.name)
         if st is None:
             return
-        prefix = code.fn.rsplit("_" + code.template, 1)[0]
+        prefix = layer_symbol(code.index, code.layer.name)
         w = code.arrays.pop(f"{prefix}_weight")
         code.arrays[f"{prefix}_weight_t"] = np.ascontiguousarray(st.trained_part(w))
         if st.split_k:
@@ -124,148 +330,62 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
         code.context.update(split_k=st.split_k, weight=f"{prefix}_weight_t", weight_t=f"{prefix}_weight_t",
                             weight_f=f"{prefix}_weight_f")
 
-    fwd_kernels, fwd_calls, codes = render_forward(model, plan.fusions, env, lambda kind, t: names[kind](t),
-                                                   trainer.needs_grad, customize=sram_weights)
-    kernels.extend(fwd_kernels)
-    _emit_saves(model, plan, env, kernels, fwd_calls, codes, act)
+    kernels, calls, codes = render_forward(em.model, plan.fusions, em.env, lambda kind, t: names[kind](t),
+                                           trainer.needs_grad, customize=sram_weights)
+    _emit_saves(em, calls, codes)
     for code in codes:
         tl = trainer.trained.get(code.layer.name)
         for name, arr in code.arrays.items():
             if tl and (name.endswith("_weight_t") or name.endswith("_bias")):
-                mutable[name] = arr
+                em.mutable[name] = arr
             else:
-                const_arrays[name] = arr
+                em.const_arrays[name] = arr
+    return kernels, calls
 
-    # loss
-    out = model.output
-    lm, ls = trainer.loss_mult
-    if cfg.loss == "ce":
-        loss_fn = "tg_loss_softmax_ce_s8"
-        kernels.append(env.get_template("train/loss_softmax_ce_s8.c.j2").render(
-            fn=loss_fn, comment=f"loss: softmax cross-entropy over {out.size} classes", scale=out.scale,
-            exp_table=[int(v) for v in trainer.exp], log2_table=[int(v) for v in LOG2_TABLE], ln2_q16=LN2_Q16,
-            classes=out.size, m=lm, s=ls))
-    else:
-        loss_fn = "tg_loss_mse_s8"
-        vm, vs = trainer.mse_value_mult
-        kernels.append(env.get_template("train/loss_mse_s8.c.j2").render(
-            fn=loss_fn, comment=f"loss: mean squared error over {out.size} outputs", scale=out.scale, size=out.size,
-            m=lm, s=ls, vm=vm, vs=vs))
-    out_root = plan.alias.get(out.name, out.name)
-    out_groot = plan.grad_alias.get(out.name, out.name)
 
-    # backward, in reverse
-    exps: set[str] = set()
+def _params(em: _Emit) -> list[tuple[str, str]]:
+    """(C name, what) of every trained parameter, for the checksum and the host dump."""
+    index = {layer.name: i for i, layer in enumerate(em.model.layers)}
+    params = []
+    for name, tl in em.trainer.trained.items():
+        prefix = layer_symbol(index[name], name)
+        if tl.update.channels:
+            params += [(f"{prefix}_weight_t", "weight"), (f"{prefix}_frac", "frac")]
+        params.append((f"{prefix}_bias", "bias"))
+    return params
 
-    for i in reversed(range(len(model.layers))):
-        layer = model.layers[i]
-        if layer.output.name not in trainer.needs_grad or isinstance(layer, ir.Reshape):
-            continue
-        prefix = f"tg_l{i}_{c_ident(layer.name)}"
-        yroot = plan.grad_alias.get(layer.output.name, layer.output.name)
-        gy, ey, mask = plan.ptr(f"grad_{yroot}"), f"e_{c_ident(yroot)}", plan.ptr(f"mask_{layer.output.name}")
-        exps.add(ey)
-        calls = [f"TG_RECORD_GRAD({record('grad:' + layer.output.name)}, {gy}, {layer.output.size}, {ey});"]
-        want = [t for t in layer.inputs if t in trainer.needs_grad]
-        desc = f"layer {i} '{layer.name}' backward"
 
-        if isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
-            geo = _geometry(layer, tensors)
-            x_info = tensors[layer.inputs[0]]
-            tl = trainer.trained.get(layer.name)
-            r = tl.update.filter_r if tl else 1
-            ph, pw = -(-geo["out_h"] // r), -(-geo["out_w"] // r)
-            mult, shift = ir.conv_requant(layer, x_info)
-            const_arrays[f"{prefix}_mult"] = mult.astype(np.int32)
-            const_arrays[f"{prefix}_shift"] = shift.astype(np.int32)
-            st = stores.get(layer.name)
-            weight = f"{prefix}_weight_t" if st else f"{prefix}_weight"
-            ctx = dict(geo, r=r, ph=ph, pw=pw, mult=f"{prefix}_mult", shift=f"{prefix}_shift", weight=weight,
-                       split_k=st.split_k if st else 0, weight_t=f"{prefix}_weight_t", weight_f=f"{prefix}_weight_f",
-                       depthwise=ir.is_depthwise(layer), ch_mult=geo["out_c"] // max(1, geo["groups"]))
-            gacc = gy  # in place (see plan_training)
-            fn_go = f"{prefix}_grad_output_s16"
-            kernels.append(env.get_template("train/conv_grad_output_s16.c.j2").render(
-                fn=fn_go, comment=f"{desc}: grad output", **ctx))
-            calls.append(f"const int32_t e_acc_{i} = {fn_go}({gy}, {ey}, {mask}, {gacc});")
-            calls.append(f"TG_RECORD_GRAD({record('gacc:' + layer.name)}, {gacc}, {ph * pw * geo['out_c']}, "
-                         f"e_acc_{i});")
-            if want:
-                fn_dx = f"{prefix}_backward_input_s16"
-                kernels.append(env.get_template("train/conv_backward_input_s16.c.j2").render(
-                    fn=fn_dx, comment=f"{desc}: input gradient", **ctx))
-                _emit_grad(calls, plan, tensors, want[0], i, f"{fn_dx}({gacc}, e_acc_{i}, {{dest}})", exps)
-            if tl:
-                fn_up = f"{prefix}_update_s8"
-                sv = plan.saved.get(layer.name)
-                u = tl.update
-                chan_name = f"{prefix}_channels"
-                part = st.trained_part(layer.weight).size if st else 0
-                if u.channels:
-                    const_arrays[chan_name] = np.asarray(u.channels, dtype=np.int32)
-                    state[f"{prefix}_frac"] = (frac_ctype(F), part)
-                for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult),
-                                 ("b_shift", tl.b_shift)):
-                    const_arrays[f"{prefix}_{key}"] = arr.astype(np.int32)
-                for kind, wanted in (("velocity", bool(mu)), ("accum", cfg.accumulate > 1)):
-                    if wanted and u.channels:
-                        state[f"{prefix}_w_{kind}"] = ("int32_t", part)
-                    if wanted and u.bias:
-                        state[f"{prefix}_b_{kind}"] = ("int32_t", layer.bias.size)
-                kernels.append(env.get_template("train/conv_weight_update_s8.c.j2").render(
-                    fn=fn_up, comment=f"{desc}: update", **ctx, bias=u.bias, n_sel=len(u.channels),
-                    n_chan=(layer.groups if ir.is_depthwise(layer) else geo["cg"]), channels=chan_name,
-                    frac=f"{prefix}_frac", frac_type=frac_ctype(F), input_zero_point=x_info.zero_point,
-                    frac_bits=F, limit=WEIGHT_LIMIT << F,
-                    bias_limit=bias_limit(layer),
-                    w_mult=f"{prefix}_w_mult", w_shift=f"{prefix}_w_shift", b_mult=f"{prefix}_b_mult",
-                    b_shift=f"{prefix}_b_shift", momentum=mu, w_velocity=f"{prefix}_w_velocity",
-                    b_velocity=f"{prefix}_b_velocity", bias_name=f"{prefix}_bias",
-                    accumulate=cfg.accumulate, w_accum=f"{prefix}_w_accum", b_accum=f"{prefix}_b_accum",
-                    record_id=record("dw:" + layer.name) if u.channels else -1,
-                    saved=sv.mode if sv else "tensor", saved_ctype=sv.ctype if sv else "int8_t"))
-                if sv is None:  # bias-only: the input is not kept
-                    x_saved = "NULL"
-                else:
-                    x_saved = act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
-                calls.append(f"{fn_up}({x_saved}, {gacc}, e_acc_{i}, lr_shift, apply);")
-        elif isinstance(layer, ir.Add):
-            for k, t in enumerate(layer.inputs):
-                if t not in want:
-                    continue
-                m, s = split_multiplier(tensors[t].scale / layer.output.scale)
-                fn = f"{prefix}_backward_input{k + 1}_s16"
-                kernels.append(env.get_template("train/add_backward_s16.c.j2").render(
-                    fn=fn, comment=desc, which=k + 1, m=m, s=s, size=layer.output.size))
-                _emit_grad(calls, plan, tensors, t, i, f"{fn}({gy}, {ey}, {mask}, {{dest}})", exps)
-        elif isinstance(layer, ir.AvgPool):
-            x = tensors[layer.inputs[0]]
-            fn = f"{prefix}_backward_s16"
-            kernels.append(env.get_template("train/avgpool_backward_s16.c.j2").render(
-                fn=fn, comment=desc, in_h=x.shape[0], in_w=x.shape[1], in_c=x.shape[2], out_h=layer.output.shape[0],
-                out_w=layer.output.shape[1], kh=layer.kernel[0], kw=layer.kernel[1], stride_h=layer.stride[0],
-                stride_w=layer.stride[1], pad_top=layer.padding[0], pad_left=layer.padding[2]))
-            for t in want:
-                _emit_grad(calls, plan, tensors, t, i, f"{fn}({gy}, {ey}, {mask}, {{dest}})", exps)
-        else:
-            raise TinygenError(f"layer {layer.name!r}: no C backward for op {layer.op}")
-        bwd_calls.append(dict(comment=desc, lines=calls))
-
-    for name in trainer.trained:
-        i = [k for k, layer in enumerate(model.layers) if layer.name == name][0]
-        prefix = f"tg_l{i}_{c_ident(name)}"
-        params.extend(([(f"{prefix}_weight_t", "weight"), (f"{prefix}_frac", "frac")]
-                       if trainer.trained[name].update.channels else []) + [(f"{prefix}_bias", "bias")])
+def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
+    """Write the training firmware sources (tg_model.[ch], tg_weights.[ch]); return facts for the manifest."""
+    src_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_training(model, trainer)
+    stores = {n: weight_store(model.layer(n), tl.update.channels) for n, tl in trainer.trained.items()
+              if tl.update.channels}
+    em = _Emit(model, trainer, plan, environment(), stores=stores)
+    cfg = trainer.config
+    fwd_kernels, fwd_calls = _forward(em)
+    loss_fn, loss_kernel = _loss(em)
+    steps = _backward(em)
+    env = em.env
+    layer_blocks = [env.get_template("train/layer_constants.c.j2").render(
+        prefix=lay.prefix, dims=lay.dims, named=lay.named, comment=f"layer {i} '{lay.name}'")
+        + "\n" + "\n".join(lay.kernels) for i, lay in sorted(em.layers.items(), reverse=True)]
+    out_root = plan.alias.get(model.output.name, model.output.name)
+    out_groot = plan.grad_alias.get(model.output.name, model.output.name)
+    params = _params(em)
     buffers = [dict(macro=plan.ptr(n), ctype=plan.ctype[n], offset=b.offset, size=b.size, first=b.first,
                     last=b.last, name=n) for n, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
-               buffers=buffers, kernels=kernels, calls=fwd_calls, input_buf=act(model.input.name),
-               output_buf=act(out_root), train=True, loss_fn=loss_fn, grad_out=plan.ptr(f"grad_{out_groot}"),
-               e_out=f"e_{c_ident(out_groot)}", exps=sorted(exps | {f"e_{c_ident(out_groot)}"}), bwd_calls=bwd_calls,
-               lr_halve_every=cfg.lr_halve_every, frac_bits=F, accumulate=cfg.accumulate, loss=cfg.loss,
-               params=params, state=state)
-    write_sources(env, src_dir, ctx, const_arrays, mutable)
-    return {"arena_bytes": plan.arena_size, "records": records, "params": [p[0] for p in params],
-            "const_bytes": int(sum(a.nbytes for a in const_arrays.values())),
+               buffers=buffers, kernels=fwd_kernels, train_kernels=[loss_kernel] + layer_blocks, calls=fwd_calls,
+               input_buf=em.act(model.input.name), output_buf=em.act(out_root), train=True, loss_fn=loss_fn,
+               grad_out=plan.ptr(f"grad_{out_groot}"), e_out=f"e_{c_ident(out_groot)}", steps=steps,
+               lr_halve_every=cfg.lr_halve_every, frac_bits=cfg.frac_bits, w_limit=WEIGHT_LIMIT << cfg.frac_bits,
+               momentum=round_half_away(cfg.momentum * (1 << 15)), accumulate=cfg.accumulate, loss=cfg.loss,
+               params=params, state=em.state,
+               frac_type=frac_ctype(cfg.frac_bits) if any(tl.update.channels for tl in trainer.trained.values())
+               else None)
+    write_sources(env, src_dir, ctx, em.const_arrays, em.mutable)
+    return {"arena_bytes": plan.arena_size, "records": em.records, "params": [p[0] for p in params],
+            "const_bytes": int(sum(a.nbytes for a in em.const_arrays.values())),
             "trained_bytes": trained_state_bytes(trainer)}
