@@ -8,7 +8,9 @@ ASan + UBSan) and its forward pass runs on a sample."""
 
 from __future__ import annotations
 
+import ast
 import functools
+import operator
 import re
 import shutil
 import subprocess
@@ -73,19 +75,38 @@ _DEFINE = re.compile(r"^#define\s+([A-Za-z_]\w*)\s+([^/\n]+?)\s*(?:/\*.*)?$")
 _FOR = re.compile(r"\bfor\s*\(\s*(?:\w+\s+)?(\w+)\s*=\s*([^;]+);\s*(\w+)\s*(<=|<)\s*([^;]+);")
 
 
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+        ast.Mod: operator.mod, ast.LShift: operator.lshift, ast.RShift: operator.rshift}
+
+
 def _eval(expr: str, values: dict[str, int]) -> int | None:
-    """The value of a constant integer expression over known names, or None."""
+    """The value of a constant integer expression over known names, or None (parsed, never executed)."""
     expr = re.sub(r"\b(\d+)[uUlL]+\b", r"\1", expr.strip())
     if not re.fullmatch(r"[\w\s()+\-*/%<>]*", expr):
         return None
-    names = set(re.findall(r"[A-Za-z_]\w*", expr))
-    if not names <= values.keys():
-        return None
     try:
-        v = eval(re.sub(r"(?<![/])/(?!/)", "//", expr), {"__builtins__": {}}, {n: values[n] for n in names})
-    except Exception:
+        tree = ast.parse(re.sub(r"(?<![/])/(?!/)", "//", expr), mode="eval").body
+    except SyntaxError:
         return None
-    return v if isinstance(v, int) else None
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in values:
+            return values[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)
+            return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            a, b = value(node.left), value(node.right)
+            if a is None or b is None or (isinstance(node.op, (ast.FloorDiv, ast.Mod)) and b == 0):
+                return None
+            if isinstance(node.op, (ast.LShift, ast.RShift)) and not 0 <= b < 64:
+                return None
+            return _OPS[type(node.op)](a, b)
+        return None
+
+    return value(tree)
 
 
 def _scopes(code: str):
