@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -129,11 +130,10 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0))
-    import json as _json
 
 
     p = build_plan(model, trainer, b, budget)
-    (Path(out) / "plan.json").write_text(_json.dumps(p, indent=1) + "\n")
+    (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
     (Path(out) / "memory_timeline.svg").write_text(timeline_svg(p))
     click.echo(f"built {m['model']} for {b.name} in {out}: {len(model.layers)} layers, {m['params']:,} params, "
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
@@ -184,7 +184,6 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum, no_train,
          as_json, svg):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
-    import json as _json
 
 
     b = load_board(board)
@@ -197,7 +196,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     p = build_plan(model, trainer, b, budget)
     svg = svg or Path("memory_timeline.svg")
     svg.write_text(timeline_svg(p))
-    click.echo(_json.dumps(p, indent=1) if as_json else plan_table(p) + f"\nmemory timeline: {svg}")
+    click.echo(json.dumps(p, indent=1) if as_json else plan_table(p) + f"\nmemory timeline: {svg}")
     if not p["fits"]:
         try:
             check_fits(model, trainer, b, budget)

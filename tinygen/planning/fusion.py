@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tinygen.ir import model as ir
 
 
@@ -51,8 +53,6 @@ def overlap_offset(layer, in_shape: tuple, align: int = 8) -> int:
     pixels in raster order, channels in order, each byte written after its window is read) never
     overwrites an input byte a later write still needs. Window starts are taken at their first
     in-bounds row and column, which can only over-estimate the distance."""
-    import numpy as np
-
     h, w, cin = in_shape
     oh, ow, cout = layer.output.shape
     rows = np.clip(np.arange(oh) * layer.stride[0] - layer.padding[0], 0, h - 1)
