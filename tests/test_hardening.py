@@ -10,8 +10,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from models_for_tests import small_model
 
+from tinygen.cli import main
 from tinygen.errors import ModelError
 from tinygen.frontends import modelfile
 
@@ -73,3 +75,55 @@ def test_big_endian_arrays_are_read_like_the_pkl_loader_reads_them(saved, tmp_pa
     for a, b in zip(model.layers, ref.layers, strict=True):
         for key, arr in b.params().items():
             assert np.array_equal(a.params()[key], arr) and a.params()[key].dtype == arr.dtype
+
+
+def _cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _one_error(code, err, *words):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget-kb", "nan"], ["--budget-kb", "finite"]),
+    (["--budget-kb", "inf"], ["--budget-kb"]),
+    (["--lr", "nan"], ["--lr", "finite"]),
+    (["--steps", "4294967297"], ["--steps"]),
+    (["--momentum", "1"], ["--momentum"]),
+    (["--bogus"], ["--bogus", "--help"]),
+])
+def test_cli_misuse_is_one_sentence(tmp_path, args, words):
+    code, _, err = _cli("build", "--board", "stm32f746", "--model", "digits-cnn", "--out", tmp_path / "b", *args)
+    _one_error(code, err, *words)
+
+
+def test_out_that_is_a_file_fails_before_the_slow_steps(tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, out, err = _cli("build", "--board", "stm32f746", "--model", "digits-cnn", "--out", tmp_path / "f")
+    _one_error(code, err, "is a file")
+    assert "update scheme" not in out
+
+
+def test_plan_svg_into_a_missing_folder_and_no_stray_svg(tmp_path, monkeypatch):
+    code, _, err = _cli("plan", "--board", "stm32f746", "--model", "digits-cnn", "--svg", tmp_path / "no" / "t.svg")
+    _one_error(code, err, "does not exist")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli("plan", "--board", "stm32f746", "--model", "digits-cnn", "--update", "last-1", "--json")
+    assert code == 0, err
+    assert list(tmp_path.iterdir()) == [], "plan wrote into the working directory"
+
+
+def test_rebuild_removes_the_previous_builds_files(tmp_path):
+    out = tmp_path / "b"
+    code, _, err = _cli("build", "--board", "stm32f746", "--model", "digits-cnn", "--update", "last-1", "--out", out)
+    assert code == 0, err
+    stale = out / "src" / "stale.c"
+    stale.write_text("int stale;\n")
+    code, _, err = _cli("build", "--board", "stm32f746", "--model", "digits-cnn", "--no-train", "--out", out)
+    assert code == 0, err
+    assert not stale.exists() and (out / "src" / "tg_model.c").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tinygen.bench import transfer
 from tinygen.bench.suites import auto_fit, gradient_filter, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.codegen.firmware import FirmwareOptions
-from tinygen.codegen.project import read_manifest, write_project
+from tinygen.codegen.project import MANIFEST, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import training_samples
 from tinygen.ir.scheme import TrainConfig, parse_update
@@ -32,8 +33,27 @@ from tinygen.zoo.resolve import resolve_model
 TRANSFER_TASKS = list(_TASKS)
 
 
+MAX_STEPS = (1 << 31) - 1  # the firmware and host harnesses count steps in int32
+MAX_SAMPLES = 1 << 16
+MAX_BUDGET_KB = 1 << 20  # 1 GiB: larger than any microcontroller's SRAM
+
+
+class FiniteRange(click.FloatRange):
+    """A float range that also refuses inf and nan (which compare false with both bounds)."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+MOMENTUM = FiniteRange(min=0, max=1, max_open=True)
+
+
 def friendly(fn):
-    """Turn TinygenError into one clear line and its exit code (never a traceback)."""
+    """Turn TinygenError (and an unwritable or unreadable path) into one clear line and a non-zero exit
+    code, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,11 +62,46 @@ def friendly(fn):
         except TinygenError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            where = exc.filename or "a file"
+            click.echo(f"error: cannot use {where}: {exc.strerror or exc}; choose a path you can write to", err=True)
+            sys.exit(TinygenError.exit_code)
 
     return wrapper
 
 
-@click.group()
+class _Cli(click.Group):
+    """click's usage errors in tinygen's form: one `error:` line and exit status 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            click.echo(f"error: {exc.format_message().rstrip('.')}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _check_out(out: Path) -> None:
+    """Fail before the slow steps when --out cannot hold a build."""
+    if out.exists() and not out.is_dir():
+        raise TinygenError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".tinygen-write-test"
+    probe.write_text("")
+    probe.unlink()
+
+
+@click.group(cls=_Cli)
 @click.version_option(package_name="tinygen")
 def main():
     """tinygen: compile int8 CNNs into C that trains on Cortex-M microcontrollers."""
@@ -86,7 +141,7 @@ def boards():
               help="Which layers train: auto (= fisher: layers and channels chosen by Fisher potential on real "
                    "samples, under the SRAM budget) | deepest (the most last layers that fit) | full | last-K | "
                    "bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
-@click.option("--budget-kb", type=click.FloatRange(min=1), default=None,
+@click.option("--budget-kb", type=FiniteRange(min=1, max=MAX_BUDGET_KB), default=None,
               help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None,
               help="With --update auto/fisher: cap on the backward MACs of a training step.")
@@ -95,8 +150,9 @@ def boards():
                    "layer trains its most important channels, not its first ones; the order goes to scheme.json.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate.")
-@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
+@click.option("--lr", type=FiniteRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="SGD learning rate.")
+@click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
 @click.option("--lr-halve-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Halve the learning rate every N steps (0: constant).")
 @click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True,
@@ -104,15 +160,15 @@ def boards():
                    "(MSE builds train on the host; the firmware harness trains with class labels).")
 @click.option("--accumulate", type=click.IntRange(min=1, max=65536), default=1, show_default=True,
               help="Gradient accumulation: apply the mean update of every N samples.")
-@click.option("--samples", "--dataset", "samples", type=click.IntRange(min=1), default=None,
+@click.option("--samples", "--dataset", "samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None,
               help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
           momentum, lr_halve_every, loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
-
+    _check_out(out)
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
@@ -170,21 +226,23 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--board", required=True, help="Target board (see `tinygen boards`).")
 @click.option("--model", "model_spec", required=True, help="Zoo name or a model file.")
 @click.option("--classes", type=click.IntRange(min=2), default=None, help="Replace the head with N classes.")
-@click.option("--budget-kb", type=click.FloatRange(min=1), default=None, help="SRAM budget (default: the board's).")
+@click.option("--budget-kb", type=FiniteRange(min=1, max=MAX_BUDGET_KB), default=None,
+              help="SRAM budget (default: the board's).")
 @click.option("--update", default="auto", show_default=True, help="As for build (auto, deepest, full, ...).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None, help="As for build.")
 @click.option("--reorder-channels", is_flag=True, help="As for build.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True)
 @click.option("--no-train", "no_train", is_flag=True, help="Plan inference only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the memory timeline picture here (default: memory_timeline.svg).")
+              help="Also write the memory timeline picture (SVG) to this file.")
 @friendly
 def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum, no_train,
          as_json, svg):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
-
+    if svg is not None and not svg.parent.is_dir():
+        raise TinygenError(f"--svg {svg}: the folder {svg.parent} does not exist; create it or choose another path")
 
     b = load_board(board)
     model = resolve_model(model_spec, classes)
@@ -194,9 +252,9 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     if trainer is not None:
         model = trainer.model
     p = build_plan(model, trainer, b, budget)
-    svg = svg or Path("memory_timeline.svg")
-    svg.write_text(timeline_svg(p))
-    click.echo(json.dumps(p, indent=1) if as_json else plan_table(p) + f"\nmemory timeline: {svg}")
+    if svg is not None:
+        svg.write_text(timeline_svg(p))  # its folder was checked before the slow steps
+    click.echo(json.dumps(p, indent=1) if as_json else plan_table(p) + (f"\nmemory timeline: {svg}" if svg else ""))
     if not p["fits"]:
         try:
             check_fits(model, trainer, b, budget)
@@ -209,9 +267,9 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
 
 @main.command()
 @click.argument("build_dir", type=click.Path(path_type=Path))
-@click.option("--inputs", "n_inputs", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--inputs", "n_inputs", type=click.IntRange(min=1, max=MAX_SAMPLES), default=8, show_default=True,
               help="Number of real inputs to compare.")
-@click.option("--steps", type=click.IntRange(min=0), default=None,
+@click.option("--steps", type=click.IntRange(min=0, max=MAX_STEPS), default=None,
               help="Training steps to compare (default 20 for a training build, 0 to skip).")
 @click.option("--kernels", type=click.Choice(list(KERNEL_IMPLS)), default="portable", show_default=True,
               help="Kernel implementation the host build compiles.")

@@ -27,13 +27,21 @@ from tinygen.targets.boards import Board
 from tinygen.targets.hostbuild import HOST_CFLAGS, host_cc
 
 MANIFEST = "tinygen.json"
+GENERATED = ("model", "src", "cmsis_glue", "host", "firmware", "Makefile", "plan.json", "memory_timeline.svg", MANIFEST)
 
 
 def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None) -> dict:
-    """Generate the project; with a `train_ref.Trainer`, the training step too."""
+    """Generate the project; with a `reference.training.Trainer`, the training step too. Rebuilding into
+    an earlier build's directory first removes what that build generated (nothing else)."""
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+    for name in GENERATED if (out / MANIFEST).is_file() else ():
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     modelfile.save(model, out / "model" / "model.json")
     if trainer is None:
