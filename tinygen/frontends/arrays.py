@@ -25,14 +25,18 @@ def check_npz_sizes(path, zf: zipfile.ZipFile) -> None:
     for info in zf.infolist():
         if not info.filename.endswith(".npy"):
             continue
-        with zf.open(info) as f:
+        try:
+            f = zf.open(info)
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, OSError) as exc:
+            raise ModelError(f"{path}: member {info.filename} cannot be opened ({exc})") from None
+        with f:
             try:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
                     shape, _, dtype = np.lib.format.read_array_header_1_0(f)
                 else:
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
                 raise ModelError(f"{path}: member {info.filename} has no readable array header ({exc})") from None
         count = 1
         for d in shape:

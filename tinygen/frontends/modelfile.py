@@ -160,7 +160,7 @@ def _open_arrays(path: Path, doc: dict):
         with zipfile.ZipFile(npz) as zf:
             check_npz_sizes(npz, zf)
         return np.load(npz, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise ModelError(f"{npz} is not a readable .npz archive ({exc}); is the file truncated?") from None
 
 
