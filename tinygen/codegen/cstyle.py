@@ -181,41 +181,121 @@ def if_block(cond, body: str) -> str:
     return f"{ind}if ({cond}) {{\n{_shift(body, 4)}{ind}}}\n"
 
 
-def comment_lines(text: str, width: int = COLUMN_LIMIT - 3) -> list[str]:
-    """`text` (already made safe with `c_comment`) wrapped for the lines of a block comment."""
-    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+def block_comment(text: str, indent: int = 0, closer_alone: bool = False) -> str:
+    """`text` (already made safe with `c_comment`) as a block comment at column `indent`, wrapped to the
+    column limit: `*/` after the last word, or on a line of its own."""
+    width = COLUMN_LIMIT - indent - (3 if closer_alone else 6)
+    lines = textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False) or [""]
+    pad = " " * indent
+    body = f"\n{pad} * ".join(lines)
+    return f"/* {body}\n{pad} */" if closer_alone else f"/* {body} */"
 
 
-def signature(fn: str, params: list[str]) -> str:
-    """`static void fn(params)` laid out as clang-format lays out a definition: on one line if it fits;
-    else the parameters packed after the open parenthesis; else packed on lines indented by 4 after
-    a break at the parenthesis; else that with the return type on its own line too."""
-    head = f"static void {fn}("
-    one = head + ", ".join(params) + ")"
+def _pack(items: list[str], col: int) -> list[str] | None:
+    """`items` packed greedily on lines starting at column `col`; None if one does not fit."""
+    lines, cur = [], ""
+    for it in items:
+        if cur and col + len(cur) + 1 + len(it) <= COLUMN_LIMIT:
+            cur += " " + it
+        else:
+            if cur:
+                lines.append(cur)
+            if col + len(it) > COLUMN_LIMIT:
+                return None
+            cur = it
+    return lines + [cur]
+
+
+def signature(head: str, params: list[str], lead: str = "", tail: str = "") -> str:
+    """`head(params)` laid out as clang-format lays out a definition (`head` is `static void fn`) or a
+    call (written after `lead`, the text before it on its line, and followed by `tail`, e.g. `;`;
+    neither is returned): on one line if it fits (a call after `= ` may also move whole to the next
+    line, see `break_assignments`); else the parameters packed after the open parenthesis (for a
+    call, unless a break at the parenthesis, then lines indented by 4, takes fewer lines); else the
+    break at the parenthesis; else, for a definition, that with the return type on its own line too."""
+    one = f"{head}({', '.join(params)})"
+    pad = len(lead) - len(lead.lstrip(" "))
+    if len(lead + one + tail) <= COLUMN_LIMIT or (lead.endswith("= ") and pad + 4 + len(one + tail) <= COLUMN_LIMIT):
+        return one
+    items = [p + "," for p in params[:-1]] + [params[-1] + ")" + tail]
+    start = lead + head + "("
+    aligned = _pack(items, len(start))
+    broken = _pack(items, pad + 4)
+    definition = not lead and not tail  # clang-format breaks a call, never a definition, to save lines
+    if aligned is not None and (definition or broken is None or len(aligned) <= len(broken) + 1):
+        text = start + ("\n" + " " * len(start)).join(aligned)
+    elif len(start) <= COLUMN_LIMIT:
+        text = start + "\n" + "\n".join(" " * (pad + 4) + ln for ln in broken)
+    else:
+        ret, fn = head.rsplit(" ", 1)
+        text = lead + f"{ret}\n{fn}(\n" + "\n".join(" " * (pad + 4) + ln for ln in broken)
+    return text[len(lead):len(text) - len(tail)]
+
+
+def break_assignments(text: str) -> str:
+    """`text` with each statement longer than the column limit broken after its `=`, the value indented
+    4 more, as clang-format does when the value then fits."""
+    out = []
+    for line in text.split("\n"):
+        at = line.find(" = ")
+        pad = len(line) - len(line.lstrip())
+        comment = line.lstrip().startswith(("/*", "*"))
+        if len(line) > COLUMN_LIMIT and at > 0 and not comment and pad + 4 + len(line) - at - 3 <= COLUMN_LIMIT:
+            out += [line[:at + 2], " " * (pad + 4) + line[at + 3:]]
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def table(head: str, items: list) -> str:
+    """`head = {items...};` as clang-format lays out an initializer without a trailing comma: on one
+    line if it fits, else the fewest lines (then the fewest columns), each column as wide as its
+    widest item."""
+    one = f"{head} = {{{', '.join(map(str, items))}}};"
     if len(one) <= COLUMN_LIMIT:
         return one
-    items = [p + "," for p in params[:-1]] + [params[-1] + ")"]
+    cells = [f"{v}," for v in items]
+    best_cols, best_lines = 1, len(cells) + 1
+    for cols in range(1, len(cells) + 1):
+        widths = [max(map(len, cells[c::cols])) for c in range(cols)]
+        lines = -(-len(cells) // cols)
+        if 4 + sum(widths) + cols - 1 <= COLUMN_LIMIT and lines < best_lines:
+            best_cols, best_lines = cols, lines
+    widths = [max(map(len, cells[c::best_cols])) for c in range(best_cols)]
+    cells[-1] = cells[-1][:-1] + "};"
+    rows = ["    " + " ".join(cell.ljust(widths[c]) for c, cell in enumerate(cells[r:r + best_cols])).rstrip()
+            for r in range(0, len(cells), best_cols)]
+    return f"{head} = {{\n" + "\n".join(rows)
 
-    def pack(col: int) -> list[str] | None:
-        lines, cur = [], ""
-        for it in items:
-            if cur and col + len(cur) + 1 + len(it) <= COLUMN_LIMIT:
-                cur += " " + it
-            else:
-                if cur:
-                    lines.append(cur)
-                if col + len(it) > COLUMN_LIMIT:
-                    return None
-                cur = it
-        return lines + [cur]
 
-    aligned = pack(len(head))
-    if aligned is not None:
-        return head + ("\n" + " " * len(head)).join(aligned)
-    broken = "\n    ".join(pack(4))
-    if len(head) <= COLUMN_LIMIT:
-        return f"{head}\n    {broken}"
-    return f"static void\n{fn}(\n    {broken}"
+class LayerDims:
+    """A training layer's numbers as template operands: `k(key)` is 0 or 1 as that number (so it folds
+    away), any other value as the layer's named constant `<PREFIX>_<KEY>` (train/layer_constants.c.j2);
+    `ka(key)`, an additive constant, folds only when 0; `var(name, key)` is the loop variable `name`,
+    or 0 when `key`'s loop has one iteration (and so is not written)."""
+
+    def __init__(self, prefix: str, dims: dict):
+        self.prefix, self.dims = prefix.upper(), dims
+
+    def k(self, key: str):
+        v = self.dims[key]
+        return v if v in (0, 1) else Named(f"{self.prefix}_{key.upper()}", v)
+
+    def ka(self, key: str):
+        v = self.dims[key]
+        return 0 if v == 0 else Named(f"{self.prefix}_{key.upper()}", v)
+
+    def var(self, name: str, key: str):
+        return 0 if self.dims[key] == 1 else name
+
+
+def nest(loops: list, body: str) -> str:
+    """`body` (written at column 0) inside `for` loops over (variable, trip count), outermost first, at
+    column 0; a loop of one iteration is left out (see `for_loop`)."""
+    text = _shift(body.strip("\n") + "\n", 4 * len(loops))
+    for var, count in reversed(loops):
+        text = for_loop(var, count, text)
+    return text.rstrip("\n")
 
 
 def _column_layout(items: list[str], width: int) -> list[str]:
@@ -273,6 +353,7 @@ def c_array(name: str, arr: np.ndarray, const: bool = True) -> str:
 def register(env: jinja2.Environment) -> None:
     """Make the helpers available to every template of `env`."""
     env.globals.update(add=add, sub=sub, mul=mul, div=div, mod=mod, at=at, constants=constants,
-                       enum_block=enum_block, for_loop=for_loop, if_block=if_block,
-                       comment_lines=comment_lines, signature=signature)
+                       enum_block=enum_block, for_loop=for_loop, if_block=if_block, nest=nest, LayerDims=LayerDims,
+                       block_comment=block_comment, signature=signature, table=table)
+    env.filters["break_assignments"] = break_assignments
     env.tests["expr"] = lambda x: isinstance(x, Expr)  # a compound expression (worth a variable)
