@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygen.codegen import forward as codegen
+from tinygen.codegen.cstyle import c_array
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import quantize, real_inputs_labelled, real_labelled
 from tinygen.ir import model as ir
@@ -236,9 +237,9 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     np.savez(fw / SAMPLES_FILE, x=x, labels=labels, source=np.array(source))
     n = len(x)
     dataset = dict(n=n, source=source, x_size=max(1, x.size), label_size=max(1, n), y_size=max(1, expected.size),
-                   x_array=codegen.c_array("tg_samples_x", x),
-                   label_array=codegen.c_array("tg_samples_label", labels.astype(np.int32)),
-                   expected_array=codegen.c_array("tg_samples_expected", expected.astype(np.int8)))
+                   x_array=c_array("tg_samples_x", x),
+                   label_array=c_array("tg_samples_label", labels.astype(np.int32)),
+                   expected_array=c_array("tg_samples_expected", expected.astype(np.int8)))
     for name in ("tg_dataset.h", "tg_dataset.c"):
         (fw / name).write_text(env.get_template(f"firmware/{name}.j2").render(**dataset))
 

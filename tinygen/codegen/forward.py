@@ -4,227 +4,26 @@ Every kernel is a template under `templates/kernels/` named after its op
 (CMSIS-NN style: `convolve_s8`, `depthwise_conv_s8`, ...) rendered once per layer. A layer's
 shapes, strides, padding, zero points and clamp range are enumerators of a block-scope enum
 named after its symbol (`names.layer_symbol`); identity arithmetic (`+ 0`, `* 1`, `% 1`) and
-one-iteration loops are folded away at generation time by the helpers below, so the C keeps
-exactly the reference's arithmetic and nothing more. Emitted text is laid out as the committed
-.clang-format would (lines <= 100). Activations live in one static arena whose offsets come from
-`tinygen.planning.arena`; weights are `const` so they stay in flash.
+one-iteration loops are folded away at generation time by the helpers of `cstyle`, so the C keeps
+exactly the reference's arithmetic and nothing more, laid out as the committed .clang-format would.
+Activations live in one static arena whose offsets come from `tinygen.planning.arena`;
+weights are `const` so they stay in flash.
 """
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 import numpy as np
 
+from tinygen.codegen import cstyle
+from tinygen.codegen.cstyle import CTYPES, c_array
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
 from tinygen.paths import data_dir
 from tinygen.planning.schedule import forward_ops, plan_forward
-
-CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t", np.dtype(np.int32): "int32_t",
-          np.dtype(np.uint8): "uint8_t", np.dtype(np.uint32): "uint32_t"}
-COLUMN_LIMIT = 100  # .clang-format ColumnLimit: every emitted line fits
-
-
-class Expr(str):
-    """C expression text with its operator precedence (3 atom, 2 multiplicative, 1 additive) and, when
-    every operand is a constant, its value."""
-
-    def __new__(cls, text: str, prec: int = 3, value: int | None = None):
-        obj = super().__new__(cls, text)
-        obj.prec, obj.value = prec, value
-        return obj
-
-
-def _value(x) -> int | None:
-    if isinstance(x, Expr):
-        return x.value
-    return int(x) if isinstance(x, int) and not isinstance(x, bool) else None
-
-
-def _text(x, prec: int) -> str:
-    """`x` as an operand that binds at least as tightly as `prec` (parenthesised if needed)."""
-    p = x.prec if isinstance(x, Expr) else (3 if not isinstance(x, int) or x >= 0 else 2)
-    return f"({x})" if p < prec else str(x)
-
-
-def _both(a, b, op) -> int | None:
-    va, vb = _value(a), _value(b)
-    return None if va is None or vb is None else op(va, vb)
-
-
-# The folding helpers: operands are C text (a loop variable), ints (a removed loop's index, 0) or named
-# constants (their enumerator name, with their value). Identities are applied at generation time, so
-# the emitted C has no `+ 0`, `* 1`, `/ 1` or `% 1`; the arithmetic left is exactly the original's.
-def add(a, b):
-    if _value(b) == 0:
-        return a
-    if _value(a) == 0:
-        return b
-    return Expr(f"{_text(a, 1)} + {_text(b, 2)}", 1, _both(a, b, int.__add__))
-
-
-def sub(a, b):
-    if _value(b) == 0:
-        return a
-    if _value(a) == 0:
-        return Expr(f"-{_text(b, 3)}", 2, None if _value(b) is None else -_value(b))
-    return Expr(f"{_text(a, 1)} - {_text(b, 2)}", 1, _both(a, b, int.__sub__))
-
-
-def mul(a, b):
-    if _value(a) == 0 or _value(b) == 0:
-        return 0
-    if _value(a) == 1:
-        return b
-    if _value(b) == 1:
-        return a
-    return Expr(f"{_text(a, 2)} * {_text(b, 3)}", 2, _both(a, b, int.__mul__))
-
-
-def div(a, b):
-    """C division of non-negative operands."""
-    if _value(b) == 1 or _value(a) == 0:
-        return a
-    return Expr(f"{_text(a, 2)} / {_text(b, 3)}", 2, _both(a, b, int.__floordiv__))
-
-
-def mod(a, b):
-    """C remainder of non-negative operands."""
-    if _value(b) == 1 or _value(a) == 0:
-        return 0
-    return Expr(f"{_text(a, 2)} % {_text(b, 3)}", 2, _both(a, b, int.__mod__))
-
-
-def at(base: str, index) -> str:
-    """`&base[index]`, or `base` itself at index 0."""
-    return base if _value(index) == 0 else f"&{base}[{index}]"
-
-
-class Named(int):
-    """A layer constant: an int for folding and Jinja tests, its enumerator name when rendered."""
-
-    def __new__(cls, name: str, value: int, expr: str | None = None):
-        obj = super().__new__(cls, value)
-        obj.name, obj.expr = name, expr
-        return obj
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class Constants(dict):
-    """A kernel's named constants, in declaration order; `K.IN_H` is a `Named`."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def plus(self, **values) -> Constants:
-        """These constants and more; a value may be an expression of earlier ones (kept as written in
-        the enum, e.g. `FILTER_SIZE = KERNEL_H * KERNEL_W * IN_C`)."""
-        out = Constants(self)
-        for key, v in values.items():
-            if isinstance(v, Named):
-                out[key] = Named(key, int(v), v.name)
-            elif isinstance(v, Expr):
-                assert v.value is not None, f"{key}: {v} is not constant"
-                out[key] = Named(key, v.value, str(v))
-            else:
-                out[key] = Named(key, int(v))
-        return out
-
-
-def constants(**values) -> Constants:
-    return Constants().plus(**values)
-
-
-def enum_block(tag: str, K: Constants, indent: int = 4) -> str:
-    """The block-scope `enum` declaring a kernel's constants (one per line, as clang-format keeps an
-    enum with a trailing comma)."""
-    pad = " " * indent
-    lines = [f"{pad}enum {tag} {{"]
-    lines += [f"{pad}    {k} = {v.expr if v.expr is not None else int(v)}," for k, v in K.items()]
-    return "\n".join(lines + [f"{pad}}};"])
-
-
-def _indent_of(body: str) -> str:
-    first = next((ln for ln in body.splitlines() if ln.strip()), "")
-    return first[:len(first) - len(first.lstrip(" "))]
-
-
-def _shift(body: str, by: int) -> str:
-    """Every non-blank line of `body` moved `by` columns (negative: left)."""
-    out = []
-    for ln in body.splitlines(True):
-        if not ln.strip():
-            out.append(ln)
-        elif by >= 0:
-            out.append(" " * by + ln)
-        else:
-            assert ln.startswith(" " * -by), ln
-            out.append(ln[-by:])
-    return "".join(out)
-
-
-def for_loop(var: str, count, body: str) -> str:
-    """`for (var = 0; var < count; var++) { body }` one level out from `body`'s indentation, or, when
-    `count` is the constant 1, `body` alone (rendered with index 0) one level out."""
-    if _value(count) == 1:
-        return _shift(body, -4)
-    ind = _indent_of(body)[:-4]
-    return f"{ind}for (int32_t {var} = 0; {var} < {count}; {var}++) {{\n{body}{ind}}}\n"
-
-
-def if_block(cond, body: str) -> str:
-    """`if (cond) { body }` at `body`'s indentation when `cond` is C text; `body` as is when it is
-    falsy."""
-    if not cond:
-        return body
-    ind = _indent_of(body)
-    return f"{ind}if ({cond}) {{\n{_shift(body, 4)}{ind}}}\n"
-
-
-def comment_lines(text: str, width: int = COLUMN_LIMIT - 3) -> list[str]:
-    """`text` (already made safe with `c_comment`) wrapped for the lines of a block comment."""
-    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
-
-
-def signature(fn: str, params: list[str]) -> str:
-    """`static void fn(params)` laid out as clang-format lays out a definition: on one line if it fits;
-    else the parameters packed after the open parenthesis; else packed on lines indented by 4 after
-    a break at the parenthesis; else that with the return type on its own line too."""
-    head = f"static void {fn}("
-    one = head + ", ".join(params) + ")"
-    if len(one) <= COLUMN_LIMIT:
-        return one
-    items = [p + "," for p in params[:-1]] + [params[-1] + ")"]
-
-    def pack(col: int) -> list[str] | None:
-        lines, cur = [], ""
-        for it in items:
-            if cur and col + len(cur) + 1 + len(it) <= COLUMN_LIMIT:
-                cur += " " + it
-            else:
-                if cur:
-                    lines.append(cur)
-                if col + len(it) > COLUMN_LIMIT:
-                    return None
-                cur = it
-        return lines + [cur]
-
-    aligned = pack(len(head))
-    if aligned is not None:
-        return head + ("\n" + " " * len(head)).join(aligned)
-    broken = "\n    ".join(pack(4))
-    if len(head) <= COLUMN_LIMIT:
-        return f"{head}\n    {broken}"
-    return f"static void\n{fn}(\n    {broken}"
 
 
 def environment() -> jinja2.Environment:
@@ -234,64 +33,8 @@ def environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters.update(c_ident=c_ident, c_string=c_string, c_comment=c_comment)
-    env.globals.update(add=add, sub=sub, mul=mul, div=div, mod=mod, at=at, constants=constants,
-                       enum_block=enum_block, for_loop=for_loop, if_block=if_block,
-                       comment_lines=comment_lines, signature=signature)
-    env.tests["expr"] = lambda x: isinstance(x, Expr)  # a compound expression (worth a variable)
+    cstyle.register(env)
     return env
-
-
-def _column_layout(items: list[str], width: int) -> list[str]:
-    """Rows of `items` (each with its trailing comma) as clang-format 14 lays out a braced initializer list
-    with a trailing comma (clang/lib/Format/FormatToken.cpp, CommaSeparatedList): fewer than five items go
-    one per line; otherwise every column count from 1 to ColumnLimit / 3 whose columns vary by at most 10
-    characters (the last column excepted) and whose width fits the limit is a candidate, and the widest
-    that fits `width` wins, narrowed while the line count stays the same."""
-    n = len(items)
-    if n < 5:
-        return items
-    lengths = np.fromiter((len(t) for t in items), dtype=np.int64, count=n)
-    fits = []
-    for cols in range(1, COLUMN_LIMIT // 3 + 1):
-        if n < cols:
-            break
-        rows = -(-n // cols)
-        grid = np.full(rows * cols, -1, dtype=np.int64)
-        grid[:n] = lengths
-        grid = grid.reshape(rows, cols)
-        sizes = grid.max(axis=0)
-        mins = np.where(grid < 0, np.iinfo(np.int64).max, grid).min(axis=0)
-        if cols > 1 and np.any(sizes[:-1] - mins[:-1] > 10):
-            continue
-        total = int(sizes.sum()) + cols - 1
-        if (total > COLUMN_LIMIT and cols > 1) or not (total <= width or cols == 1):
-            continue
-        fits.append((cols, rows, sizes))
-    best = None  # from the most columns down, narrowed while the line count does not grow
-    for fmt in reversed(fits):
-        if best is not None and fmt[1] > best[1]:
-            break
-        best = fmt
-    cols, rows, sizes = best
-    pads = [int(v) + 1 for v in sizes]
-    out = []
-    for r in range(rows):
-        row = items[r * cols:(r + 1) * cols]
-        out.append("".join(t.ljust(pads[j]) for j, t in enumerate(row[:-1])) + row[-1])
-    return out
-
-
-
-def c_array(name: str, arr: np.ndarray, const: bool = True) -> str:
-    """A C array definition with the array's exact integer values, laid out exactly as clang-format
-    (the committed .clang-format) would: a trailing comma, then rows of aligned columns."""
-    arr = np.ascontiguousarray(arr).ravel()
-    ctype = CTYPES[arr.dtype]
-    vals = arr.astype(np.int64).tolist() or [0]
-    # INT32_MIN (stdint.h) because -2147483648 is not an int literal
-    items = [("INT32_MIN," if v == -(2**31) and ctype == "int32_t" else f"{v},") for v in vals]
-    body = "\n    ".join(_column_layout(items, COLUMN_LIMIT - 4))
-    return f"{'const ' if const else ''}{ctype} {name}[{len(vals)}] = {{\n    {body}\n}};\n"
 
 
 @dataclass

@@ -9,7 +9,7 @@ one static arena by `tinygen.planning.arena` over the step's schedule.
 
 Python passes data only: the shapes and numbers of a layer (`dims`, written once per layer as
 named constants by templates/train/layer_constants.c.j2, folded where they are 0 or 1 by
-templates/train/_fold.j2) and the step's operations as records; the templates write all C.
+`cstyle.LayerDims`) and the step's operations as records; the templates write all C.
 """
 
 from __future__ import annotations
@@ -19,15 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.forward import (
-    c_ident,
-    environment,
-    render_forward,
-    write_sources,
-)
+from tinygen.codegen.forward import environment, render_forward, write_sources
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
-from tinygen.ir.names import layer_symbol
+from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
