@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ruff check .
 lint-imports
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+# one worker per core (pytest-xdist); a module's tests stay on one worker so its builds are made once
+exec python3 -m pytest -q -p no:cacheprovider -n auto --dist loadscope "$@"

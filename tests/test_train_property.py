@@ -6,7 +6,7 @@ gradient, every trained parameter after the steps)."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from train_harness import train_c_vs_reference
 
@@ -68,6 +68,22 @@ def _head(b, x, rng, classes):
        kind=st.sampled_from(["conv", "depthwise", "pointwise", "grouped"]), mult=st.integers(1, 2),
        r=st.sampled_from([1, 2, 4]), act=st.sampled_from(["none", "relu", "relu6"]), seed=st.integers(0, 2**16),
        two=st.booleans())
+@example(
+    h=3,
+    w=3,
+    cin=1,
+    cout=1,
+    k=1,
+    stride=3,
+    dil=1,
+    pad='same',
+    kind='conv',
+    mult=1,
+    r=1,
+    act='none',
+    seed=0,
+    two=True,
+).via('a 1x1 output: the folded output loops left an unused index')
 def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, kind, mult, r, act, seed, two, kernels):
     rng = np.random.default_rng(seed)
     groups = 1
