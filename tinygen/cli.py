@@ -14,7 +14,7 @@ from tinygen.bench import transfer
 from tinygen.bench.suites import auto_fit, gradient_filter, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.codegen.firmware import FirmwareOptions
-from tinygen.codegen.project import MANIFEST, read_manifest, write_project
+from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import training_samples
 from tinygen.ir.scheme import TrainConfig, parse_update
@@ -91,10 +91,7 @@ class _Cli(click.Group):
 
 def _check_out(out: Path) -> None:
     """Fail before the slow steps when --out cannot hold a build."""
-    if out.exists() and not out.is_dir():
-        raise TinygenError(f"--out {out} is a file; choose a directory")
-    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     probe = out / ".tinygen-write-test"
     probe.write_text("")

@@ -54,7 +54,7 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
     oh, ow, cout = layer.output.shape
     kh, kw = layer.kernel
     pt, pb, pl, pr = layer.padding
-    depthwise = layer.groups == cin and layer.weight.shape[3] == 1 and layer.groups > 1
+    depthwise = ir.is_depthwise(layer)
     arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
               f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
     ctx = dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=kh, kw=kw, cg=cin // layer.groups,

@@ -30,12 +30,19 @@ MANIFEST = "tinygen.json"
 GENERATED = ("model", "src", "cmsis_glue", "host", "firmware", "Makefile", "plan.json", "memory_timeline.svg", MANIFEST)
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot hold a build: a file, or a folder holding something other than a build."""
+    if out.exists() and not out.is_dir():
+        raise TinygenError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+
+
 def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None) -> dict:
     """Generate the project; with a `reference.training.Trainer`, the training step too. Rebuilding into
     an earlier build's directory first removes what that build generated (nothing else)."""
     out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+    check_out_dir(out)
     for name in GENERATED if (out / MANIFEST).is_file() else ():
         path = out / name
         if path.is_dir() and not path.is_symlink():

@@ -209,7 +209,7 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
         lay.named.add("b_limit")
     fn = f"{p}_update_s8"
     em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **ctx, bias=u.bias,
-              n_sel=len(u.channels), n_chan=(layer.groups if ir.is_depthwise(layer) else lay.dims["cg"]),
+              n_sel=len(u.channels), n_chan=ir.selectable_channels(layer),
               channels=f"{p}_channels", frac=f"{p}_frac", frac_type=frac_ctype(cfg.frac_bits),
               w_mult=f"{p}_w_mult", w_shift=f"{p}_w_shift", b_mult=f"{p}_b_mult", b_shift=f"{p}_b_shift",
               momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
