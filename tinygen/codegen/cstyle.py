@@ -50,44 +50,36 @@ def _both(a, b, op) -> int | None:
 # The folding helpers: operands are C text (a loop variable), ints (a removed loop's index, 0) or named
 # constants (their enumerator name, with their value). Identities are applied at generation time, so
 # the emitted C has no `+ 0`, `* 1`, `/ 1` or `% 1`; the arithmetic left is exactly the original's.
+def _binary(a, sym: str, b, prec: int, op) -> Expr:
+    """`a sym b` for a left-associative operator of precedence `prec`, with its value when both are known."""
+    return Expr(f"{_text(a, prec)} {sym} {_text(b, prec + 1)}", prec, _both(a, b, op))
+
+
 def add(a, b):
-    if _value(b) == 0:
-        return a
-    if _value(a) == 0:
-        return b
-    return Expr(f"{_text(a, 1)} + {_text(b, 2)}", 1, _both(a, b, int.__add__))
+    return a if _value(b) == 0 else b if _value(a) == 0 else _binary(a, "+", b, 1, int.__add__)
 
 
 def sub(a, b):
-    if _value(b) == 0:
-        return a
-    if _value(a) == 0:
+    if _value(a) == 0 and _value(b) != 0:
         return Expr(f"-{_text(b, 3)}", 2, None if _value(b) is None else -_value(b))
-    return Expr(f"{_text(a, 1)} - {_text(b, 2)}", 1, _both(a, b, int.__sub__))
+    return a if _value(b) == 0 else _binary(a, "-", b, 1, int.__sub__)
 
 
 def mul(a, b):
-    if _value(a) == 0 or _value(b) == 0:
+    va, vb = _value(a), _value(b)
+    if 0 in (va, vb):
         return 0
-    if _value(a) == 1:
-        return b
-    if _value(b) == 1:
-        return a
-    return Expr(f"{_text(a, 2)} * {_text(b, 3)}", 2, _both(a, b, int.__mul__))
+    return b if va == 1 else a if vb == 1 else _binary(a, "*", b, 2, int.__mul__)
 
 
 def div(a, b):
     """C division of non-negative operands."""
-    if _value(b) == 1 or _value(a) == 0:
-        return a
-    return Expr(f"{_text(a, 2)} / {_text(b, 3)}", 2, _both(a, b, int.__floordiv__))
+    return a if _value(b) == 1 or _value(a) == 0 else _binary(a, "/", b, 2, int.__floordiv__)
 
 
 def mod(a, b):
     """C remainder of non-negative operands."""
-    if _value(b) == 1 or _value(a) == 0:
-        return 0
-    return Expr(f"{_text(a, 2)} % {_text(b, 3)}", 2, _both(a, b, int.__mod__))
+    return 0 if _value(b) == 1 or _value(a) == 0 else _binary(a, "%", b, 2, int.__mod__)
 
 
 def at(base: str, index) -> str:
