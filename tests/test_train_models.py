@@ -13,6 +13,7 @@ from tinygen.cli import main
 from tinygen.frontends.inputs import training_samples
 from tinygen.ir.scheme import TrainConfig, load_scheme
 from tinygen.paths import shared_dir
+from tinygen.zoo.catalog import get_model
 
 STEPS = 20
 
@@ -39,9 +40,7 @@ def mbv2():
     root = shared_dir()
     if root is None:
         pytest.skip("../shared is not present: the MIT models are not available")
-    from tinygen.frontends.mit_import import load_mit_model
-
-    return load_mit_model(root / "models/mit-tiny-training/mbv2-w0.35.pkl", classes=10)
+    return get_model("mbv2-w0.35", classes=10)
 
 
 @pytest.mark.parametrize("budget", _mbv2_schemes() or ["(../shared absent)"])

@@ -46,14 +46,8 @@ How the file's graph maps onto the IR (`load_mit_model`):
 * The classifier (a 1x1 conv in the file) becomes an `ir.FullyConnected` reading the
   (1, 1, C) pooled tensor directly.
 
-`classes=N` replaces the 1000-class head by a fresh N-class one, deterministic from
-`np.random.default_rng(N)`: float weights drawn uniform in +-1/sqrt(C) (PyTorch's
-default Conv2d/Linear init, which tiny-training's `create_quantized_head` uses),
-quantized symmetric per output channel (scale = max|w|/127, values in [-127, 127]);
-zero bias; output zero point 0 and output scale equal to the pretrained head's
-`y_scale`, i.e. the logit resolution the 1000-class head needed for real ImageNet logits
-of this backbone (about +-21 over the int8 range), which leaves a fresh head room to grow
-while training.
+The file's classifier is kept as it is (1000 ImageNet classes); `--classes N` replaces it by
+a fresh N-way head through the one head function, `tinygen.zoo.catalog.replace_head`.
 """
 
 from __future__ import annotations
@@ -350,16 +344,6 @@ def _fit_bias(weight: np.ndarray, bias: np.ndarray, w_scales: np.ndarray):
     return weight, bias, w_scales
 
 
-def _fresh_head(classes: int, cin: int, out_scale: float):
-    """Deterministic N-class head: PyTorch-default uniform init, int8 symmetric per channel, zero bias."""
-    rng = np.random.default_rng(classes)
-    bound = 1.0 / math.sqrt(cin)
-    wf = rng.uniform(-bound, bound, size=(classes, cin))
-    w_scales = (np.abs(wf).max(axis=1) / 127.0).astype(np.float32)
-    weight = np.clip(np.rint(wf / w_scales[:, None].astype(np.float64)), -127, 127).astype(np.int8)
-    return weight, np.zeros(classes, dtype=np.int32), w_scales, float(out_scale), 0
-
-
 def _block(b: ModelBuilder, r: _Reader, x, i: int, blk) -> object:
     """One inverted-residual block: pointwise1, depthwise, pointwise2 (each optional), then the residual add."""
     where = f"blocks[{i}]"
@@ -391,8 +375,8 @@ def _block(b: ModelBuilder, r: _Reader, x, i: int, blk) -> object:
     return b.add(x, block_in, yq[0], yq[1], act=_act(r, res, rw), name=f"b{i}_add")
 
 
-def _classifier(b: ModelBuilder, r: _Reader, x, cls, classes: int | None) -> None:
-    """The 1x1 classifier as a fully connected layer over the pooled features (or a fresh head)."""
+def _classifier(b: ModelBuilder, r: _Reader, x, cls) -> None:
+    """The 1x1 classifier as a fully connected layer over the pooled features."""
     pooled = b.info(x)
     cw = "classifier"
     if not isinstance(cls, dict):
@@ -412,26 +396,20 @@ def _classifier(b: ModelBuilder, r: _Reader, x, cls, classes: int | None) -> Non
     w_scales = r.array(cp, "w_scales", pw, np.float32, (n_out,))
     xq, yq = r.quant(cp, "x", pw), r.quant(cp, "y", pw)
     act = _act(r, cls, cw)
-    if classes is not None:
-        weight, bias, w_scales, ys, yz = _fresh_head(classes, c, yq[0])
-        act = "none"
-    else:
-        ys, yz = yq
-        if not _same_quant(xq, (pooled.scale, pooled.zero_point)):
-            # The classifier reads the pooled tensor's quantization; keep its real-valued bias.
-            scaled = np.rint(bias.astype(np.float64) * (xq[0] / pooled.scale))
-            if np.abs(scaled).max(initial=0) >= 2**31:
-                r.fail("classifier bias overflows int32 when rescaled to the pooled features' scale")
-            bias = scaled.astype(np.int32)
-        weight, bias, w_scales = _fit_bias(weight, bias, w_scales)
+    ys, yz = yq
+    if not _same_quant(xq, (pooled.scale, pooled.zero_point)):
+        # The classifier reads the pooled tensor's quantization; keep its real-valued bias.
+        scaled = np.rint(bias.astype(np.float64) * (xq[0] / pooled.scale))
+        if np.abs(scaled).max(initial=0) >= 2**31:
+            r.fail("classifier bias overflows int32 when rescaled to the pooled features' scale")
+        bias = scaled.astype(np.int32)
+    weight, bias, w_scales = _fit_bias(weight, bias, w_scales)
     b.fully_connected(x, weight, bias, w_scales, ys, yz, act=act, name="classifier")
 
 
-def load_mit_model(path: str | Path, classes: int | None = None, name: str | None = None) -> ir.Model:
+def load_mit_model(path: str | Path, name: str | None = None) -> ir.Model:
     """A tiny-training `.pkl` model as a validated tinygen IR model (see the module docstring)."""
     path = Path(path)
-    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
-        raise ModelError(f"classes={classes!r} must be a positive integer")
     doc = load_mit_pickle(path)
     r = _Reader(path)
     top = "the model"
@@ -458,7 +436,7 @@ def load_mit_model(path: str | Path, classes: int | None = None, name: str | Non
     if feature_mix is not None:
         x = _conv(b, r, x, feature_mix, "feature_mix", "feature_mix")
     x = b.global_avgpool(x, name="gap")
-    _classifier(b, r, x, cls, classes)
+    _classifier(b, r, x, cls)
     try:
         return b.build()
     except ModelError as exc:

@@ -17,7 +17,8 @@ from scratch, deterministically, and rewrites those files.
 pretrained models a different N replaces the classifier by a fresh, seeded N-way fully
 connected layer (its output quantization calibrated on the model's own training images),
 keeping the pretrained backbone: the transfer-learning set-up on-device training starts
-from. The MIT models pass N on to `mit_import.load_mit_model`.
+from. The MIT models (and MIT `.pkl` files given by path) get their fresh head from the same
+function, `replace_head`, calibrated on real images of their input shape.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 
 from tinygen.errors import ModelError
 from tinygen.frontends import datasets, mit_import, modelfile
+from tinygen.frontends.inputs import real_float_inputs
 from tinygen.ir import model as ir
 from tinygen.reference.forward import run_model
 from tinygen.zoo import floatnn as F
@@ -320,11 +322,14 @@ def _random_mbv2(width: float, size: int, classes: int, name: str) -> ir.Model:
 
 
 HEAD_HEADROOM = 4.0
+HEAD_CALIBRATION = 32  # images whose features set a fresh head's logit range
 
 
-def replace_head(model: ir.Model, classes: int, calib_x: np.ndarray, seed: int = 0) -> ir.Model:
+def replace_head(model: ir.Model, classes: int, calib_x: np.ndarray | None = None, seed: int = 0) -> ir.Model:
     """A copy of `model` whose final fully connected layer is a fresh, seeded `classes`-way layer;
-    its output quantization is calibrated on the int8 features of `calib_x`.
+    its output quantization is calibrated on the int8 features of `calib_x` (float images in [0, 1];
+    default: HEAD_CALIBRATION real images of the model's input shape). Every path that gives a model a
+    new head (`--classes` on zoo names and MIT files, the benchmarks) comes here.
 
     A fresh head exists to be trained, and training grows its weights and logits well past their
     random start (float SGD on the MNIST transfer task takes the head's largest weight to ~2.6x its
@@ -338,6 +343,8 @@ def replace_head(model: ir.Model, classes: int, calib_x: np.ndarray, seed: int =
         raise ModelError(f"{model.name}: the last layer is not fully connected; cannot replace the classifier")
     tensors = model.tensors()
     feat_t = tensors[fc.inputs[0]]
+    if calib_x is None:
+        calib_x, _ = real_float_inputs(tuple(model.input.shape), HEAD_CALIBRATION, split="train")
     q = ptq.quantize_input(model, calib_x)
     feats = np.stack([run_model(model, xi, keep=True)[feat_t.name].reshape(-1) for xi in q])
     feats = ptq.dequantize(feat_t, feats)
@@ -378,7 +385,8 @@ def _load_mit(name: str, classes: int | None) -> ir.Model:
         raise ModelError(f"{name}: its data file was not found ({exc})") from None
     if path is None:
         raise ModelError(f"{name}: its data file was not found; set TINYGEN_SHARED to the shared/ directory")
-    return mit_import.load_mit_model(path, classes=classes, name=name)
+    model = mit_import.load_mit_model(path, name=name)
+    return model if classes is None else replace_head(model, classes)
 
 
 def is_zoo_name(name: str) -> bool:

@@ -8,7 +8,7 @@ from tinygen.errors import ModelError
 from tinygen.frontends import modelfile
 from tinygen.frontends.mit_import import load_mit_model
 from tinygen.ir import model as ir
-from tinygen.zoo.catalog import get_model, is_zoo_name
+from tinygen.zoo.catalog import get_model, is_zoo_name, replace_head
 
 
 def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
@@ -17,15 +17,13 @@ def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
         return get_model(spec, classes=classes)
     if path.suffix == ".json" or (path.suffix == "" and path.with_suffix(".json").is_file() and "/" in spec):
         model = modelfile.load(path.with_suffix(".json"))
-        if classes is not None and classes != model.output.size:
-            raise ModelError(f"--classes {classes} does not apply to model file {path}: it has "
-                             f"{model.output.size} outputs; edit the model or drop --classes")
-        return model
+        return model if classes is None or classes == model.output.size else replace_head(model, classes)
     if path.suffix == ".pkl":
 
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
-        return load_mit_model(path, classes=classes)
+        model = load_mit_model(path)
+        return model if classes is None else replace_head(model, classes)
     if path.suffix:
         raise ModelError(f"cannot read {path}: tinygen models are .json (+ .npz) files or MIT tiny-training .pkl files")
     return get_model(spec, classes=classes)
