@@ -19,7 +19,11 @@ def quantize(x: np.ndarray, t: ir.TensorInfo) -> np.ndarray:
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def _resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
+def quantize_images(x: np.ndarray, model: ir.Model) -> np.ndarray:
+    return quantize(x, model.input)
+
+
+def resize_images(images: np.ndarray, h: int, w: int) -> np.ndarray:
     out = []
     for img in images:
         chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h),
@@ -48,7 +52,7 @@ def real_float_inputs_labelled(shape: tuple[int, ...], n: int,
     x, y = (xte, yte) if split == "test" else (xtr, ytr)
     x, y = x[:n], y[:n]
     if x.shape[1:3] != (h, w):
-        x = _resize(x, h, w)
+        x = resize_images(x, h, w)
     x = np.repeat(x, c, axis=-1) if c > 1 else x
     return x.reshape((len(x),) + tuple(shape)), y.astype(np.int64), f"{len(x)} {src} images"
 
@@ -92,7 +96,7 @@ def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "tr
     x, y = (xtr, ytr) if split == "train" else (xte, yte)
     x, y = x[offset:offset + n], y[offset:offset + n]
     if x.shape[1:3] != (h, w):
-        x = _resize(x, h, w)
+        x = resize_images(x, h, w)
     x = np.repeat(x, c, axis=-1) if c > 1 else x
     return x.reshape((len(x),) + tuple(shape)), y.astype(np.int64), f"{len(x)} {src} images"
 

@@ -242,6 +242,22 @@ class Model:
         return self
 
 
+def tail(model: Model, keep: set[str]) -> Model:
+    """The latest suffix of `model` that contains every layer named in `keep` and reads one tensor of
+    what precedes it: the same function of that tensor. Caching the tensor per image lets the layers
+    before it (frozen, untouched by training) run once per image instead of once per step."""
+
+    first = min(i for i, layer in enumerate(model.layers) if layer.name in keep)
+    for start in range(first, -1, -1):
+        made = {layer.output.name for layer in model.layers[start:]}
+        reads = {t for layer in model.layers[start:] for t in layer.inputs if t not in made}
+        if len(reads) == 1:
+            (t,) = reads
+            info = model.tensors()[t]
+            return Model(f"{model.name}-from-{t}", info, list(model.layers[start:]))
+    raise AssertionError("unreachable: the whole model reads only its input")
+
+
 def _check_name(name, what: str) -> None:
     _need(isinstance(name, str), f"{what} must be a string")
     problem = name_problem(name)

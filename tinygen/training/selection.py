@@ -15,28 +15,37 @@ every accepted candidate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
 from tinygen.planning.memory import training_sram
 from tinygen.planning.saved_input import saved_input
+from tinygen.reference.float_grad import float_backward
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import reorder_by_importance
+
+
+def _probe(model: ir.Model) -> Trainer:
+    """A trainer whose gradient path reaches as deep as the model allows (every weighted layer's bias)."""
+    layers = weighted_layers(model)
+    for k in range(len(layers), 0, -1):
+        try:
+            return Trainer(model, Scheme({layer.name: LayerUpdate([], True, 1) for layer in layers[-k:]}),
+                           TrainConfig(lr=1e-30))
+        except Exception:  # noqa: BLE001 - a max pool on the path: try a shallower one
+            continue
+    raise TinygenError(f"{model.name}: no weighted layer can be trained")
 
 
 def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per weighted layer: Delta of each of its input channels (the channels a scheme selects)."""
 
     layers = weighted_layers(model)
-    trainer = None
-    for k in range(len(layers), 0, -1):  # as deep a gradient path as the model allows
-        try:
-            trainer = Trainer(model, Scheme({layer.name: LayerUpdate([], True, 1) for layer in layers[-k:]}),
-                              TrainConfig(lr=1e-30))
-            break
-        except Exception:  # noqa: BLE001 - a max pool on the path: try a shallower one
-            continue
+    trainer = _probe(model)
     tensors = model.tensors()
     acc: dict[str, np.ndarray] = {}
     for xi, yi in zip(x, labels, strict=True):
@@ -65,10 +74,76 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
     return out
 
 
+@dataclass
+class Potential:
+    """What one SGD step on a candidate is worth: per weighted layer, per selectable channel, the first-order
+    loss decrease `lr * |mean_n dL/dw_real|^2` of its weights per unit lr, and the same for the layer's bias."""
+
+    weights: dict[str, np.ndarray]
+    bias: dict[str, float]
+
+
+def update_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> Potential:
+    """The gradient each trainable parameter would get, averaged over the samples, squared (see `Potential`).
+
+    With quantization-aware scaling the device's integer SGD is plain SGD on the real weights, so a step of
+    learning rate lr lowers the loss by lr |g|^2 to first order, in the same units for every layer. The mean over
+    samples (not the mean of squares, Fisher's choice) keeps what the samples agree on: per-sample gradients
+    of early, high-resolution layers are large but point every which way."""
+
+    trainer = _probe(model)
+    total: dict[str, np.ndarray] = {}
+    for xi, yi in zip(x, labels, strict=True):
+        for key, v in float_backward(trainer, xi, yi).items():
+            if key.startswith(("dw:", "db:")):
+                total[key] = total.get(key, 0) + v
+    weights, bias = {}, {}
+    for layer in weighted_layers(model):
+        if f"dw:{layer.name}" not in total:
+            continue
+        s_w = layer.w_scales.astype(np.float64)
+        dw = total[f"dw:{layer.name}"] / len(x) / s_w.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+        s_x = model.tensors()[layer.inputs[0]].scale
+        db = total[f"db:{layer.name}"] / len(x) / (s_x * s_w)
+        n = ir.selectable_channels(layer)
+        if ir.is_depthwise(layer):
+            w = (dw * dw).reshape(n, -1).sum(axis=1)
+        else:
+            w = (dw * dw).reshape(-1, layer.weight.shape[-1]).sum(axis=0)
+            w = w if w.size == n else np.full(n, w.sum() / n)  # grouped: spread evenly
+        weights[layer.name], bias[layer.name] = w, float((db * db).sum())
+    return Potential(weights, bias)
+
+
 def _bwd_macs(layer, k: int, n: int) -> int:
     fwd = layer.output.size * int(np.prod(layer.weight.shape[1:])) if isinstance(layer, ir.Conv2D) \
         else int(layer.weight.size)
     return 2 * fwd * k // max(1, n)
+
+
+def _candidates(importance, bias_gain, state, layers, saved, too_big, total_macs) -> list[tuple[float, str, int]]:
+    """(gain per byte, normalised by backward MACs; layer; channels) of every next step the greedy can take:
+    a layer not yet trained starts bias-only (where its bias has a potential) or with its first C/8 .. C channels,
+    a trained one grows to more channels."""
+    cands = []
+    for name, imp in importance.items():
+        layer = layers[name]
+        n = len(imp)
+        new = name not in state
+        cur = state.get(name, 0)
+        ks = {max(1, n // 8), max(1, n // 4), max(1, n // 2), n} | ({0} if new and name in bias_gain else set())
+        for k in sorted(ks):
+            if (k <= cur and not new) or (name, k) in too_big:
+                continue
+            gain = float(imp[cur:k].sum()) + (bias_gain.get(name, 0.0) if new else 0.0)
+            per_channel = layer.weight.size // n
+            # trained view + fraction per weight, what the update keeps of the input; a newly trained layer
+            # also keeps its bias
+            cost_bytes = (2 * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
+                          + (4 * layer.bias.size if new else 0))
+            cost_macs = _bwd_macs(layer, k - cur, n) / total_macs
+            cands.append((gain / (cost_bytes * (1.0 + cost_macs)), name, k))
+    return cands
 
 
 def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, config: TrainConfig,
@@ -78,18 +153,22 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
     greedy step grows are the most important channels and still split between SRAM and flash;
     `trainer.model` is then the reordered model, and its scheme records the order."""
 
+    if isinstance(importance, Potential):
+        importance, bias_gain = importance.weights, importance.bias
+    else:  # Fisher potential: channels only
+        bias_gain = {}
     order: dict[str, list[int]] = {}
     if reorder:
         model, importance, order = reorder_by_importance(model, importance)
     layers = {layer.name: layer for layer in weighted_layers(model)}
     head = model.layers[-1]
-    state: dict[str, int] = {}
+    state: dict[str, int] = {}  # layer -> trained channels (0: bias only)
     if head.name in layers:
         state[head.name] = len(first_channels(head, model.tensors(), 1.0))
 
     def build(st):
         return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in st.items()},
-                      "fisher (TinyTrain-style Fisher potential, greedy under the budget)", order)
+                      "auto (update potential, greedy under the budget)", order)
 
     def fits(st):
         try:
@@ -112,22 +191,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         return saved_input(layers[name], k, filter_r, tensors).nbytes if k else 0
     too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
-        cands = []
-        for name, imp in importance.items():
-            layer = layers[name]
-            n = len(imp)
-            cur = state.get(name, 0)
-            for k in sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}):
-                if k <= cur or (name, k) in too_big:
-                    continue
-                gain = float(imp[cur:k].sum())
-                per_channel = int(np.prod(layer.weight.shape[:-1]))
-                # trained view + fraction per weight, what the update keeps of the input; a newly trained layer
-                # also keeps its bias
-                cost_bytes = (2 * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
-                              + (0 if cur else 4 * layer.bias.size))
-                cost_macs = _bwd_macs(layer, k - cur, n) / total_macs
-                cands.append((gain / (cost_bytes * (1.0 + cost_macs)), name, k))
+        cands = _candidates(importance, bias_gain, state, layers, saved, too_big, total_macs)
         cands.sort(reverse=True)
         for _, name, k in cands:  # best by the proxy first; the planner measures each
             trial = dict(state, **{name: k})

