@@ -4,7 +4,8 @@ Forward values and clamp masks come from the integer forward (straight-through
 quantizers: an activation's gradient passes where its clamp did not bite); every
 backward product here is float64 on dequantized tensors, with no gradient filter. The
 results are expressed in integer-code units (dL/dq = s * dL/dreal) so they compare
-directly with `train_ref` records.
+directly with `train_ref` records. `FloatTrainer` is float SGD of the same layers, the baseline the
+integer training is compared with (`bench.transfer`).
 """
 
 from __future__ import annotations
@@ -170,8 +171,9 @@ class FloatTrainer:
     as its int8 codes dequantized; weights as the masters rounded to the per-channel int8 grid (half up,
     the integer master's view) in [-127, 127]; biases rounded to the int32 grid s_x s_w (half away, the
     integer update's rounding; it is far finer than any activation grid, so this only keeps the two exact
-    at the start); every activation rounded to its tensor's int8 grid (half away from zero, as the
-    requantize and the average pool round) and clamped to the layer's range. Backward is the straight-
+    at the start); every activation rounded to its tensor's int8 grid as the integer kernel rounds
+    (`requantize_round`, TFLite's add in `_add`, the average pool on codes) and clamped to the layer's
+    range — untrained, its codes are `run_model`'s (tests/test_fake_quant.py). Backward is the straight-
     through estimator: rounding passes gradients unchanged, clamps mask them where they bit (on the
     rounded value, as the integer masks), and dL/dw of the rounded view is applied to the master; the
     masters are clamped to +-127 codes as the integer master is. fake_quant=False: real weights and
