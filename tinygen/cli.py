@@ -336,12 +336,15 @@ def bench_selection(task, budgets, seeds, out):
 @click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=[1, 2], show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Sample orders averaged per configuration.")
+@click.option("--float-nq", is_flag=True,
+              help="Also run float SGD without quantization (the float baseline fake-quantizes like the int8 net).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
-def bench_transfer(tasks, updates, rs, seeds, out):
+def bench_transfer(tasks, updates, rs, seeds, float_nq, out):
     """Transfer learning (classes 0-4 -> 5-9): integer on-device training vs float SGD vs none."""
 
-    transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds)
+    transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds,
+             float_nq=float_nq)
 
 
 @bench.command("auto")

