@@ -14,11 +14,13 @@ Layers before the first one on the gradient path are frozen: they run once per i
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +34,7 @@ from tinygen.planning.memory import auto_last_k, training_sram
 from tinygen.reference.float_grad import FloatTrainer
 from tinygen.reference.forward import run_layer
 from tinygen.reference.training import Trainer
-from tinygen.training.selection import fisher_potential, select
+from tinygen.training.selection import SELECTION_SAMPLES, select, update_potential
 from tinygen.verify.host_train import c_train_predict
 from tinygen.zoo.catalog import get_model
 
@@ -46,7 +48,7 @@ class Task128:
     size: int
     lr: float
     classes: int = 10
-    selection_samples: int = 4  # what `tinygen build --update auto` measures Fisher potential on
+    selection_samples: int = SELECTION_SAMPLES  # what `tinygen build --update auto` measures its potential on
 
 
 TASKS128 = {"mnist128": Task128("mnist128", ("mcunet-5fps", "mbv2-w0.35"), 2000, 1000, 128, 0.003)}
@@ -79,25 +81,59 @@ def start(task_name: str, model_name: str):
 _PREFIX: dict = {}  # (task, model, tensor) -> (train values, test values)
 
 
-def cache_prefixes(task_name: str, model_name: str, tails: list[ir.Model]) -> None:
-    """Every image's value of each tail's input tensor, in one forward pass per image that stops at the
-    last of them (the frozen layers before a tail run once per image, not once per step)."""
-    model, xtr, _, xte, _ = start(task_name, model_name)
-    want = {t.input.name for t in tails} - {k[2] for k in _PREFIX if k[:2] == (task_name, model_name)}
-    if not want:
-        return
-    stop = max(len(model.layers) - len(t.layers) for t in tails if t.input.name in want)
-    tensors = model.tensors()
+def _prefix_key(model: ir.Model, stop: int, xs: list[np.ndarray], names: list[str]) -> str:
+    h = hashlib.sha256()
+    for x in xs:
+        h.update(x.tobytes())
+    for layer in model.layers[:stop]:
+        h.update(repr((layer.name, layer.output)).encode())
+        for v in layer.params().values():
+            h.update(np.ascontiguousarray(v).tobytes())
+    h.update(repr(names).encode())
+    return h.hexdigest()[:24]
 
-    def run(x):
+
+def _run_prefix(args) -> list[np.ndarray]:
+    model, stop, want, xs = args
+    tensors = model.tensors()
+    out = []
+    for x in xs:
         values = {model.input.name: x}
         for layer in model.layers[:stop]:
             values[layer.output.name] = run_layer(layer, [values[n] for n in layer.inputs], tensors)
-        return [values[n] for n in want]
-    for split in (xtr, xte):
-        got = [run(x) for x in split]
-        for j, n in enumerate(want):
-            _PREFIX.setdefault((task_name, model_name, n), []).append(np.stack([g[j] for g in got]))
+        out.append([values[n] for n in want])
+    return out
+
+
+def cache_prefixes(task_name: str, model_name: str, tails: list[ir.Model], jobs: int = 1,
+                   cache_dir: Path | None = None) -> None:
+    """Every image's value of each tail's input tensor, in one forward pass per image that stops at the
+    last of them (the frozen layers before a tail run once per image, not once per step). With `cache_dir`,
+    the values are kept on disk under a hash of the images and the prefix's parameters."""
+    model, xtr, _, xte, _ = start(task_name, model_name)
+    want = sorted({t.input.name for t in tails} - {k[2] for k in _PREFIX if k[:2] == (task_name, model_name)})
+    if not want:
+        return
+    stop = max(len(model.layers) - len(t.layers) for t in tails if t.input.name in want)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{model_name}-{_prefix_key(model, stop, [xtr, xte], want)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                for n in want:
+                    _PREFIX[task_name, model_name, n] = [z[f"train:{n}"], z[f"test:{n}"]]
+            return
+    xs = np.concatenate([xtr, xte])
+    chunks = [xs[i:i + 100] for i in range(0, len(xs), 100)]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        got = [v for part in pool.map(_run_prefix, [(model, stop, want, c) for c in chunks]) for v in part]
+    for j, n in enumerate(want):
+        v = np.stack([g[j] for g in got])
+        _PREFIX[task_name, model_name, n] = [v[:len(xtr)], v[len(xtr):]]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{f"{s}:{n}": _PREFIX[task_name, model_name, n][i] for n in want
+                          for i, s in enumerate(("train", "test"))})
 
 
 def tail_of(model: ir.Model, scheme: Scheme) -> ir.Model:
@@ -117,7 +153,7 @@ def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Sc
     tr = Trainer(model, parse_update("last-1", model, 1), cfg)
     out["head"] = (tr.scheme, training_sram(model, tr).total)
     n = task.selection_samples
-    imp = fisher_potential(model, xtr[:n], ytr[:n])
+    imp = update_potential(model, xtr[:n], ytr[:n])
     for key in MIT_BUDGETS:
         mit = Trainer(model, load_scheme(f"{root}/models/mit-tiny-training/sparse_schemes.json#"
                                          f"{SCHEME_KEYS[model_name]}/{key}", model), cfg)
@@ -182,7 +218,8 @@ def _job(i: int):
 
 
 def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None, labels: list[str] | None = None,
-          methods: tuple[str, ...] = ("int", "float"), jobs: int | None = None, log=print) -> list[dict]:
+          methods: tuple[str, ...] = ("int", "float"), jobs: int | None = None, log=print,
+          cache_dir: Path | None = None) -> list[dict]:
     """Every (model, scheme, method, order) run; the prefix caches are filled before the workers fork."""
     task = TASKS128[task_name]
     _JOBS.clear()
@@ -199,7 +236,7 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
             for method in methods:
                 for seed in range(seeds):
                     _JOBS.append((task_name, model_name, label, scheme, method, seed))
-        cache_prefixes(task_name, model_name, tails)
+        cache_prefixes(task_name, model_name, tails, jobs or os.cpu_count() or 1, cache_dir)
         log(f"[{model_name}] schemes chosen and frozen prefixes cached in {time.perf_counter() - t0:.0f} s")
     results = []
     with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:

@@ -74,6 +74,10 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
     return out
 
 
+MODE = "snr"
+SELECTION_SAMPLES = 16  # real samples `--update auto` measures the update potential on
+
+
 @dataclass
 class Potential:
     """What one SGD step on a candidate is worth: per weighted layer, per selectable channel, the first-order
@@ -93,17 +97,23 @@ def update_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> Pote
 
     trainer = _probe(model)
     total: dict[str, np.ndarray] = {}
+    sq: dict[str, np.ndarray] = {}
     for xi, yi in zip(x, labels, strict=True):
         for key, v in float_backward(trainer, xi, yi).items():
             if key.startswith(("dw:", "db:")):
                 total[key] = total.get(key, 0) + v
+                sq[key] = sq.get(key, 0) + v * v
+    if MODE == "snr":
+        for key in total:
+            m = total[key] / len(x)
+            total[key] = len(x) * np.sqrt(m * m / np.maximum(sq[key] / len(x), 1e-300))
     weights, bias = {}, {}
     for layer in weighted_layers(model):
         if f"dw:{layer.name}" not in total:
             continue
-        s_w = layer.w_scales.astype(np.float64)
+        s_w = layer.w_scales.astype(np.float64) if MODE != "snr" else np.ones(layer.w_scales.size)
         dw = total[f"dw:{layer.name}"] / len(x) / s_w.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-        s_x = model.tensors()[layer.inputs[0]].scale
+        s_x = model.tensors()[layer.inputs[0]].scale if MODE != "snr" else 1.0
         db = total[f"db:{layer.name}"] / len(x) / (s_x * s_w)
         n = ir.selectable_channels(layer)
         if ir.is_depthwise(layer):
