@@ -9,13 +9,14 @@ import pytest
 from models_for_tests import small_model
 
 from tinygen.errors import ModelError
-from tinygen.frontends import modelfile
+from tinygen.frontends import inputs, modelfile
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
 from tinygen.ir.scheme import TrainConfig, last_k_scheme
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import permute_channels
 from tinygen.zoo import catalog as zoo
+from tinygen.zoo import ptq
 
 MIT = ir.InputTransform((2.0,), (-1.0,))
 
@@ -107,3 +108,30 @@ def test_a_bad_transform_set_in_python_fails_validation():
         model.validate()
     with pytest.raises(ModelError, match="list of finite numbers"):
         ir.InputTransform(("x",), (0.0,))
+
+
+# ---- every image path ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["digits-cnn", "mnist-cnn"])
+def test_identity_models_get_the_same_bytes_as_before(name):
+    model = zoo.get_model(name)
+    x, y, _ = inputs.training_samples(model, 8)
+    xf, yf, _ = inputs.real_labelled(tuple(model.input.shape), 8, model.output.size)
+    assert np.array_equal(x, inputs.quantize(xf, model.input)) and np.array_equal(y, yf)
+    xi, _ = inputs.real_inputs(model, 8)
+    assert np.array_equal(xi, inputs.quantize(inputs.real_float_inputs(tuple(model.input.shape), 8)[0],
+                                              model.input))
+
+
+def test_a_transform_reaches_every_image_path():
+    model = small_model()
+    model.input_transform = ir.InputTransform((2.0,), (-1.0,))
+    xf, _ = inputs.real_float_inputs(tuple(model.input.shape), 4)
+    want = inputs.quantize(2 * xf - 1, model.input)
+    assert not np.array_equal(want, inputs.quantize(xf, model.input))
+    assert np.array_equal(inputs.quantize_images(xf, model), want)
+    assert np.array_equal(inputs.real_inputs(model, 4)[0], want)
+    assert np.array_equal(inputs.real_inputs_labelled(model, 4)[0], want)
+    xt, _, _ = inputs.real_labelled(tuple(model.input.shape), 4, model.output.size)
+    assert np.array_equal(inputs.training_samples(model, 4)[0], inputs.quantize(2 * xt - 1, model.input))
+    assert np.abs(ptq.quantize_input(model, xf).astype(int) - want).max() <= 1  # the zoo's rounding of ties
