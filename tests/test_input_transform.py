@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from models_for_tests import small_model
 
+from tinygen.codegen.firmware import embedded_samples
 from tinygen.errors import ModelError
 from tinygen.frontends import inputs, modelfile
+from tinygen.frontends.mit_import import MIT_MODELS, load_mit_model
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
 from tinygen.ir.scheme import TrainConfig, last_k_scheme
+from tinygen.paths import shared_dir
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import permute_channels
 from tinygen.zoo import catalog as zoo
@@ -30,6 +33,14 @@ def _rgb_model() -> ir.Model:
                       rng.integers(-127, 128, (2, 4)).astype(np.int8), np.zeros(2, np.int32),
                       np.full(2, 0.01, np.float32), 0.1, 0, name="fc")
     return b.build()
+
+
+def _mit_model(name="mcunet-5fps"):
+    root = shared_dir()
+    path = None if root is None else root / "models/mit-tiny-training" / MIT_MODELS[name]
+    if path is None or not path.is_file():
+        pytest.skip("the MIT tiny-training models are not present (tinygen.paths.shared_dir)")
+    return load_mit_model(path, classes=10)
 
 
 # ---- the IR and the model file ---------------------------------------------------------------------------------
@@ -135,3 +146,28 @@ def test_a_transform_reaches_every_image_path():
     xt, _, _ = inputs.real_labelled(tuple(model.input.shape), 4, model.output.size)
     assert np.array_equal(inputs.training_samples(model, 4)[0], inputs.quantize(2 * xt - 1, model.input))
     assert np.abs(ptq.quantize_input(model, xf).astype(int) - want).max() <= 1  # the zoo's rounding of ties
+
+
+# ---- the MIT models -----------------------------------------------------------------------------------------
+
+def test_mit_models_are_fed_2x_minus_1_over_the_full_int8_range():
+    model = _mit_model()
+    assert model.input_transform == MIT
+    assert (model.input.scale, model.input.zero_point) == (1 / 127.5, 0)
+    x, _, src = inputs.real_labelled(tuple(model.input.shape), 1, 10)
+    assert "MNIST" in src
+    q = inputs.quantize_images(x, model)
+    assert q.min() <= -120 and q.max() >= 120  # background -1, strokes +1
+    assert inputs.quantize(x, model.input).min() >= 0  # untransformed: only codes 0..127
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_firmware_samples_of_an_mit_model_use_the_transform(train):
+    model = _mit_model()
+    x, labels, _ = embedded_samples(model, 2, train=train)
+    if train:
+        xf, y, _ = inputs.real_labelled(tuple(model.input.shape), 2, model.output.size)
+    else:
+        xf, y, _ = inputs.real_float_inputs_labelled(tuple(model.input.shape), 2)
+    assert np.array_equal(x, inputs.quantize(model.input_transform.apply(xf), model.input))
+    assert np.array_equal(labels, y) and x.min() < 0 < x.max()
