@@ -39,8 +39,9 @@ class InputTransform:
     """How an image's pixel in [0, 1] becomes the model's real input: `real = pixel * scale[c] + offset[c]`.
 
     A model trained on normalised images keeps its normalisation here, so every image path feeds
-    pixels in [0, 1] and the input's scale and zero point then quantize `real`. One value applies to
-    every channel (the input's last axis). Identity (scale 1, offset 0) is the default."""
+    pixels in [0, 1] and the input's scale and zero point then quantize `real`. `scale` and `offset` hold
+    one value per channel (the input's last axis) or a single value for all of them. Identity (scale 1,
+    offset 0) is the default."""
 
     scale: tuple[float, ...] = (1.0,)
     offset: tuple[float, ...] = (0.0,)
