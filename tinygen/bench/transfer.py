@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygen.frontends import datasets
-from tinygen.frontends.inputs import quantize
+from tinygen.frontends.inputs import quantize_images
 from tinygen.ir.scheme import TrainConfig, parse_update
 from tinygen.reference.float_grad import FloatTrainer
 from tinygen.reference.forward import run_model
@@ -100,7 +100,7 @@ def transfer_start(task_name: str):
     xtr, ytr, xte, yte = xtr[tr], ytr[tr] - 5, xte[te], yte[te] - 5
     model = replace_head(base_model(task_name), 5, xtr[:256], seed=SEED)
     model.name = f"{task.arch}-transfer"
-    return model, quantize(xtr, model.input), ytr, quantize(xte, model.input), yte, xtr, xte
+    return model, quantize_images(xtr, model), ytr, quantize_images(xte, model), yte, xtr, xte
 
 
 def _int_accuracy(model, xq, y) -> float:

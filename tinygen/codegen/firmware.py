@@ -38,7 +38,7 @@ import numpy as np
 from tinygen.codegen import forward as codegen
 from tinygen.codegen.cstyle import c_array
 from tinygen.errors import TinygenError
-from tinygen.frontends.inputs import quantize, real_inputs_labelled, real_labelled
+from tinygen.frontends.inputs import real_inputs_labelled, training_samples
 from tinygen.ir import model as ir
 from tinygen.paths import data_dir
 from tinygen.reference import forward as reference
@@ -194,10 +194,7 @@ def embedded_samples(model: ir.Model, n: int, train: bool = False) -> tuple[np.n
     """int8 inputs, their labels (-1 where none) and a description, chosen together so each label belongs to
     its image. Forward builds embed what `tinygen verify` uses (the test split); training builds embed labelled
     samples of the training split with labels < classes."""
-    if train:
-        xf, y, source = real_labelled(tuple(model.input.shape), n, model.output.size)
-        return quantize(xf, model.input), y.astype(np.int32), source
-    x, y, source = real_inputs_labelled(model, n)
+    x, y, source = training_samples(model, n) if train else real_inputs_labelled(model, n)
     return x, y.astype(np.int32), source
 
 

@@ -1,8 +1,9 @@
-"""Real inputs for a model of any input shape, quantized with the model's input scale.
+"""Real inputs for a model of any input shape, quantized as the model's input.
 
 Used by `tinygen verify` (and the firmware's embedded dataset): 8x8 digits for 8x8x1
 models, MNIST (resized) for other one-channel inputs, crops of real photographs for
-RGB inputs. Never random noise.
+RGB inputs. Never random noise. Images are floats in [0, 1]; `quantize_images`, the one
+way any of them becomes int8, applies the model's input transform first.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from tinygen.ir import model as ir
 
 
 def quantize(x: np.ndarray, t: ir.TensorInfo) -> np.ndarray:
+    """Real values (not images: see `quantize_images`) -> int8 codes of tensor `t`, rounding half up."""
     q = np.floor(x / t.scale + 0.5) + t.zero_point
     return np.clip(q, -128, 127).astype(np.int8)
 
 
 def quantize_images(x: np.ndarray, model: ir.Model) -> np.ndarray:
-    return quantize(x, model.input)
+    """Images in [0, 1] -> the model's int8 input: its input transform, then its input quantization."""
+    return quantize(model.input_transform.apply(x), model.input)
 
 
 def resize_images(images: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -66,14 +69,14 @@ def real_float_inputs(shape: tuple[int, ...], n: int, split: str = "test") -> tu
 
 def real_inputs(model: ir.Model, n: int) -> tuple[np.ndarray, str]:
     x, src = real_float_inputs(tuple(model.input.shape), n)
-    return quantize(x, model.input), src
+    return quantize_images(x, model), src
 
 
 def real_inputs_labelled(model: ir.Model, n: int) -> tuple[np.ndarray, np.ndarray, str]:
     """`real_inputs` with the images' labels (-1 where there are none)."""
 
     x, y, src = real_float_inputs_labelled(tuple(model.input.shape), n)
-    return quantize(x, model.input), y, src
+    return quantize_images(x, model), y, src
 
 
 def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "train",
@@ -105,7 +108,7 @@ def training_samples(model, steps: int):
     """Real labelled samples (quantized) for `steps` training steps, the first of the training split."""
 
     x, y, source = real_labelled(tuple(model.input.shape), steps, model.output.size)
-    return quantize(x, model.input), y, source
+    return quantize_images(x, model), y, source
 
 
 def onehot_targets(model, labels) -> np.ndarray:

@@ -45,6 +45,12 @@ How the file's graph maps onto the IR (`load_mit_model`):
   classifier up to the rounding of that requantization.
 * The classifier (a 1x1 conv in the file) becomes an `ir.FullyConnected` reading the
   (1, 1, C) pooled tensor directly.
+* Input transform `2x - 1` (`MIT_INPUT_TRANSFORM`: scale 2, offset -1). All three files quantize
+  `first_conv`'s input with x_scale 1/127.5 and x_zero 0, i.e. int8 codes for reals in [-1, 1];
+  tiny-training feeds its MCU models images normalised with mean 0.5, std 1/255 ("leading to
+  range -128, 127", `algorithm/core/dataset/vision/transform/transform.py`), codes
+  255 * (pixel - 0.5), which at that scale are the reals 2 * pixel - 1. Fed pixels in [0, 1]
+  untransformed, the models would see only codes 0..127.
 
 The file's classifier is kept as it is (1000 ImageNet classes); `--classes N` replaces it by
 a fresh N-way head through the one head function, `tinygen.zoo.catalog.replace_head`.
@@ -71,6 +77,7 @@ MIT_MODELS = {"mbv2-w0.35": "mbv2-w0.35.pkl", "proxyless-w0.3": "proxyless-w0.3.
               "mcunet-5fps": "mcunet-5fps.pkl"}
 MIT_SUBDIR = "models/mit-tiny-training"
 MAX_PICKLE_BYTES = MAX_MODEL_BYTES
+MIT_INPUT_TRANSFORM = ir.InputTransform(scale=(2.0,), offset=(-1.0,))  # see the module docstring
 
 try:  # NumPy 2 name; numpy.core is a deprecated alias there
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -429,6 +436,7 @@ def load_mit_model(path: str | Path, name: str | None = None) -> ir.Model:
     cin = r.integer(first, "in_channel", "first_conv", 1)
     xs, xz = r.quant(r.get(first, "params", "first_conv"), "x", "first_conv.params")
     b = ModelBuilder(name or path.stem, (hw[0], hw[1], cin), xs, xz)
+    b.model.input_transform = MIT_INPUT_TRANSFORM
     x = _conv(b, r, b.input, first, "first_conv", "first_conv")
 
     for i, blk in enumerate(blocks):

@@ -20,8 +20,9 @@ from tinygen.ir import model as ir
 FORMAT = "tinygen-model"
 VERSION = 1
 MAX_JSON_BYTES = 16 << 20  # the graph only: arrays live in the .npz
-MODEL_KEYS = ("format", "version", "name", "arrays", "input", "layers")
+MODEL_KEYS = ("format", "version", "name", "arrays", "input", "input_transform", "layers")
 TENSOR_KEYS = ("name", "shape", "scale", "zero_point")
+TRANSFORM_KEYS = ("scale", "offset")
 LAYER_KEYS = ("name", "op", "inputs", "output")
 CONV_KEYS = ("stride", "padding", "dilation", "groups")
 POOL_KEYS = ("kernel", "stride", "padding")
@@ -49,7 +50,11 @@ def to_json(model: ir.Model, npz_name: str) -> tuple[dict, dict[str, np.ndarray]
             d.update(act_min=layer.act_min, act_max=layer.act_max)
         layers.append(d)
     doc = {"format": FORMAT, "version": VERSION, "name": model.name, "arrays": npz_name,
-           "input": _tensor_json(model.input), "layers": layers}
+           "input": _tensor_json(model.input)}
+    tf = model.input_transform
+    if not tf.is_identity:  # optional: files of identity models stay as they were
+        doc["input_transform"] = {"scale": list(tf.scale), "offset": list(tf.offset)}
+    doc["layers"] = layers
     return doc, arrays
 
 
@@ -107,6 +112,21 @@ class _Reader:
             self.fail(f"{where} shape must be a list of integers, got {shape!r}")
         return ir.TensorInfo(self.field(d, "name", str, where), tuple(shape),
                              self.field(d, "scale", float, where), self.field(d, "zero_point", int, where))
+
+    def transform(self, d) -> ir.InputTransform:
+        where = "the input transform"
+        if not isinstance(d, dict):
+            self.fail(f"the model field 'input_transform' must be an object with {' and '.join(TRANSFORM_KEYS)} "
+                      f"lists, got {d!r}")
+        self.known(d, TRANSFORM_KEYS, where)
+        vals = [self.field(d, key, list, where) for key in TRANSFORM_KEYS]
+        for key, v in zip(TRANSFORM_KEYS, vals, strict=True):
+            if not v or not all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in v):
+                self.fail(f"{where}'s field {key!r} must be a non-empty list of numbers, got {v!r}")
+        try:
+            return ir.InputTransform(*vals)
+        except ModelError as exc:  # a number past float's range
+            self.fail(str(exc))
 
     def array(self, d, key, where) -> np.ndarray:
         name = self.field(d, key, str, where)
@@ -173,6 +193,8 @@ def load(path: str | Path) -> ir.Model:
         r = _Reader(path, arrays)
         r.known(doc, MODEL_KEYS, "the model")
         model = ir.Model(r.field(doc, "name", str, "model"), r.tensor(r.field(doc, "input", dict, "model"), "input"))
+        if "input_transform" in doc:
+            model.input_transform = r.transform(doc["input_transform"])
         for i, d in enumerate(r.field(doc, "layers", list, "model")):
             where = f"layer {i}"
             op = r.field(d, "op", str, where)

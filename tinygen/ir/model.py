@@ -34,6 +34,43 @@ class TensorInfo:
         return int(np.prod(self.shape))
 
 
+@dataclass(frozen=True)
+class InputTransform:
+    """How an image's pixel in [0, 1] becomes the model's real input: `real = pixel * scale[c] + offset[c]`.
+
+    A model trained on normalised images keeps its normalisation here, so every image path feeds
+    pixels in [0, 1] and the input's scale and zero point then quantize `real`. `scale` and `offset` hold
+    one value per channel (the input's last axis) or a single value for all of them. Identity (scale 1,
+    offset 0) is the default."""
+
+    scale: tuple[float, ...] = (1.0,)
+    offset: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self):
+        for key in ("scale", "offset"):
+            try:
+                object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
+            except (TypeError, ValueError, OverflowError):
+                raise ModelError(f"the input transform's {key} must be a list of finite numbers") from None
+
+    @classmethod
+    def from_mean_std(cls, mean, std) -> InputTransform:
+        """torchvision's `Normalize(mean, std)`: `(pixel - mean) / std`."""
+        mean, std = np.atleast_1d(np.asarray(mean, np.float64)), np.atleast_1d(np.asarray(std, np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):  # std 0 gives inf, which validation refuses
+            return cls(tuple(1.0 / std), tuple(-mean / std))
+
+    @property
+    def is_identity(self) -> bool:
+        return set(self.scale) == {1.0} and set(self.offset) == {0.0}
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The real values of images `x` (..., C) in [0, 1], in x's float precision (identity returns x's values)."""
+        x = np.asarray(x)
+        dt = np.result_type(x.dtype, np.float32)
+        return x.astype(dt, copy=False) * np.asarray(self.scale, dt) + np.asarray(self.offset, dt)
+
+
 def activation_range(act: str, out: TensorInfo) -> tuple[int, int]:
     """TFLite's CalculateActivationRangeQuantized: fold ReLU/ReLU6 into a clamp."""
     if act == "none":
@@ -172,6 +209,7 @@ class Model:
     name: str
     input: TensorInfo
     layers: list[Layer] = field(default_factory=list)
+    input_transform: InputTransform = field(default_factory=InputTransform)
 
     @property
     def output(self) -> TensorInfo:
@@ -224,6 +262,7 @@ class Model:
         """Check shapes, dtypes and quantization; raise ModelError with the first problem."""
         _check_name(self.name, "the model's name")
         _check_tensor(self.input, "model input")
+        _check_transform(self.input_transform, self.input.shape[-1])
         seen = {self.input.name: self.input}
         names = set()
         _need(len(self.layers) > 0, f"model {self.name!r} has no layers; add at least one")
@@ -275,6 +314,16 @@ def _check_tensor(t: TensorInfo, where: str) -> None:
           f"{where}: tensor {t.name!r} has scale {t.scale!r}; it must be a finite number > 0")
     _need(-128 <= int(t.zero_point) <= 127,
           f"{where}: tensor {t.name!r} has zero point {t.zero_point}; int8 needs -128..127")
+
+
+def _check_transform(tf, channels: int) -> None:
+    _need(isinstance(tf, InputTransform), f"the model's input transform must be an InputTransform, got {tf!r}")
+    for key, vals in (("scale", tf.scale), ("offset", tf.offset)):
+        _need(len(vals) in (1, channels), f"the input transform's {key} has {len(vals)} values; give 1 or one "
+              f"per input channel ({channels})")
+        _need(all(math.isfinite(v) for v in vals), f"the input transform's {key} {list(vals)} must be finite")
+    _need(0.0 not in tf.scale, f"the input transform's scale {list(tf.scale)} must be nonzero (it would erase "
+          "the image)")
 
 
 def _check_array(arr, dtype, shape, what: str) -> None:

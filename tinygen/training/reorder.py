@@ -100,7 +100,7 @@ def permute_channels(model: ir.Model, perms: dict[str, np.ndarray]) -> ir.Model:
             w = w[..., pi] if isinstance(layer, ir.Conv2D) else _by_channel(w, tensors[layer.inputs[0]])[..., pi]
         layers.append(dataclasses.replace(layer, weight=np.ascontiguousarray(w.reshape(layer.weight.shape)),
                                           bias=np.ascontiguousarray(b), w_scales=np.ascontiguousarray(s)))
-    return ir.Model(model.name, model.input, layers).validate()
+    return ir.Model(model.name, model.input, layers, model.input_transform).validate()
 
 
 def _by_channel(a: np.ndarray, x: ir.TensorInfo) -> np.ndarray:
