@@ -17,7 +17,7 @@ from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import training_samples
-from tinygen.ir.scheme import TrainConfig, parse_update
+from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS, LR_GUARD_STEPS, MAX_LR_GUARD, TrainConfig, parse_update
 from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
 from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
@@ -152,6 +152,9 @@ def boards():
 @click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
 @click.option("--lr-halve-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Halve the learning rate every N steps (0: constant).")
+@click.option("--lr-guard", type=click.IntRange(min=0, max=MAX_LR_GUARD), default=LR_GUARD_STEPS, show_default=True,
+              help="Halve the learning rate after N steps in a row whose outputs mostly sit at their clamp or whose "
+                   f"loss is at its ceiling (a diverging rate); at most {LR_GUARD_MAX_HALVINGS} times (0: off).")
 @click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True,
               help="Softmax cross-entropy on class labels, or mean squared error on target codes "
                    "(MSE builds train on the host; the firmware harness trains with class labels).")
@@ -163,14 +166,14 @@ def boards():
               help="Training steps the firmware runs over its embedded samples.")
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
-          momentum, lr_halve_every, loss, accumulate, samples, steps):
+          momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps):
     """Generate the C project for MODEL on BOARD into OUT."""
     _check_out(out)
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
-                              accumulate, macs_budget, reorder_channels)
+                              accumulate, macs_budget, reorder_channels, lr_guard)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
     check_fits(model, trainer, b, budget)
@@ -199,13 +202,13 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
-                    macs_budget=None, reorder=False):
+                    macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS):
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
 
     config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
-                         accumulate=accumulate).check()
+                         accumulate=accumulate, lr_guard=lr_guard).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
     if update in ("auto", "fisher"):
@@ -285,7 +288,9 @@ def verify(build_dir, n_inputs, steps, kernels):
         click.echo(f"verify: training bit-exact over {t.steps} steps on {t.source}: every loss, "
                    f"{t.gradient_values:,} step-1 gradient values, {t.param_bytes:,} bytes of trained parameters "
                    f"(checksum {t.checksum:#010x}); loss {q[0]:.3f} -> {q[-1]:.3f} "
-                   f"(mean of first/last 5: {sum(q[:5]) / len(q[:5]):.3f} -> {sum(q[-5:]) / len(q[-5:]):.3f})")
+                   f"(mean of first/last 5: {sum(q[:5]) / len(q[:5]):.3f} -> {sum(q[-5:]) / len(q[-5:]):.3f})"
+                   + (f"; the learning-rate guard halved the rate at steps {', '.join(map(str, t.lr_halvings))}, "
+                      "as the reference's" if t.lr_halvings else ""))
 
 
 # ---- benchmarks (tinygen/bench.py): tables on stdout, JSON in --out ----

@@ -24,10 +24,11 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
+from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
 from tinygen.planning.weight_store import frac_ctype, weight_store
-from tinygen.reference.training import LN2_Q16, LOG2_TABLE, WEIGHT_LIMIT, Trainer, bias_limit
+from tinygen.reference.training import LN2_Q16, LOG2_TABLE, LR_SHIFT_MAX, WEIGHT_LIMIT, Trainer, bias_limit
 
 
 def _geometry(layer, tensors):
@@ -214,7 +215,7 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
               w_mult=f"{p}_w_mult", w_shift=f"{p}_w_shift", b_mult=f"{p}_b_mult", b_shift=f"{p}_b_shift",
               momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
               accumulate=cfg.accumulate, w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum",
-              lr_shift=bool(cfg.lr_halve_every), saved=sv.mode if sv else "tensor",
+              lr_shift=cfg.lr_varies, saved=sv.mode if sv else "tensor",
               saved_ctype=sv.ctype if sv else "int8_t")
     args = [gacc, e_acc]
     if u.channels:  # a bias-only update does not read the input
@@ -375,7 +376,10 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                buffers=buffers, kernels=fwd_kernels, train_kernels=[loss_kernel] + layer_blocks, calls=fwd_calls,
                input_buf=em.act(model.input.name), output_buf=em.act(out_root), train=True, loss_fn=loss_fn,
                grad_out=plan.ptr(f"grad_{out_groot}"), e_out=f"e_{c_ident(out_groot)}", steps=steps,
-               lr_halve_every=cfg.lr_halve_every, frac_bits=cfg.frac_bits, w_limit=WEIGHT_LIMIT << cfg.frac_bits,
+               lr_halve_every=cfg.lr_halve_every, lr_shift=cfg.lr_varies, lr_shift_max=LR_SHIFT_MAX,
+               guard=trainer.guard if cfg.lr_guard else None, guard_max=LR_GUARD_MAX_HALVINGS,
+               lr_guard=cfg.lr_guard, lr_text=f"{cfg.lr:g}", frac_bits=cfg.frac_bits,
+               w_limit=WEIGHT_LIMIT << cfg.frac_bits,
                momentum=round_half_away(cfg.momentum * (1 << 15)), accumulate=cfg.accumulate, loss=cfg.loss,
                params=params, state=em.state,
                frac_type=frac_ctype(cfg.frac_bits) if any(tl.update.channels for tl in trainer.trained.values())

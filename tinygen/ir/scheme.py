@@ -28,6 +28,12 @@ from pathlib import Path
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 
+# The learning-rate guard (docs/numerics.md §6.1): after `lr_guard` consecutive saturated steps the rate
+# halves, at most LR_GUARD_MAX_HALVINGS times (lr / 256: below that a diverged run is not coming back).
+LR_GUARD_STEPS = 8
+LR_GUARD_MAX_HALVINGS = 8
+MAX_LR_GUARD = 1 << 16
+
 
 @dataclass
 class LayerUpdate:
@@ -61,14 +67,21 @@ class TrainConfig:
     loss: str = "ce"  # "ce" softmax cross-entropy on the logits, or "mse"
     frac_bits: int = 8  # fractional bits of the master weights (stored as an int8/int16 remainder beside the view)
     accumulate: int = 1  # apply the summed update of every `accumulate` samples (gradient accumulation)
+    lr_guard: int = LR_GUARD_STEPS  # halve the rate after this many saturated steps in a row (0: off)
+
+    @property
+    def lr_varies(self) -> bool:
+        """Whether the update's learning-rate shift changes between steps (a schedule or the guard)."""
+        return bool(self.lr_halve_every or self.lr_guard)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
-        return cls(**{k: d[k] for k in ("lr", "momentum", "lr_halve_every", "loss", "frac_bits", "accumulate")
-                      if k in d}).check()
+        """A build's recorded config; one recorded before the guard existed (no `lr_guard`) had none."""
+        keys = ("lr", "momentum", "lr_halve_every", "loss", "frac_bits", "accumulate", "lr_guard")
+        return cls(**{"lr_guard": 0, **{k: d[k] for k in keys if k in d}}).check()
 
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -79,6 +92,8 @@ class TrainConfig:
             raise TinygenError(f"momentum {self.momentum} must be in [0, 1)")
         if not (isinstance(self.accumulate, int) and 1 <= self.accumulate <= 1 << 16):
             raise TinygenError(f"gradient accumulation over {self.accumulate} samples: use 1..65536")
+        if not (isinstance(self.lr_guard, int) and 0 <= self.lr_guard <= MAX_LR_GUARD):
+            raise TinygenError(f"learning-rate guard of {self.lr_guard} steps: use 0 (off) to {MAX_LR_GUARD}")
         if self.loss not in ("ce", "mse"):
             raise TinygenError(f"loss {self.loss!r} is not supported; use 'ce' or 'mse'")
         return self

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.gradmath import align_add, bitlen, mul_q31, normalize16, rshift_round, sat, split_multiplier
 from tinygen.ir.quant import round_half_away
-from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig
+from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS, LayerUpdate, Scheme, TrainConfig
 from tinygen.reference import forward as reference
 from tinygen.reference.forward import im2col, pool_counts
 
@@ -27,6 +27,7 @@ LN2_Q16 = 45426  # round(ln 2 * 2^16)
 LOG2_TABLE = np.array([round_half_away(65536 * math.log2(1 + i / 256)) for i in range(256)], dtype=np.int64)
 PROB_BITS = 30  # the CE exponential table and the probabilities are Q30
 WEIGHT_LIMIT = 127  # int8 views are symmetric: [-127, 127]
+LR_SHIFT_MAX = 62  # cap on the learning-rate halvings: keeps every update exponent far inside int32
 
 
 def exp_table(scale: float) -> np.ndarray:
@@ -112,6 +113,44 @@ def upsample(a: np.ndarray, r: int, h: int, w: int) -> np.ndarray:
     return np.repeat(np.repeat(a, r, axis=0), r, axis=1)[:h, :w]
 
 
+def output_range(model: ir.Model) -> tuple[int, int]:
+    """The clamp range [act_min, act_max] of the model's output (through reshapes to the layer that clamps)."""
+    producer = {layer.output.name: layer for layer in model.layers}
+    layer = model.layers[-1]
+    while isinstance(layer, ir.Reshape) and layer.inputs[0] in producer:
+        layer = producer[layer.inputs[0]]
+    return getattr(layer, "act_min", -128), getattr(layer, "act_max", 127)
+
+
+@dataclass
+class LrGuard:
+    """The learning-rate guard's constants and state (numerics.md §6.1)."""
+
+    steps: int  # saturated steps in a row that halve the rate (0: off)
+    act_min: int
+    act_max: int
+    pinned_min: int  # a step is saturated when at least this many outputs sit at act_min or act_max ...
+    loss_ceiling: int | None  # ... or its loss (Q16) reaches this (cross-entropy only)
+    run: int = 0  # saturated steps in a row so far
+    halvings: int = 0
+    halved_at: list[int] = field(default_factory=list)  # the steps whose update first used each halving
+
+    def saturated(self, outputs: np.ndarray, loss_q16: int) -> bool:
+        pinned = int(np.count_nonzero((outputs == self.act_min) | (outputs == self.act_max)))
+        return pinned >= self.pinned_min or (self.loss_ceiling is not None and loss_q16 >= self.loss_ceiling)
+
+    def observe(self, saturated: bool, step: int) -> None:
+        """Count a step; the run's `steps`-th saturated step halves the rate (up to the cap) and restarts the run."""
+        if not self.steps:
+            return
+        self.run = self.run + 1 if saturated else 0
+        if self.run == self.steps:
+            self.run = 0
+            if self.halvings < LR_GUARD_MAX_HALVINGS:
+                self.halvings += 1
+                self.halved_at.append(step)
+
+
 class Trainer:
     def __init__(self, model: ir.Model, scheme: Scheme, config: TrainConfig | None = None):
         self.model = model
@@ -174,6 +213,13 @@ class Trainer:
         else:
             self.loss_mult = split_multiplier(2 * out.scale**2 / out.size)
             self.mse_value_mult = split_multiplier(out.scale**2 / out.size)
+        lo, hi = output_range(model)
+        ceiling = None
+        if self.config.loss == "ce" and out.size > 1:  # the loss of a wrong class pinned high, the label low
+            pinned = np.full(out.size, lo, dtype=np.int64)
+            pinned[1] = hi
+            ceiling = self.loss(pinned, 0)[0]
+        self.guard = LrGuard(self.config.lr_guard, lo, hi, out.size // 2 + 1, ceiling)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -237,7 +283,9 @@ class Trainer:
         out = self.model.output.name
         loss_q16, g_out = self.loss(values[out], label)
         grads: dict[str, list[Grad]] = {out: [g_out]}
+        self.guard.observe(self.guard.saturated(values[out], loss_q16), self.step_count)  # before this update
         lr_shift = self.step_count // self.config.lr_halve_every if self.config.lr_halve_every else 0
+        lr_shift = min(lr_shift + self.guard.halvings, LR_SHIFT_MAX)
         for layer in reversed(self.model.layers):
             name = layer.output.name
             if name not in self.needs_grad:

@@ -42,6 +42,7 @@ class TrainVerifyResult:
     param_bytes: int
     checksum: int
     source: str
+    lr_halvings: list[int]
 
 
 def load_trainer(build_dir: Path, manifest: dict):
@@ -67,4 +68,4 @@ def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable")
     expect = expect_training(trainer, x, y, [s % len(x) for s in range(steps)], t["params"], t["records"])
     summary = compare_training(result, expect)
     return TrainVerifyResult(steps, summary["losses"], summary["gradient_values"], summary["param_bytes"],
-                             summary["checksum"], source)
+                             summary["checksum"], source, summary["lr_halvings"])

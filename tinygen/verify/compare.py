@@ -1,9 +1,9 @@
 """The one compare: a `RunResult` against the NumPy reference, exactly (np.array_equal).
 
 `compare_forward` holds every sample's outputs (and the firmware's CRC-32 of them) to the
-reference's; `compare_training` holds every step's loss, the step-1 gradient records, every
-trained parameter and their checksum. Both raise `MismatchError` whose one sentence names the
-first difference, whichever target produced the result.
+reference's; `compare_training` holds every step's loss, the steps where the learning-rate guard
+halved the rate, the step-1 gradient records, every trained parameter and their checksum. Both raise
+`MismatchError` whose one sentence names the first difference, whichever target produced the result.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class TrainingExpectation:
     records: list[str] = field(default_factory=list)  # "grad:<tensor>", "gacc:...", "dw:<layer>" by record id
     recorded: dict = field(default_factory=dict)  # the reference's step-1 records
     wmasks: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> trained-weight mask (dw records)
+    lr_halvings: list[int] | None = None  # steps whose update the learning-rate guard halved
 
 
 def reference_params(trainer: Trainer) -> dict[str, bytes]:
@@ -97,17 +98,25 @@ def expect_training(trainer: Trainer, x: np.ndarray, labels: np.ndarray, order: 
               for s, k in enumerate(order)]
     params = reference_params(trainer)
     return TrainingExpectation(losses, fnv1a([params[n] for n in param_order]), params, list(param_order),
-                               list(records), rec, {name: t.wmask for name, t in trainer.trained.items()})
+                               list(records), rec, {name: t.wmask for name, t in trainer.trained.items()},
+                               list(trainer.guard.halved_at))
 
 
 def compare_training(result: RunResult, expect: TrainingExpectation, who: str = "the generated C") -> dict:
-    """Every loss, then each step-1 record, each trained parameter and the checksum; returns a summary."""
+    """Every loss and learning-rate halving (the earlier difference first), then each step-1 record, each
+    trained parameter and the checksum; returns a summary."""
     got, want = result.losses, expect.losses
     if len(got) != len(want):
         raise MismatchError(f"{who} ran {len(got)} training steps; the reference has {len(want)}")
-    for k, (g, w) in enumerate(zip(got, want, strict=True)):
-        if g != w:
-            raise MismatchError(f"training step {k}: {who}'s loss {g} differs from the reference's {w} (Q16)")
+    bad_loss = next((k for k, (g, w) in enumerate(zip(got, want, strict=True)) if g != w), None)
+    halved = expect.lr_halvings
+    bad_halving = None if halved is None else min(set(result.lr_halvings) ^ set(halved), default=None)
+    if bad_halving is not None and (bad_loss is None or bad_halving <= bad_loss):
+        raise MismatchError(f"the learning-rate guard halved the rate at steps {result.lr_halvings} in {who}, at "
+                            f"{halved} in the reference (first difference: step {bad_halving})")
+    if bad_loss is not None:
+        raise MismatchError(f"training step {bad_loss}: {who}'s loss {got[bad_loss]} differs from the reference's "
+                            f"{want[bad_loss]} (Q16)")
     n_grad_values = 0
     for rid, key in enumerate(expect.records):
         kind, name = key.split(":", 1)
@@ -137,5 +146,5 @@ def compare_training(result: RunResult, expect: TrainingExpectation, who: str = 
         got_sum = "none" if result.checksum is None else f"0x{result.checksum:08x}"
         raise MismatchError(f"after {len(got)} training steps {who}'s parameter checksum {got_sum} differs "
                             f"from the reference's 0x{expect.checksum:08x}")
-    return {"steps": len(want), "losses": want, "gradient_values": n_grad_values,
+    return {"steps": len(want), "losses": want, "lr_halvings": halved or [], "gradient_values": n_grad_values,
             "param_bytes": sum(len(expect.params[n]) for n in expect.param_order), "checksum": expect.checksum}

@@ -84,6 +84,7 @@ class Run:
     start: dict = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    lr_halvings: list[int] = field(default_factory=list)  # steps whose update the learning-rate guard halved
     params_crc: int | None = None
     stack: dict = field(default_factory=dict)
     done: dict | None = None
@@ -100,6 +101,7 @@ class RunResult:
     crcs: list[int | None] = field(default_factory=list)  # per sample CRC-32 of its outputs (firmware)
     losses: list[int] = field(default_factory=list)  # per training step, Q16
     step_samples: list[int] = field(default_factory=list)  # the sample each training step used
+    lr_halvings: list[int] = field(default_factory=list)  # steps whose update the learning-rate guard halved
     grads: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # record id -> (exponent, values)
     dw: dict[int, dict[int, int]] = field(default_factory=dict)  # record id -> {weight index: gradient}
     params: dict[str, bytes] = field(default_factory=dict)  # trained parameters by C name
@@ -156,7 +158,8 @@ def write_samples(path: Path, x: np.ndarray, labels: np.ndarray) -> None:
 
 
 def parse_training(text: str, result: RunResult) -> RunResult:
-    """The training harness's lines: `loss`, `grad`, `rec`, `param` (hex on the next line), `checksum`, `pred`."""
+    """The training harness's lines: `loss`, `lr_halved`, `grad`, `rec`, `param` (hex on the next line),
+    `checksum`, `pred`."""
     lines = text.splitlines()
     k = 0
     while k < len(lines):
@@ -165,6 +168,8 @@ def parse_training(text: str, result: RunResult) -> RunResult:
             pass
         elif parts[0] == "loss":
             result.losses.append(int(parts[2]))
+        elif parts[0] == "lr_halved":
+            result.lr_halvings.append(int(parts[1]))
         elif parts[0] == "grad":
             result.grads[int(parts[1])] = (int(parts[2]), np.array(parts[4:], dtype=np.int64))
         elif parts[0] == "rec":
@@ -250,6 +255,8 @@ def parse_output(text: str) -> Run:
             fw.steps.append({"index": int(words[2]), "sample": int(kv.get("sample", "-1")),
                              "label": int(kv.get("label", "-1")), "loss": int(kv.get("loss", "0")),
                              "count": _num(kv.get("instr", kv.get("cycles", "0")))})
+        elif kind == "lr" and len(words) > 2 and words[2] == "halved" and kv.get("step", "").isdigit():
+            fw.lr_halvings.append(int(kv["step"]))
         elif kind == "params" and ("checksum" in kv or "crc" in kv):
             fw.params_crc = _num(kv.get("checksum", kv.get("crc", "0")))
         elif kind == "stack":
@@ -270,8 +277,9 @@ def firmware_result(fw: Run, target: str, code: int | None, seconds: float) -> R
         target,
         outputs=[np.array(s["out"], dtype=np.int64) if "out" in s else None for s in samples],
         crcs=[s["crc"] for s in samples], losses=[s["loss"] for s in fw.steps],
-        step_samples=[s["sample"] for s in fw.steps], checksum=fw.params_crc, counts=[s["count"] for s in samples],
-        step_counts=[s["count"] for s in fw.steps], stack=fw.stack, exit_status=code, seconds=seconds, firmware=fw)
+        step_samples=[s["sample"] for s in fw.steps], lr_halvings=fw.lr_halvings, checksum=fw.params_crc,
+        counts=[s["count"] for s in samples], step_counts=[s["count"] for s in fw.steps], stack=fw.stack,
+        exit_status=code, seconds=seconds, firmware=fw)
 
 
 def _last_lines(text: str, n: int = 3) -> str:

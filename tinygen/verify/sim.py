@@ -77,13 +77,16 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0) ->
 def _training_reference(build_dir: Path, manifest: dict, result: RunResult) -> TrainingExpectation:
     """What the reference says the firmware's training steps must report.
 
-    firmware/train_expected.json ({"losses": [...], "params_checksum": "0x..."}) wins when present;
+    firmware/train_expected.json ({"losses": [...], "params_checksum": "0x...", optionally "lr_halvings":
+    [steps]}) wins when present;
     otherwise the training reference replays the same samples in the same order from firmware/samples.npz."""
     path = build_dir / FW_DIR / TRAIN_EXPECTED
     if path.is_file():
         exp = json.loads(path.read_text())
         v = exp.get("params_checksum")
-        return TrainingExpectation([int(x) for x in exp.get("losses", [])], int(v, 0) if isinstance(v, str) else v)
+        halved = exp.get("lr_halvings")
+        return TrainingExpectation([int(x) for x in exp.get("losses", [])], int(v, 0) if isinstance(v, str) else v,
+                                   lr_halvings=None if halved is None else [int(s) for s in halved])
     if "train" not in manifest:
         raise TinygenError(f"the firmware trained but {build_dir} has no training reference (no 'train' in its "
                            f"manifest and no {path}); rebuild with tinygen build")
@@ -91,6 +94,11 @@ def _training_reference(build_dir: Path, manifest: dict, result: RunResult) -> T
     with np.load(build_dir / FW_DIR / SAMPLES_FILE) as z:
         x, labels = z["x"], z["labels"]
     return expect_training(trainer, x, labels.astype(int), result.step_samples, manifest["train"]["params"])
+
+
+def _halvings(steps: list[int]) -> str:
+    """The learning-rate guard's halvings, as a report clause ("" when it never halved)."""
+    return f", the learning-rate guard's halvings (at steps {', '.join(map(str, steps))})" if steps else ""
 
 
 def format_report(r: SimResult) -> str:
@@ -123,8 +131,9 @@ def format_report(r: SimResult) -> str:
     lines.append("")
     lines.append(f"sim: {r.machine} (for {r.board}): {len(counts)} of {len(counts)} samples ({r.samples_source}) "
                  f"bit-exact with the reference"
-                 + (f"; {len(r.run.steps)} training steps: every loss and the trained-parameter checksum "
-                    f"0x{r.run.params_crc or 0:08x} equal the reference's" if r.run.steps else "")
+                 + (f"; {len(r.run.steps)} training steps: every loss{_halvings(r.run.lr_halvings)} and the "
+                    f"trained-parameter checksum 0x{r.run.params_crc or 0:08x} equal the reference's"
+                    if r.run.steps else "")
                  + f"; {min(counts):,}..{max(counts):,} {unit} per inference, {how}; stack {st.get('used', 0):,} "
                  f"of {st.get('size', 0):,} bytes used; {est_note}")
     return "\n".join(lines)
