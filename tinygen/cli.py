@@ -17,7 +17,7 @@ from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import training_samples
-from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS, LR_GUARD_STEPS, MAX_LR_GUARD, TrainConfig, parse_update
+from tinygen.ir.scheme import DEFAULT_LR, LR_GUARD_MAX_HALVINGS, LR_GUARD_STEPS, MAX_LR_GUARD, TrainConfig, parse_update
 from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
 from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
@@ -147,7 +147,7 @@ def boards():
                    "layer trains its most important channels, not its first ones; the order goes to scheme.json.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
-@click.option("--lr", type=FiniteRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--lr", type=FiniteRange(min=0, min_open=True), default=DEFAULT_LR, show_default=True,
               help="SGD learning rate.")
 @click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
 @click.option("--lr-halve-every", type=click.IntRange(min=0), default=0, show_default=True,
@@ -247,7 +247,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
-    trainer = _choose_trainer(model, budget, not no_train, update, filter_r, 0.01, momentum, 0,
+    trainer = _choose_trainer(model, budget, not no_train, update, filter_r, DEFAULT_LR, momentum, 0,
                               macs_budget=macs_budget, reorder=reorder_channels)
     if trainer is not None:
         model = trainer.model

@@ -57,11 +57,17 @@ class Scheme:
         return (sum(1 for u in self.layers.values() if u.channels), sum(1 for u in self.layers.values() if u.bias))
 
 
+# The SGD learning rate when none is given: 0.01 diverges on the MIT models at 128x128 (their 99kb scheme falls
+# to chance in integer and float training alike, logits pinned at the int8 limits); 0.001-0.003 trains them,
+# and 0.003 is what the zoo's transfer tasks use (README, Results; `tinygen bench transfer --task mnist128`).
+DEFAULT_LR = 0.003
+
+
 @dataclass
 class TrainConfig:
     """Build-time training settings (the device sees only the integers derived from them)."""
 
-    lr: float = 0.01
+    lr: float = DEFAULT_LR
     momentum: float = 0.0
     lr_halve_every: int = 0  # 0: constant learning rate; N: halve it every N steps
     loss: str = "ce"  # "ce" softmax cross-entropy on the logits, or "mse"
