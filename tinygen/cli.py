@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 
-from tinygen.bench import transfer
+from tinygen.bench import transfer, transfer128
 from tinygen.bench.suites import auto_fit, gradient_filter, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
+from tinygen.bench.transfer128 import TASKS128
 from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
@@ -30,7 +31,7 @@ from tinygen.verify.sim import format_report, simulate
 from tinygen.zoo.catalog import list_models
 from tinygen.zoo.resolve import resolve_model
 
-TRANSFER_TASKS = list(_TASKS)
+TRANSFER_TASKS = list(_TASKS) + list(TASKS128)
 
 
 MAX_STEPS = (1 << 31) - 1  # the firmware and host harnesses count steps in int32
@@ -343,13 +344,26 @@ def bench_selection(task, budgets, seeds, out):
               help="Sample orders averaged per configuration.")
 @click.option("--float-nq", is_flag=True,
               help="Also run float SGD without quantization (the float baseline fake-quantizes like the int8 net).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="mnist128: parallel runs (default: cores).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="mnist128: keep the frozen layers' activations here between runs (keyed by a hash).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
-def bench_transfer(tasks, updates, rs, seeds, float_nq, out):
-    """Transfer learning (classes 0-4 -> 5-9): integer on-device training vs float SGD vs none."""
+def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, out):
+    """Transfer learning: integer on-device training vs float SGD (fake-quant) vs none.
 
-    transfer(list(tasks), list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds,
-             float_nq=float_nq)
+    digits/mnist/mnist14/mnist-mbv2: pretrained on classes 0-4, trained on 5-9. mnist128: the MIT ImageNet models
+    at 128x128 with a fresh 10-way head on MNIST, each update scheme (head, last-K, MIT 49kb/99kb, auto at each
+    MIT scheme's SRAM)."""
+
+    small = [t for t in tasks if t not in TASKS128]
+    if small:
+        transfer(small, list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds, float_nq=float_nq)
+    for task in (t for t in tasks if t in TASKS128):
+        results = transfer128.bench(task, seeds, jobs=jobs, log=click.echo, cache_dir=cache)
+        headers, rows = transfer128.summary(results)
+        click.echo(table(headers, rows, "llrrrrl"))
+        click.echo(f"saved {transfer128.save(results, task, Path(out or 'bench-results'))}")
 
 
 @bench.command("auto")

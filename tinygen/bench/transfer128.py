@@ -249,8 +249,22 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
     return results
 
 
-if __name__ == "__main__":  # a quick look: python -m tinygen.bench.transfer128 [seeds]
-    import sys
+def summary(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per (model, update): planned peak, int and float accuracy (mean over orders), int - float."""
+    rows = []
+    keys = list(dict.fromkeys((r["model"], r["update"]) for r in results))
+    for model_name, label in keys:
+        runs = [r for r in results if (r["model"], r["update"]) == (model_name, label)]
+        acc = {m: [r["accuracy"] for r in runs if r["method"] == m] for m in ("int", "float")}
+        mean = {m: float(np.mean(v)) if v else None for m, v in acc.items()}
+        diff = f"{100 * (mean['int'] - mean['float']):+.2f}" if None not in mean.values() else "-"
+        shown = [f"{100 * mean[m]:.2f} ({len(acc[m])})" if mean[m] is not None else "-" for m in ("int", "float")]
+        rows.append([model_name, label, f"{runs[0]['peak_sram_bytes'] / 1024:.1f}", *shown, diff, runs[0]["scheme"]])
+    return ["model", "update", "peak KB", "int % (orders)", "float fake-quant %", "int - float", "scheme"], rows
 
-    res = bench("mnist128", int(sys.argv[1]) if len(sys.argv) > 1 else 1)
-    print(json.dumps(res, indent=1))
+
+def save(results: list[dict], task_name: str, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"transfer_{task_name}.json"
+    path.write_text(json.dumps({"task": TASKS128[task_name].__dict__, "results": results}, indent=1) + "\n")
+    return path

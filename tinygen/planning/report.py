@@ -25,6 +25,24 @@ def _macs(layer: ir.Layer) -> int:
     return 0
 
 
+def layer_backward_macs(layer: ir.Layer, trainer) -> int:
+    """MACs of a weighted layer's backward: its input gradient where the gradient path goes on below it, and its
+    weight gradient over the trained channels (r^2 fewer with a gradient filter)."""
+    if layer.output.name not in trainer.needs_grad or layer.params().get("weight") is None:
+        return 0
+    fwd = _macs(layer)
+    tl = trainer.trained.get(layer.name)
+    wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
+    frac = len(tl.update.channels) / ir.selectable_channels(layer) if tl and tl.update.channels else 0.0
+    r = tl.update.filter_r if tl else 1
+    return (fwd if wants_dx else 0) + int(fwd * frac / (r * r))
+
+
+def backward_macs(model: ir.Model, trainer) -> int:
+    """MACs of a training step beyond its forward pass."""
+    return sum(layer_backward_macs(layer, trainer) for layer in model.layers)
+
+
 def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
     """The plan as a JSON-able dict (keys: peak_sram_bytes, flash_bytes, fits, layers, ...)."""
 
@@ -49,11 +67,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
         r = tl.update.filter_r if tl else 1
         sv = tp.saved.get(layer.name) if trainer else None
         fwd = _macs(layer)
-        bwd = 0
-        if on_path and w is not None:
-            wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
-            frac = len(tl.update.channels) / n_chan if tl and tl.update.channels else 0.0
-            bwd = (fwd if wants_dx else 0) + int(fwd * frac / (r * r))
+        bwd = layer_backward_macs(layer, trainer) if trainer is not None else 0
         grad = 2 * layer.output.size if on_path else 0
         layers.append({
             "name": layer.name, "op": layer.op, "output": list(layer.output.shape),

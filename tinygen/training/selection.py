@@ -23,6 +23,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
 from tinygen.planning.memory import training_sram
+from tinygen.planning.report import backward_macs
 from tinygen.planning.saved_input import saved_input
 from tinygen.reference.float_grad import float_backward
 from tinygen.reference.training import Trainer
@@ -75,6 +76,8 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
 
 
 MODE = "snr"
+EXCLUDE_RESIDUAL = False
+RESIDUAL: set = set()
 SELECTION_SAMPLES = 16  # real samples `--update auto` measures the update potential on
 
 
@@ -139,9 +142,13 @@ def _candidates(importance, bias_gain, state, layers, saved, too_big, total_macs
     for name, imp in importance.items():
         layer = layers[name]
         n = len(imp)
+        if EXCLUDE_RESIDUAL and name in RESIDUAL and name in state:
+            continue
         new = name not in state
         cur = state.get(name, 0)
         ks = {max(1, n // 8), max(1, n // 4), max(1, n // 2), n} | ({0} if new and name in bias_gain else set())
+        if EXCLUDE_RESIDUAL and name in RESIDUAL:
+            ks = {0} if new and name in bias_gain else set()
         for k in sorted(ks):
             if (k <= cur and not new) or (name, k) in too_big:
                 continue
@@ -186,8 +193,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         except Exception:  # noqa: BLE001 - unreachable by gradients (max pool): not a candidate
             return None
         est = training_sram(model, tr)
-        macs = sum(_bwd_macs(layers[n], k, len(importance.get(n, [1]))) for n, k in st.items())
-        if est.total > budget or (macs_budget is not None and macs > macs_budget):
+        if est.total > budget or (macs_budget is not None and backward_macs(model, tr) > macs_budget):
             return None
         return tr, est
 
