@@ -24,7 +24,7 @@ from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
 from tinygen.report import table
 from tinygen.targets.boards import board_names, load_board
-from tinygen.training.selection import fisher_potential, select
+from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
 from tinygen.verify.runner import KERNEL_IMPLS
 from tinygen.verify.sim import format_report, simulate
@@ -214,7 +214,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
         return auto_last_k(model, config, budget, filter_r)[0]
     if update in ("auto", "fisher"):
 
-        x, y, source = training_samples(model, 4)
+        x, y, source = training_samples(model, SELECTION_SAMPLES)
         click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
         got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r, reorder)
         if got is None:  # not even the classifier with its weights: biases only, or the error with the numbers

@@ -34,7 +34,7 @@ from tinygen.planning.memory import auto_last_k, training_sram
 from tinygen.reference.float_grad import FloatTrainer
 from tinygen.reference.forward import run_layer
 from tinygen.reference.training import Trainer
-from tinygen.training.selection import SELECTION_SAMPLES, select, update_potential
+from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
 from tinygen.verify.host_train import c_train_predict
 from tinygen.zoo.catalog import get_model
 
@@ -48,7 +48,7 @@ class Task128:
     size: int
     lr: float
     classes: int = 10
-    selection_samples: int = SELECTION_SAMPLES  # what `tinygen build --update auto` measures its potential on
+    selection_samples: int = SELECTION_SAMPLES  # what `tinygen build --update auto` measures Fisher potential on
 
 
 TASKS128 = {"mnist128": Task128("mnist128", ("mcunet-5fps", "mbv2-w0.35"), 2000, 1000, 128, 0.003)}
@@ -153,7 +153,7 @@ def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Sc
     tr = Trainer(model, parse_update("last-1", model, 1), cfg)
     out["head"] = (tr.scheme, training_sram(model, tr).total)
     n = task.selection_samples
-    imp = update_potential(model, xtr[:n], ytr[:n])
+    imp = fisher_potential(model, xtr[:n], ytr[:n])
     for key in MIT_BUDGETS:
         mit = Trainer(model, load_scheme(f"{root}/models/mit-tiny-training/sparse_schemes.json#"
                                          f"{SCHEME_KEYS[model_name]}/{key}", model), cfg)

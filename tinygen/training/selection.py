@@ -15,8 +15,6 @@ every accepted candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tinygen.errors import TinygenError
@@ -25,7 +23,6 @@ from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, 
 from tinygen.planning.memory import training_sram
 from tinygen.planning.report import backward_macs
 from tinygen.planning.saved_input import saved_input
-from tinygen.reference.float_grad import float_backward
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import reorder_by_importance
 
@@ -75,57 +72,7 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
     return out
 
 
-MODE = "snr"
-EXCLUDE_RESIDUAL = False
-RESIDUAL: set = set()
-SELECTION_SAMPLES = 16  # real samples `--update auto` measures the update potential on
-
-
-@dataclass
-class Potential:
-    """What one SGD step on a candidate is worth: per weighted layer, per selectable channel, the first-order
-    loss decrease `lr * |mean_n dL/dw_real|^2` of its weights per unit lr, and the same for the layer's bias."""
-
-    weights: dict[str, np.ndarray]
-    bias: dict[str, float]
-
-
-def update_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> Potential:
-    """The gradient each trainable parameter would get, averaged over the samples, squared (see `Potential`).
-
-    With quantization-aware scaling the device's integer SGD is plain SGD on the real weights, so a step of
-    learning rate lr lowers the loss by lr |g|^2 to first order, in the same units for every layer. The mean over
-    samples (not the mean of squares, Fisher's choice) keeps what the samples agree on: per-sample gradients
-    of early, high-resolution layers are large but point every which way."""
-
-    trainer = _probe(model)
-    total: dict[str, np.ndarray] = {}
-    sq: dict[str, np.ndarray] = {}
-    for xi, yi in zip(x, labels, strict=True):
-        for key, v in float_backward(trainer, xi, yi).items():
-            if key.startswith(("dw:", "db:")):
-                total[key] = total.get(key, 0) + v
-                sq[key] = sq.get(key, 0) + v * v
-    if MODE == "snr":
-        for key in total:
-            m = total[key] / len(x)
-            total[key] = len(x) * np.sqrt(m * m / np.maximum(sq[key] / len(x), 1e-300))
-    weights, bias = {}, {}
-    for layer in weighted_layers(model):
-        if f"dw:{layer.name}" not in total:
-            continue
-        s_w = layer.w_scales.astype(np.float64) if MODE != "snr" else np.ones(layer.w_scales.size)
-        dw = total[f"dw:{layer.name}"] / len(x) / s_w.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-        s_x = model.tensors()[layer.inputs[0]].scale if MODE != "snr" else 1.0
-        db = total[f"db:{layer.name}"] / len(x) / (s_x * s_w)
-        n = ir.selectable_channels(layer)
-        if ir.is_depthwise(layer):
-            w = (dw * dw).reshape(n, -1).sum(axis=1)
-        else:
-            w = (dw * dw).reshape(-1, layer.weight.shape[-1]).sum(axis=0)
-            w = w if w.size == n else np.full(n, w.sum() / n)  # grouped: spread evenly
-        weights[layer.name], bias[layer.name] = w, float((db * db).sum())
-    return Potential(weights, bias)
+SELECTION_SAMPLES = 4  # real samples `--update auto` measures Fisher potential on
 
 
 def _bwd_macs(layer, k: int, n: int) -> int:
@@ -134,26 +81,20 @@ def _bwd_macs(layer, k: int, n: int) -> int:
     return 2 * fwd * k // max(1, n)
 
 
-def _candidates(importance, bias_gain, state, layers, saved, too_big, total_macs) -> list[tuple[float, str, int]]:
+def _candidates(importance, state, layers, saved, too_big, total_macs) -> list[tuple[float, str, int]]:
     """(gain per byte, normalised by backward MACs; layer; channels) of every next step the greedy can take:
-    a layer not yet trained starts bias-only (where its bias has a potential) or with its first C/8 .. C channels,
-    a trained one grows to more channels."""
+    a layer grows to its first C/8, C/4, C/2 or C channels."""
     cands = []
     for name, imp in importance.items():
         layer = layers[name]
         n = len(imp)
-        if EXCLUDE_RESIDUAL and name in RESIDUAL and name in state:
-            continue
         new = name not in state
         cur = state.get(name, 0)
-        ks = {max(1, n // 8), max(1, n // 4), max(1, n // 2), n} | ({0} if new and name in bias_gain else set())
-        if EXCLUDE_RESIDUAL and name in RESIDUAL:
-            ks = {0} if new and name in bias_gain else set()
-        for k in sorted(ks):
-            if (k <= cur and not new) or (name, k) in too_big:
+        for k in sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}):
+            if k <= cur or (name, k) in too_big:
                 continue
-            gain = float(imp[cur:k].sum()) + (bias_gain.get(name, 0.0) if new else 0.0)
-            per_channel = layer.weight.size // n
+            gain = float(imp[cur:k].sum())
+            per_channel = layer.weight.size // n  # a depthwise channel's kernel, or a weight column
             # trained view + fraction per weight, what the update keeps of the input; a newly trained layer
             # also keeps its bias
             cost_bytes = (2 * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
@@ -170,22 +111,18 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
     greedy step grows are the most important channels and still split between SRAM and flash;
     `trainer.model` is then the reordered model, and its scheme records the order."""
 
-    if isinstance(importance, Potential):
-        importance, bias_gain = importance.weights, importance.bias
-    else:  # Fisher potential: channels only
-        bias_gain = {}
     order: dict[str, list[int]] = {}
     if reorder:
         model, importance, order = reorder_by_importance(model, importance)
     layers = {layer.name: layer for layer in weighted_layers(model)}
     head = model.layers[-1]
-    state: dict[str, int] = {}  # layer -> trained channels (0: bias only)
+    state: dict[str, int] = {}  # layer -> trained channels
     if head.name in layers:
         state[head.name] = len(first_channels(head, model.tensors(), 1.0))
 
     def build(st):
         return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in st.items()},
-                      "auto (update potential, greedy under the budget)", order)
+                      "fisher (TinyTrain-style Fisher potential, greedy under the budget)", order)
 
     def fits(st):
         try:
@@ -207,7 +144,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         return saved_input(layers[name], k, filter_r, tensors).nbytes if k else 0
     too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
-        cands = _candidates(importance, bias_gain, state, layers, saved, too_big, total_macs)
+        cands = _candidates(importance, state, layers, saved, too_big, total_macs)
         cands.sort(reverse=True)
         for _, name, k in cands:  # best by the proxy first; the planner measures each
             trial = dict(state, **{name: k})
