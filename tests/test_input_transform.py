@@ -40,7 +40,7 @@ def _mit_model(name="mcunet-5fps"):
     path = None if root is None else root / "models/mit-tiny-training" / MIT_MODELS[name]
     if path is None or not path.is_file():
         pytest.skip("the MIT tiny-training models are not present (tinygen.paths.shared_dir)")
-    return load_mit_model(path, classes=10)
+    return zoo.replace_head(load_mit_model(path), 10)
 
 
 # ---- the IR and the model file ---------------------------------------------------------------------------------
