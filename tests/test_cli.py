@@ -136,6 +136,9 @@ def test_verify_on_a_non_build_dir(tmp_path):
     assert_one_sentence_error(*run("verify", tmp_path), "not a tinygen build directory")
 
 
-def test_classes_on_a_model_file_is_refused(model_file, tmp_path):
-    assert_one_sentence_error(*run("build", "--board", "stm32f746", "--model", model_file, "--classes", "5",
-                                   "--out", tmp_path / "b"), "--classes")
+def test_classes_on_a_model_file_gives_it_a_fresh_head(model_file, tmp_path):
+    code, out, err = run("build", "--board", "stm32f746", "--model", model_file, "--classes", "5", "--no-train",
+                         "--out", tmp_path / "b")
+    assert code == 0, err
+    built = json.loads((tmp_path / "b" / "tinygen.json").read_text())
+    assert built["output_shape"] == [5]
