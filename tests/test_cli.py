@@ -142,3 +142,16 @@ def test_classes_on_a_model_file_gives_it_a_fresh_head(model_file, tmp_path):
     assert code == 0, err
     built = json.loads((tmp_path / "b" / "tinygen.json").read_text())
     assert built["output_shape"] == [5]
+
+
+def test_editing_the_built_scheme_is_one_sentence(tmp_path):
+    """verify reruns the reference on model/; an edit after the build is named, not reported as a C mismatch."""
+    build = tmp_path / "b"
+    code, _, err = run("build", "--board", "stm32f746", "--model", "digits-cnn", "--classes", "5", "--out", build)
+    assert code == 0, err
+    scheme = build / "model" / "scheme.json"
+    doc = json.loads(scheme.read_text())
+    doc["layers"][0]["channels"] = doc["layers"][0]["channels"][:1]
+    scheme.write_text(json.dumps(doc))
+    for cmd in (("verify", build, "--steps", "2"), ("sim", build)):
+        assert_one_sentence_error(*run(*cmd), "scheme.json has changed since the build", "rebuild")

@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from tinygen.errors import BuildError, MismatchError, TinygenError
 from tinygen.frontends import datasets
 from tinygen.frontends.inputs import quantize
 from tinygen.ir.builder import ModelBuilder
-from tinygen.targets.armbuild import LinkOverflowError
+from tinygen.targets.armbuild import LinkOverflowError, elf_problem
 from tinygen.targets.boards import Region, RegWrite, load_board, load_board_file
 from tinygen.verify import sim
 
@@ -269,6 +270,23 @@ def test_sim_catches_a_wrong_output(builds, tmp_path):
     np.savez(samples, x=x, labels=labels, source=source)
     with pytest.raises(MismatchError, match="sample 2"):
         sim.simulate(build)
+
+
+@needs_qemu
+@pytest.mark.parametrize("keep", [0, 40, 0.5, -1])
+def test_truncated_elf_is_one_sentence_at_once(builds, tmp_path, keep):
+    """A damaged image is refused before the emulator starts (it used to wait out the whole timeout)."""
+    build = tmp_path / "b"
+    shutil.copytree(builds["stm32f746"], build)
+    elf = build / "firmware" / "build" / "tinygen-qemu.elf"
+    data = elf.read_bytes()
+    assert elf_problem(data) is None
+    elf.write_bytes(data[:int(keep * len(data)) if isinstance(keep, float) else keep] if keep != -1 else data[:-1])
+    t0 = time.monotonic()
+    code, out, err = run("sim", build, "--timeout", "60")
+    line = one_sentence(err)
+    assert code == 3 and "not a complete firmware image" in line and "rebuild" in line
+    assert time.monotonic() - t0 < 30
 
 
 @needs_qemu

@@ -11,6 +11,7 @@ Layout of DIR:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -83,8 +84,31 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
     if firmware_options is None and trainer is not None:  # a training build: the harness trains too
         firmware_options = FirmwareOptions(train=True, train_steps=DEFAULT_TRAIN_STEPS)
     manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options)
+    manifest["sources_sha256"] = {rel: _sha256(out / rel) for rel in BUILD_SOURCES if (out / rel).is_file()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+# The files the generated C was made from: verify and sim rerun the reference on them, so an edit after the
+# build would compare the old C with a new reference (and fail in a confusing place).
+BUILD_SOURCES = ("model/model.json", "model/model.npz", "model/scheme.json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_sources(build_dir: Path, manifest) -> None:
+    sources = manifest.get("sources_sha256", {}) if isinstance(manifest, dict) else None
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise TinygenError(f"{Path(build_dir) / MANIFEST} is damaged (not a tinygen manifest); rebuild with "
+                           "tinygen build")
+    for rel, digest in sources.items():
+        path = Path(build_dir) / rel
+        if not path.is_file() or _sha256(path) != digest:
+            raise TinygenError(f"{path} has changed since the build (tinygen.json records another SHA-256), but the "
+                               f"generated C was made from the old one; rebuild to use it (a scheme: tinygen build "
+                               f"... --update {path})")
 
 
 def read_manifest(build_dir: Path) -> dict:
@@ -92,6 +116,8 @@ def read_manifest(build_dir: Path) -> dict:
     if not path.is_file():
         raise TinygenError(f"{build_dir} is not a tinygen build directory (no {MANIFEST}); run tinygen build first")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise TinygenError(f"{path} is damaged (not JSON); rebuild with tinygen build") from None
+    _check_sources(build_dir, manifest)
+    return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,6 +152,41 @@ SECTION_GROUPS = {
     "arena": (".tg_arena",),
     "stack": (".tg_stack",),
 }
+
+
+ELF_MACHINE_ARM = 40
+_ELF_HEADER = struct.Struct("<16sHHIIIIIHHHHHH")  # ELF32 little-endian file header
+_ELF_PHDR = struct.Struct("<IIIIIIII")  # p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+
+
+def elf_problem(data: bytes) -> str | None:
+    """Why `data` is not a complete 32-bit little-endian ARM ELF (None when it is): every program header and
+    every loaded segment must lie inside the file, so an emulator never starts on a truncated image."""
+    if len(data) < _ELF_HEADER.size or data[:4] != b"\x7fELF":
+        return f"it has {len(data)} bytes and no ELF header"
+    ident, _, machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = _ELF_HEADER.unpack_from(data)
+    if ident[4] != 1 or ident[5] != 1 or machine != ELF_MACHINE_ARM:
+        return "it is not a 32-bit little-endian ARM ELF"
+    if phnum == 0 or phentsize < _ELF_PHDR.size or phoff + phnum * phentsize > len(data):
+        return f"its program headers end past its {len(data)} bytes (truncated)"
+    for i in range(phnum):
+        _, offset, _, _, filesz, *_ = _ELF_PHDR.unpack_from(data, phoff + i * phentsize)
+        if offset + filesz > len(data):
+            return f"segment {i} needs bytes up to {offset + filesz} but the file has {len(data)} (truncated)"
+    if shnum and shoff + shnum * shentsize > len(data):
+        return f"its section headers end past its {len(data)} bytes (truncated)"
+    return None
+
+
+def check_elf(elf: Path, rebuild: str) -> None:
+    """BuildError naming the problem and `rebuild` (how to make the ELF again) unless `elf` is complete."""
+    try:
+        data = elf.read_bytes()
+    except OSError as exc:
+        raise BuildError(f"cannot read {elf}: {exc.strerror or exc}; {rebuild}") from None
+    problem = elf_problem(data)
+    if problem is not None:
+        raise BuildError(f"{elf} is not a complete firmware image: {problem}; {rebuild}")
 
 
 def elf_sections(elf: Path) -> dict[str, tuple[int, int]]:

@@ -134,6 +134,9 @@ def compare_training(result: RunResult, expect: TrainingExpectation, who: str = 
             have = result.dw.get(rid, {})
             d = expect.recorded[key].ravel()
             want_dw = {int(i): int(d[i]) for i in np.flatnonzero(expect.wmasks[name].ravel())}
+            if set(have) != set(want_dw):
+                raise MismatchError(f"step-1 weight gradient {key}: {who} updates {len(have)} weights, the reference "
+                                    f"{len(want_dw)}; the C and the scheme disagree on which channels train")
             if have != want_dw:
                 diff = sum(1 for i in want_dw if have.get(i) != want_dw[i])
                 raise MismatchError(f"step-1 weight gradient {key} differs in {diff} of {len(want_dw)} elements")

@@ -28,6 +28,7 @@ from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, hw_elf_name, qemu_args
 from tinygen.codegen.forward import environment
 from tinygen.errors import BuildError, TinygenError
 from tinygen.paths import data_dir
+from tinygen.targets.armbuild import check_elf
 from tinygen.targets.boards import load_board
 from tinygen.targets.hostbuild import compile_host, run_host
 
@@ -345,6 +346,7 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
         if not elf.is_file():
             raise BuildError(f"{elf} does not exist: the firmware was not compiled (arm-none-eabi-gcc was missing "
                              f"at build time); run `make -C {fw} qemu` or rebuild")
+        check_elf(elf, f"run `make -C {fw} qemu` or rebuild")
         text, code, secs = _qemu_run(elf, qemu_args(board), timeout)
         machine = f"QEMU {board.qemu['machine']}"
     elif emulator == "renode":
@@ -354,6 +356,7 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
         elf = fw / "build" / hw_elf_name(board)
         if not elf.is_file():
             raise BuildError(f"{elf} does not exist: the firmware was not compiled; run `make -C {fw} firmware`")
+        check_elf(elf, f"run `make -C {fw} firmware` or rebuild")
         text, code, secs = _renode_run(fw, fw / f"{board.name}.resc", timeout)
         machine = f"Renode {board.renode['platform']}"
     else:
