@@ -127,3 +127,13 @@ def test_rebuild_removes_the_previous_builds_files(tmp_path):
     code, _, err = _cli("build", "--board", "stm32f746", "--model", "digits-cnn", "--no-train", "--out", out)
     assert code == 0, err
     assert not stale.exists() and (out / "src" / "tg_model.c").is_file()
+
+
+def test_numpy_scalars_read_as_numbers_in_messages():
+    import numpy as np
+
+    from tinygen.errors import ModelError
+
+    msg = str(ModelError(f"stride {np.int64(0)!r}, scale {np.float32(0.5)!r}, flag {np.bool_(True)!r}, "
+                         f"shape {[np.int64(3), np.int64(4)]}"))
+    assert msg == "stride 0, scale 0.5, flag True, shape [3, 4]"
