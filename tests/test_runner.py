@@ -47,3 +47,18 @@ def test_unknown_kernel_implementation_and_target_are_refused(tmp_path):
         compile_program(Program(tmp_path, tmp_path, kernels="nope"))
     with pytest.raises(TinygenError, match="not a host target"):
         compile_program(Program(tmp_path, tmp_path), "qemu")
+
+
+def test_progress_counts_samples_and_steps_as_lines_arrive():
+    from tinygen.verify.runner import Progress
+
+    shown = []
+    p = Progress(shown.append, every=0.0)
+    for line in ("TG sample 0 label=1 crc=0x1 instr=5 ok=1\n", "TG step 0 sample=0 label=1 loss=2.0 instr=9\n",
+                 "TG step 1 sample=1 label=2 loss=1.9 instr=9\n"):
+        p(line)
+    assert shown[-1].startswith("... 1 samples, 2 training steps")
+    quiet = []
+    q = Progress(quiet.append, every=3600.0)
+    q("TG step 0 sample=0 label=1 loss=2.0 instr=9\n")
+    assert quiet == [] and q.steps == 1

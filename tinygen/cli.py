@@ -26,7 +26,7 @@ from tinygen.report import table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
-from tinygen.verify.runner import KERNEL_IMPLS
+from tinygen.verify.runner import KERNEL_IMPLS, Progress
 from tinygen.verify.sim import format_report, simulate
 from tinygen.zoo.catalog import list_models
 from tinygen.zoo.resolve import resolve_model
@@ -399,7 +399,8 @@ def bench_schemes(task, seeds, out):
 def sim(build_dir, emulator, timeout):
     """Run BUILD_DIR's firmware in an emulator and compare its outputs with the reference, bit for bit."""
 
-    click.echo(format_report(simulate(build_dir, emulator, timeout)))
+    progress = Progress(lambda line: click.echo(f"sim: {line}", err=True))
+    click.echo(format_report(simulate(build_dir, emulator, timeout, progress)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -288,21 +289,49 @@ def _last_lines(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:]) if lines else "(no output)"
 
 
-def _qemu_run(elf: Path, args: list[str], timeout: float) -> tuple[str, int | None, float]:
-    """Run QEMU; returns (stdout + stderr, exit code or None on timeout, wall seconds)."""
+def _qemu_run(elf: Path, args: list[str], timeout: float, progress=None) -> tuple[str, int | None, float]:
+    """Run QEMU; returns (its output, exit code or None on timeout, wall seconds). Each output line goes to
+    `progress` as it arrives, so a long run shows it is alive."""
     if shutil.which(QEMU) is None:
         raise BuildError(f"{QEMU} is not on PATH; install it (Debian: apt-get install qemu-system-arm) to simulate")
     t0 = time.monotonic()
     proc = subprocess.Popen([QEMU, *args, "-kernel", str(elf)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    lines: list[str] = []
+
+    def pump():  # the console and QEMU's own messages, one stream, line by line
+        for line in proc.stdout:
+            lines.append(line)
+            if progress is not None:
+                progress(line)
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        out, err = proc.communicate(timeout=timeout)
-        code = proc.returncode
+        code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        proc.wait()
         code = None
-    return out + err, code, time.monotonic() - t0
+    reader.join(timeout=10)
+    return "".join(lines), code, time.monotonic() - t0
+
+
+class Progress:
+    """A firmware run's liveness on one stream: at most one line every `every` seconds, counting the samples and
+    training steps reported so far."""
+
+    def __init__(self, echo, every: float = 2.0):
+        self.echo, self.every = echo, every
+        self.t0 = self.last = time.monotonic()
+        self.samples = self.steps = 0
+
+    def __call__(self, line: str) -> None:
+        self.samples += line.startswith("TG sample ")
+        self.steps += line.startswith("TG step ")
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.echo(f"... {self.samples} samples, {self.steps} training steps ({now - self.t0:.0f} s)")
 
 
 def _renode_run(fw: Path, resc: Path, timeout: float) -> tuple[str, int | None, float]:
@@ -334,7 +363,7 @@ def _renode_run(fw: Path, resc: Path, timeout: float) -> tuple[str, int | None, 
 
 
 def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
-                 timeout: float = 120.0) -> tuple[RunResult, str]:
+                 timeout: float = 120.0, progress=None) -> tuple[RunResult, str]:
     """Run a build's firmware under QEMU or Renode until it exits; returns (result, machine description).
 
     Raises BuildError when the firmware fails, hangs or stops before its final line; whether its numbers are
@@ -347,7 +376,7 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
             raise BuildError(f"{elf} does not exist: the firmware was not compiled (arm-none-eabi-gcc was missing "
                              f"at build time); run `make -C {fw} qemu` or rebuild")
         check_elf(elf, f"run `make -C {fw} qemu` or rebuild")
-        text, code, secs = _qemu_run(elf, qemu_args(board), timeout)
+        text, code, secs = _qemu_run(elf, qemu_args(board), timeout, progress)
         machine = f"QEMU {board.qemu['machine']}"
     elif emulator == "renode":
         if shutil.which(RENODE) is None:

@@ -50,7 +50,7 @@ class SimResult:
     result: RunResult | None = None
 
 
-def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0) -> SimResult:
+def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, progress=None) -> SimResult:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     fwinfo = manifest.get("firmware")
@@ -58,7 +58,7 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0) ->
     if not fwinfo or not (fw / SAMPLES_FILE).is_file():
         raise TinygenError(f"{build_dir} has no firmware project; rebuild it with this version of tinygen build")
     board = load_board(manifest["board"])
-    result, machine = run_firmware(build_dir, board.name, emulator, timeout)
+    result, machine = run_firmware(build_dir, board.name, emulator, timeout, progress)
 
     model = modelfile.load(build_dir / manifest["model_file"])
     with np.load(fw / SAMPLES_FILE) as z:
