@@ -62,3 +62,16 @@ def test_progress_counts_samples_and_steps_as_lines_arrive():
     q = Progress(quiet.append, every=3600.0)
     q("TG step 0 sample=0 label=1 loss=2.0 instr=9\n")
     assert quiet == [] and q.steps == 1
+
+
+def test_loss_trend_names_a_stall_and_the_curve_is_svg():
+    from tinygen.report import STALL_MIN_STEPS, loss_curve_svg, loss_trend
+
+    falling = [65536 * 2 - 1000 * i for i in range(40)]
+    assert "stalled" not in loss_trend(falling)
+    stuck = falling[:30] + [0] * max(STALL_MIN_STEPS, 7)
+    line = loss_trend(stuck)
+    assert "stalled" in line and "since step 30" in line and "lower --lr" in line
+    assert "stalled" not in loss_trend([0] * 10)  # too short to call
+    svg = loss_curve_svg(stuck, "a <title>")
+    assert svg.startswith("<svg") and "&lt;title&gt;" in svg and svg.count("<polyline") == 1

@@ -22,7 +22,7 @@ from tinygen.ir.scheme import DEFAULT_LR, LR_GUARD_MAX_HALVINGS, LR_GUARD_STEPS,
 from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
 from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
-from tinygen.report import table
+from tinygen.report import loss_curve_svg, loss_trend, table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
@@ -292,6 +292,14 @@ def verify(build_dir, n_inputs, steps, kernels):
                    f"(mean of first/last 5: {sum(q[:5]) / len(q[:5]):.3f} -> {sum(q[-5:]) / len(q[-5:]):.3f})"
                    + (f"; the learning-rate guard halved the rate at steps {', '.join(map(str, t.lr_halvings))}, "
                       "as the reference's" if t.lr_halvings else ""))
+        click.echo(f"verify: {loss_trend(t.losses)}")
+        _loss_curve(build_dir, t.losses, "verify: the host C's loss per step")
+
+
+def _loss_curve(build_dir: Path, losses: list[int], title: str) -> None:
+    path = Path(build_dir) / "loss_curve.svg"
+    path.write_text(loss_curve_svg(losses, title))
+    click.echo(f"loss curve: {path}")
 
 
 # ---- benchmarks (tinygen/bench.py): tables on stdout, JSON in --out ----
@@ -400,7 +408,10 @@ def sim(build_dir, emulator, timeout):
     """Run BUILD_DIR's firmware in an emulator and compare its outputs with the reference, bit for bit."""
 
     progress = Progress(lambda line: click.echo(f"sim: {line}", err=True))
-    click.echo(format_report(simulate(build_dir, emulator, timeout, progress)))
+    r = simulate(build_dir, emulator, timeout, progress)
+    click.echo(format_report(r))
+    if r.run.steps:
+        _loss_curve(build_dir, [s["loss"] for s in r.run.steps], f"{emulator}: the firmware's loss per step")
 
 
 if __name__ == "__main__":

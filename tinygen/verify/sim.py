@@ -26,7 +26,7 @@ from tinygen.codegen.project import read_manifest
 from tinygen.errors import MismatchError, TinygenError
 from tinygen.frontends import modelfile
 from tinygen.reference import forward as reference
-from tinygen.report import table
+from tinygen.report import loss_trend, table
 from tinygen.targets.boards import load_board
 from tinygen.verify.check import load_trainer
 from tinygen.verify.compare import TrainingExpectation, compare_forward, compare_training, expect_training
@@ -113,12 +113,9 @@ def format_report(r: SimResult) -> str:
                  round(s["count"] / r.clock_hz * 1e3, 3)] for s in r.run.steps]
         lines += ["", table(["step", "sample", "label", "loss (Q16)", "loss", unit, est], rows, "rrrrrrr")]
     if len(r.run.steps) >= 2:
-        losses = [s["loss"] / 65536 for s in r.run.steps]
-        k = max(1, len(losses) // 4)
         step_counts = [s["count"] for s in r.run.steps]
-        lines.append(f"loss: mean of the first {k} steps {sum(losses[:k]) / k:.4f} -> mean of the last {k} steps "
-                     f"{sum(losses[-k:]) / k:.4f}; {sum(step_counts) // len(step_counts):,} {unit} per training step "
-                     f"(mean)")
+        lines.append(f"{loss_trend([s['loss'] for s in r.run.steps])}; {sum(step_counts) // len(step_counts):,} "
+                     f"{unit} per training step (mean)")
     counts = [s["count"] for s in r.run.samples]
     st = r.run.stack
     if r.counter == "instr":
