@@ -32,7 +32,7 @@ from tinygen.ir.scheme import Scheme, TrainConfig, load_scheme, parse_update
 from tinygen.paths import shared_dir
 from tinygen.planning.memory import auto_last_k, training_sram
 from tinygen.reference.float_grad import FloatTrainer
-from tinygen.reference.forward import run_layer
+from tinygen.reference.forward import run_model
 from tinygen.reference.training import Trainer
 from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
 from tinygen.verify.host_train import c_train_predict
@@ -95,14 +95,8 @@ def _prefix_key(model: ir.Model, stop: int, xs: list[np.ndarray], names: list[st
 
 def _run_prefix(args) -> list[np.ndarray]:
     model, stop, want, xs = args
-    tensors = model.tensors()
-    out = []
-    for x in xs:
-        values = {model.input.name: x}
-        for layer in model.layers[:stop]:
-            values[layer.output.name] = run_layer(layer, [values[n] for n in layer.inputs], tensors)
-        out.append([values[n] for n in want])
-    return out
+    prefix = ir.Model(model.name, model.input, model.layers[:stop])
+    return [[values[n] for n in want] for values in (run_model(prefix, x, keep=True) for x in xs)]
 
 
 def cache_prefixes(task_name: str, model_name: str, tails: list[ir.Model], jobs: int = 1,
@@ -188,7 +182,7 @@ def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: 
     o = order(task_name, seed)
     cfg = TrainConfig(lr=task.lr)
     if method == "none":
-        preds = [int(np.argmax(_tail_forward(t, a))) for a in ate]
+        preds = [int(np.argmax(run_model(t, a))) for a in ate]
     elif method == "int":
         preds = c_train_predict(t, scheme, cfg, atr[o], ytr[o], ate)
     else:
@@ -198,14 +192,6 @@ def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: 
             ft.step((atr[i].astype(np.float64) - z) * s, ytr[i])
         preds = [ft.predict((a.astype(np.float64) - z) * s) for a in ate]
     return float(np.mean(np.asarray(preds) == yte))
-
-
-def _tail_forward(t: ir.Model, a: np.ndarray) -> np.ndarray:
-    tensors = t.tensors()
-    values = {t.input.name: a}
-    for layer in t.layers:
-        values[layer.output.name] = run_layer(layer, [values[n] for n in layer.inputs], tensors)
-    return values[t.output.name]
 
 
 _JOBS: list = []

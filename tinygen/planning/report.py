@@ -17,7 +17,8 @@ from tinygen.report import table
 CODE_ALLOWANCE = 48 * 1024  # runtime + kernels in flash, beside the weights (checked against the ELF by the tests)
 
 
-def _macs(layer: ir.Layer) -> int:
+def layer_macs(layer: ir.Layer) -> int:
+    """Forward MACs of a weighted layer (0 for the others)."""
     if isinstance(layer, ir.Conv2D):
         return layer.output.size * int(np.prod(layer.weight.shape[1:]))
     if isinstance(layer, ir.FullyConnected):
@@ -30,7 +31,7 @@ def layer_backward_macs(layer: ir.Layer, trainer) -> int:
     weight gradient over the trained channels (r^2 fewer with a gradient filter)."""
     if layer.output.name not in trainer.needs_grad or layer.params().get("weight") is None:
         return 0
-    fwd = _macs(layer)
+    fwd = layer_macs(layer)
     tl = trainer.trained.get(layer.name)
     wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
     frac = len(tl.update.channels) / ir.selectable_channels(layer) if tl and tl.update.channels else 0.0
@@ -66,7 +67,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
             n_chan = ir.selectable_channels(layer)
         r = tl.update.filter_r if tl else 1
         sv = tp.saved.get(layer.name) if trainer else None
-        fwd = _macs(layer)
+        fwd = layer_macs(layer)
         bwd = layer_backward_macs(layer, trainer) if trainer is not None else 0
         grad = 2 * layer.output.size if on_path else 0
         layers.append({

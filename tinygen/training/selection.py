@@ -21,7 +21,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
 from tinygen.planning.memory import training_sram
-from tinygen.planning.report import backward_macs
+from tinygen.planning.report import backward_macs, layer_macs
 from tinygen.planning.saved_input import saved_input
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import reorder_by_importance
@@ -76,9 +76,7 @@ SELECTION_SAMPLES = 4  # real samples `--update auto` measures Fisher potential 
 
 
 def _bwd_macs(layer, k: int, n: int) -> int:
-    fwd = layer.output.size * int(np.prod(layer.weight.shape[1:])) if isinstance(layer, ir.Conv2D) \
-        else int(layer.weight.size)
-    return 2 * fwd * k // max(1, n)
+    return 2 * layer_macs(layer) * k // max(1, n)
 
 
 def _candidates(importance, state, layers, saved, too_big, total_macs) -> list[tuple[float, str, int]]:
