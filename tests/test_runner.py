@@ -53,15 +53,32 @@ def test_progress_counts_samples_and_steps_as_lines_arrive():
     from tinygen.verify.runner import Progress
 
     shown = []
-    p = Progress(shown.append, every=0.0)
+    p = Progress(shown.append, every=0.0, prefix="sim: ")
+    p.begin("qemu", 40)
     for line in ("TG sample 0 label=1 crc=0x1 instr=5 ok=1\n", "TG step 0 sample=0 label=1 loss=2.0 instr=9\n",
                  "TG step 1 sample=1 label=2 loss=1.9 instr=9\n"):
         p(line)
-    assert shown[-1].startswith("... 1 samples, 2 training steps")
+    assert shown[-1].startswith("sim: qemu: 1 samples, 2 of 40 training steps (") and shown[-1].endswith("\n")
+    p.finish()  # plain lines: nothing to close
+    assert len(shown) == 3
     quiet = []
     q = Progress(quiet.append, every=3600.0)
     q("TG step 0 sample=0 label=1 loss=2.0 instr=9\n")
-    assert quiet == [] and q.steps == 1
+    q.step(4)  # steps done elsewhere (the reference's replay)
+    assert quiet == [] and q.steps == 5
+
+
+def test_progress_on_a_terminal_is_one_bar_redrawn_in_place():
+    from tinygen.verify.runner import Progress
+
+    shown = []
+    p = Progress(shown.append, tty=True, every=0.0, prefix="verify: ")
+    p.begin("reference", 10)
+    for _ in range(10):
+        p.step()
+    p.finish()
+    assert all(s.startswith("\rverify: reference: [") and "\n" not in s for s in shown[:-1]) and shown[-1] == "\n"
+    assert "[" + "#" * 30 + "] 10/10 training steps" in shown[-2] and "[#########---" in shown[2]
 
 
 def test_loss_trend_names_a_stall_and_the_curve_is_svg():

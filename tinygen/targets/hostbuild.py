@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from tinygen.errors import BuildError
+from tinygen.targets.process import run_streaming
 
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wstrict-prototypes", "-Wmissing-prototypes"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
@@ -38,15 +39,17 @@ def compile_host(sources: list[Path], include_dirs: list[Path], out: Path, extra
     return out
 
 
-def run_host(binary: Path, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run_host(binary: Path, args: list[str], timeout: float = 600, on_line=None) -> str:
+    """Run a host binary under the sanitizers' options; returns its output (stdout and stderr, each line also to
+    `on_line` as it arrives). BuildError naming the sanitizer's report when it fails."""
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    try:
-        res = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{binary.name} did not finish within {timeout:.0f} s") from None
-    if res.returncode != 0:
-        san = next((ln for ln in res.stderr.splitlines() if "runtime error" in ln or "ERROR:" in ln), "")
-        raise BuildError(f"{binary.name} exited with status {res.returncode}"
-                         + (f" ({san.strip()})" if san else f": {res.stderr.strip()[-300:]}"))
-    return res
+    text, code, _ = run_streaming([str(binary), *args], timeout, on_line, env=env)
+    if code is None:
+        raise BuildError(f"{binary.name} did not finish within {timeout:.0f} s")
+    if code != 0:
+        lines = [ln for ln in text.splitlines() if not ln.startswith("TG step ")]
+        san = next((ln for ln in lines if "runtime error" in ln or "ERROR:" in ln), "")
+        raise BuildError(f"{binary.name} exited with status {code}"
+                         + (f" ({san.strip()})" if san else f": {chr(10).join(lines).strip()[-300:]}"))
+    return text

@@ -52,7 +52,9 @@ def load_trainer(build_dir: Path, manifest: dict):
     return model, Trainer(model, scheme, TrainConfig.from_json(t["config"]))
 
 
-def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable") -> TrainVerifyResult:
+def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable", progress=None) -> TrainVerifyResult:
+    """`steps` training steps of the host C (ASan+UBSan) against the reference's replay; a `runner.Progress`
+    sees both phases step by step."""
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     if "train" not in manifest:
@@ -63,9 +65,16 @@ def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable")
         y = onehot_targets(model, y)
         source += " (MSE targets: the one-hot label vector in the output's codes)"
     program = Program(build_dir / "src", build_dir, "train", kernels)
-    result = run(program, "host-asan", x, y, steps)
+    if progress is not None:
+        progress.begin("host C (ASan+UBSan)", steps)
+    result = run(program, "host-asan", x, y, steps, progress=progress)
     t = manifest["train"]
-    expect = expect_training(trainer, x, y, [s % len(x) for s in range(steps)], t["params"], t["records"])
+    if progress is not None:
+        progress.begin("reference", steps)
+    expect = expect_training(trainer, x, y, [s % len(x) for s in range(steps)], t["params"], t["records"],
+                             on_step=progress.step if progress is not None else None)
+    if progress is not None:
+        progress.finish()
     summary = compare_training(result, expect)
     return TrainVerifyResult(steps, summary["losses"], summary["gradient_values"], summary["param_bytes"],
                              summary["checksum"], source, summary["lr_halvings"])

@@ -91,11 +91,15 @@ def fnv1a(chunks: list[bytes]) -> int:
 
 
 def expect_training(trainer: Trainer, x: np.ndarray, labels: np.ndarray, order: list[int], param_order: list[str],
-                    records: list[str] = ()) -> TrainingExpectation:
-    """Replay the steps on the reference (`order[s]`: the sample of step s), recording step 1's gradients."""
+                    records: list[str] = (), on_step=None) -> TrainingExpectation:
+    """Replay the steps on the reference (`order[s]`: the sample of step s), recording step 1's gradients;
+    `on_step()` after each step (progress)."""
     rec: dict = {}
-    losses = [int(trainer.step(x[k], labels[k], record=rec if s == 0 and records else None))
-              for s, k in enumerate(order)]
+    losses = []
+    for s, k in enumerate(order):
+        losses.append(int(trainer.step(x[k], labels[k], record=rec if s == 0 and records else None)))
+        if on_step is not None:
+            on_step()
     params = reference_params(trainer)
     return TrainingExpectation(losses, fnv1a([params[n] for n in param_order]), params, list(param_order),
                                list(records), rec, {name: t.wmask for name, t in trainer.trained.items()},

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from tinygen.paths import data_dir
 from tinygen.targets.armbuild import check_elf
 from tinygen.targets.boards import load_board
 from tinygen.targets.hostbuild import compile_host, run_host
+from tinygen.targets.process import run_streaming
 
 HOST_TARGETS = ("host", "host-asan")
 EMULATORS = ("qemu", "renode")
@@ -188,11 +188,12 @@ def parse_training(text: str, result: RunResult) -> RunResult:
 
 
 def run(p: Program, target: str = "host-asan", x: np.ndarray | None = None, labels: np.ndarray | None = None,
-        steps: int = 0, x_test: np.ndarray | None = None, binary: Path | None = None) -> RunResult:
+        steps: int = 0, x_test: np.ndarray | None = None, binary: Path | None = None, progress=None) -> RunResult:
     """Build (unless `binary` is given) and run `p` on a host target.
 
     forward: every input of `x` -> `outputs`. train: `steps` steps on (x[s % len(x)], labels[...]) in order,
-    then (with `x_test`) the predicted class of every test sample."""
+    then (with `x_test`) the predicted class of every test sample; the harness's `TG step` lines go to
+    `progress` as the steps run."""
     binary = binary or compile_program(p, target)
     work = Path(p.workdir)
     result = RunResult(target)
@@ -213,7 +214,7 @@ def run(p: Program, target: str = "host-asan", x: np.ndarray | None = None, labe
         if x_test is not None:
             write_samples(work / "test.bin", x_test, np.zeros(len(x_test), dtype=np.int32))
             args.append(str(work / "test.bin"))
-        run_host(binary, args, timeout=1800)
+        run_host(binary, args, timeout=1800, on_line=progress)
         parse_training(out.read_text(), result)
         result.step_samples = [s % len(x) for s in range(len(result.losses))]
     result.exit_status = 0
@@ -294,44 +295,64 @@ def _qemu_run(elf: Path, args: list[str], timeout: float, progress=None) -> tupl
     `progress` as it arrives, so a long run shows it is alive."""
     if shutil.which(QEMU) is None:
         raise BuildError(f"{QEMU} is not on PATH; install it (Debian: apt-get install qemu-system-arm) to simulate")
-    t0 = time.monotonic()
-    proc = subprocess.Popen([QEMU, *args, "-kernel", str(elf)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-    lines: list[str] = []
-
-    def pump():  # the console and QEMU's own messages, one stream, line by line
-        for line in proc.stdout:
-            lines.append(line)
-            if progress is not None:
-                progress(line)
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        code = None
-    reader.join(timeout=10)
-    return "".join(lines), code, time.monotonic() - t0
+    return run_streaming([QEMU, *args, "-kernel", str(elf)], timeout, progress)
 
 
 class Progress:
-    """A firmware run's liveness on one stream: at most one line every `every` seconds, counting the samples and
-    training steps reported so far."""
+    """How far a long run has got, on one stream (stderr): on a terminal (`tty`) a bar redrawn in place, otherwise
+    a plain line at most every `every` seconds. It is fed a run's console lines as they arrive (counting the
+    `TG sample` and `TG step` lines that the firmware and the host training harness print) or told of steps done
+    elsewhere (`step`, the reference's replay); `begin` starts a phase with its total, `finish` ends the bar's line.
+    `write` takes text without a line break added."""
 
-    def __init__(self, echo, every: float = 2.0):
-        self.echo, self.every = echo, every
+    def __init__(self, write, tty: bool = False, every: float | None = None, prefix: str = ""):
+        self.write, self.tty, self.prefix = write, tty, prefix
+        self.every = every if every is not None else (0.1 if tty else 2.0)
+        self.what, self.total = "", None
+        self.t0 = self.last = time.monotonic()
+        self.samples = self.steps = 0
+        self.drawn = False
+
+    def begin(self, what: str, total: int | None = None) -> None:
+        self.finish()
+        self.what, self.total = what, total
         self.t0 = self.last = time.monotonic()
         self.samples = self.steps = 0
 
     def __call__(self, line: str) -> None:
         self.samples += line.startswith("TG sample ")
         self.steps += line.startswith("TG step ")
+        self._show()
+
+    def step(self, n: int = 1) -> None:
+        self.steps += n
+        self._show()
+
+    def finish(self) -> None:
+        if self.drawn:
+            self._show(force=True)
+            self.write("\n")
+            self.drawn = False
+
+    def _show(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self.echo(f"... {self.samples} samples, {self.steps} training steps ({now - self.t0:.0f} s)")
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        head = f"{self.prefix}{self.what + ': ' if self.what else ''}"
+        secs = f"({now - self.t0:.0f} s)"
+        samples = f"{self.samples:,} samples, " if self.samples else ""
+        if self.tty and self.total:
+            done = min(self.steps, self.total)
+            bar = "#" * (30 * done // self.total)
+            self.write(f"\r{head}[{bar:-<30}] {samples}{self.steps:,}/{self.total:,} training steps {secs}\x1b[K")
+            self.drawn = True
+        elif self.tty:
+            self.write(f"\r{head}{samples}{self.steps:,} training steps {secs}\x1b[K")
+            self.drawn = True
+        else:
+            of = f" of {self.total:,}" if self.total else ""
+            self.write(f"{head}{samples}{self.steps:,}{of} training steps {secs}\n")
 
 
 def _renode_run(fw: Path, resc: Path, timeout: float) -> tuple[str, int | None, float]:

@@ -58,8 +58,12 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, pr
     if not fwinfo or not (fw / SAMPLES_FILE).is_file():
         raise TinygenError(f"{build_dir} has no firmware project; rebuild it with this version of tinygen build")
     board = load_board(manifest["board"])
+    if progress is not None:
+        progress.begin(emulator, fwinfo.get("train_steps") if fwinfo.get("train") else None)
     result, machine = run_firmware(build_dir, board.name, emulator, timeout, progress)
 
+    if progress is not None:
+        progress.finish()
     model = modelfile.load(build_dir / manifest["model_file"])
     with np.load(fw / SAMPLES_FILE) as z:
         x = z["x"]
