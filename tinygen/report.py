@@ -29,18 +29,27 @@ def _fmt(c) -> str:
 STALL_MIN_STEPS = 20  # a constant loss this long at the end of a run is a stall, not a plateau
 
 
+def stall_start(losses_q16: list[int]) -> int | None:
+    """The step from which a run's loss has not changed, when that is a stall: the last STALL_MIN_STEPS steps or a
+    tenth of the run, whichever is longer (saturated int8 logits give a zero gradient, so nothing more is learned);
+    None otherwise."""
+    run = 1
+    while run < len(losses_q16) and losses_q16[-run - 1] == losses_q16[-1]:
+        run += 1
+    if losses_q16 and run >= max(STALL_MIN_STEPS, len(losses_q16) // 10) and run < len(losses_q16):
+        return len(losses_q16) - run
+    return None
+
+
 def loss_trend(losses_q16: list[int]) -> str:
-    """One line on a run's loss (Q16 values as the device prints them): first vs last quarter, and a stall —
-    the loss unchanged over the last STALL_MIN_STEPS steps or a tenth of the run, whichever is longer (saturated
-    int8 logits give a zero gradient, so nothing more is learned)."""
+    """One line on a run's loss (Q16 values as the device prints them): first vs last quarter, and a stall
+    (`stall_start`) with what to change."""
     q = [v / 65536 for v in losses_q16]
     k = max(1, len(q) // 4)
     line = f"loss: mean of the first {k} steps {sum(q[:k]) / k:.4f} -> mean of the last {k} steps {sum(q[-k:]) / k:.4f}"
-    run = 1
-    while run < len(q) and losses_q16[-run - 1] == losses_q16[-1]:
-        run += 1
-    if run >= max(STALL_MIN_STEPS, len(q) // 10) and run < len(q):
-        line += (f"; training has stalled: the loss has been {q[-1]:.4f} on every step since step {len(q) - run} "
+    since = stall_start(losses_q16)
+    if since is not None:
+        line += (f"; training has stalled: the loss has been {q[-1]:.4f} on every step since step {since} "
                  "(saturated logits give a zero gradient); lower --lr or train fewer steps")
     return line
 
