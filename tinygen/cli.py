@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -22,7 +23,7 @@ from tinygen.ir.scheme import DEFAULT_LR, LR_GUARD_MAX_HALVINGS, LR_GUARD_STEPS,
 from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
 from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
-from tinygen.report import loss_curve_svg, loss_trend, table
+from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
@@ -99,6 +100,22 @@ def _check_out(out: Path) -> None:
     probe.unlink()
 
 
+JSON_OPTION = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON object on stdout instead of text (README: --json).")
+JSON_SCHEMA = 1  # bumped when a key changes meaning or goes away (README: --json)
+
+
+def _emit_json(command: str, doc: dict) -> None:
+    """The --json output: one object on one line of stdout, its command and schema version first."""
+    click.echo(json.dumps({"command": command, "schema": JSON_SCHEMA, **doc}))
+
+
+def _progress(command: str) -> Progress:
+    """Progress of a long run on stderr: a bar on a terminal, plain lines otherwise."""
+    return Progress(lambda text: click.echo(text, err=True, nl=False), tty=click.get_text_stream("stderr").isatty(),
+                    prefix=f"{command}: ")
+
+
 @click.group(cls=_Cli)
 @click.version_option(package_name="tinygen")
 def main():
@@ -106,26 +123,44 @@ def main():
 
 
 @main.command()
+@JSON_OPTION
 @friendly
-def models():
+def models(as_json):
     """List the model zoo: name, input shape, parameters, MACs."""
 
-    rows = [[e.name, "x".join(map(str, e.input_shape)), e.params, e.macs, e.description] for e in list_models()]
+    entries = list_models()
+    if as_json:
+        _emit_json("models", {"models": [{**dataclasses.asdict(e), "input_shape": list(e.input_shape)}
+                                         for e in entries]})
+        return
+    rows = [[e.name, "x".join(map(str, e.input_shape)), e.params, e.macs, e.description] for e in entries]
     click.echo(table(["model", "input", "params", "MACs", "description"], rows, "llrrl"))
 
 
 @main.command()
+@JSON_OPTION
 @friendly
-def boards():
+def boards(as_json):
     """List the boards: core, clock, SRAM, flash, emulators."""
 
+    loaded = [load_board(name) for name in board_names()]
+    if as_json:
+        _emit_json("boards", {"boards": [_board_json(b) for b in loaded]})
+        return
     rows = []
-    for name in board_names():
-        b = load_board(name)
+    for b in loaded:
         rows.append([b.name, b.core, b.fpu, f"{b.clock_hz // 1_000_000} MHz", f"{b.sram_bytes // 1024} KB",
                      f"{b.flash_bytes // 1024} KB", b.renode["platform"], b.qemu["machine"]])
     click.echo(table(["board", "core", "FPU", "clock", "SRAM", "flash", "Renode platform", "QEMU stand-in"],
                      rows, "lllrrrll"))
+
+
+def _board_json(b) -> dict:
+    regions = lambda rs: [{"name": r.name, "origin": r.origin, "length": r.length} for r in rs]  # noqa: E731
+    return {"name": b.name, "description": b.description, "core": b.core, "fpu": b.fpu, "cpu_flags": list(b.cpu_flags),
+            "clock_hz": b.clock_hz, "sram_bytes": b.sram_bytes, "flash_bytes": b.flash_bytes,
+            "sram": regions(b.sram), "flash": regions(b.flash), "renode_platform": b.renode["platform"],
+            "qemu_machine": b.qemu["machine"]}
 
 
 @main.command()
@@ -165,10 +200,12 @@ def boards():
               help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
+@JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
-          momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps):
+          momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
+    say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     _check_out(out)
     b = load_board(board)
     model = resolve_model(model_spec, classes)
@@ -179,19 +216,33 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
         model = trainer.model  # --reorder-channels: the same function, channels renamed
     check_fits(model, trainer, b, budget)
     if trainer is not None:
-        click.echo(f"update scheme: {describe(trainer.scheme)}")
+        say(f"update scheme: {describe(trainer.scheme)}")
         if trainer.scheme.channel_order:
-            click.echo(f"channels reordered most important first in {len(trainer.scheme.channel_order)} tensors "
-                       "(the same function; the order is recorded in model/scheme.json)")
+            say(f"channels reordered most important first in {len(trainer.scheme.channel_order)} tensors "
+                "(the same function; the order is recorded in model/scheme.json)")
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0))
 
-
     p = build_plan(model, trainer, b, budget)
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
     (Path(out) / "memory_timeline.svg").write_text(timeline_svg(p))
+    if as_json:
+        fw = m.get("firmware", {})
+        _emit_json("build", {
+            "out": str(out), "model": m["model"], "board": b.name, "layers": len(model.layers), "params": m["params"],
+            "macs": m["macs"], "arena_bytes": m["arena_bytes"], "weight_bytes": m["weight_bytes"],
+            "train": None if trainer is None else {
+                "update": update, "scheme": describe(trainer.scheme), "filter_r": filter_r,
+                "trained_layers": m["train"]["trained_layers"], "trained_bytes": m["train"]["trained_bytes"],
+                "reordered_tensors": len(trainer.scheme.channel_order or {})},
+            "plan": {k: p[k] for k in ("peak_sram_bytes", "budget_bytes", "flash_bytes", "fits")},
+            "firmware": {"compiled": bool(fw.get("compiled")), "train_steps": fw.get("train_steps", 0),
+                         "samples": fw.get("samples", 0)},
+            "files": {"manifest": str(Path(out) / "tinygen.json"), "plan": str(Path(out) / "plan.json"),
+                      "memory_timeline": str(Path(out) / "memory_timeline.svg")}})
+        return
     click.echo(f"built {m['model']} for {b.name} in {out}: {len(model.layers)} layers, {m['params']:,} params, "
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
     if trainer is not None:
@@ -274,17 +325,35 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
               help="Training steps to compare (default 20 for a training build, 0 to skip).")
 @click.option("--kernels", type=click.Choice(list(KERNEL_IMPLS)), default="portable", show_default=True,
               help="Kernel implementation the host build compiles.")
+@JSON_OPTION
 @friendly
-def verify(build_dir, n_inputs, steps, kernels):
+def verify(build_dir, n_inputs, steps, kernels, as_json):
     """Compile BUILD_DIR's C for the host (-Werror, ASan+UBSan) and compare with the reference."""
 
     r = verify_forward(build_dir, n_inputs, kernels)
-    click.echo(f"verify: forward bit-exact: {r.elements} of {r.elements} output values equal on {r.source} "
-               f"(host C built -std=c99 -Wall -Wextra -Werror, ASan+UBSan clean)")
+    if not as_json:
+        click.echo(f"verify: forward bit-exact: {r.elements} of {r.elements} output values equal on {r.source} "
+                   f"(host C built -std=c99 -Wall -Wextra -Werror, ASan+UBSan clean)")
     if steps is None:
         steps = 20 if "train" in read_manifest(build_dir) else 0
+    t = None
     if steps:
-        t = verify_training(build_dir, steps, kernels)
+        progress = _progress("verify")
+        try:
+            t = verify_training(build_dir, steps, kernels, progress)
+        finally:
+            progress.finish()
+    curve = _loss_curve(build_dir, t.losses, "verify: the host C's loss per step") if t else None
+    if as_json:
+        _emit_json("verify", {
+            "build_dir": str(build_dir), "bit_exact": True,
+            "forward": {"inputs": r.inputs, "values": r.elements, "source": r.source},
+            "training": None if t is None else {
+                "steps": t.steps, "source": t.source, "losses_q16": t.losses,
+                "gradient_values": t.gradient_values, "param_bytes": t.param_bytes, "checksum": t.checksum,
+                "lr_halvings": t.lr_halvings, "stalled_since": stall_start(t.losses), "loss_curve": str(curve)}})
+        return
+    if t is not None:
         q = [v / 65536 for v in t.losses]
         click.echo(f"verify: training bit-exact over {t.steps} steps on {t.source}: every loss, "
                    f"{t.gradient_values:,} step-1 gradient values, {t.param_bytes:,} bytes of trained parameters "
@@ -293,13 +362,13 @@ def verify(build_dir, n_inputs, steps, kernels):
                    + (f"; the learning-rate guard halved the rate at steps {', '.join(map(str, t.lr_halvings))}, "
                       "as the reference's" if t.lr_halvings else ""))
         click.echo(f"verify: {loss_trend(t.losses)}")
-        _loss_curve(build_dir, t.losses, "verify: the host C's loss per step")
+        click.echo(f"loss curve: {curve}")
 
 
-def _loss_curve(build_dir: Path, losses: list[int], title: str) -> None:
+def _loss_curve(build_dir: Path, losses: list[int], title: str) -> Path:
     path = Path(build_dir) / "loss_curve.svg"
     path.write_text(loss_curve_svg(losses, title))
-    click.echo(f"loss curve: {path}")
+    return path
 
 
 # ---- benchmarks (tinygen/bench.py): tables on stdout, JSON in --out ----
@@ -403,15 +472,33 @@ def bench_schemes(task, seeds, out):
               help="QEMU: the board's mps2 stand-in (CI). Renode: the board's own platform (renode on PATH).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
               help="Seconds before a hung firmware is stopped.")
+@JSON_OPTION
 @friendly
-def sim(build_dir, emulator, timeout):
+def sim(build_dir, emulator, timeout, as_json):
     """Run BUILD_DIR's firmware in an emulator and compare its outputs with the reference, bit for bit."""
 
-    progress = Progress(lambda line: click.echo(f"sim: {line}", err=True))
-    r = simulate(build_dir, emulator, timeout, progress)
+    progress = _progress("sim")
+    try:
+        r = simulate(build_dir, emulator, timeout, progress)
+    finally:
+        progress.finish()
+    losses = [s["loss"] for s in r.run.steps]
+    curve = _loss_curve(build_dir, losses, f"{emulator}: the firmware's loss per step") if losses else None
+    if as_json:
+        _emit_json("sim", {
+            "build_dir": str(build_dir), "bit_exact": True, "emulator": r.emulator, "machine": r.machine,
+            "board": r.board, "clock_hz": r.clock_hz, "counter": "instructions" if r.counter == "instr" else "cycles",
+            "samples_source": r.samples_source,
+            "samples": [{"index": s["index"], "label": s["label"], "count": s["count"]} for s in r.run.samples],
+            "steps": [{"index": s["index"], "sample": s["sample"], "label": s["label"], "loss_q16": s["loss"],
+                       "count": s["count"]} for s in r.run.steps],
+            "params_checksum": r.run.params_crc if r.run.steps else None, "lr_halvings": r.run.lr_halvings,
+            "stalled_since": stall_start(losses) if losses else None, "stack": r.run.stack,
+            "seconds": round(r.seconds, 3), "loss_curve": None if curve is None else str(curve)})
+        return
     click.echo(format_report(r))
-    if r.run.steps:
-        _loss_curve(build_dir, [s["loss"] for s in r.run.steps], f"{emulator}: the firmware's loss per step")
+    if curve is not None:
+        click.echo(f"loss curve: {curve}")
 
 
 if __name__ == "__main__":
