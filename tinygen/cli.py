@@ -44,10 +44,10 @@ class FiniteRange(click.FloatRange):
     """A float range that also refuses inf and nan (which compare false with both bounds)."""
 
     def convert(self, value, param, ctx):
-        v = super().convert(value, param, ctx)
+        v = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(v):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return v
+        return super().convert(v, param, ctx)
 
 
 MOMENTUM = FiniteRange(min=0, max=1, max_open=True)
@@ -83,7 +83,8 @@ class _Cli(click.Group):
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
             hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
-            click.echo(f"error: {exc.format_message().rstrip('.')}{hint}", err=True)
+            message = exc.format_message().replace(". (Did you mean", " (did you mean").rstrip(".")
+            click.echo(f"error: {message}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
@@ -94,10 +95,14 @@ class _Cli(click.Group):
 def _check_out(out: Path) -> None:
     """Fail before the slow steps when --out cannot hold a build."""
     check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".tinygen-write-test"
-    probe.write_text("")
-    probe.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tinygen-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise TinygenError(f"--out {out} cannot hold a build ({exc.strerror or exc}); choose a folder you can "
+                           "write to") from None
 
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True,

@@ -161,6 +161,9 @@ def _read_json(path: Path) -> dict:
     try:
         doc = json.loads(path.read_text())
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and integers past Python's digit limit
+        if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
+            raise ModelError(f"{path} holds an integer of more than 4,300 digits, which no model field needs; "
+                             "fix that number") from None
         raise ModelError(f"{path} is not valid JSON ({exc}); is the file truncated?") from None
     except RecursionError:
         raise ModelError(f"{path} nests its JSON too deeply to be a model file") from None

@@ -406,7 +406,8 @@ def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
         h, w, c = x.shape
         _need(all(1 <= k <= MAX_DIM for k in layer.kernel) and all(1 <= s <= MAX_DIM for s in layer.stride)
               and all(0 <= q <= MAX_DIM for q in layer.padding),
-              f"{where}: pool kernel and stride must be 1..{MAX_DIM}, padding 0..{MAX_DIM}")
+              f"{where}: kernel {list(layer.kernel)}, stride {list(layer.stride)}, padding {list(layer.padding)} "
+              f"out of range; a pool's kernel and stride must be 1..{MAX_DIM}, its padding 0..{MAX_DIM}")
         pt, pb, pl, pr = layer.padding
         _need(pt < layer.kernel[0] and pb < layer.kernel[0] and pl < layer.kernel[1] and pr < layer.kernel[1],
               f"{where}: padding must be smaller than the pool window")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygen.errors import BuildError
+from tinygen.errors import BuildError, TinygenError
 from tinygen.targets.hostbuild import WARNINGS
 
 ARM_CC = "arm-none-eabi-gcc"
@@ -179,14 +179,15 @@ def elf_problem(data: bytes) -> str | None:
 
 
 def check_elf(elf: Path, rebuild: str) -> None:
-    """BuildError naming the problem and `rebuild` (how to make the ELF again) unless `elf` is complete."""
+    """One sentence (exit 2: a damaged build directory is bad input) naming the problem and `rebuild` (how to make
+    the ELF again) unless `elf` is complete."""
     try:
         data = elf.read_bytes()
     except OSError as exc:
-        raise BuildError(f"cannot read {elf}: {exc.strerror or exc}; {rebuild}") from None
+        raise TinygenError(f"cannot read {elf}: {exc.strerror or exc}; {rebuild}") from None
     problem = elf_problem(data)
     if problem is not None:
-        raise BuildError(f"{elf} is not a complete firmware image: {problem}; {rebuild}")
+        raise TinygenError(f"{elf} is not a complete firmware image: {problem}; {rebuild}")
 
 
 def elf_sections(elf: Path) -> dict[str, tuple[int, int]]:
