@@ -79,7 +79,8 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
     if trainer is not None:
         manifest["train"] = {"scheme_file": "model/scheme.json", "config": trainer.config.to_json(),
                              "trained_layers": len(trainer.trained), "trained_bytes": facts["trained_bytes"],
-                             "records": facts["records"], "params": facts["params"]}
+                             "records": facts["records"], "params": facts["params"],
+                             "state_bytes": facts["state_bytes"]}
     # the firmware project (DIR/firmware) and its ELFs when arm-none-eabi-gcc is on PATH
     if firmware_options is None and trainer is not None:  # a training build: the harness trains too
         firmware_options = FirmwareOptions(train=True, train_steps=DEFAULT_TRAIN_STEPS)

@@ -351,6 +351,18 @@ def _params(em: _Emit) -> list[tuple[str, str]]:
     return params
 
 
+def _state_bytes(em: _Emit, names: list[str]) -> int:
+    """Bytes of the training state a checkpoint saves (tg_train_state): parameters, optimizer arrays, counters."""
+    def size(name: str) -> int:
+        if name in em.mutable:
+            return int(em.mutable[name].nbytes)
+        if name in em.state:
+            ctype, count = em.state[name]
+            return np.dtype(ctype.removesuffix("_t")).itemsize * count
+        return 4  # an int32_t counter
+    return sum(size(n) for n in names)
+
+
 def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     """Write the training firmware sources (tg_model.[ch], tg_weights.[ch]); return facts for the manifest."""
     src_dir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +381,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     out_root = plan.alias.get(model.output.name, model.output.name)
     out_groot = plan.grad_alias.get(model.output.name, model.output.name)
     params = _params(em)
+    counters = ["tg_step"] + (["tg_lr_run", "tg_lr_guard_halvings"] if cfg.lr_guard else [])
+    train_state = [p[0] for p in params] + [n for n in em.state if n not in dict(params)] + counters
     buffers = [dict(macro=plan.ptr(n), ctype=plan.ctype[n], offset=b.offset, size=b.size, first=b.first,
                     last=b.last, name=n) for n, b in sorted(plan.buffers.items(), key=lambda kv: kv[1].offset)]
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
@@ -381,10 +395,11 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                lr_guard=cfg.lr_guard, lr_text=f"{cfg.lr:g}", frac_bits=cfg.frac_bits,
                w_limit=WEIGHT_LIMIT << cfg.frac_bits,
                momentum=round_half_away(cfg.momentum * (1 << 15)), accumulate=cfg.accumulate, loss=cfg.loss,
-               params=params, state=em.state,
+               params=params, state=em.state, train_state=train_state, scalar_state=counters,
                frac_type=frac_ctype(cfg.frac_bits) if any(tl.update.channels for tl in trainer.trained.values())
                else None)
     write_sources(env, src_dir, ctx, em.const_arrays, em.mutable)
     return {"arena_bytes": plan.arena_size, "records": em.records, "params": [p[0] for p in params],
             "const_bytes": int(sum(a.nbytes for a in em.const_arrays.values())),
-            "trained_bytes": trained_state_bytes(trainer)}
+            "trained_bytes": trained_state_bytes(trainer),
+            "state_bytes": _state_bytes(em, train_state)}
