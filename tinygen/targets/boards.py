@@ -62,6 +62,7 @@ class Board:
     renode: dict  # "platform", "uart", "checked" (where those names were verified in Renode's sources)
     qemu: dict
     early_init: list[RegWrite]
+    checkpoint: Checkpoint | None = None  # where trained state persists across resets (--checkpoint-every)
 
     @property
     def sram_bytes(self) -> int:
@@ -74,6 +75,31 @@ class Board:
     @property
     def largest_sram(self) -> Region:
         return max(self.sram, key=lambda r: r.length)
+
+
+# Flash writers in firmware/tg_flash.c, with the unit each programs in bytes (the H7 programs 256-bit flash words).
+CHECKPOINT_WRITERS = {"stm32f7_flash": 4, "nrf52_nvmc": 4, "stm32h7_flash": 32}
+
+
+@dataclass(frozen=True)
+class Slot:
+    origin: int
+    length: int
+    sector: int | None = None  # the STM32 writers erase a sector by number
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Two flash slots (each a whole number of erase units, adjacent, at the top of flash) and their writer."""
+
+    writer: str
+    program_bytes: int
+    slots: tuple[Slot, Slot]
+    reference: str
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.length for s in self.slots)
 
 
 class _Bad(Exception):
@@ -173,6 +199,32 @@ def _qemu(q) -> dict:
     return dict(q)
 
 
+def _checkpoint(c, flash: list[Region]) -> Checkpoint:
+    writer = _get(c, "writer", "checkpoint", str)
+    if writer not in CHECKPOINT_WRITERS:
+        raise _Bad(f"checkpoint.writer {writer!r} has no driver in firmware/tg_flash.c "
+                   f"(known: {', '.join(CHECKPOINT_WRITERS)})")
+    unit = _int(_get(c, "program_bytes", "checkpoint", int), "checkpoint.program_bytes", 4, 256)
+    if unit != CHECKPOINT_WRITERS[writer]:
+        raise _Bad(f"checkpoint.program_bytes must be {CHECKPOINT_WRITERS[writer]} for the {writer} writer")
+    items = _get(c, "slots", "checkpoint", list)
+    if len(items) != 2:
+        raise _Bad("checkpoint.slots must list exactly two slots")
+    slots = []
+    for i, d in enumerate(items):
+        where = f"checkpoint.slots[{i}]"
+        sector = _int(d["sector"], f"{where}.sector", 0, 255) if isinstance(d, dict) and "sector" in d else None
+        if sector is None and writer.startswith("stm32"):
+            raise _Bad(f"{where}.sector is missing (the {writer} writer erases by sector number)")
+        slots.append(Slot(_hex(_get(d, "origin", where, str), f"{where}.origin"),
+                          _int(_get(d, "length", where, int), f"{where}.length", 1024, 2**31), sector))
+    top = flash[-1].origin + flash[-1].length
+    if slots[0].length != slots[1].length or slots[0].origin + slots[0].length != slots[1].origin \
+            or slots[1].origin + slots[1].length != top:
+        raise _Bad(f"checkpoint.slots must be two equal, adjacent slots ending at the top of flash (0x{top:08x})")
+    return Checkpoint(writer, unit, (slots[0], slots[1]), _get(c, "reference", "checkpoint", str))
+
+
 def _board(d, stem: str) -> Board:
     if not isinstance(d, dict):
         raise _Bad("the file must hold one JSON object")
@@ -183,13 +235,14 @@ def _board(d, stem: str) -> Board:
     if not all(isinstance(f, str) for f in flags):
         raise _Bad("cpu_flags must be a list of strings")
     mem = _get(d, "memory", "", dict)
+    flash = _regions(_get(mem, "flash", "memory", list), "memory.flash")
     return Board(name, _get(d, "description", "", str), _get(d, "core", "", str), list(flags),
                  _get(d, "fpu", "", str), _int(_get(d, "clock_hz", "", int), "clock_hz", 1, 2**32 - 1),
-                 _regions(_get(mem, "flash", "memory", list), "memory.flash"),
-                 _regions(_get(mem, "sram", "memory", list), "memory.sram"),
+                 flash, _regions(_get(mem, "sram", "memory", list), "memory.sram"),
                  _get(mem, "sram_contiguous", "memory", bool), _console(_get(d, "console", "", dict)),
                  _renode(_get(d, "renode", "", dict)), _qemu(_get(d, "qemu", "", dict)),
-                 _early_init(d.get("early_init", [])))
+                 _early_init(d.get("early_init", [])),
+                 _checkpoint(d["checkpoint"], flash) if "checkpoint" in d else None)
 
 
 def board_names() -> list[str]:
