@@ -31,6 +31,7 @@ extern "C" {
 #define TG_EXIT_MISMATCH       1 /* outputs differ from the expected ones embedded at build time */
 #define TG_EXIT_FAULT          3 /* a HardFault/MemManage/BusFault/UsageFault */
 #define TG_EXIT_STACK_OVERFLOW 4 /* the stack ran into its guard */
+#define TG_EXIT_POWER_CUT      5 /* TG_TEST_POWER_CUT builds: the core stopped mid-checkpoint */
 
 /* ---- console: buffered, flushed at every newline --------------------------------- */
 void tg_console_init(void);
@@ -58,6 +59,31 @@ void tg_stack_check_or_fail(
 /* ---- checksums ------------------------------------------------------------------------ */
 /* CRC-32 (IEEE 802.3, reflected, = zlib.crc32): pass 0 to start, the previous value to continue. */
 uint32_t tg_crc32(uint32_t crc, const void *data, size_t len);
+
+#if defined(TG_CKPT_SLOT_BYTES)
+/* ---- flash writer (tg_flash.c): one per board, selected by tg_board.h --------------------- */
+/* Two checkpoint slots of TG_CKPT_SLOT_BYTES each from TG_CKPT_SLOT0_ADDR, each a whole number
+ * of erase units. Under QEMU the slots are RAM that tg_flash.bin (in QEMU's working directory,
+ * through semihosting) carries from one run to the next. */
+void tg_flash_init(void); /* QEMU stand-in: load tg_flash.bin (or start erased) */
+uint32_t tg_flash_slot_addr(uint32_t slot);
+int tg_flash_erase_slot(uint32_t slot); /* 0: every byte of the slot reads 0xFF */
+/* Program `n_words` words at `addr`, lowest address first; `addr` and `n_words * 4` are
+ * multiples of TG_FLASH_PROGRAM_BYTES. 0: done. */
+int tg_flash_program(uint32_t addr, const uint32_t *words, uint32_t n_words);
+
+/* ---- checkpoints (tg_checkpoint.c): the training state, two slots, sequence + CRC ----- */
+typedef struct {
+    void *data;
+    uint32_t bytes;
+} tg_span_t;
+
+/* Restore the newest valid checkpoint into `spans`: 1 and its step and sequence number, or 0
+ * (nothing restored) when neither slot holds a complete checkpoint of this size. */
+int tg_checkpoint_restore(const tg_span_t *spans, uint32_t n, uint32_t *step, uint32_t *seq);
+/* Save `spans` as checkpoint `seq` (slot seq % 2, the older one) taken after `step` steps. */
+int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t step, uint32_t seq);
+#endif
 
 /* ---- exit ------------------------------------------------------------------------------ */
 /* Prints "TG exit <status>", then: QEMU -> semihosting exit with `status`;

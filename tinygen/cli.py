@@ -205,10 +205,13 @@ def _board_json(b) -> dict:
               help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
+              help="Save the trained state to the board's two flash slots every N steps and resume from the newest "
+                   "complete one at boot (0: off).")
 @JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
-          momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps, as_json):
+          momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps, checkpoint_every, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     _check_out(out)
@@ -227,10 +230,14 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                 "(the same function; the order is recorded in model/scheme.json)")
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
+    if checkpoint_every and (not fw_train or checkpoint_every % accumulate):
+        raise TinygenError(f"--checkpoint-every {checkpoint_every} needs a firmware that trains with --loss ce and a "
+                           f"multiple of --accumulate ({accumulate}); change one of them")
     m = write_project(model, b, out, trainer,
-                      FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0))
+                      FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
+                                      checkpoint_every=checkpoint_every))
 
-    p = build_plan(model, trainer, b, budget)
+    p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
     (Path(out) / "memory_timeline.svg").write_text(timeline_svg(p))
     if as_json:
@@ -498,6 +505,7 @@ def sim(build_dir, emulator, timeout, as_json):
             "steps": [{"index": s["index"], "sample": s["sample"], "label": s["label"], "loss_q16": s["loss"],
                        "count": s["count"]} for s in r.run.steps],
             "params_checksum": r.run.params_crc if r.run.steps else None, "lr_halvings": r.run.lr_halvings,
+            "checkpoints": r.run.checkpoints,
             "stalled_since": stall_start(losses) if losses else None, "stack": r.run.stack,
             "seconds": round(r.seconds, 3), "loss_curve": None if curve is None else str(curve)})
         return

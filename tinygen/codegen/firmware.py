@@ -77,6 +77,7 @@ class FirmwareOptions:
     train: bool = False  # harness calls tg_train_step (the training issue provides tg_train.[ch])
     train_steps: int = 0
     extra_cflags: tuple[str, ...] = ()  # e.g. ("-DTG_TEST_STACK_OVERFLOW",) in tests
+    checkpoint_every: int = 0  # training builds: save the trained state to the board's flash slots every N steps
 
 
 # ---- memory maps ---------------------------------------------------------------------------------------------
@@ -162,6 +163,49 @@ def qemu_memory_map(board: Board) -> Layout:
     return Layout(f"QEMU {machine} memory map for the {board.name}", flash, sram, stack, data, arena, banks, notes)
 
 
+# ---- checkpoint slots --------------------------------------------------------------------------------------------
+
+CKPT_HEADER_BYTES = 32  # firmware/tg_checkpoint.c: the header unit before the payload
+CKPT_WRITER_MACROS = {"stm32f7_flash": "TG_FLASH_STM32F7", "nrf52_nvmc": "TG_FLASH_NRF52",
+                      "stm32h7_flash": "TG_FLASH_STM32H7"}
+
+
+def checkpoint_slot_bytes(board: Board, state_bytes: int) -> int:
+    """The flash both checkpoint slots take (what the plan counts); one sentence when the state does not fit a
+    slot or the board has none."""
+    c = board.checkpoint
+    if c is None:
+        raise TinygenError(f"board {board.name} names no checkpoint slots (boards/{board.name}.json "
+                           "'checkpoint'); build without --checkpoint-every or add them")
+    need = CKPT_HEADER_BYTES + -(-state_bytes // c.program_bytes) * c.program_bytes
+    if need > c.slots[0].length:
+        raise TinygenError(f"a checkpoint of the trained state needs {need:,} B but {board.name}'s slots hold "
+                           f"{c.slots[0].length:,} B; train fewer layers or build without --checkpoint-every")
+    return c.bytes
+
+
+def _reserve_slots(layout: Layout, board: Board) -> tuple[Layout, int]:
+    """The layout with its flash region ending where the checkpoint slots begin (they sit at the top of flash),
+    and the slots' address in this map."""
+    c = board.checkpoint
+    offset = c.slots[0].origin - board.flash[-1].origin
+    layout.flash = Region(layout.flash.name, layout.flash.origin, offset)
+    layout.notes.append(f"Checkpoint slots: 2 x {c.slots[0].length // 1024} KB at 0x{layout.flash.origin + offset:08x}"
+                        f" (flash ends there for code and constants).")
+    return layout, layout.flash.origin + offset
+
+
+def checkpoint_defines(board: Board, qemu_slot0: int) -> tuple[list, list, list]:
+    """tg_board.h rows: (QEMU image, real board, both) for the checkpoint slots and their writer."""
+    c = board.checkpoint
+    qemu = [("TG_FLASH_RAM", "1"), ("TG_CKPT_SLOT0_ADDR", f"0x{qemu_slot0:08X}UL")]
+    real = [(CKPT_WRITER_MACROS[c.writer], "1"), ("TG_CKPT_SLOT0_ADDR", f"0x{c.slots[0].origin:08X}UL")]
+    if c.slots[0].sector is not None:
+        real += [("TG_CKPT_SLOT0_SECTOR", f"{c.slots[0].sector}U"), ("TG_CKPT_SLOT1_SECTOR", f"{c.slots[1].sector}U")]
+    both = [("TG_CKPT_SLOT_BYTES", f"{c.slots[0].length}UL"), ("TG_FLASH_PROGRAM_BYTES", f"{c.program_bytes}U")]
+    return qemu, real, both
+
+
 # ---- consoles on the real boards -------------------------------------------------------------------------------
 
 def hw_console_defines(board: Board) -> list[tuple[str, str]]:
@@ -240,16 +284,27 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     for name in ("tg_dataset.h", "tg_dataset.c"):
         (fw / name).write_text(env.get_template(f"firmware/{name}.j2").render(**dataset))
 
+    # memory maps: the checkpoint slots, when saved, come off the top of flash
+    real, qemu = real_memory_map(board), qemu_memory_map(board)
+    ckpt = None
+    if opts.checkpoint_every:
+        if not opts.train:
+            raise TinygenError("--checkpoint-every needs a training build (the firmware saves its trained state)")
+        checkpoint_slot_bytes(board, facts["state_bytes"])
+        real, _ = _reserve_slots(real, board)
+        qemu, qemu_slot0 = _reserve_slots(qemu, board)
+        ckpt = checkpoint_defines(board, qemu_slot0)
+
     # board header + harness
     (fw / "tg_board.h").write_text(env.get_template("firmware/tg_board.h.j2").render(
         board=board, model_name=model.name, core_cm7=board.core == "cortex-m7", qemu=board.qemu,
         qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK, qemu_uart_base=QEMU_UART_BASE,
-        hw_console=hw_console_defines(board), early_init=board.early_init))
+        hw_console=hw_console_defines(board), early_init=board.early_init, checkpoint=ckpt))
     (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
-        model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps))
+        model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps,
+        checkpoint_every=opts.checkpoint_every))
 
     # linker scripts
-    real, qemu = real_memory_map(board), qemu_memory_map(board)
     hw_ld, qemu_ld = f"link_{board.name}.ld", "link_qemu.ld"
     arena = facts.get("arena_bytes")
     (fw / hw_ld).write_text(_render_link(env, real, hw_ld, opts.stack_bytes, arena))
@@ -286,6 +341,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
         "samples_source": source,
         "stack_bytes": opts.stack_bytes,
         "train": opts.train,
+        "checkpoint_every": opts.checkpoint_every,
         "qemu": {"machine": board.qemu["machine"], "cpu": board.qemu["cpu"], "elf": f"{FW_DIR}/build/{QEMU_ELF}",
                  "linker_script": f"{FW_DIR}/{qemu_ld}", "args": qemu_args(board)},
         "hw": {"elf": f"{FW_DIR}/build/{hw_elf}", "linker_script": f"{FW_DIR}/{hw_ld}", "resc": f"{FW_DIR}/{resc}",

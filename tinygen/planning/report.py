@@ -44,8 +44,9 @@ def backward_macs(model: ir.Model, trainer) -> int:
     return sum(layer_backward_macs(layer, trainer) for layer in model.layers)
 
 
-def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
-    """The plan as a JSON-able dict (keys: peak_sram_bytes, flash_bytes, fits, layers, ...)."""
+def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = False) -> dict:
+    """The plan as a JSON-able dict (keys: peak_sram_bytes, flash_bytes, fits, layers, ...). With `checkpoint`
+    the board's two checkpoint slots count towards flash (checkpoint_bytes)."""
 
     if trainer is None:
         fp = plan_forward(model)
@@ -80,6 +81,8 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
             "mask_bytes": -(-layer.output.size // 8) if on_path else 0,
             "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
         })
+    ckpt = board.checkpoint.bytes if checkpoint and board.checkpoint is not None else 0
+    flash += ckpt
     peak = arena + trained + RUNTIME_RESERVE
     avail = board.sram_bytes if board.sram_contiguous else board.largest_sram.length
     return {
@@ -88,7 +91,8 @@ def build_plan(model: ir.Model, trainer, board, budget: int) -> dict:
         "peak_sram_bytes": peak, "arena_bytes": arena, "arena_lower_bound_bytes": bound,
         "arena_over_lower_bound": round(arena / bound - 1, 4) if bound else 0.0, "arena_strategy": strategy,
         "trained_state_bytes": trained, "runtime_reserve_bytes": RUNTIME_RESERVE,
-        "flash_bytes": flash, "board_sram_bytes": avail, "board_flash_bytes": board.flash_bytes,
+        "flash_bytes": flash, "checkpoint_bytes": ckpt, "board_sram_bytes": avail,
+        "board_flash_bytes": board.flash_bytes,
         "budget_bytes": budget, "fits": peak <= budget and flash <= board.flash_bytes,
         "layers": layers,
         "buffers": [{"name": b.name, "offset": b.offset, "size": b.size, "first": b.first, "last": b.last}
@@ -113,8 +117,9 @@ def plan_table(plan: dict) -> str:
               f"+{100 * plan['arena_over_lower_bound']:.1f}%) + trained parameters and optimizer state "
               f"{plan['trained_state_bytes'] / kb:.1f} KB + stack/runtime {plan['runtime_reserve_bytes'] / kb:.1f} KB; "
               f"budget {plan['budget_bytes'] / kb:.1f} KB of {plan['board_sram_bytes'] / kb:.1f} KB on "
-              f"{plan['board']}; flash {plan['flash_bytes'] / kb:.1f} KB of {plan['board_flash_bytes'] / kb:.0f} KB; "
-              f"{'fits' if plan['fits'] else 'DOES NOT FIT'}")
+              f"{plan['board']}; flash {plan['flash_bytes'] / kb:.1f} KB of {plan['board_flash_bytes'] / kb:.0f} KB"
+              + (f" (checkpoint slots {plan['checkpoint_bytes'] / kb:.0f} KB)" if plan.get("checkpoint_bytes") else "")
+              + f"; {'fits' if plan['fits'] else 'DOES NOT FIT'}")
     return t + "\n\n" + totals
 
 

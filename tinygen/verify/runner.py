@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ class Run:
     samples: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     lr_halvings: list[int] = field(default_factory=list)  # steps whose update the learning-rate guard halved
+    resume: dict | None = None  # {"step", "seq"}: the checkpoint restored at boot
+    checkpoints: list[dict] = field(default_factory=list)  # {"step", "seq", "slot"} of each checkpoint saved
     params_crc: int | None = None
     stack: dict = field(default_factory=dict)
     done: dict | None = None
@@ -260,6 +263,12 @@ def parse_output(text: str) -> Run:
                              "count": _num(kv.get("instr", kv.get("cycles", "0")))})
         elif kind == "lr" and len(words) > 2 and words[2] == "halved" and kv.get("step", "").isdigit():
             fw.lr_halvings.append(int(kv["step"]))
+        elif kind in ("resume", "checkpoint") and all(v.isdigit() for v in kv.values()) and "step" in kv:
+            record = {k: int(v) for k, v in kv.items()}
+            if kind == "resume":
+                fw.resume = record
+            else:
+                fw.checkpoints.append(record)
         elif kind == "params" and ("checksum" in kv or "crc" in kv):
             fw.params_crc = _num(kv.get("checksum", kv.get("crc", "0")))
         elif kind == "stack":
@@ -290,12 +299,26 @@ def _last_lines(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:]) if lines else "(no output)"
 
 
-def _qemu_run(elf: Path, args: list[str], timeout: float, progress=None) -> tuple[str, int | None, float]:
-    """Run QEMU; returns (its output, exit code or None on timeout, wall seconds). Each output line goes to
-    `progress` as it arrives, so a long run shows it is alive."""
+def run_qemu(build_dir: Path, board_name: str, timeout: float = 120.0, progress=None,
+             workdir: Path | None = None) -> tuple[str, int | None, float]:
+    """Run a build's QEMU image; returns (its output, exit code or None on timeout, wall seconds). Each output
+    line goes to `progress` as it arrives, so a long run shows it is alive. QEMU runs in `workdir` (default: a
+    fresh temporary folder), where a checkpointing firmware's flash stand-in keeps tg_flash.bin: the same
+    `workdir` carries the flash from one run to the next, as a board's flash survives a reset."""
+    fw = Path(build_dir) / FW_DIR
+    elf = fw / "build" / QEMU_ELF
+    if not elf.is_file():
+        raise BuildError(f"{elf} does not exist: the firmware was not compiled (arm-none-eabi-gcc was missing "
+                         f"at build time); run `make -C {fw} qemu` or rebuild")
+    check_elf(elf, f"run `make -C {fw} qemu` or rebuild")
     if shutil.which(QEMU) is None:
         raise BuildError(f"{QEMU} is not on PATH; install it (Debian: apt-get install qemu-system-arm) to simulate")
-    return run_streaming([QEMU, *args, "-kernel", str(elf)], timeout, progress)
+    cmd = [QEMU, *qemu_args(load_board(board_name)), "-kernel", str(elf.resolve())]
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return run_streaming(cmd, timeout, progress, cwd=workdir)
+    with tempfile.TemporaryDirectory(prefix="tinygen-qemu-") as tmp:
+        return run_streaming(cmd, timeout, progress, cwd=tmp)
 
 
 class Progress:
@@ -392,12 +415,7 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
     fw = Path(build_dir) / FW_DIR
     board = load_board(board_name)
     if emulator == "qemu":
-        elf = fw / "build" / QEMU_ELF
-        if not elf.is_file():
-            raise BuildError(f"{elf} does not exist: the firmware was not compiled (arm-none-eabi-gcc was missing "
-                             f"at build time); run `make -C {fw} qemu` or rebuild")
-        check_elf(elf, f"run `make -C {fw} qemu` or rebuild")
-        text, code, secs = _qemu_run(elf, qemu_args(board), timeout, progress)
+        text, code, secs = run_qemu(build_dir, board_name, timeout, progress)
         machine = f"QEMU {board.qemu['machine']}"
     elif emulator == "renode":
         if shutil.which(RENODE) is None:

@@ -135,6 +135,8 @@ def format_report(r: SimResult) -> str:
                  + (f"; {len(r.run.steps)} training steps: every loss{_halvings(r.run.lr_halvings)} and the "
                     f"trained-parameter checksum 0x{r.run.params_crc or 0:08x} equal the reference's"
                     if r.run.steps else "")
+                 + (f"; the trained state saved to flash after steps "
+                    f"{', '.join(str(c['step']) for c in r.run.checkpoints)}" if r.run.checkpoints else "")
                  + f"; {min(counts):,}..{max(counts):,} {unit} per inference, {how}; stack {st.get('used', 0):,} "
                  f"of {st.get('size', 0):,} bytes used; {est_note}")
     return "\n".join(lines)
