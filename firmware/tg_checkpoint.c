@@ -8,11 +8,12 @@
  *   header word 0   sequence number
  *   header word 1   training steps taken when it was saved
  *   header word 2   payload bytes
- *   header word 3   CRC-32 of words 0..2 and the payload
+ *   header word 3   the build's model id (a checkpoint of another model is never restored)
+ *   header word 4   CRC-32 of words 0..3 and the payload
  *   header word 7   TG_CKPT_MAGIC, the last word programmed: its presence commits the slot
  *
  * Saving erases the slot, programs the payload, then the header. Restoring takes the valid
- * slot (magic, size and CRC) with the larger sequence number.
+ * slot (magic, model id, size and CRC) with the larger sequence number.
  */
 #include <stdint.h>
 #include <string.h>
@@ -35,28 +36,31 @@ static uint32_t tg_total_bytes(const tg_span_t *spans, uint32_t n)
     return total;
 }
 
+#define TG_CKPT_CRC_WORDS 4U /* the CRC covers header words 0..3, then the payload */
+
 static uint32_t tg_header_crc(const uint32_t *header, const uint8_t *payload, uint32_t bytes)
 {
-    return tg_crc32(tg_crc32(0U, header, 3U * 4U), payload, bytes);
+    return tg_crc32(tg_crc32(0U, header, TG_CKPT_CRC_WORDS * 4U), payload, bytes);
 }
 
-/* 1 when `slot` holds a complete checkpoint of `bytes` payload bytes. */
-static int tg_slot_valid(uint32_t slot, uint32_t bytes)
+/* 1 when `slot` holds a complete checkpoint of model `model_id` with `bytes` payload bytes. */
+static int tg_slot_valid(uint32_t slot, uint32_t model_id, uint32_t bytes)
 {
     const uint32_t *header = (const uint32_t *)(uintptr_t)tg_flash_slot_addr(slot);
     const uint8_t *payload = (const uint8_t *)header + TG_CKPT_HEADER_BYTES;
-    return header[7] == TG_CKPT_MAGIC && header[2] == bytes &&
-           header[3] == tg_header_crc(header, payload, bytes);
+    return header[7] == TG_CKPT_MAGIC && header[3] == model_id && header[2] == bytes &&
+           header[4] == tg_header_crc(header, payload, bytes);
 }
 
-int tg_checkpoint_restore(const tg_span_t *spans, uint32_t n, uint32_t *step, uint32_t *seq)
+int tg_checkpoint_restore(const tg_span_t *spans, uint32_t n, uint32_t model_id, uint32_t *step,
+                          uint32_t *seq)
 {
     const uint32_t bytes = tg_total_bytes(spans, n);
     int best = -1;
     uint32_t best_seq = 0;
     for (uint32_t slot = 0; slot < 2U; slot++) {
         const uint32_t *header = (const uint32_t *)(uintptr_t)tg_flash_slot_addr(slot);
-        if (tg_slot_valid(slot, bytes) && (best < 0 || header[0] > best_seq)) {
+        if (tg_slot_valid(slot, model_id, bytes) && (best < 0 || header[0] > best_seq)) {
             best = (int)slot;
             best_seq = header[0];
         }
@@ -75,7 +79,8 @@ int tg_checkpoint_restore(const tg_span_t *spans, uint32_t n, uint32_t *step, ui
     return 1;
 }
 
-int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t step, uint32_t seq)
+int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t model_id, uint32_t step,
+                       uint32_t seq)
 {
     const uint32_t slot = seq % 2U;
     const uint32_t base = tg_flash_slot_addr(slot);
@@ -83,8 +88,14 @@ int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t step, uint32
     if (TG_CKPT_HEADER_BYTES + bytes > TG_CKPT_SLOT_BYTES || tg_flash_erase_slot(slot) != 0) {
         return -1;
     }
-    uint32_t header[TG_CKPT_HEADER_WORDS] = {seq, step, bytes, 0U, ~0U, ~0U, ~0U, TG_CKPT_MAGIC};
-    uint32_t crc = tg_crc32(0U, header, 3U * 4U);
+    uint32_t header[TG_CKPT_HEADER_WORDS];
+    memset(header, 0xFF, sizeof header); /* words 4 (the CRC, below), 5 and 6 */
+    header[0] = seq;
+    header[1] = step;
+    header[2] = bytes;
+    header[3] = model_id;
+    header[7] = TG_CKPT_MAGIC;
+    uint32_t crc = tg_crc32(0U, header, TG_CKPT_CRC_WORDS * 4U);
 
     /* The payload, one program unit at a time. */
     uint32_t unit[TG_UNIT_WORDS];
@@ -112,7 +123,7 @@ int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t step, uint32
     }
 
     /* The header last: its final word, the magic, commits the checkpoint. */
-    header[3] = crc;
+    header[4] = crc;
     return tg_flash_program(base, header, TG_CKPT_HEADER_WORDS);
 }
 

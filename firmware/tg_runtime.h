@@ -79,10 +79,13 @@ typedef struct {
 } tg_span_t;
 
 /* Restore the newest valid checkpoint into `spans`: 1 and its step and sequence number, or 0
- * (nothing restored) when neither slot holds a complete checkpoint of this size. */
-int tg_checkpoint_restore(const tg_span_t *spans, uint32_t n, uint32_t *step, uint32_t *seq);
+ * (nothing restored) when neither slot holds a complete checkpoint of model `model_id` and
+ * this size. */
+int tg_checkpoint_restore(const tg_span_t *spans, uint32_t n, uint32_t model_id, uint32_t *step,
+                          uint32_t *seq);
 /* Save `spans` as checkpoint `seq` (slot seq % 2, the older one) taken after `step` steps. */
-int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t step, uint32_t seq);
+int tg_checkpoint_save(const tg_span_t *spans, uint32_t n, uint32_t model_id, uint32_t step,
+                       uint32_t seq);
 #endif
 
 /* ---- exit ------------------------------------------------------------------------------ */

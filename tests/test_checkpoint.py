@@ -36,12 +36,13 @@ SCHEME = {"format": "tinygen-scheme", "version": 1, "source": "fc: one channel's
           "layers": [{"layer": "fc", "channels": [0], "bias": True, "filter_r": 1}]}
 
 
-def _build(board: str, tmp: Path, extra=()) -> Path:
+def _build(board: str, tmp: Path, extra=(), lr=0.1) -> Path:
     """digits-cnn with a fresh 5-way head, one fc channel and its biases training at a rate that moves them."""
+    tmp.mkdir(parents=True, exist_ok=True)
     scheme = tmp / "scheme.json"
     scheme.write_text(json.dumps(SCHEME))
     model = resolve_model("digits-cnn", 5)
-    trainer = Trainer(model, parse_update(str(scheme), model), TrainConfig(lr=0.1).check())
+    trainer = Trainer(model, parse_update(str(scheme), model), TrainConfig(lr=lr).check())
     out = tmp / board
     write_project(model, load_board(board), out, trainer,
                   FirmwareOptions(samples=2, train=True, train_steps=STEPS, checkpoint_every=EVERY,
@@ -110,6 +111,19 @@ def test_a_finished_run_resumes_at_its_last_step_and_sim_starts_fresh(tmp_path):
     assert [c["step"] for c in json.loads(r.stdout)["checkpoints"]] == [2, 4, 6]
 
 
+@needs_qemu
+def test_another_models_checkpoint_is_not_restored(tmp_path):
+    """The header carries the build's model id: a firmware of another model (here the same network at another
+    learning rate, so other multipliers in the generated C) starts fresh instead of loading foreign state."""
+    a = _build("stm32f746", tmp_path / "a")
+    b = _build("stm32f746", tmp_path / "b", lr=0.05)
+    _run(a, "stm32f746", tmp_path / "flash")
+    again, code = _run(a, "stm32f746", tmp_path / "flash")
+    assert again.resume == {"step": STEPS, "seq": 3}
+    other, code = _run(b, "stm32f746", tmp_path / "flash")
+    assert code == 0 and other.resume is None and [s["index"] for s in other.steps] == list(range(STEPS))
+
+
 def test_the_plan_and_the_links_count_the_slots(tmp_path):
     for board in ("stm32f746", "nrf52840", "stm32h743"):  # each board's writer compiles into its real-board image
         out = tmp_path / board
@@ -124,6 +138,9 @@ def test_the_plan_and_the_links_count_the_slots(tmp_path):
         assert f"LENGTH = {c.slots[0].origin - load_board(board).flash[0].origin}" in link
         header = (out / "firmware" / "tg_board.h").read_text()
         assert "TG_FLASH_RAM" in header and f"0x{c.slots[0].origin:08X}UL" in header
+    r = CliRunner().invoke(main, ["plan", "--board", "nrf52840", "--model", "digits-cnn", "--update", "last-1",
+                                  "--checkpoint-every", "5", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["checkpoint_bytes"] == 2 * 65536, r.stderr
 
 
 def test_checkpoint_misuse_is_one_sentence(tmp_path):

@@ -29,7 +29,8 @@ MAX_LINE = 100
 STYLE = Path(__file__).resolve().parent.parent / ".clang-format"
 SCHEMES = "models/mit-tiny-training/sparse_schemes.json"
 BUILDS = {
-    "digits-cnn": lambda root: ["--model", "digits-cnn", "--classes", "5", "--samples", "4"],
+    "digits-cnn": lambda root: ["--model", "digits-cnn", "--classes", "5", "--samples", "4",
+                                "--checkpoint-every", "1"],  # the checkpoint harness's C is held to the style too
     "mbv2-w0.35": lambda root: ["--model", "mbv2-w0.35", "--classes", "10", "--update",
                                 f"{root}/{SCHEMES}#mbv2/49kb", "--samples", "2"],
     "mcunet-5fps": lambda root: ["--model", "mcunet-5fps", "--classes", "10", "--update",

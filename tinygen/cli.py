@@ -301,9 +301,11 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the memory timeline picture (SVG) to this file.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
+              help="As for build: count the board's two checkpoint slots in flash.")
 @friendly
 def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum, no_train,
-         as_json, svg):
+         as_json, svg, checkpoint_every):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     if svg is not None and not svg.parent.is_dir():
         raise TinygenError(f"--svg {svg}: the folder {svg.parent} does not exist; create it or choose another path")
@@ -315,7 +317,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
                               macs_budget=macs_budget, reorder=reorder_channels)
     if trainer is not None:
         model = trainer.model
-    p = build_plan(model, trainer, b, budget)
+    p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     if svg is not None:
         svg.write_text(timeline_svg(p))  # its folder was checked before the slow steps
     click.echo(json.dumps(p, indent=1) if as_json else plan_table(p) + (f"\nmemory timeline: {svg}" if svg else ""))

@@ -184,6 +184,15 @@ def checkpoint_slot_bytes(board: Board, state_bytes: int) -> int:
     return c.bytes
 
 
+def model_id(src: Path) -> int:
+    """CRC-32 of the generated sources (src/): the same code and weights, the same id. A checkpoint records it,
+    so a firmware never resumes from another model's (or another scheme's) trained state."""
+    crc = 0
+    for path in sorted(Path(src).glob("*")):
+        crc = zlib.crc32(path.name.encode() + b"\0" + path.read_bytes(), crc)
+    return crc
+
+
 def _reserve_slots(layout: Layout, board: Board) -> tuple[Layout, int]:
     """The layout with its flash region ending where the checkpoint slots begin (they sit at the top of flash),
     and the slots' address in this map."""
@@ -302,7 +311,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
         hw_console=hw_console_defines(board), early_init=board.early_init, checkpoint=ckpt))
     (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
         model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps,
-        checkpoint_every=opts.checkpoint_every))
+        checkpoint_every=opts.checkpoint_every, checkpoint_model_id=model_id(Path(out) / "src")))
 
     # linker scripts
     hw_ld, qemu_ld = f"link_{board.name}.ld", "link_qemu.ld"
