@@ -143,10 +143,8 @@ def test_the_plan_and_the_links_count_the_slots(tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["checkpoint_bytes"] == 2 * 65536, r.stderr
 
 
-def test_checkpoint_misuse_is_one_sentence(tmp_path):
-    r = CliRunner().invoke(main, ["build", "--board", "stm32f746", "--model", "digits-cnn", "--no-train",
-                                  "--checkpoint-every", "5", "--out", str(tmp_path / "a")])
-    assert r.exit_code == 2 and r.stderr.startswith("error: --checkpoint-every 5 needs a firmware that trains")
+def test_checkpoints_between_accumulated_updates_are_refused(tmp_path):
+    """A checkpoint must fall where no update is half accumulated (without training: README's misuse table)."""
     r = CliRunner().invoke(main, ["build", "--board", "stm32f746", "--model", "digits-cnn", "--update", "last-1",
                                   "--accumulate", "2", "--checkpoint-every", "5", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "multiple of --accumulate (2)" in r.stderr

@@ -145,6 +145,8 @@ CASES = {
     "`verify --steps 4294967297`": lambda t, b, mp: ["verify", b, "--steps", "4294967297"],
     "a truncated firmware ELF": lambda t, b, mp: ["sim", _truncate_elf(b, t)],
     "`model/scheme.json` edited after the build": lambda t, b, mp: ["verify", _edit_scheme(b, t), "--steps", "2"],
+    "`--checkpoint-every` without training": lambda t, b, mp: [*BUILD, "--model", "digits-cnn", "--no-train",
+                                                                "--checkpoint-every", "5", "--out", t / "o"],
     "an unknown option": lambda t, b, mp: [*BUILD, "--model", "digits-cnn", "--out", t / "o", "--bogus"],
     "a missing option": lambda t, b, mp: ["build", "--model", "digits-cnn", "--out", t / "o"],
     "a value not among the choices": lambda t, b, mp: ["sim", b, "--emulator", "bochs"],

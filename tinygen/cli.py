@@ -214,6 +214,9 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
           momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps, checkpoint_every, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
+    if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
+        raise TinygenError(f"--checkpoint-every {checkpoint_every} needs a firmware that trains with --loss ce and a "
+                           f"multiple of --accumulate ({accumulate}); change one of them")
     _check_out(out)
     b = load_board(board)
     model = resolve_model(model_spec, classes)
@@ -230,9 +233,6 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                 "(the same function; the order is recorded in model/scheme.json)")
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
-    if checkpoint_every and (not fw_train or checkpoint_every % accumulate):
-        raise TinygenError(f"--checkpoint-every {checkpoint_every} needs a firmware that trains with --loss ce and a "
-                           f"multiple of --accumulate ({accumulate}); change one of them")
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
                                       checkpoint_every=checkpoint_every))
