@@ -13,8 +13,9 @@
  *   TG_FLASH_STM32H7   STM32H7 bank 2 (RM0433 4.3): KEYR2 unlock, sector erase SER + SNB + START,
  *                      programming in 256-bit flash words (8 stores with PG), poll SR2.QW.
  *
- * The hardware writers are compiled for every real-board image but have run only as far as
- * tinygen's tests reach: under QEMU the stand-in runs in their place.
+ * The hardware writers are compiled into every real-board image with checkpoints; under QEMU's
+ * mps2 the stand-in runs in their place. The NVMC writer also runs against QEMU's nRF51 NVMC
+ * model (tests/test_flash_writer.py); the STM32 writers have not run on a board or a model.
  */
 #include <stdint.h>
 #include <string.h>
@@ -213,7 +214,9 @@ int tg_flash_program(uint32_t addr, const uint32_t *words, uint32_t n_words)
 #define NVMC_REN       0U
 #define NVMC_WEN       1U
 #define NVMC_EEN       2U
-#define NVMC_PAGE      4096U
+#if !defined(TG_NVMC_PAGE_BYTES)
+#define TG_NVMC_PAGE_BYTES 4096U /* nRF52; the nRF51 (QEMU's microbit, tests) has 1 KB pages */
+#endif
 
 void tg_flash_init(void)
 {
@@ -228,7 +231,7 @@ static void tg_nvmc_wait(void)
 int tg_flash_erase_slot(uint32_t slot)
 {
     TG_MMIO(NVMC_CONFIG) = NVMC_EEN;
-    for (uint32_t page = 0; page < TG_CKPT_SLOT_BYTES; page += NVMC_PAGE) {
+    for (uint32_t page = 0; page < TG_CKPT_SLOT_BYTES; page += TG_NVMC_PAGE_BYTES) {
         TG_MMIO(NVMC_ERASEPAGE) = tg_flash_slot_addr(slot) + page;
         tg_nvmc_wait();
     }
