@@ -25,7 +25,7 @@ from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
 from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
-from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
+from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
 from tinygen.verify.runner import KERNEL_IMPLS, Progress
 from tinygen.verify.sim import format_report, simulate
@@ -176,9 +176,10 @@ def _board_json(b) -> dict:
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Emit the training step (tg_train_step) beside inference.")
 @click.option("--update", default="auto", show_default=True,
-              help="Which layers train: auto (= fisher: layers and channels chosen by Fisher potential on real "
-                   "samples, under the SRAM budget) | deepest (the most last layers that fit) | full | last-K | "
-                   "bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
+              help="Which layers train: auto (candidate selections under the SRAM budget, by Fisher and by "
+                   "gradient potential on real samples, ranked by a short training probe) | fisher (the Fisher "
+                   "selection alone) | deepest (the most last layers that fit) | full | last-K | bias | "
+                   "scheme.json | sparse_schemes.json#mbv2/49kb.")
 @click.option("--budget-kb", type=FiniteRange(min=1, max=MAX_BUDGET_KB), default=None,
               help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None,
@@ -275,14 +276,27 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
                          accumulate=accumulate, lr_guard=lr_guard).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
-    if update in ("auto", "fisher"):
-
+    if update == "fisher":
         x, y, source = training_samples(model, SELECTION_SAMPLES)
         click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
         got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r, reorder)
         if got is None:  # not even the classifier with its weights: biases only, or the error with the numbers
             return auto_last_k(model, config, budget, filter_r)[0]
         return got[0]
+    if update == "auto":
+        x, y, source = training_samples(model, PROBE_TRAIN + PROBE_TEST)
+        click.echo(f"selecting the update under {budget:,} B on {source} (Fisher and gradient potential, "
+                   "then a training probe) ...", err=True)
+        choices = choose(model, x, y, budget, config, macs_budget, filter_r, reorder,
+                         log=lambda line: click.echo(line, err=True))
+        if not choices:  # not even the classifier with its weights: biases only, or the error with the numbers
+            return auto_last_k(model, config, budget, filter_r)[0]
+        for i, c in enumerate(choices):
+            loss = "-" if c.probe_loss is None else f"{c.probe_loss:.4f}"
+            click.echo(f"  {'chosen' if i == 0 else '      '} {c.label:18s} probe loss {loss}  peak "
+                       f"{c.estimate.total:,} B  {c.trainer.scheme.counts()[0]} weight / "
+                       f"{c.trainer.scheme.counts()[1]} bias layers", err=True)
+        return choices[0].trainer
     return Trainer(model, parse_update(update, model, filter_r), config)
 
 

@@ -19,7 +19,7 @@ from tinygen.reference.float_grad import cosine, float_backward, integer_gradien
 from tinygen.reference.training import Trainer
 from tinygen.report import table
 from tinygen.targets.boards import load_board
-from tinygen.training.selection import fisher_potential, select
+from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, choose, fisher_potential, select
 from tinygen.verify.host_train import c_train_predict
 from tinygen.zoo.catalog import get_model, list_models
 
@@ -182,9 +182,10 @@ def selection(task: str, budgets_kb: list[float], out: Path | None, log=print, s
 
 
 def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
-    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's Fisher selection (`--update auto`:
-    each layer's first channels; and with `--reorder-channels`: the most important channels first) and the
-    deepest last-K, all planned at the MIT scheme's own peak SRAM. Training runs the generated C on the host."""
+    """Transfer accuracy of each published MIT mbv2 scheme vs tinygen's `--update auto`, its Fisher selection
+    alone (`--update fisher`: each layer's first channels; and with `--reorder-channels`: the most important
+    channels first) and the deepest last-K, all planned at the MIT scheme's own peak SRAM. Training runs the
+    generated C on the host."""
 
     root = shared_dir()
     if root is None:
@@ -209,6 +210,10 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
         mit = Trainer(model, load_scheme(f"{path}#mbv2/{key}", model), cfg)
         budget = training_sram(model, mit).total
         got = {"MIT " + key: (mit, budget)}
+        choices = choose(model, xq[:PROBE_TRAIN + PROBE_TEST], y[:PROBE_TRAIN + PROBE_TEST], budget, cfg)
+        if choices:
+            got["auto"] = (choices[0].trainer, choices[0].estimate.total)
+            log(f"  {key:6s} auto chose the {choices[0].label} selection")
         for method, reorder in (("fisher", False), ("fisher, reordered", True)):
             fisher = select(model, imp, budget, cfg, reorder=reorder)
             if fisher is not None:
@@ -228,11 +233,12 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
                             "scheme": {n: [len(u.channels), u.bias] for n, u in tr.scheme.layers.items()}})
             log(f"  {key:6s} {method:10s} {100 * accs[method]:6.2f}%  peak {total:,} B  ({layers} weight / {biases} "
                 f"bias layers; {time.perf_counter() - t1:.0f} s)")
-        methods = ("MIT " + key, "fisher", "fisher, reordered", "last-K")
+        methods = ("MIT " + key, "auto", "fisher", "fisher, reordered", "last-K")
         rows.append([key, f"{budget / 1024:.1f}", *[f"{100 * accs[m]:.2f}" if m in accs else "-" for m in methods],
                      *[f"{got[m][1] / 1024:.1f}" if m in got else "-" for m in methods[1:]]])
-    log(table(["MIT scheme", "its peak KB", "MIT acc %", "fisher acc %", "fisher reordered acc %", "last-K acc %",
-               "fisher peak KB", "reordered peak KB", "last-K peak KB"], rows, "lrrrrrrrr"))
+    log(table(["MIT scheme", "its peak KB", "MIT acc %", "auto acc %", "fisher acc %", "fisher reordered acc %",
+               "last-K acc %", "auto peak KB", "fisher peak KB", "reordered peak KB", "last-K peak KB"], rows,
+              "lrrrrrrrrrr"))
     saved = _save(out, f"schemes_{task}", {"task": task, "seeds": seeds, "lr": cfg.lr, "rows": payload})
     log(f"saved {saved}")
     return {"rows": payload}

@@ -34,7 +34,7 @@ from tinygen.planning.memory import auto_last_k, training_sram
 from tinygen.reference.float_grad import FloatTrainer
 from tinygen.reference.forward import run_model
 from tinygen.reference.training import Trainer
-from tinygen.training.selection import SELECTION_SAMPLES, fisher_potential, select
+from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, choose
 from tinygen.verify.host_train import c_train_predict
 from tinygen.zoo.catalog import get_model
 
@@ -48,7 +48,7 @@ class Task128:
     size: int
     lr: float
     classes: int = 10
-    selection_samples: int = SELECTION_SAMPLES  # what `tinygen build --update auto` measures Fisher potential on
+    selection_samples: int = PROBE_TRAIN + PROBE_TEST  # what `tinygen build --update auto` selects and probes on
 
 
 TASKS128 = {"mnist128": Task128("mnist128", ("mcunet-5fps", "mbv2-w0.35"), 2000, 1000, 128, 0.003)}
@@ -136,7 +136,8 @@ def tail_of(model: ir.Model, scheme: Scheme) -> ir.Model:
 
 def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Scheme, int]]:
     """label -> (scheme, planned peak SRAM): head only, each MIT scheme, and at each MIT scheme's SRAM
-    the deepest last-K and `--update auto`."""
+    the deepest last-K, `--update auto` and its Fisher candidate (`--update fisher`). Selection and probe
+    see the first training images only (as a build does), never the test images."""
     task = TASKS128[task_name]
     model, xtr, ytr, _, _ = start(task_name, model_name)
     cfg = TrainConfig(lr=task.lr)
@@ -147,7 +148,6 @@ def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Sc
     tr = Trainer(model, parse_update("last-1", model, 1), cfg)
     out["head"] = (tr.scheme, training_sram(model, tr).total)
     n = task.selection_samples
-    imp = fisher_potential(model, xtr[:n], ytr[:n])
     for key in MIT_BUDGETS:
         mit = Trainer(model, load_scheme(f"{root}/models/mit-tiny-training/sparse_schemes.json#"
                                          f"{SCHEME_KEYS[model_name]}/{key}", model), cfg)
@@ -156,10 +156,14 @@ def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Sc
         lk = auto_last_k(model, cfg, budget)
         out[f"last-K @{key}"] = (lk[0].scheme, lk[1].total)
         t0 = time.perf_counter()
-        got = select(model, imp, budget, cfg)
-        if got is not None:
-            out[f"auto @{key}"] = (got[0].scheme, got[1].total)
-        log(f"  [{model_name}] {key}: budget {budget:,} B; auto chose {_describe(got[0].scheme) if got else '-'} "
+        choices = choose(model, xtr[:n], ytr[:n], budget, cfg)
+        for c in choices:
+            if c.label == "fisher":
+                out[f"fisher @{key}"] = (c.trainer.scheme, c.estimate.total)
+        if choices:
+            out[f"auto @{key}"] = (choices[0].trainer.scheme, choices[0].estimate.total)
+        log(f"  [{model_name}] {key}: budget {budget:,} B; auto chose "
+            f"{_describe(choices[0].trainer.scheme) + ' (' + choices[0].label + ')' if choices else '-'} "
             f"({time.perf_counter() - t0:.0f} s)")
     return out
 

@@ -15,6 +15,8 @@ every accepted candidate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from tinygen.errors import TinygenError
@@ -23,6 +25,7 @@ from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, 
 from tinygen.planning.memory import training_sram
 from tinygen.planning.report import backward_macs, layer_macs
 from tinygen.planning.saved_input import saved_input
+from tinygen.reference.forward import im2col, run_model
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import reorder_by_importance
 
@@ -75,29 +78,110 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
 SELECTION_SAMPLES = 4  # real samples `--update auto` measures Fisher potential on
 
 
+@dataclass
+class Potential:
+    """A layer's expected first-order loss decrease per unit learning rate, by parameter group."""
+
+    weight: np.ndarray  # per selectable channel: sum over its weights of E[dL/dw]^2 (real units)
+    bias: float  # sum over the biases of E[dL/db]^2
+
+
+def gradient_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict[str, Potential]:
+    """Per weighted layer on the gradient path: `||E_n g||^2` of its weight (per selectable channel) and bias
+    gradients in real units — what one SGD step in real units (tinygen's update) gains at first order.
+    `E_n g` is over the samples; its square is estimated without the variance's bias,
+    `(||sum g||^2 - sum ||g||^2) / (n (n - 1))`, so that noisy gradients (early, high-resolution layers)
+    do not look useful by being large."""
+    n = len(x)
+    if n < 2:
+        raise TinygenError("gradient potential needs at least 2 samples")
+    trainer = _probe(model)
+    tensors = model.tensors()
+    layers = [layer for layer in weighted_layers(model) if layer.name in trainer.trained]
+    s1: dict[str, list[np.ndarray]] = {}  # sum over samples of the gradient (weight, bias)
+    s2: dict[str, list[np.ndarray]] = {}  # sum over samples of the squared gradient, per channel (weight, bias)
+    for xi, yi in zip(x, labels, strict=True):
+        rec: dict = {}
+        values, _ = trainer.forward(xi)
+        trainer.step(xi, yi, record=rec)
+        for layer in layers:
+            gq = rec[f"gacc:{layer.name}"]
+            dw, db = _real_gradients(layer, values[layer.inputs[0]], tensors[layer.inputs[0]],
+                                     gq.g.astype(np.float64) * 2.0**gq.e)
+            a1, b1 = s1.get(layer.name, (0, 0))
+            a2, b2 = s2.get(layer.name, (0, 0))
+            s1[layer.name] = [a1 + dw, b1 + db]
+            s2[layer.name] = [a2 + _per_channel(layer, dw * dw), b2 + float((db * db).sum())]
+    out = {}
+    for layer in layers:
+        (w1, b1), (w2, b2) = s1[layer.name], s2[layer.name]
+        w = np.maximum(_per_channel(layer, w1 * w1) - w2, 0.0) / (n * (n - 1))
+        out[layer.name] = Potential(w, max(float((b1 * b1).sum()) - b2, 0.0) / (n * (n - 1)))
+    return out
+
+
+def _real_gradients(layer, x: np.ndarray, info, g_acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dL/dW, dL/db) in real units from dL/d(accumulator code) of one sample (filter r = 1)."""
+    s_w = layer.w_scales.astype(np.float64)
+    dw, db = code_gradients(layer, x.astype(np.float64) - info.zero_point, g_acc)
+    return dw / s_w.reshape((-1,) + (1,) * (dw.ndim - 1)), db / (info.scale * s_w)
+
+
+def code_gradients(layer, xs: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum_p g[p, o] * xs[window of p], sum_p g[p, o]): the weight and bias gradients in code units, for
+    the input codes less their zero point `xs` and the gradient `g` at the accumulators (filter r = 1)."""
+    if isinstance(layer, ir.FullyConnected):
+        g = g.reshape(-1)
+        return np.outer(g, xs.ravel()), g
+    cout, kh, kw, cg = layer.weight.shape
+    groups = layer.groups
+    oh, ow = layer.output.shape[:2]
+    cols = im2col(xs, kh, kw, layer.stride, layer.padding[0], layer.padding[2], layer.dilation, oh, ow)
+    cols = cols.reshape(oh * ow, kh * kw, groups, cg).transpose(0, 2, 1, 3).reshape(oh * ow, groups, -1)
+    d = np.einsum("pgo,pgk->gok", g.reshape(oh * ow, groups, cout // groups), cols, optimize=True)
+    return d.reshape(cout, kh, kw, cg), g.reshape(-1, cout).sum(axis=0)
+
+
+def _per_channel(layer, sq: np.ndarray) -> np.ndarray:
+    """Sum of squared weight gradients per selectable channel (input channel, or depthwise channel)."""
+    if isinstance(layer, ir.FullyConnected):
+        return sq.sum(axis=0)
+    if ir.is_depthwise(layer):
+        return sq.reshape(layer.groups, -1).sum(axis=1)
+    return sq.reshape(-1, sq.shape[-1]).sum(axis=0)
+
+
 def _bwd_macs(layer, k: int, n: int) -> int:
     return 2 * layer_macs(layer) * k // max(1, n)
 
 
-def _candidates(importance, state, layers, saved, too_big, total_macs) -> list[tuple[float, str, int]]:
+def _candidates(importance, state, layers, saved, too_big, total_macs, path_macs,
+                bias_only) -> list[tuple[float, str, int]]:
     """(gain per byte, normalised by backward MACs; layer; channels) of every next step the greedy can take:
-    a layer grows to its first C/8, C/4, C/2 or C channels."""
+    a layer grows to its first C/8, C/4, C/2 or C channels; with a `Potential`, a layer may also train its
+    bias alone (0 channels), the layers in `bias_only` only that, and the MACs count the input gradients
+    a deeper path adds."""
     cands = []
     for name, imp in importance.items():
         layer = layers[name]
-        n = len(imp)
+        pot = isinstance(imp, Potential)
+        w = imp.weight if pot else imp
+        n = len(w)
         new = name not in state
         cur = state.get(name, 0)
-        for k in sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n}):
-            if k <= cur or (name, k) in too_big:
+        steps = sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n} | ({0} if pot and new else set()))
+        if pot and name in bias_only:
+            steps = [0] if new else []
+        for k in steps:
+            if (k <= cur and not new) or (name, k) in too_big:
                 continue
-            gain = float(imp[cur:k].sum())
+            gain = float(w[cur:k].sum()) + (imp.bias if pot and new else 0.0)
             per_channel = layer.weight.size // n  # a depthwise channel's kernel, or a weight column
             # trained view + fraction per weight, what the update keeps of the input; a newly trained layer
             # also keeps its bias
             cost_bytes = (2 * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
                           + (4 * layer.bias.size if new else 0))
-            cost_macs = _bwd_macs(layer, k - cur, n) / total_macs
+            cost_macs = (_bwd_macs(layer, k - cur, n) + (path_macs(name) if pot and new else 0)) / total_macs
             cands.append((gain / (cost_bytes * (1.0 + cost_macs)), name, k))
     return cands
 
@@ -110,6 +194,8 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
     `trainer.model` is then the reordered model, and its scheme records the order."""
 
     order: dict[str, list[int]] = {}
+    label = ("gradient potential, greedy under the budget" if any(isinstance(v, Potential) for v in importance.values())
+             else "fisher (TinyTrain-style Fisher potential, greedy under the budget)")
     if reorder:
         model, importance, order = reorder_by_importance(model, importance)
     layers = {layer.name: layer for layer in weighted_layers(model)}
@@ -119,8 +205,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         state[head.name] = len(first_channels(head, model.tensors(), 1.0))
 
     def build(st):
-        return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in st.items()},
-                      "fisher (TinyTrain-style Fisher potential, greedy under the budget)", order)
+        return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in st.items()}, label, order)
 
     def fits(st):
         try:
@@ -140,9 +225,19 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
 
     def saved(name, k):  # bytes of the input kept for dW when k channels train
         return saved_input(layers[name], k, filter_r, tensors).nbytes if k else 0
+    consumers = model.consumers()
+    # Weights whose output feeds a residual addition train their bias only: at 128x128 on MCUNet-5fps,
+    # training them cost 4-10 points against the same selection without them (docs/selection.md)
+    bias_only = {n for n in layers if any(isinstance(c, ir.Add) for c in consumers.get(layers[n].output.name, []))}
+    position = {layer.name: i for i, layer in enumerate(model.layers)}
+    weighted = list(layers.values())
+
+    def path_macs(name):  # input-gradient MACs of the weighted layers a gradient path down to `name` adds
+        top = min((position[n] for n in state), default=len(model.layers))
+        return sum(layer_macs(layer) for layer in weighted if position[name] < position[layer.name] < top)
     too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
-        cands = _candidates(importance, state, layers, saved, too_big, total_macs)
+        cands = _candidates(importance, state, layers, saved, too_big, total_macs, path_macs, bias_only)
         cands.sort(reverse=True)
         for _, name, k in cands:  # best by the proxy first; the planner measures each
             trial = dict(state, **{name: k})
@@ -153,3 +248,82 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
             too_big.add((name, k))
         else:
             return best
+
+
+def probe(trainers: list[Trainer], x: np.ndarray, labels: np.ndarray, train: int, log=None) -> list[float]:
+    """Held-out loss of each trainer's scheme after a short run of the device's own training (the bit-exact
+    integer reference, batch 1, its configuration; the trainers are not touched): train on the first
+    `train` samples, then the mean cross-entropy (or MSE) over the rest. Lower is better. The frozen
+    layers before a scheme's gradient path run once per sample (`ir.tail`), shared by schemes of one model."""
+    cached: dict[int, list[dict]] = {}
+    tails = []
+    for tr in trainers:
+        tails.append(ir.tail(tr.model, {n for n, u in tr.scheme.layers.items() if u.channels or u.bias}))
+    for m in {id(tr.model): tr.model for tr in trainers}.values():
+        mine = [t for tr, t in zip(trainers, tails, strict=True) if tr.model is m]
+        stop = max(len(m.layers) - len(t.layers) for t in mine)
+        prefix = ir.Model(m.name, m.input, m.layers[:stop])
+        want = {t.input.name for t in mine}
+        cached[id(m)] = [{n: v[n] for n in want} for v in (run_model(prefix, xi, keep=True) for xi in x)]
+    losses = []
+    for i, (tr, tail) in enumerate(zip(trainers, tails, strict=True)):
+        fresh = Trainer(tail, tr.scheme, tr.config)
+        name = tail.input.name
+        values = cached[id(tr.model)]
+        for c, yi in zip(values[:train], labels[:train], strict=True):
+            fresh.step(c[name], yi)
+        total = 0
+        for c, yi in zip(values[train:], labels[train:], strict=True):
+            out, _ = fresh.forward(c[name])
+            total += fresh.loss(out[tail.output.name], yi)[0]
+        losses.append(total / max(1, len(x) - train) / 65536)
+        if log:
+            log(f"  probe {i + 1}/{len(trainers)}: held-out loss {losses[-1]:.4f} after {train} training steps")
+    return losses
+
+
+POTENTIAL_SAMPLES = 16  # samples the gradient potential averages over (its estimate is unbiased from 2)
+PROBE_TRAIN, PROBE_TEST = 256, 128  # the probe's training steps and held-out samples
+MACS_CAP = 0.5  # one potential candidate keeps the backward MACs under this share of the forward's
+
+
+@dataclass
+class Choice:
+    label: str
+    trainer: Trainer
+    estimate: object  # planning.memory.SramEstimate
+    probe_loss: float | None = None
+
+
+def choose(model: ir.Model, x: np.ndarray, labels: np.ndarray, budget: int, config: TrainConfig,
+           macs_budget: int | None = None, filter_r: int = 1, reorder: bool = False, log=None) -> list[Choice]:
+    """`--update auto`: candidate selections under the budget, ranked by a probe; the first is chosen.
+
+    No single criterion wins everywhere: per-channel Fisher potential picks the right layers where the
+    pretraining is close to the task (MbV2 at 32x32, digits 0-4 -> 5-9), the gradient potential with
+    bias-only updates where it is far (ImageNet -> MNIST at 128x128), and each is 5-20 points worse on the
+    other task. So both, with and without a compute cap, are planned under the budget, and a short run of
+    the device's own training on the first samples decides (`probe`). `x`, `labels`: at least
+    PROBE_TRAIN + PROBE_TEST samples (fewer: the probe uses what there is)."""
+    found: dict[str, tuple] = {}
+    fisher = fisher_potential(model, x[:SELECTION_SAMPLES], labels[:SELECTION_SAMPLES])
+    got = select(model, fisher, budget, config, macs_budget, filter_r, reorder)
+    if got is not None:
+        found["fisher"] = got
+    pot = gradient_potential(model, x[:POTENTIAL_SAMPLES], labels[:POTENTIAL_SAMPLES])
+    caps = {"potential": macs_budget}
+    if macs_budget is None:
+        caps["potential, capped"] = int(MACS_CAP * model.macs())
+    for label, cap in caps.items():
+        got = select(model, pot, budget, config, cap, filter_r)
+        if got is not None and all(got[0].scheme.layers != f[0].scheme.layers for f in found.values()):
+            found[label] = got
+    choices = [Choice(label, tr, est) for label, (tr, est) in found.items()]
+    if len(choices) > 1:
+        n = min(len(x), PROBE_TRAIN + PROBE_TEST)
+        train = max(1, n * PROBE_TRAIN // (PROBE_TRAIN + PROBE_TEST))
+        losses = probe([c.trainer for c in choices], x[:n], labels[:n], train, log)
+        for c, loss in zip(choices, losses, strict=True):
+            c.probe_loss = loss
+        choices.sort(key=lambda c: c.probe_loss)
+    return choices
