@@ -12,7 +12,7 @@ from tinygen.frontends.inputs import training_samples
 from tinygen.ir.scheme import TrainConfig
 from tinygen.paths import shared_dir
 from tinygen.planning.memory import training_sram
-from tinygen.training.selection import fisher_potential, select
+from tinygen.training.selection import fisher_potential, gradient_potential, select
 from tinygen.zoo.catalog import get_model
 
 
@@ -73,7 +73,8 @@ def test_auto_selection_fits_an_mit_model_at_128():
     budget = sram_budget(b, 256)
     model = get_model("mcunet-5fps", classes=10)
     x, y, _ = training_samples(model, 4)
-    trainer, est = select(model, fisher_potential(model, x, y), budget, TrainConfig())
-    assert est.total <= budget
-    check_fits(trainer.model, trainer, b, budget)
-    assert sum(1 for u in trainer.scheme.layers.values() if u.channels) >= 2
+    for importance in (fisher_potential(model, x, y), gradient_potential(model, x, y)):
+        trainer, est = select(model, importance, budget, TrainConfig())
+        assert est.total <= budget
+        check_fits(trainer.model, trainer, b, budget)
+        assert sum(1 for u in trainer.scheme.layers.values() if u.channels) >= 2
