@@ -54,10 +54,22 @@ TG_INLINE int64_t tg_rshift_round64(int64_t x, int32_t n)
     return result;
 }
 
-/* The int32 case, exponent in [0, 31]. */
+/* The int32 case (arm_nn_divide_by_power_of_two), exponent in [0, 31], in 32-bit arithmetic: the
+ * same steps as tg_rshift_round64 on the same bits, so the same result (docs/numerics.md §1.1).
+ * Every requantization shift is in [0, 31]: tinygen.ir.quant.quantize_multiplier makes it so. */
 TG_INLINE int32_t tg_divide_by_power_of_two(int32_t x, int32_t exponent)
 {
-    return (int32_t)tg_rshift_round64(x, exponent);
+    const int32_t mask = (int32_t)((1U << exponent) - 1U);
+    const int32_t remainder = x & mask;
+    int32_t result = x >> exponent;
+    int32_t threshold = mask >> 1;
+    if (result < 0) {
+        threshold++;
+    }
+    if (remainder > threshold) {
+        result++;
+    }
+    return result;
 }
 
 /* arm_nn_requantize: val * multiplier * 2^shift / 2^31. shift > 0 is a left shift. */

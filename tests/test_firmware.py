@@ -501,7 +501,16 @@ BAD_BOARDS = [
     (lambda d: d["early_init"].append({"reg": "0x58024400"}), r"early_init\[0\].set is missing"),
     (lambda d: d["renode"].pop("uart"), "renode.uart is missing"),
     (lambda d: d.pop("clock_hz"), "clock_hz is missing"),
+    (lambda d: d.update(opt_flags=["-O3", "-o/tmp/x"]), "opt_flags holds '-o/tmp/x', which is not an optimisation"),
+    (lambda d: d.update(opt_flags=[]), "opt_flags must be a non-empty list of strings"),
 ]
+
+
+def test_board_opt_flags_reach_the_compiler_and_the_makefile(model, tmp_path):
+    board = dataclasses.replace(load_board("stm32f746"), opt_flags=["-O1", "-fno-inline"])
+    write_project(model, board, tmp_path / "b", firmware_options=FirmwareOptions(compile=False))
+    make = (tmp_path / "b" / "firmware" / "Makefile").read_text()
+    assert "-O1 -fno-inline -std=c99" in make and "-O2" not in make
 
 
 @pytest.mark.parametrize("spoil,message", BAD_BOARDS)

@@ -45,6 +45,35 @@ def test_requantize_c_equals_python(c_prims):
     assert np.array_equal(got[pos, 2], quant.rounded_average(np.fmod(v[pos, 0], 1 << 20), v[pos, 1] % 4096 + 1))
 
 
+def _divide_cases():
+    """Every exponent the requantization can use (0..31) with the values where rounding decides: each
+    multiple of 2^n and its neighbours, the halves and their neighbours, the int32 extremes, and random."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for n in range(32):
+        step = 1 << n
+        k = rng.integers(-(2**31) // step, (2**31 - 1) // step + 1, 64)
+        base = np.concatenate([k * step, k * step + step // 2, [0, -step, step // 2, -(step // 2)]])
+        vals = np.concatenate([base + d for d in (-1, 0, 1)] + [[-(2**31), 2**31 - 1, -(2**31) + 1, -1, 1],
+                                                                 rng.integers(-(2**31), 2**31, 256)])
+        vals = vals[(vals >= -(2**31)) & (vals < 2**31)]
+        rows.append(np.stack([vals, np.full(len(vals), n), np.zeros(len(vals), np.int64)], axis=1))
+    return np.concatenate(rows)
+
+
+def test_divide_by_power_of_two_32bit_equals_64bit(tmp_path):
+    """The 32-bit rounding divide of every requantization equals the int64 one it replaced
+    (tg_rshift_round64) and the Python reference, for every exponent 0..31 (docs/numerics.md §1.1)."""
+    body = """
+        r[0] = tg_divide_by_power_of_two(v[0], v[1]);
+        r[1] = (int32_t)tg_rshift_round64(v[0], v[1]);"""
+    run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 2)
+    v = _divide_cases()
+    got = run(v)
+    assert np.array_equal(got[:, 0], got[:, 1])
+    assert np.array_equal(got[:, 0], quant.divide_by_power_of_two(v[:, 0], v[:, 1]))
+
+
 def test_rounding_is_half_away_from_zero():
     assert quant.divide_by_power_of_two(5, 1) == 3 and quant.divide_by_power_of_two(-5, 1) == -3
     assert quant.divide_by_power_of_two(-6, 2) == -2 and quant.divide_by_power_of_two(6, 2) == 2

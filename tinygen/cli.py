@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from tinygen.bench import transfer, transfer128
+from tinygen.bench import speed, transfer, transfer128
 from tinygen.bench.suites import auto_fit, gradient_filter, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.bench.transfer128 import TASKS128
@@ -491,6 +491,30 @@ def bench_schemes(task, seeds, out):
     """Published MIT mbv2 schemes vs Fisher selection vs last-K at each scheme's own peak SRAM."""
 
     schemes(task, out, log=click.echo, seeds=seeds)
+
+
+@bench.command("speed")
+@click.option("--models", "models", multiple=True, type=click.Choice(speed.MODELS), default=list(speed.MODELS),
+              show_default=True)
+@click.option("--schemes", "schemes", multiple=True, type=click.Choice(list(speed.SCHEMES)),
+              default=list(speed.SCHEMES), show_default=True,
+              help="Published MIT schemes: 49kb, or 100kb (mbv2 99kb, proxyless 98kb, mcunet 99kb).")
+@click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=[1, 2], show_default=True)
+@click.option("--boards", "boards", multiple=True, type=click.Choice(speed.BOARDS), default=list(speed.BOARDS),
+              show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel builds and runs (default: cores).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds before a hung firmware is stopped.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_speed(models, schemes, rs, boards, jobs, timeout, out):
+    """Instructions per training step and per inference of the MIT models under QEMU (bit-exact runs),
+    forward MAC/instr, peak SRAM and flash, beside TinyEngine's counts. Emulators count instructions, not cycles."""
+
+    rows = speed.bench(list(models), list(schemes), sorted(set(rs)), list(boards), jobs, log=click.echo,
+                       timeout=timeout)
+    click.echo(speed.report(rows))
+    click.echo(f"saved {speed.save(rows, out)}")
 
 
 # ---- firmware in an emulator (tinygen/verify/sim.py, run by tinygen/verify/runner.py) ----

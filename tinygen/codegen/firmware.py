@@ -326,7 +326,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     include_dirs = [".", "runtime", "../src", "../cmsis_glue"]
     hw_elf = hw_elf_name(board)
     build_ctx = dict(model_name=model.name, board_name=board.name, hw_elf=hw_elf, qemu_elf=QEMU_ELF,
-                     qemu_machine=board.qemu["machine"], cpu_flags=board.cpu_flags, cflags=armbuild.CFLAGS,
+                     qemu_machine=board.qemu["machine"], cpu_flags=board.cpu_flags,
+                     cflags=[*board.opt_flags, *armbuild.CFLAGS],
                      ldflags=armbuild.LDFLAGS, sources=sources, include_dirs=include_dirs,
                      includes=[f"-I{i}" for i in include_dirs], qemu_args=qemu_args(board), timeout=600)
     (fw / "Makefile").write_text(env.get_template("firmware/Makefile.j2").render(**build_ctx))
@@ -362,7 +363,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
                 armbuild.ElfJob(board.name, fw / hw_ld, fw / "build" / hw_elf, [], real.describe())]
         common = [s for s in sources if s.startswith("../src/") or s == "tg_dataset.c"]
         target = [s for s in sources if s not in common]
-        armbuild.compile_elfs(fw, board.cpu_flags, common, target, include_dirs, jobs, list(opts.extra_cflags))
+        armbuild.compile_elfs(fw, board.cpu_flags, common, target, include_dirs, jobs, list(opts.extra_cflags),
+                              board.opt_flags)
         info["compiled"] = True
         info["qemu"]["sizes"] = armbuild.elf_sizes(fw / "build" / QEMU_ELF)
         info["hw"]["sizes"] = armbuild.elf_sizes(fw / "build" / hw_elf)

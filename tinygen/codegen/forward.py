@@ -112,6 +112,14 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     return LayerCode(index, layer, fn, template, ctx, arrays)
 
 
+def _tiled_1x1(ctx: dict) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped conv of at least two pixels and two output channels whose
+    output does not overlap its input: kernels/convolve_1x1_s8 (2x2 tiles) computes it."""
+    geometry = (ctx["kh"], ctx["kw"], ctx["stride_h"], ctx["stride_w"], ctx["groups"], ctx["padded"])
+    return (geometry == (1, 1, 1, 1, 1, False) and not ctx["overlap"] and ctx["out_c"] >= 2
+            and ctx["out_h"] * ctx["out_w"] >= 2 and (ctx["out_h"], ctx["out_w"]) == (ctx["in_h"], ctx["in_w"]))
+
+
 def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
                    customize=None):
     """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
@@ -142,6 +150,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             code.arrays.update(pw.arrays)
             code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]
             args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
+        if code.template == "convolve_s8" and _tiled_1x1(code.context):
+            code.template = "convolve_1x1_s8"
         code.fn = code.context["fn"] = f"{layer_symbol(i, layer.name)}_{code.template}"
         if mask:
             args.append(buf("mask", layer.output.name))

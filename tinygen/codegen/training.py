@@ -135,6 +135,37 @@ def _conv_dims(em: _Emit, i: int, layer) -> None:
             dims.update(train_c=st.split_k, frozen_c=geo["cg"] - st.split_k)
 
 
+ROW_BLOCK = 256  # most input-channel sums a 1x1 input gradient keeps at once (on the stack: 1 KB of int32)
+
+
+def _row_block(count: int) -> int | None:
+    """The block a row of `count` channel sums is cut into: the largest divisor of `count` that is at
+    most ROW_BLOCK and no smaller than a quarter of it (None: no such divisor)."""
+    for nblocks in range(-(-count // ROW_BLOCK), count + 1):
+        if count % nblocks == 0:
+            block = count // nblocks
+            return block if block >= min(count, ROW_BLOCK // 4) else None
+    return None
+
+
+def _pointwise_blocks(dims: dict, split_k: int) -> dict | None:
+    """For a 1x1, stride-1, unpadded, ungrouped conv (or an FC), the channel blocks of its input-gradient
+    rows (templates/train/conv_backward_input_1x1_s16.c.j2): `blk` and `blks` (block size and count) over
+    the input channels, or `blk_t`/`blk_ts` and `blk_f`/`blk_fs` over the trained and the frozen part of
+    every weight row; None for any other conv (the general template)."""
+    if (dims["kh"], dims["kw"], dims["stride_h"], dims["stride_w"], dims["pad_top"], dims["pad_left"],
+            dims["groups"]) != (1, 1, 1, 1, 0, 0, 1) or (dims["out_h"], dims["out_w"]) != (dims["in_h"], dims["in_w"]):
+        return None
+    parts = {"blk_t": dims["train_c"], "blk_f": dims["frozen_c"]} if split_k else {"blk": dims["in_c"]}
+    out = {}
+    for key, count in parts.items():
+        block = _row_block(count)
+        if block is None:
+            return None
+        out.update({key: block, f"{key}s": count // block})
+    return out
+
+
 def _grad_op(em: _Emit, t: str, i: int, fn: str, args: list) -> dict:
     """The step's record for layer i's gradient to tensor t: written straight into the gradient
     buffer by its first contributor, added (aligned) by later ones (templates/tg_model.c.j2)."""
@@ -173,7 +204,14 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx)
     if want:
         fn = f"{p}_backward_input_s16"
-        em.render(lay, "conv_backward_input_s16", fn=fn, comment=f"{desc}: input gradient", **ctx)
+        blocks = _pointwise_blocks(dims, ctx["split_k"])
+        if blocks is None:
+            em.render(lay, "conv_backward_input_s16", fn=fn, comment=f"{desc}: input gradient", **ctx)
+        else:
+            dims.update(blocks)
+            em.render(lay, "conv_backward_input_1x1_s16", fn=fn, comment=f"{desc}: input gradient",
+                      fits32=dims["out_c"] * 128 * (1 << 14) < 1 << 31,
+                      max_block=max(v for key, v in blocks.items() if not key.endswith("s")), **ctx)
         ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc]))
         ops[-1]["size"] = f"{p.upper()}_IN_SIZE"
         lay.named.add("in_size")

@@ -23,8 +23,10 @@ from tinygen.targets.hostbuild import WARNINGS
 ARM_CC = "arm-none-eabi-gcc"
 ARM_SIZE = "arm-none-eabi-size"
 # -fno-strict-aliasing as on the host (hostbuild.HOST_CFLAGS): the generated code views arena slices
-# through more than one type.
-CFLAGS = ["-std=c99", "-O2", "-g", "-fno-strict-aliasing", *WARNINGS, "-Wdouble-promotion", "-ffunction-sections",
+# through more than one type. The optimisation flags come from the board file (`opt_flags`, chosen by
+# measurement per core); DEFAULT_OPT_FLAGS for a board file that names none.
+DEFAULT_OPT_FLAGS = ["-O2"]
+CFLAGS = ["-std=c99", "-g", "-fno-strict-aliasing", *WARNINGS, "-Wdouble-promotion", "-ffunction-sections",
           "-fdata-sections", "-fno-common"]
 LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
            "-Wl,--print-memory-usage"]
@@ -55,7 +57,8 @@ def _obj_name(src: str) -> str:
 
 
 def compile_elfs(fw_dir: Path, cpu_flags: list[str], common_sources: list[str], target_sources: list[str],
-                 include_dirs: list[str], jobs: list[ElfJob], extra_cflags: list[str] | None = None) -> None:
+                 include_dirs: list[str], jobs: list[ElfJob], extra_cflags: list[str] | None = None,
+                 opt_flags: list[str] | None = None) -> None:
     """Build every job's ELF in `fw_dir` (source and include paths relative to it).
 
     `common_sources` (the model, its weights, the dataset) do not depend on the target and are compiled
@@ -67,7 +70,8 @@ def compile_elfs(fw_dir: Path, cpu_flags: list[str], common_sources: list[str], 
         raise BuildError(f"{ARM_CC} is not on PATH; install it (Debian: apt-get install gcc-arm-none-eabi "
                          "libnewlib-arm-none-eabi) to build the firmware")
     build = fw_dir / "build"
-    base = [ARM_CC, *cpu_flags, *CFLAGS, *(extra_cflags or []), *[f"-I{i}" for i in include_dirs]]
+    opt = DEFAULT_OPT_FLAGS if opt_flags is None else opt_flags
+    base = [ARM_CC, *cpu_flags, *opt, *CFLAGS, *(extra_cflags or []), *[f"-I{i}" for i in include_dirs]]
     compiles: list[tuple[str, list[str]]] = []  # (log key, command)
     objects: dict[str, list[str]] = {job.name: [] for job in jobs}
     (build / "obj" / "common").mkdir(parents=True, exist_ok=True)

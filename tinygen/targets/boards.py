@@ -8,7 +8,8 @@ firmware/README.md; `load_board` checks them and names the first bad one in a si
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinygen.errors import TinygenError
@@ -63,6 +64,7 @@ class Board:
     qemu: dict
     early_init: list[RegWrite]
     checkpoint: Checkpoint | None = None  # where trained state persists across resets (--checkpoint-every)
+    opt_flags: list[str] = field(default_factory=lambda: ["-O2"])  # compiler optimisation, chosen by measurement
 
     @property
     def sram_bytes(self) -> int:
@@ -225,6 +227,25 @@ def _checkpoint(c, flash: list[Region]) -> Checkpoint:
     return Checkpoint(writer, unit, (slots[0], slots[1]), _get(c, "reference", "checkpoint", str))
 
 
+# What `opt_flags` may hold: optimisation levels, -f options and --param settings (nothing that changes the
+# target, the language or where the output goes).
+_OPT_FLAG = re.compile(r"-O[0-3sz]?|-f[a-z][a-z0-9-]*(=[A-Za-z0-9_.,-]+)?|--param=[a-z][a-z0-9-]*=[0-9]+")
+
+
+def _opt_flags(d) -> list[str]:
+    flags = d.get("opt_flags", ["-O2"])
+    if not isinstance(flags, list) or not flags or not all(isinstance(f, str) for f in flags):
+        raise _Bad("opt_flags must be a non-empty list of strings")
+    bad = [f for f in flags if not _OPT_FLAG.fullmatch(f)]
+    if bad:
+        raise _Bad(f"opt_flags holds {bad[0]!r}, which is not an optimisation flag (-O<level>, -f<option>, "
+                   "--param=<name>=<value>)")
+    note = d.get("opt_measured", "")
+    if not isinstance(note, str):
+        raise _Bad("opt_measured must be a string (the measurement that chose opt_flags)")
+    return list(flags)
+
+
 def _board(d, stem: str) -> Board:
     if not isinstance(d, dict):
         raise _Bad("the file must hold one JSON object")
@@ -242,7 +263,7 @@ def _board(d, stem: str) -> Board:
                  _get(mem, "sram_contiguous", "memory", bool), _console(_get(d, "console", "", dict)),
                  _renode(_get(d, "renode", "", dict)), _qemu(_get(d, "qemu", "", dict)),
                  _early_init(d.get("early_init", [])),
-                 _checkpoint(d["checkpoint"], flash) if "checkpoint" in d else None)
+                 _checkpoint(d["checkpoint"], flash) if "checkpoint" in d else None, _opt_flags(d))
 
 
 def board_names() -> list[str]:

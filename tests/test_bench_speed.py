@@ -1,0 +1,38 @@
+"""`tinygen bench speed`: its table and JSON from measured rows, and its options (the runs themselves are
+the firmware path the firmware tests already cover; the benchmark is run by hand, never timed in tests)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from tinygen.bench import speed
+from tinygen.cli import main
+
+ROW = {"model": "mcunet-5fps", "scheme": "mcunet/49kb", "filter_r": 1, "board": "stm32f746",
+       "step_instructions": 232_000_000, "inference_instructions": 127_000_000, "forward_macs": 22_491_968,
+       "mac_per_instr": 0.1771, "peak_sram_bytes": 127_728, "flash_bytes": 761_592, "clock_hz": 216_000_000,
+       "bit_exact": True}
+
+
+def test_report_puts_tinyengine_beside_the_mcunet_49kb_row_and_says_instructions_not_cycles():
+    text = speed.report([ROW, {**ROW, "filter_r": 2}, {**ROW, "scheme": "mcunet/99kb"}])
+    lines = text.splitlines()
+    assert "106.4 / 65.0" in lines[2] and "232.0" in lines[2] and "127.0" in lines[2]
+    assert "106.4 / 65.0" not in lines[3]  # the anchor was measured at r = 1
+    assert lines[4].rstrip().endswith("546")  # the paper's ms beside the ~100 KB scheme
+    assert "emulators count instructions, not cycles" in text
+
+
+def test_save_writes_rows_and_anchors(tmp_path):
+    path = speed.save([ROW], tmp_path)
+    data = json.loads(path.read_text())
+    assert path.name == "speed.json" and data["rows"] == [ROW]
+    assert data["anchors"]["tinyengine_mcunet_49kb_stm32f746"]["step_instructions"] == 106_400_000
+    assert "instructions, not cycles" in data["note"]
+
+
+def test_bench_speed_refuses_an_unknown_model():
+    r = CliRunner().invoke(main, ["bench", "speed", "--models", "resnet"])
+    assert r.exit_code == 2 and "resnet" in r.stderr
