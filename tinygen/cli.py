@@ -176,17 +176,18 @@ def _board_json(b) -> dict:
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Emit the training step (tg_train_step) beside inference.")
 @click.option("--update", default="auto", show_default=True,
-              help="Which layers train: auto (candidate selections under the SRAM budget, by Fisher and by "
-                   "gradient potential on real samples, ranked by a short training probe) | fisher (the Fisher "
-                   "selection alone) | deepest (the most last layers that fit) | full | last-K | bias | "
-                   "scheme.json | sparse_schemes.json#mbv2/49kb.")
+              help="Which layers train: auto (selections under the SRAM budget by gradient potential on real "
+                   "samples, with and without a compute cap, ranked by a short training probe) | fisher (by "
+                   "Fisher potential, TinyTrain's criterion) | deepest (the most last layers that fit) | full | "
+                   "last-K | bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
 @click.option("--budget-kb", type=FiniteRange(min=1, max=MAX_BUDGET_KB), default=None,
               help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None,
               help="With --update auto/fisher: cap on the backward MACs of a training step.")
 @click.option("--reorder-channels", is_flag=True,
-              help="With --update auto/fisher: rename channels most important first (the same function), so each "
-                   "layer trains its most important channels, not its first ones; the order goes to scheme.json.")
+              help="With --update fisher (auto switches to it): rename channels most important first (the same "
+                   "function), so each layer trains its most important channels, not its first ones; the order "
+                   "goes to scheme.json.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
 @click.option("--lr", type=FiniteRange(min=0, min_open=True), default=DEFAULT_LR, show_default=True,
@@ -276,7 +277,10 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
                          accumulate=accumulate, lr_guard=lr_guard).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
-    if update == "fisher":
+    if update == "fisher" or (update == "auto" and reorder):
+        if update == "auto":
+            click.echo("--reorder-channels orders channels by Fisher potential: selecting as --update fisher",
+                       err=True)
         x, y, source = training_samples(model, SELECTION_SAMPLES)
         click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
         got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r, reorder)
@@ -285,9 +289,9 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
         return got[0]
     if update == "auto":
         x, y, source = training_samples(model, PROBE_TRAIN + PROBE_TEST)
-        click.echo(f"selecting the update under {budget:,} B on {source} (Fisher and gradient potential, "
-                   "then a training probe) ...", err=True)
-        choices = choose(model, x, y, budget, config, macs_budget, filter_r, reorder,
+        click.echo(f"selecting the update under {budget:,} B on {source} (gradient potential, with and without "
+                   "a compute cap, then a training probe) ...", err=True)
+        choices = choose(model, x, y, budget, config, macs_budget, filter_r,
                          log=lambda line: click.echo(line, err=True))
         if not choices:  # not even the classifier with its weights: biases only, or the error with the numbers
             return auto_last_k(model, config, budget, filter_r)[0]

@@ -75,7 +75,7 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
     return out
 
 
-SELECTION_SAMPLES = 4  # real samples `--update auto` measures Fisher potential on
+SELECTION_SAMPLES = 4  # real samples `--update fisher` measures Fisher potential on
 
 
 @dataclass
@@ -296,26 +296,25 @@ class Choice:
 
 
 def choose(model: ir.Model, x: np.ndarray, labels: np.ndarray, budget: int, config: TrainConfig,
-           macs_budget: int | None = None, filter_r: int = 1, reorder: bool = False, log=None) -> list[Choice]:
+           macs_budget: int | None = None, filter_r: int = 1, log=None) -> list[Choice]:
     """`--update auto`: candidate selections under the budget, ranked by a probe; the first is chosen.
 
-    No single criterion wins everywhere: per-channel Fisher potential picks the right layers where the
-    pretraining is close to the task (MbV2 at 32x32, digits 0-4 -> 5-9), the gradient potential with
-    bias-only updates where it is far (ImageNet -> MNIST at 128x128), and each is 5-20 points worse on the
-    other task. So both, with and without a compute cap, are planned under the budget, and a short run of
-    the device's own training on the first samples decides (`probe`). `x`, `labels`: at least
-    PROBE_TRAIN + PROBE_TEST samples (fewer: the probe uses what there is)."""
+    Both candidates come from the gradient potential with bias-only updates: one under `macs_budget`
+    (none by default), one also under MACS_CAP of the forward MACs. The uncapped one wins where the
+    pretraining is close to the task (MbV2 at 32x32, digits 0-4 -> 5-9), the capped one where it is far
+    (ImageNet -> MNIST at 128x128, where a deep gradient path into the high-resolution layers costs
+    more than it gains); a short run of the device's own training on the first samples decides
+    (`probe`). Fisher potential (`--update fisher`) is not a candidate: the probe misjudged it both ways
+    (docs/selection.md). `x`, `labels`: PROBE_TRAIN + PROBE_TEST samples (fewer: the probe uses what
+    there is)."""
     found: dict[str, tuple] = {}
-    fisher = fisher_potential(model, x[:SELECTION_SAMPLES], labels[:SELECTION_SAMPLES])
-    got = select(model, fisher, budget, config, macs_budget, filter_r, reorder)
-    if got is not None:
-        found["fisher"] = got
     pot = gradient_potential(model, x[:POTENTIAL_SAMPLES], labels[:POTENTIAL_SAMPLES])
     caps = {"potential": macs_budget}
-    if macs_budget is None:
-        caps["potential, capped"] = int(MACS_CAP * model.macs())
-    for label, cap in caps.items():
-        got = select(model, pot, budget, config, cap, filter_r)
+    cap = int(MACS_CAP * model.macs())
+    if macs_budget is None or cap < macs_budget:
+        caps["potential, capped"] = cap
+    for label, limit in caps.items():
+        got = select(model, pot, budget, config, limit, filter_r)
         if got is not None and all(got[0].scheme.layers != f[0].scheme.layers for f in found.values()):
             found[label] = got
     choices = [Choice(label, tr, est) for label, (tr, est) in found.items()]
