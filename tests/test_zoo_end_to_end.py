@@ -1,6 +1,6 @@
 """Acceptance: for every zoo model (the MIT models at 128x128 included),
 `tinygen build --board stm32f746 --model M --out D && tinygen verify D` exits 0. The MIT models select
-with `--update fisher`: `auto`'s probe trains three candidates for 256 steps each, minutes a model at
+with `--update fisher`: `auto`'s probe trains two candidates for 256 steps each, minutes a model at
 128x128 (tests/test_choose.py and `tinygen bench transfer --task mnist128` run it)."""
 
 from __future__ import annotations
