@@ -39,7 +39,7 @@ def test_potential_is_the_squared_mean_gradient():
     x, y, _ = training_samples(model, 2)
     one = S.gradient_potential(model, x[[0, 0, 0]], y[[0, 0, 0]])
     rec: dict = {}
-    probe = S._probe(model)
+    probe = S._gradient_trainer(model)
     values, _ = probe.forward(x[0])
     probe.step(x[0], y[0], record=rec)
     tensors = model.tensors()

@@ -11,22 +11,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from readme_tables import table_rows
 
 from tinygen.cli import main
 from tinygen.verify.check import verify_training
 from tinygen.verify.runner import Progress
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
 
 def documented_keys() -> dict[str, dict[str, set[str]]]:
     """README's --json table: {command: {"": top-level keys, key: keys of its object(s)}}."""
-    text = README.read_text()
-    section = text[text.index("## Machine-readable output"):]
-    section = section[:section.index("\n## ", 1)]
     out = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for cells in table_rows("Machine-readable output"):
         m = re.fullmatch(r"`(\w+)`", cells[0]) if len(cells) == 2 else None
         if not m:
             continue

@@ -17,22 +17,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from models_for_tests import small_model
+from readme_tables import table_rows
 
 from tinygen.cli import main
 from tinygen.frontends import modelfile
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 BUILD = ["build", "--board", "stm32f746"]
 
 
 def readme_rows() -> dict[str, tuple[str, int]]:
     """README's misuse table: {misuse: (stderr, exit status)}."""
-    text = README.read_text()
-    section = text[text.index("## Misuse"):]
-    section = section[:section.index("\n## ", 1)]
     rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for cells in table_rows("Misuse"):
         if len(cells) == 4 and cells[3].isdigit():
             message = re.fullmatch(r"``\s?(.*?)\s?``|`(.*)`", cells[2])
             rows[cells[0]] = (message.group(1) or message.group(2), int(cells[3]))

@@ -34,7 +34,7 @@ from tinygen.planning.memory import auto_last_k, training_sram
 from tinygen.reference.float_grad import FloatTrainer
 from tinygen.reference.forward import run_model
 from tinygen.reference.training import Trainer
-from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, choose
+from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, choose, scheme_tail
 from tinygen.verify.host_train import c_train_predict
 from tinygen.zoo.catalog import get_model
 
@@ -130,10 +130,6 @@ def cache_prefixes(task_name: str, model_name: str, tails: list[ir.Model], jobs:
                           for i, s in enumerate(("train", "test"))})
 
 
-def tail_of(model: ir.Model, scheme: Scheme) -> ir.Model:
-    return ir.tail(model, {n for n, u in scheme.layers.items() if u.channels or u.bias})
-
-
 def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Scheme, int]]:
     """label -> (scheme, planned peak SRAM): head only, each MIT scheme, and at each MIT scheme's SRAM
     the deepest last-K, `--update auto` and its Fisher candidate (`--update fisher`). Selection and probe
@@ -181,7 +177,7 @@ def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: 
     """Test accuracy after one pass of `method` ("int" | "float" | "none") training with `scheme`."""
     task = TASKS128[task_name]
     model, _, ytr, _, yte = start(task_name, model_name)
-    t = tail_of(model, scheme)
+    t = scheme_tail(model, scheme)
     atr, ate = _PREFIX[task_name, model_name, t.input.name]
     o = order(task_name, seed)
     cfg = TrainConfig(lr=task.lr)
@@ -222,7 +218,7 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
             if labels and label not in labels:
                 continue
             peaks[model_name, label] = (peak, _describe(scheme))
-            tails.append(tail_of(start(task_name, model_name)[0], scheme))
+            tails.append(scheme_tail(start(task_name, model_name)[0], scheme))
             for method in methods:
                 for seed in range(seeds):
                     _JOBS.append((task_name, model_name, label, scheme, method, seed))

@@ -1,5 +1,7 @@
-"""Task-adaptive sparse-update selection from Fisher potential (TinyTrain, Kwon et al. 2024).
+"""Sparse-update selection: what `--update auto` and `--update fisher` train (docs/selection.md).
 
+`auto` (`choose`): gradient-potential selections with and without a compute cap, ranked by a short
+training probe. `fisher`: task-adaptive selection from Fisher potential (TinyTrain, Kwon et al. 2024).
 Importance comes from a few samples of the user's data, computed with the bit-exact integer
 reference: for every activation channel c of a weighted layer's input,
 `Delta_c = 1/2 * mean_n (sum_spatial a * g)^2` with `a` the channel's real value and `g` the
@@ -30,7 +32,7 @@ from tinygen.reference.training import Trainer
 from tinygen.training.reorder import reorder_by_importance
 
 
-def _probe(model: ir.Model) -> Trainer:
+def _gradient_trainer(model: ir.Model) -> Trainer:
     """A trainer whose gradient path reaches as deep as the model allows (every weighted layer's bias)."""
     layers = weighted_layers(model)
     for k in range(len(layers), 0, -1):
@@ -46,7 +48,7 @@ def fisher_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> dict
     """Per weighted layer: Delta of each of its input channels (the channels a scheme selects)."""
 
     layers = weighted_layers(model)
-    trainer = _probe(model)
+    trainer = _gradient_trainer(model)
     tensors = model.tensors()
     acc: dict[str, np.ndarray] = {}
     for xi, yi in zip(x, labels, strict=True):
@@ -95,7 +97,7 @@ def gradient_potential(model: ir.Model, x: np.ndarray, labels: np.ndarray) -> di
     n = len(x)
     if n < 2:
         raise TinygenError("gradient potential needs at least 2 samples")
-    trainer = _probe(model)
+    trainer = _gradient_trainer(model)
     tensors = model.tensors()
     layers = [layer for layer in weighted_layers(model) if layer.name in trainer.trained]
     s1: dict[str, list[np.ndarray]] = {}  # sum over samples of the gradient (weight, bias)
@@ -250,15 +252,19 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
             return best
 
 
+def scheme_tail(model: ir.Model, scheme: Scheme) -> ir.Model:
+    """The part of `model` from the first layer on `scheme`'s gradient path (`ir.tail`): what training runs
+    each step; the layers before it are frozen and run once per sample."""
+    return ir.tail(model, {n for n, u in scheme.layers.items() if u.channels or u.bias})
+
+
 def probe(trainers: list[Trainer], x: np.ndarray, labels: np.ndarray, train: int, log=None) -> list[float]:
     """Held-out loss of each trainer's scheme after a short run of the device's own training (the bit-exact
     integer reference, batch 1, its configuration; the trainers are not touched): train on the first
     `train` samples, then the mean cross-entropy (or MSE) over the rest. Lower is better. The frozen
     layers before a scheme's gradient path run once per sample (`ir.tail`), shared by schemes of one model."""
     cached: dict[int, list[dict]] = {}
-    tails = []
-    for tr in trainers:
-        tails.append(ir.tail(tr.model, {n for n, u in tr.scheme.layers.items() if u.channels or u.bias}))
+    tails = [scheme_tail(tr.model, tr.scheme) for tr in trainers]
     for m in {id(tr.model): tr.model for tr in trainers}.values():
         mine = [t for tr, t in zip(trainers, tails, strict=True) if tr.model is m]
         stop = max(len(m.layers) - len(t.layers) for t in mine)
