@@ -137,15 +137,16 @@ def enum_block(tag: str, K: Constants, indent: int = 4) -> str:
 
 
 def _indent_of(body: str) -> str:
-    first = next((ln for ln in body.splitlines() if ln.strip()), "")
+    first = next((ln for ln in body.splitlines() if ln.strip() and not ln.startswith("#")), "")
     return first[:len(first) - len(first.lstrip(" "))]
 
 
 def _shift(body: str, by: int) -> str:
-    """Every non-blank line of `body` moved `by` columns (negative: left)."""
+    """Every non-blank line of `body` moved `by` columns (negative: left); preprocessor lines stay at
+    column 0."""
     out = []
     for ln in body.splitlines(True):
-        if not ln.strip():
+        if not ln.strip() or ln.startswith("#"):
             out.append(ln)
         elif by >= 0:
             out.append(" " * by + ln)

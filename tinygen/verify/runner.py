@@ -52,8 +52,10 @@ class KernelImpl:
 
 
 # The implementations every kernel test runs through (tests/conftest.py parametrizes over these keys).
-# "portable" is the templates' C99; an optimised set (e.g. "cmsis") registers here with its flags.
-KERNEL_IMPLS: dict[str, KernelImpl] = {"portable": KernelImpl("portable")}
+# "portable" is the templates' C99 loops. "dsp" is the kernels' DSP-extension paths (the ones a Cortex-M4/M7
+# firmware runs, cmsis_glue/tg_dsp.h) compiled on the host with exact C definitions of SXTB16 and SMLAD.
+KERNEL_IMPLS: dict[str, KernelImpl] = {"portable": KernelImpl("portable"),
+                                       "dsp": KernelImpl("dsp", cflags=("-DTG_DSP_PORTABLE",))}
 
 
 def kernel_impl(name: str) -> KernelImpl:

@@ -1,0 +1,104 @@
+/*
+ * tg_dsp.h - the Armv7E-M DSP-extension operations tinygen's optimised kernel paths use.
+ *
+ * A kernel's optimised path sits beside its portable loop in the same function, as CMSIS-NN's
+ * kernels do (`#if defined(ARM_MATH_DSP)`), and is compiled when TG_DSP_KERNELS is 1:
+ *   - on a core with the DSP extension (Cortex-M4, M7, M33/M55 with DSP: __ARM_FEATURE_DSP),
+ *     with the real SXTB16 / SMLAD instructions through ACLE's <arm_acle.h>;
+ *   - on any other compiler when TG_DSP_PORTABLE is defined (the host build of the "dsp" kernel
+ *     set, `tinygen verify --kernels dsp`), through the exact C definitions below, so that every
+ *     test runs the optimised paths' arithmetic bit for bit on the host.
+ * TG_PORTABLE_KERNELS forces the portable loops on a DSP core.
+ *
+ * Every sum a kernel forms with tg_smlad is proven within int32 by the same bound as its portable
+ * loop (docs/numerics.md §1.0); integer addition is exact and associative there, so pairing the
+ * products two at a time gives the portable loop's sum exactly.
+ */
+#ifndef TG_DSP_H
+#define TG_DSP_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "tg_nn_math.h"
+
+#if !defined(TG_PORTABLE_KERNELS) && (defined(__ARM_FEATURE_DSP) || defined(TG_DSP_PORTABLE))
+#define TG_DSP_KERNELS 1
+#else
+#define TG_DSP_KERNELS 0
+#endif
+
+#if TG_DSP_KERNELS
+
+/* Four int8 values from any address (an unaligned LDR on Armv7E-M; memcpy keeps C's aliasing rules). */
+TG_INLINE int32_t tg_read_s8x4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+/* Two int16 values from any address. */
+TG_INLINE int32_t tg_read_s16x2(const int16_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+#if defined(__ARM_FEATURE_DSP) && !defined(TG_DSP_PORTABLE)
+#include <arm_acle.h>
+
+/* Bytes 0 and 2 of x, sign-extended into the two halfwords (SXTB16). */
+TG_INLINE int32_t tg_sxtb16(int32_t x)
+{
+    return (int32_t)__sxtb16((uint32_t)x);
+}
+
+/* Bytes 1 and 3 of x, sign-extended into the two halfwords (SXTB16 with ROR #8: one instruction,
+ * which ACLE does not name; a plain asm, so the compiler may still schedule and combine it). */
+TG_INLINE int32_t tg_sxtb16_ror8(int32_t x)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+/* acc + x.lo * y.lo + x.hi * y.hi, halfwords signed (SMLAD). */
+TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
+{
+    return __smlad((int16x2_t)x, (int16x2_t)y, acc);
+}
+
+#else /* the same operations in C99, exact */
+
+TG_INLINE int32_t tg_halfwords(int32_t lo, int32_t hi)
+{
+    return (int32_t)(((uint32_t)hi << 16) | ((uint32_t)lo & 0xFFFFU));
+}
+
+TG_INLINE int32_t tg_sxtb16(int32_t x)
+{
+    const uint32_t u = (uint32_t)x;
+    return tg_halfwords((int8_t)(u & 0xFFU), (int8_t)((u >> 16) & 0xFFU));
+}
+
+TG_INLINE int32_t tg_sxtb16_ror8(int32_t x)
+{
+    const uint32_t u = (uint32_t)x;
+    return tg_halfwords((int8_t)((u >> 8) & 0xFFU), (int8_t)((u >> 24) & 0xFFU));
+}
+
+TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
+{
+    const uint32_t ux = (uint32_t)x;
+    const uint32_t uy = (uint32_t)y;
+    const int32_t lo = (int32_t)(int16_t)(ux & 0xFFFFU) * (int32_t)(int16_t)(uy & 0xFFFFU);
+    const int32_t hi = (int32_t)(int16_t)(ux >> 16) * (int32_t)(int16_t)(uy >> 16);
+    /* SMLAD's sum wraps modulo 2^32; the kernels' bounds keep it exact */
+    return (int32_t)((uint32_t)acc + (uint32_t)lo + (uint32_t)hi);
+}
+
+#endif
+#endif /* TG_DSP_KERNELS */
+#endif /* TG_DSP_H */
