@@ -30,7 +30,7 @@
 
 #if TG_DSP_KERNELS
 
-/* Four int8 values from any address (an unaligned LDR on Armv7E-M; memcpy keeps C's aliasing rules). */
+/* Four int8 values from any address (unaligned LDR on Armv7E-M; memcpy keeps C aliasing rules). */
 TG_INLINE int32_t tg_read_s8x4(const int8_t *p)
 {
     int32_t v;
@@ -64,10 +64,39 @@ TG_INLINE int32_t tg_sxtb16_ror8(int32_t x)
     return r;
 }
 
+/* a + bytes 0 and 2 of x sign-extended, halfword by halfword (SXTAB16). */
+TG_INLINE int32_t tg_sxtab16(int32_t a, int32_t x)
+{
+    return (int32_t)__sxtab16((uint32_t)a, (uint32_t)x);
+}
+
+/* a + bytes 1 and 3 of x sign-extended, halfword by halfword (SXTAB16 with ROR #8). */
+TG_INLINE int32_t tg_sxtab16_ror8(int32_t a, int32_t x)
+{
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+}
+
 /* acc + x.lo * y.lo + x.hi * y.hi, halfwords signed (SMLAD). */
 TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
 {
     return __smlad((int16x2_t)x, (int16x2_t)y, acc);
+}
+
+/* The halfword pairs (a.lo, b.lo) (PKHBT) and (a.hi, b.hi) (PKHTB); ACLE names neither. */
+TG_INLINE int32_t tg_pack_lo(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+TG_INLINE int32_t tg_pack_hi(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(b), "r"(a));
+    return r;
 }
 
 #else /* the same operations in C99, exact */
@@ -89,6 +118,19 @@ TG_INLINE int32_t tg_sxtb16_ror8(int32_t x)
     return tg_halfwords((int8_t)((u >> 8) & 0xFFU), (int8_t)((u >> 24) & 0xFFU));
 }
 
+TG_INLINE int32_t tg_sxtab16(int32_t a, int32_t x)
+{
+    const uint32_t ua = (uint32_t)a;
+    const int32_t e = tg_sxtb16(x);
+    return tg_halfwords((int32_t)(ua & 0xFFFFU) + (int16_t)((uint32_t)e & 0xFFFFU),
+                        (int32_t)(ua >> 16) + (int16_t)((uint32_t)e >> 16));
+}
+
+TG_INLINE int32_t tg_sxtab16_ror8(int32_t a, int32_t x)
+{
+    return tg_sxtab16(a, (int32_t)(((uint32_t)x >> 8) | ((uint32_t)x << 24)));
+}
+
 TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
 {
     const uint32_t ux = (uint32_t)x;
@@ -99,6 +141,22 @@ TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
     return (int32_t)((uint32_t)acc + (uint32_t)lo + (uint32_t)hi);
 }
 
+TG_INLINE int32_t tg_pack_lo(int32_t a, int32_t b)
+{
+    return (int32_t)(((uint32_t)a & 0xFFFFU) | ((uint32_t)b << 16));
+}
+
+TG_INLINE int32_t tg_pack_hi(int32_t a, int32_t b)
+{
+    return (int32_t)(((uint32_t)a >> 16) | ((uint32_t)b & 0xFFFF0000U));
+}
+
 #endif
+
+/* v in both halfwords (its low 16 bits twice). */
+TG_INLINE int32_t tg_halfword_pair(int32_t v)
+{
+    return (int32_t)(((uint32_t)v & 0xFFFFU) * 0x10001U);
+}
 #endif /* TG_DSP_KERNELS */
 #endif /* TG_DSP_H */

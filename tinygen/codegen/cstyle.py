@@ -50,8 +50,11 @@ def _both(a, b, op) -> int | None:
 # The folding helpers: operands are C text (a loop variable), ints (a removed loop's index, 0) or named
 # constants (their enumerator name, with their value). Identities are applied at generation time, so
 # the emitted C has no `+ 0`, `* 1`, `/ 1` or `% 1`; the arithmetic left is exactly the original's.
-def _binary(a, sym: str, b, prec: int, op) -> Expr:
-    """`a sym b` for a left-associative operator of precedence `prec`, with its value when both are known."""
+def _binary(a, sym: str, b, prec: int, op) -> Expr | int:
+    """`a sym b` for a left-associative operator of precedence `prec`, with its value when both are known;
+    two literals (plain ints, not named constants) fold to their result."""
+    if type(a) is int and type(b) is int:
+        return op(a, b)
     return Expr(f"{_text(a, prec)} {sym} {_text(b, prec + 1)}", prec, _both(a, b, op))
 
 
@@ -350,3 +353,4 @@ def register(env: jinja2.Environment) -> None:
                        block_comment=block_comment, signature=signature, table=table)
     env.filters["break_assignments"] = break_assignments
     env.tests["expr"] = lambda x: isinstance(x, Expr)  # a compound expression (worth a variable)
+    env.tests["one"] = lambda x: _value(x) == 1  # the constant 1, as an int, a named constant or an Expr

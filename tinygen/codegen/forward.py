@@ -12,6 +12,7 @@ weights are `const` so they stay in flash.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tinygen.codegen.cstyle import CTYPES, c_array
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
 from tinygen.paths import data_dir
+from tinygen.planning.fusion import ring_columns
 from tinygen.planning.schedule import forward_ops, plan_forward
 
 
@@ -64,6 +66,16 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
                input_offset=-x.zero_point, output_offset=layer.output.zero_point,
                act_min=layer.act_min, act_max=layer.act_max)
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
+
+
+def dw_tap_pairs(weight: np.ndarray) -> np.ndarray:
+    """A depthwise filter (C, KH, KW, 1) for SMLAD: each row's taps in fours, padded with zeros, as int16
+    (w0, w2, w1, w3): the halfword pairs SXTB16 makes of four input bytes (bytes 0, 2 and 1, 3)."""
+    c, kh, kw = weight.shape[:3]
+    quads = (kw + 3) // 4
+    taps = np.zeros((c, kh, quads * 4), np.int16)
+    taps[:, :, :kw] = weight.reshape(c, kh, kw)
+    return taps.reshape(c, kh, quads, 4)[..., [0, 2, 1, 3]].reshape(-1)
 
 
 def _reads_past_end(h, w, oh, ow, kh, kw, layer) -> bool:
@@ -147,6 +159,10 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
             code.template = "pointwise_depthwise_fused_s8"
             code.context["pw"] = pw.context
+            code.context["ring_left"], _, code.context["ring_right"] = ring_columns(layer, pw.layer.output.shape[1])
+            if layer.dilation[1] == 1:  # the DSP path's taps as halfword pairs
+                code.context["dw_pairs"] = f"{layer_symbol(i, layer.name)}_dw_pairs"
+                code.arrays[code.context["dw_pairs"]] = dw_tap_pairs(layer.weight)
             code.arrays.update(pw.arrays)
             code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]
             args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
@@ -162,6 +178,11 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
     return kernels, calls, codes
 
 
+def directives_at_column_0(text: str) -> str:
+    """Preprocessor lines (a kernel's `#if TG_DSP_KERNELS` paths) at column 0, wherever a template nested them."""
+    return re.sub(r"^[ \t]+#", "#", text, flags=re.MULTILINE)
+
+
 def write_sources(env: jinja2.Environment, src_dir: Path, ctx: dict, const_arrays: dict, mutable=None) -> None:
     """tg_model.[ch] and tg_weights.[ch]: `const` arrays go to flash, `mutable` ones (trained) to SRAM."""
     mutable = mutable or {}
@@ -170,7 +191,7 @@ def write_sources(env: jinja2.Environment, src_dir: Path, ctx: dict, const_array
     ctx = dict(ctx, array_decls=const_decls + mutable_decls, const_decls=const_decls, mutable_decls=mutable_decls,
                has_mutable=bool(mutable))
     for name in ("tg_model.h", "tg_model.c", "tg_weights.h"):
-        (src_dir / name).write_text(env.get_template(f"{name}.j2").render(**ctx))
+        (src_dir / name).write_text(directives_at_column_0(env.get_template(f"{name}.j2").render(**ctx)))
     with open(src_dir / "tg_weights.c", "w") as f:
         f.write(env.get_template("tg_weights.c.j2").render(**ctx))
         for name, arr in const_arrays.items():

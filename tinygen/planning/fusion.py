@@ -9,7 +9,9 @@
   backward, no gradient), each expansion channel is computed into a plane and immediately
   convolved; the plane is a ring of the kernel-height rows one output row reads, and the
   expanded tensor never exists (TinyEngine-style). For MobileNetV2 at 128x128 this removes
-  the 64x64x48 tensor (196 KB) with a 192-byte plane.
+  the 64x64x48 tensor (196 KB) with a ring of three 64-pixel rows. Each ring row carries the depthwise conv's
+  left and right padding as columns holding the input zero point (`ring_columns`), so the taps
+  of a row need no bounds checks; those columns add nothing to a sum, as a skipped tap does.
 
 * **Overlapped convolution**: a regular convolution whose input dies with it writes its output
   (in raster order) over the part of the input it has already consumed. The input sits
@@ -28,6 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygen.ir import model as ir
+
+
+def ring_columns(layer: ir.Conv2D, w: int) -> tuple[int, int, int]:
+    """A fused pw->dw ring row over an input `w` wide: (padding columns on the left, w, padding columns on
+    the right), every column a tap of the depthwise conv reads; with dilation 1, taps are read four at a
+    time (the DSP path), so a row's reads end at the next multiple of four taps."""
+    left, kw = layer.padding[2], layer.kernel[1]
+    reach = (kw - 1) * layer.dilation[1] if layer.dilation[1] > 1 else (kw + 3) // 4 * 4 - 1
+    last = (layer.output.shape[1] - 1) * layer.stride[1] - left + reach
+    return left, w, max(0, last - (w - 1))
 
 
 @dataclass(frozen=True)
@@ -83,9 +95,8 @@ def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[s
         prev = model.layers[j - 1] if j > 0 else None
         if (prev is not None and prev.output.name == t and _is_pw(prev) and t not in grad_path
                 and t not in materialise):
-            w = prev.output.shape[1]
             rows = (layer.kernel[0] - 1) * layer.dilation[0] + 1  # a ring of the rows one output row reads
-            out[j] = Fusion("pw_dw", j, j - 1, plane=rows * w)
+            out[j] = Fusion("pw_dw", j, j - 1, plane=rows * sum(ring_columns(layer, prev.output.shape[1])))
         elif t != model.input.name:
             out[j] = Fusion("inplace_dw", j, plane=oh * ow)
     fused_pw = {f.pointwise for f in out.values() if f.kind == "pw_dw"}
