@@ -24,7 +24,7 @@ from tinygen.codegen.cstyle import CTYPES, c_array
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
 from tinygen.paths import data_dir
-from tinygen.planning.fusion import ring_columns
+from tinygen.planning.fusion import ring_columns, taps_in_fours
 from tinygen.planning.schedule import forward_ops, plan_forward
 
 
@@ -160,7 +160,7 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             code.template = "pointwise_depthwise_fused_s8"
             code.context["pw"] = pw.context
             code.context["ring_left"], _, code.context["ring_right"] = ring_columns(layer, pw.layer.output.shape[1])
-            if layer.dilation[1] == 1:  # the DSP path's taps as halfword pairs
+            if taps_in_fours(layer):  # the DSP path's taps as halfword pairs
                 code.context["dw_pairs"] = f"{layer_symbol(i, layer.name)}_dw_pairs"
                 code.arrays[code.context["dw_pairs"]] = dw_tap_pairs(layer.weight)
             code.arrays.update(pw.arrays)

@@ -32,12 +32,18 @@ import numpy as np
 from tinygen.ir import model as ir
 
 
+def taps_in_fours(layer: ir.Conv2D) -> bool:
+    """Whether the fused kernel's DSP path reads this depthwise conv's row taps four at a time (they are
+    contiguous only with dilation 1)."""
+    return layer.dilation[1] == 1
+
+
 def ring_columns(layer: ir.Conv2D, w: int) -> tuple[int, int, int]:
     """A fused pw->dw ring row over an input `w` wide: (padding columns on the left, w, padding columns on
     the right), every column a tap of the depthwise conv reads; with dilation 1, taps are read four at a
     time (the DSP path), so a row's reads end at the next multiple of four taps."""
     left, kw = layer.padding[2], layer.kernel[1]
-    reach = (kw - 1) * layer.dilation[1] if layer.dilation[1] > 1 else (kw + 3) // 4 * 4 - 1
+    reach = (kw + 3) // 4 * 4 - 1 if taps_in_fours(layer) else (kw - 1) * layer.dilation[1]
     last = (layer.output.shape[1] - 1) * layer.stride[1] - left + reach
     return left, w, max(0, last - (w - 1))
 
