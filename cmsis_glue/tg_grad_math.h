@@ -65,6 +65,33 @@ TG_INLINE int64_t tg_mul_q31(int64_t x, int32_t m, int32_t shift)
     return (int64_t)((uint64_t)p << left);
 }
 
+/* Stochastic rounding of weight updates (docs/numerics.md §6.2): the key of a layer's step is
+ * step * TG_SR_STEP_MUL + the layer's salt (FNV-1a of its name); a weight's noise is the top
+ * TG_SR_BITS bits of lowbias32(key + index * TG_SR_INDEX_MUL), all in wrapping uint32 arithmetic. */
+#define TG_SR_BITS      8
+#define TG_SR_INDEX_MUL 0x9E3779B9U
+#define TG_SR_STEP_MUL  0x85EBCA6BU
+#define TG_SR_MIX1      0x7FEB352DU
+#define TG_SR_MIX2      0x846CA68BU
+
+TG_INLINE uint32_t tg_sr_key(uint32_t step, uint32_t salt)
+{
+    return step * TG_SR_STEP_MUL + salt;
+}
+
+/* floor((fine + noise) / 2^TG_SR_BITS): `fine` carries TG_SR_BITS more fraction bits than the
+ * update; it rounds up with probability equal to the dropped fraction. |fine| <= 2^62. */
+TG_INLINE int64_t tg_round_stochastic(int64_t fine, uint32_t key, int32_t index)
+{
+    uint32_t x = key + (uint32_t)index * TG_SR_INDEX_MUL;
+    x ^= x >> 16;
+    x *= TG_SR_MIX1;
+    x ^= x >> 15;
+    x *= TG_SR_MIX2;
+    x ^= x >> 16;
+    return (fine + (int64_t)(x >> (32 - TG_SR_BITS))) >> TG_SR_BITS;
+}
+
 /* Shift that brings a maximum magnitude into the normalized gradient range. */
 TG_INLINE int32_t tg_norm_shift(int64_t max_abs)
 {

@@ -34,7 +34,8 @@ BUILDS = {
     "mbv2-w0.35": lambda root: ["--model", "mbv2-w0.35", "--classes", "10", "--update",
                                 f"{root}/{SCHEMES}#mbv2/49kb", "--samples", "2"],
     "mcunet-5fps": lambda root: ["--model", "mcunet-5fps", "--classes", "10", "--update",
-                                 f"{root}/{SCHEMES}#mcunet/49kb", "--samples", "2"],
+                                 f"{root}/{SCHEMES}#mcunet/49kb", "--samples", "2",
+                                 "--rounding", "stochastic"],  # and the other rounding's update kernels
 }
 
 

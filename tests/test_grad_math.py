@@ -13,12 +13,13 @@ C_BODY = """
         r[0] = tg_mul_q31(v[0], (int32_t)v[1], (int32_t)v[2]);
         r[1] = tg_rshift_round64(v[0], (int32_t)(v[2] < 0 ? -v[2] : v[2]));
         r[2] = tg_bitlen64(v[0]);
-        r[3] = tg_sat32(v[0]);"""
+        r[3] = tg_sat32(v[0]);
+        r[4] = tg_round_stochastic(v[0] >> 1, tg_sr_key((uint32_t)v[1], (uint32_t)v[2]), (int32_t)v[1]);"""
 
 
 @pytest.fixture(scope="module")
 def c_prims(tmp_path_factory):
-    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 4)
+    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 5)
 
 
 def test_grad_primitives_c_equal_python(c_prims):
@@ -37,6 +38,17 @@ def test_grad_primitives_c_equal_python(c_prims):
     assert np.array_equal(got[:, 3], gradmath.sat(x, 32))
     # the saturation path is exercised: some products hit +-2^62
     assert np.any(np.abs(got[:, 0]) == 2**62)
+    key = (m * gradmath.SR_STEP_MUL + (sh & gradmath.M32)) & gradmath.M32  # v[1] as the step, v[2] as the salt
+    assert np.array_equal(got[:, 4], gradmath.round_stochastic(x >> 1, gradmath.sr_noise(key, m)))
+
+
+def test_stochastic_rounding_is_unbiased_and_bounded():
+    """Rounding x / 2^8 over many keys averages to x / 2^8 and never moves further than one unit."""
+    x = np.array([1, 37, 128, 255, -1, -37, -200, 3 * 256 + 77], dtype=np.int64)
+    keys = [gradmath.sr_key(step, gradmath.fnv1a32("layer")) for step in range(4096)]
+    got = np.stack([gradmath.round_stochastic(x, gradmath.sr_noise(k, np.arange(x.size))) for k in keys])
+    assert np.all((got == np.floor(x / 256)) | (got == np.floor(x / 256) + 1))
+    assert np.allclose(got.mean(axis=0), x / 256, atol=0.03)
 
 
 def test_normalize16_bounds():

@@ -1,7 +1,7 @@
 """Property tests: one training step pipeline per layer type (conv, depthwise, pointwise, grouped,
-fully connected, residual add, average pool) over random shapes, strides, padding, quantization and
-filter sizes r in {1, 2, 4}: the generated C equals the reference exactly (losses, every step-1
-gradient, every trained parameter after the steps)."""
+fully connected, residual add, average pool) over random shapes, strides, padding, quantization,
+filter sizes r in {1, 2, 4} and either rounding of the updates: the generated C equals the reference
+exactly (losses, every step-1 gradient, every trained parameter after the steps)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from train_harness import train_c_vs_reference
 from tinygen.errors import ModelError
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
-from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig
+from tinygen.ir.scheme import ROUNDINGS, LayerUpdate, Scheme, TrainConfig
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STEPS = 3
@@ -50,7 +50,7 @@ def _run(make, seed, r, trained, classes, kernels, momentum=0.0):
     labels = rng.integers(0, classes, size=STEPS)
     scheme = _scheme(model, rng, r, trained)
     config = TrainConfig(lr=float(rng.choice([0.001, 0.05, 0.5])), momentum=momentum,
-                         lr_halve_every=int(rng.integers(0, 3)))
+                         lr_halve_every=int(rng.integers(0, 3)), rounding=str(rng.choice(ROUNDINGS)))
     train_c_vs_reference(model, scheme, config, x, labels, STEPS, kernels)
 
 
@@ -151,15 +151,39 @@ def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stri
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(accumulate=st.integers(2, 4), momentum=st.sampled_from([0.0, 0.5]), seed=st.integers(0, 2**16),
-       r=st.sampled_from([1, 2]))
-def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r, kernels):
-    """Updates summed over B samples, applied every B-th step (with and without momentum)."""
+       r=st.sampled_from([1, 2]), rounding=st.sampled_from(ROUNDINGS))
+def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r, rounding, kernels):
+    """Updates summed over B samples, applied every B-th step (with and without momentum, either rounding)."""
     from tinygen.frontends.inputs import training_samples
     from tinygen.zoo.catalog import get_model
 
     model = get_model("digits-cnn")
     x, y, _ = training_samples(model, 9)
     rng = np.random.default_rng(seed)
-    config = TrainConfig(lr=0.05, momentum=momentum, accumulate=accumulate)
+    config = TrainConfig(lr=0.05, momentum=momentum, accumulate=accumulate, rounding=rounding)
     trained = {layer.name for layer in model.layers if layer.op in ("conv2d", "fully_connected")}
     train_c_vs_reference(model, _scheme(model, rng, r, trained), config, x, y, 9, kernels)
+
+
+def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
+    """At a learning rate whose updates are all below half a master step, nearest rounding leaves every
+    trained weight where it was while stochastic rounding moves some of them (in expectation by the true
+    update); the C equals the reference either way."""
+    from tinygen.frontends.inputs import training_samples
+    from tinygen.reference.training import Trainer
+    from tinygen.zoo.catalog import get_model
+
+    model = get_model("digits-cnn")
+    x, y, _ = training_samples(model, 6)
+    scheme = Scheme({layer.name: LayerUpdate(list(range(ir.selectable_channels(layer))), False)
+                     for layer in model.layers if layer.op in ("conv2d", "fully_connected")})
+    moved = {}
+    for rounding in ROUNDINGS:
+        config = TrainConfig(lr=3e-5, rounding=rounding, lr_guard=0)
+        train_c_vs_reference(model, scheme, config, x, y, 6, kernels)
+        t = Trainer(model, scheme, config)
+        start = {n: m.copy() for n, m in t.master.items()}
+        for i in range(6):
+            t.step(x[i], int(y[i]))
+        moved[rounding] = sum(int(np.count_nonzero(t.master[n] != start[n])) for n in start)
+    assert moved["nearest"] == 0 and moved["stochastic"] > 0

@@ -19,7 +19,15 @@ from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import training_samples
-from tinygen.ir.scheme import DEFAULT_LR, LR_GUARD_MAX_HALVINGS, LR_GUARD_STEPS, MAX_LR_GUARD, TrainConfig, parse_update
+from tinygen.ir.scheme import (
+    DEFAULT_LR,
+    LR_GUARD_MAX_HALVINGS,
+    LR_GUARD_STEPS,
+    MAX_LR_GUARD,
+    ROUNDINGS,
+    TrainConfig,
+    parse_update,
+)
 from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
 from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
@@ -198,6 +206,9 @@ def _board_json(b) -> dict:
 @click.option("--lr-guard", type=click.IntRange(min=0, max=MAX_LR_GUARD), default=LR_GUARD_STEPS, show_default=True,
               help="Halve the learning rate after N steps in a row whose outputs mostly sit at their clamp or whose "
                    f"loss is at its ceiling (a diverging rate); at most {LR_GUARD_MAX_HALVINGS} times (0: off).")
+@click.option("--rounding", type=click.Choice(ROUNDINGS), default=TrainConfig.rounding, show_default=True,
+              help="How a weight update is rounded to the master weight's last bit: to nearest, or stochastically "
+                   "(unbiased: updates below one master step still move the weight in expectation; docs/numerics.md).")
 @click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True,
               help="Softmax cross-entropy on class labels, or mean squared error on target codes "
                    "(MSE builds train on the host; the firmware harness trains with class labels).")
@@ -213,7 +224,7 @@ def _board_json(b) -> dict:
 @JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
-          momentum, lr_halve_every, lr_guard, loss, accumulate, samples, steps, checkpoint_every, as_json):
+          momentum, lr_halve_every, lr_guard, rounding, loss, accumulate, samples, steps, checkpoint_every, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
@@ -224,7 +235,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
-                              accumulate, macs_budget, reorder_channels, lr_guard)
+                              accumulate, macs_budget, reorder_channels, lr_guard, rounding)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
     check_fits(model, trainer, b, budget)
@@ -268,13 +279,13 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
-                    macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS):
+                    macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS, rounding=TrainConfig.rounding):
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
 
     config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
-                         accumulate=accumulate, lr_guard=lr_guard).check()
+                         accumulate=accumulate, lr_guard=lr_guard, rounding=rounding).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
     if update == "fisher" or (update == "auto" and reorder):

@@ -22,6 +22,7 @@ import numpy as np
 from tinygen.codegen.forward import environment, render_forward, write_sources
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
+from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
@@ -232,10 +233,13 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
     u = tl.update
     part = st.trained_part(layer.weight).size if st else 0
     mu = round_half_away(cfg.momentum * (1 << 15))
+    stochastic = bool(u.channels) and cfg.rounding == "stochastic"
     if u.channels:
         em.const_arrays[f"{p}_channels"] = np.asarray(u.channels, dtype=np.int32)
         em.state[f"{p}_frac"] = (frac_ctype(cfg.frac_bits), part)
         em.record(lay, "rec_dw", "dw:" + layer.name)
+    if stochastic:
+        lay.dims["sr_salt"] = f"0x{fnv1a32(layer.name):08X}U"
     for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult), ("b_shift", tl.b_shift)):
         em.const_arrays[f"{p}_{key}"] = arr.astype(np.int32)
     for kind, wanted in (("velocity", bool(mu)), ("accum", cfg.accumulate > 1)):
@@ -254,8 +258,8 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
               momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
               accumulate=cfg.accumulate, w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum",
               lr_shift=cfg.lr_varies, saved=sv.mode if sv else "tensor",
-              saved_ctype=sv.ctype if sv else "int8_t")
-    args = [gacc, e_acc]
+              saved_ctype=sv.ctype if sv else "int8_t", stochastic=stochastic)
+    args = [gacc, e_acc] + (["(uint32_t)tg_step"] if stochastic else [])
     if u.channels:  # a bias-only update does not read the input
         x_saved = em.act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
         args.insert(0, x_saved)

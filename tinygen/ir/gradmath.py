@@ -14,6 +14,15 @@ from tinygen.ir.quant import divide_by_power_of_two, split_multiplier  # noqa: F
 GRAD_BITS = 14  # normalized gradients satisfy |G| <= 2^14 (int16 with one bit of headroom)
 SAT62 = (1 << 62)
 
+# Stochastic rounding of weight updates (docs/numerics.md §6.2; TG_SR_* in tg_grad_math.h). The noise is
+# counter-based, a hash of (step, layer, weight index), so that it does not depend on the order in which
+# weights are visited: lowbias32 (C. Wellons' integer-hash search) of key + index * SR_INDEX_MUL.
+SR_BITS = 8  # extra fraction bits of the update before it is rounded; the noise is the hash's top byte
+SR_INDEX_MUL = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive indices
+SR_STEP_MUL = 0x85EBCA6B  # the step's stride in the key
+SR_MIX = (0x7FEB352D, 0x846CA68B)  # lowbias32's multipliers
+M32 = 0xFFFFFFFF
+
 
 def bitlen(x) -> np.ndarray:
     """Bit length of |x| (0 for 0) for int64 |x| < 2^62, exactly (no float log)."""
@@ -55,6 +64,37 @@ def mul_q31(x, m, shift):
     left_n = np.minimum(np.maximum(-r, 0), 62)
     left = np.where(np.abs(p) >= (SAT62 >> left_n), np.sign(p) * SAT62, p << left_n)
     return np.where(r >= 0, right, left)
+
+
+def fnv1a32(text: str) -> int:
+    """FNV-1a of the UTF-8 bytes: a layer's salt in the stochastic-rounding key (its name, not its position,
+    so that a model's tail trains exactly as the whole model does)."""
+    h = 2166136261
+    for b in text.encode():
+        h = ((h ^ b) * 16777619) & M32
+    return h
+
+
+def sr_key(step: int, salt: int) -> int:
+    return (step * SR_STEP_MUL + salt) & M32
+
+
+def sr_noise(key, index) -> np.ndarray:
+    """The SR_BITS-bit noise of each weight index under `key` (uint32 arithmetic, wrapping)."""
+    m32 = np.uint64(M32)
+    x = (np.asarray(key, dtype=np.uint64) + np.asarray(index, dtype=np.uint64) * np.uint64(SR_INDEX_MUL)) & m32
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(SR_MIX[0])) & m32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(SR_MIX[1])) & m32
+    x ^= x >> np.uint64(16)
+    return (x >> np.uint64(32 - SR_BITS)).astype(np.int64)
+
+
+def round_stochastic(fine, noise) -> np.ndarray:
+    """floor((fine + noise) / 2^SR_BITS): rounds up with probability equal to the dropped fraction, so that
+    the expected result is fine / 2^SR_BITS exactly (|fine| <= 2^62)."""
+    return (np.asarray(fine, dtype=np.int64) + noise) >> SR_BITS
 
 
 def normalize16(v, e: int) -> tuple[np.ndarray, int]:

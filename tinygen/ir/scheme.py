@@ -33,6 +33,7 @@ from tinygen.ir import model as ir
 LR_GUARD_STEPS = 8
 LR_GUARD_MAX_HALVINGS = 8
 MAX_LR_GUARD = 1 << 16
+ROUNDINGS = ("nearest", "stochastic")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainConfig:
     frac_bits: int = 8  # fractional bits of the master weights (stored as an int8/int16 remainder beside the view)
     accumulate: int = 1  # apply the summed update of every `accumulate` samples (gradient accumulation)
     lr_guard: int = LR_GUARD_STEPS  # halve the rate after this many saturated steps in a row (0: off)
+    rounding: str = "nearest"  # weight updates to the master's last bit: "nearest" or "stochastic" (numerics §6.2)
 
     @property
     def lr_varies(self) -> bool:
@@ -85,9 +87,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
-        """A build's recorded config; one recorded before the guard existed (no `lr_guard`) had none."""
-        keys = ("lr", "momentum", "lr_halve_every", "loss", "frac_bits", "accumulate", "lr_guard")
-        return cls(**{"lr_guard": 0, **{k: d[k] for k in keys if k in d}}).check()
+        """A build's recorded config; one recorded before the guard (stochastic rounding) existed had none."""
+        keys = ("lr", "momentum", "lr_halve_every", "loss", "frac_bits", "accumulate", "lr_guard", "rounding")
+        return cls(**{"lr_guard": 0, "rounding": "nearest", **{k: d[k] for k in keys if k in d}}).check()
 
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -100,6 +102,8 @@ class TrainConfig:
             raise TinygenError(f"gradient accumulation over {self.accumulate} samples: use 1..65536")
         if not (isinstance(self.lr_guard, int) and 0 <= self.lr_guard <= MAX_LR_GUARD):
             raise TinygenError(f"learning-rate guard of {self.lr_guard} steps: use 0 (off) to {MAX_LR_GUARD}")
+        if self.rounding not in ROUNDINGS:
+            raise TinygenError(f"rounding {self.rounding!r} is not supported; use 'nearest' or 'stochastic'")
         if self.loss not in ("ce", "mse"):
             raise TinygenError(f"loss {self.loss!r} is not supported; use 'ce' or 'mse'")
         return self

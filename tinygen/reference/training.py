@@ -17,7 +17,20 @@ import numpy as np
 
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
-from tinygen.ir.gradmath import align_add, bitlen, mul_q31, normalize16, rshift_round, sat, split_multiplier
+from tinygen.ir.gradmath import (
+    SR_BITS,
+    align_add,
+    bitlen,
+    fnv1a32,
+    mul_q31,
+    normalize16,
+    round_stochastic,
+    rshift_round,
+    sat,
+    split_multiplier,
+    sr_key,
+    sr_noise,
+)
 from tinygen.ir.quant import round_half_away
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS, LayerUpdate, Scheme, TrainConfig
 from tinygen.reference import forward as reference
@@ -389,7 +402,13 @@ class Trainer:
             d = np.einsum("pgo,pgk->gok", ga, xp).reshape(cout, kh, kw, cg)
             if record is not None:
                 record[f"dw:{name}"] = d
-            delta = mul_q31(d, tl.w_mult[:, None, None, None], tl.w_shift[:, None, None, None] + e_acc + F - lr_shift)
+            shift = tl.w_shift[:, None, None, None] + e_acc + F - lr_shift
+            if self.config.rounding == "stochastic":  # SR_BITS more bits, then floor with noise (§6.2)
+                key = sr_key(self.step_count, fnv1a32(name))
+                fine = mul_q31(d, tl.w_mult[:, None, None, None], shift + SR_BITS)
+                delta = round_stochastic(fine, sr_noise(key, np.arange(d.size).reshape(d.shape)))
+            else:
+                delta = mul_q31(d, tl.w_mult[:, None, None, None], shift)
             delta = np.where(tl.wmask.reshape(d.shape), delta, 0).reshape(self.master[name].shape)
             delta = self._accumulate(self.w_accum, name, delta)
             if delta is not None:
