@@ -6,6 +6,7 @@ exactly (losses, every step-1 gradient, every trained parameter after the steps)
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from train_harness import train_c_vs_reference
@@ -187,3 +188,32 @@ def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
             t.step(x[i], int(y[i]))
         moved[rounding] = sum(int(np.count_nonzero(t.master[n] != start[n])) for n in start)
     assert moved["nearest"] == 0 and moved["stochastic"] > 0
+
+
+@pytest.mark.parametrize("h, cmid, cout, r, seed", [(4, 8, 5, 1, 0), (5, 12, 3, 2, 1), (3, 4, 16, 1, 2)])
+def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed, kernels):
+    """A 1x1 input gradient keeps its sums in a scratch where the plan has room (one pass; here the wide
+    input of the first layer leaves room) and computes them twice where it has not: both equal the
+    reference."""
+    import tinygen.codegen.training as codegen_training
+    from tinygen.planning.schedule import plan_training
+    from tinygen.reference.training import Trainer
+
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder("p", (2 * h, 2 * h, 32), 0.02, 3)
+    wt, bt, st_ = _w(rng, (cmid, 2, 2, 32), 0.02)
+    x = b.conv2d(b.input, wt, bt, st_, 0.03, -5, stride=2, padding="valid", act="relu", name="below")
+    wt, bt, st_ = _w(rng, (cout, 1, 1, cmid), 0.03)
+    x = b.conv2d(x, wt, bt, st_, 0.05, 4, padding="valid", name="layer")
+    _head(b, x, rng, 4)
+    model = b.build()
+    scheme = Scheme({"below": LayerUpdate([0], True, r), "layer": LayerUpdate([], True, r),
+                     "head": LayerUpdate(list(range(ir.selectable_channels(model.layers[-1]))), True, 1)})
+    config = TrainConfig(lr=0.05)
+    assert 1 in plan_training(model, Trainer(model, scheme, config), one_pass=True).one_pass  # "layer"
+    xs = rng.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
+    labels = rng.integers(0, 4, size=STEPS)
+    train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)
+    with pytest.MonkeyPatch.context() as mp:  # the plan without scratches: every 1x1 input gradient in two passes
+        mp.setattr(codegen_training, "plan_training", lambda m, t, **kw: plan_training(m, t))
+        train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)

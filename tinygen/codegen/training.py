@@ -26,23 +26,11 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
+from tinygen.planning.backward import geometry, pointwise_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
 from tinygen.planning.weight_store import frac_ctype, weight_store
 from tinygen.reference.training import LN2_Q16, LOG2_TABLE, LR_SHIFT_MAX, WEIGHT_LIMIT, Trainer, bias_limit
-
-
-def _geometry(layer, tensors):
-    """Conv geometry of a conv or FC layer (an FC is a 1x1 conv over a 1x1xN input)."""
-    x = tensors[layer.inputs[0]]
-    if isinstance(layer, ir.FullyConnected):
-        return dict(in_h=1, in_w=1, in_c=x.size, out_h=1, out_w=1, out_c=layer.weight.shape[0], kh=1, kw=1,
-                    cg=x.size, groups=1, stride_h=1, stride_w=1, pad_top=0, pad_left=0, dil_h=1, dil_w=1)
-    h, w, cin = x.shape
-    oh, ow, cout = layer.output.shape
-    return dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=layer.kernel[0], kw=layer.kernel[1],
-                cg=layer.weight.shape[3], groups=layer.groups, stride_h=layer.stride[0], stride_w=layer.stride[1],
-                pad_top=layer.padding[0], pad_left=layer.padding[2], dil_h=layer.dilation[0], dil_w=layer.dilation[1])
 
 
 @dataclass
@@ -118,7 +106,7 @@ def _emit_saves(em: _Emit, calls: list, codes: list) -> None:
 def _conv_dims(em: _Emit, i: int, layer) -> None:
     """The named shapes of a conv or FC layer on the gradient path (set before any of its kernels)."""
     tensors = em.model.tensors()
-    geo = _geometry(layer, tensors)
+    geo = geometry(layer, tensors)
     tl = em.trainer.trained.get(layer.name)
     st = em.stores.get(layer.name)
     r = tl.update.filter_r if tl else 1
@@ -134,37 +122,6 @@ def _conv_dims(em: _Emit, i: int, layer) -> None:
             dims.update(train_oc=st.split_k * out_cg, train_taps=st.split_k * out_cg * geo["kh"] * geo["kw"])
         else:  # split by input channel within every filter
             dims.update(train_c=st.split_k, frozen_c=geo["cg"] - st.split_k)
-
-
-ROW_BLOCK = 256  # most input-channel sums a 1x1 input gradient keeps at once (on the stack: 1 KB of int32)
-
-
-def _row_block(count: int) -> int | None:
-    """The block a row of `count` channel sums is cut into: the largest divisor of `count` that is at
-    most ROW_BLOCK and no smaller than a quarter of it (None: no such divisor)."""
-    for nblocks in range(-(-count // ROW_BLOCK), count + 1):
-        if count % nblocks == 0:
-            block = count // nblocks
-            return block if block >= min(count, ROW_BLOCK // 4) else None
-    return None
-
-
-def _pointwise_blocks(dims: dict, split_k: int) -> dict | None:
-    """For a 1x1, stride-1, unpadded, ungrouped conv (or an FC), the channel blocks of its input-gradient
-    rows (templates/train/conv_backward_input_1x1_s16.c.j2): `blk` and `blks` (block size and count) over
-    the input channels, or `blk_t`/`blk_ts` and `blk_f`/`blk_fs` over the trained and the frozen part of
-    every weight row; None for any other conv (the general template)."""
-    if (dims["kh"], dims["kw"], dims["stride_h"], dims["stride_w"], dims["pad_top"], dims["pad_left"],
-            dims["groups"]) != (1, 1, 1, 1, 0, 0, 1) or (dims["out_h"], dims["out_w"]) != (dims["in_h"], dims["in_w"]):
-        return None
-    parts = {"blk_t": dims["train_c"], "blk_f": dims["frozen_c"]} if split_k else {"blk": dims["in_c"]}
-    out = {}
-    for key, count in parts.items():
-        block = _row_block(count)
-        if block is None:
-            return None
-        out.update({key: block, f"{key}s": count // block})
-    return out
 
 
 def _grad_op(em: _Emit, t: str, i: int, fn: str, args: list) -> dict:
@@ -205,15 +162,19 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx)
     if want:
         fn = f"{p}_backward_input_s16"
-        blocks = _pointwise_blocks(dims, ctx["split_k"])
+        extra = []  # the one-pass kernel's scratch for its sums
+        blocks = pointwise_blocks(dims, ctx["split_k"])
         if blocks is None:
             em.render(lay, "conv_backward_input_s16", fn=fn, comment=f"{desc}: input gradient", **ctx)
         else:
             dims.update(blocks)
+            one_pass = i in em.plan.one_pass
             em.render(lay, "conv_backward_input_1x1_s16", fn=fn, comment=f"{desc}: input gradient",
-                      fits32=dims["out_c"] * 128 * (1 << 14) < 1 << 31,
+                      fits32=sums_fit_int32(dims["out_c"]), one_pass=one_pass,
                       max_block=max(v for key, v in blocks.items() if not key.endswith("s")), **ctx)
-        ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc]))
+            if one_pass:
+                extra = [em.plan.ptr(f"sums_l{i}")]
+        ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc] + extra))
         ops[-1]["size"] = f"{p.upper()}_IN_SIZE"
         lay.named.add("in_size")
     if tl:
@@ -408,7 +369,7 @@ def _state_bytes(em: _Emit, names: list[str]) -> int:
 def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     """Write the training firmware sources (tg_model.[ch], tg_weights.[ch]); return facts for the manifest."""
     src_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_training(model, trainer)
+    plan = plan_training(model, trainer, one_pass=True)
     stores = {n: weight_store(model.layer(n), tl.update.channels) for n, tl in trainer.trained.items()
               if tl.update.channels}
     em = _Emit(model, trainer, plan, environment(), stores=stores)

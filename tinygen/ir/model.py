@@ -247,11 +247,8 @@ class Model:
         total = 0
         tensors = self.tensors()
         for layer in self.layers:
-            if isinstance(layer, Conv2D):
-                _, kh, kw, cin_g = layer.weight.shape
-                total += layer.output.size * kh * kw * cin_g
-            elif isinstance(layer, FullyConnected):
-                total += layer.weight.size
+            if isinstance(layer, (Conv2D, FullyConnected)):
+                total += layer_macs(layer)
             elif isinstance(layer, Pool):
                 total += layer.output.size * layer.kernel[0] * layer.kernel[1]
             elif isinstance(layer, Add):
@@ -449,3 +446,12 @@ def add_requant(a: TensorInfo, b: TensorInfo, out: TensorInfo) -> dict[str, int]
     mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
     return {"left_shift": ADD_LEFT_SHIFT, "in1_mult": m1, "in1_shift": s1, "in2_mult": m2,
             "in2_shift": s2, "out_mult": mo, "out_shift": so}
+
+
+def layer_macs(layer: Layer) -> int:
+    """Forward MACs of a weighted layer (0 for the others)."""
+    if isinstance(layer, Conv2D):
+        return layer.output.size * int(np.prod(layer.weight.shape[1:]))
+    if isinstance(layer, FullyConnected):
+        return int(layer.weight.size)
+    return 0

@@ -17,21 +17,12 @@ from tinygen.report import table
 CODE_ALLOWANCE = 48 * 1024  # runtime + kernels in flash, beside the weights (checked against the ELF by the tests)
 
 
-def layer_macs(layer: ir.Layer) -> int:
-    """Forward MACs of a weighted layer (0 for the others)."""
-    if isinstance(layer, ir.Conv2D):
-        return layer.output.size * int(np.prod(layer.weight.shape[1:]))
-    if isinstance(layer, ir.FullyConnected):
-        return int(layer.weight.size)
-    return 0
-
-
 def layer_backward_macs(layer: ir.Layer, trainer) -> int:
     """MACs of a weighted layer's backward: its input gradient where the gradient path goes on below it, and its
     weight gradient over the trained channels (r^2 fewer with a gradient filter)."""
     if layer.output.name not in trainer.needs_grad or layer.params().get("weight") is None:
         return 0
-    fwd = layer_macs(layer)
+    fwd = ir.layer_macs(layer)
     tl = trainer.trained.get(layer.name)
     wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
     frac = len(tl.update.channels) / ir.selectable_channels(layer) if tl and tl.update.channels else 0.0
@@ -52,7 +43,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
         fp = plan_forward(model)
         buffers, arena, strategy, trained = fp.buffers, fp.arena_size, "greedy (best order)", 0
     else:
-        tp = plan_training(model, trainer)
+        tp = plan_training(model, trainer, one_pass=True)
         buffers, arena, strategy = tp.buffers, tp.arena_size, tp.strategy
         trained = trained_state_bytes(trainer)
     bound = lower_bound(list(buffers.values()))
@@ -68,7 +59,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
             n_chan = ir.selectable_channels(layer)
         r = tl.update.filter_r if tl else 1
         sv = tp.saved.get(layer.name) if trainer else None
-        fwd = layer_macs(layer)
+        fwd = ir.layer_macs(layer)
         bwd = layer_backward_macs(layer, trainer) if trainer is not None else 0
         grad = 2 * layer.output.size if on_path else 0
         layers.append({

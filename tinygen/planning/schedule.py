@@ -13,8 +13,10 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_ident
 from tinygen.planning.arena import Buffer, pin, plan_best
+from tinygen.planning.backward import one_pass_sums_bytes
 from tinygen.planning.fusion import Fusion, plan_fusions, prune_overlaps
 from tinygen.planning.saved_input import SavedInput, saved_input
+from tinygen.planning.weight_store import weight_store
 from tinygen.reference.training import Trainer
 
 
@@ -119,6 +121,7 @@ class TrainPlan:
     contributions: dict[str, list[int]] = field(default_factory=dict)  # grad root -> backward layers adding to it
     fusions: dict = field(default_factory=dict)  # layer index -> Fusion, as planned
     strategy: str = ""  # which arena ordering won
+    one_pass: set[int] = field(default_factory=set)  # layers whose 1x1 input gradient keeps its sums (sums_l<i>)
 
     def ptr(self, name: str) -> str:
         return f"TG_{c_ident(name).upper()}"
@@ -201,8 +204,38 @@ def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], 
     return contributions
 
 
-def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None) -> TrainPlan:
-    """Every buffer of one training step (forward with the saved inputs, loss, backward) placed in one arena."""
+def _place_one_pass_sums(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]],
+                         sched: TrainSchedule, b: _Buffers) -> tuple[set[int], int, str]:
+    """Give the 1x1 input gradients an int32 scratch for their sums (`backward.py`) where it costs no arena
+    bytes, the most MACs first; returns (those layers, arena size, strategy)."""
+    size, strategy = plan_best(list(b.bufs.values()), ALIGN)
+    tensors = model.tensors()
+    cands = []
+    for i in sorted({w for writers in contributions.values() for w in writers}):
+        layer = model.layers[i]
+        if not isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
+            continue
+        tl = trainer.trained.get(layer.name)
+        store = weight_store(layer, tl.update.channels) if tl and tl.update.channels else None
+        nbytes = one_pass_sums_bytes(layer, tensors, store.split_k if store else 0, tl.update.filter_r if tl else 1)
+        if nbytes is not None:
+            cands.append((-ir.layer_macs(layer), i, nbytes))
+    chosen = set()
+    for _, i, nbytes in sorted(cands):
+        b.need(f"sums_l{i}", nbytes, sched.bwd(i), sched.bwd(i), "int32_t")
+        if plan_best(list(b.bufs.values()), ALIGN)[0] <= size:
+            chosen.add(i)
+        else:
+            del b.bufs[f"sums_l{i}"], b.ctype[f"sums_l{i}"]
+    size2, strategy = plan_best(list(b.bufs.values()), ALIGN)  # the offsets of the kept set
+    assert size2 <= size
+    return chosen, size2, strategy
+
+
+def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None, one_pass: bool = False) -> TrainPlan:
+    """Every buffer of one training step (forward with the saved inputs, loss, backward) placed in one arena.
+    With `one_pass`, 1x1 input gradients also get their sums' scratch where it costs no arena bytes (the
+    arena's size is the same either way: what estimates need leaves it out)."""
     _check_reshapes(model, trainer)
     sched = TrainSchedule(len(model.layers))
     b = _Buffers()
@@ -222,9 +255,12 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
     _place_saved(model, saved, alias, sched, b)
     galias = _gradient_aliases(model)
     contributions = _place_gradients(model, trainer, galias, sched, b)
-    size, strategy = plan_best(list(b.bufs.values()), ALIGN)
+    if one_pass:
+        chosen, size, strategy = _place_one_pass_sums(model, trainer, contributions, sched, b)
+    else:
+        chosen, (size, strategy) = set(), plan_best(list(b.bufs.values()), ALIGN)
     return TrainPlan(b.bufs, b.ctype, size, alias, galias, saved=saved, contributions=contributions,
-                     fusions=fusions, strategy=strategy)
+                     fusions=fusions, strategy=strategy, one_pass=chosen)
 
 
 def saved_inputs(model: ir.Model, trainer: Trainer) -> dict[str, SavedInput]:

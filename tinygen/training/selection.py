@@ -25,7 +25,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, weighted_layers
 from tinygen.planning.memory import training_sram
-from tinygen.planning.report import backward_macs, layer_macs
+from tinygen.planning.report import backward_macs
 from tinygen.planning.saved_input import saved_input
 from tinygen.reference.forward import im2col, run_model
 from tinygen.reference.training import Trainer
@@ -154,7 +154,7 @@ def _per_channel(layer, sq: np.ndarray) -> np.ndarray:
 
 
 def _bwd_macs(layer, k: int, n: int) -> int:
-    return 2 * layer_macs(layer) * k // max(1, n)
+    return 2 * ir.layer_macs(layer) * k // max(1, n)
 
 
 def _candidates(importance, state, layers, saved, too_big, total_macs, path_macs,
@@ -236,7 +236,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
 
     def path_macs(name):  # input-gradient MACs of the weighted layers a gradient path down to `name` adds
         top = min((position[n] for n in state), default=len(model.layers))
-        return sum(layer_macs(layer) for layer in weighted if position[name] < position[layer.name] < top)
+        return sum(ir.layer_macs(layer) for layer in weighted if position[name] < position[layer.name] < top)
     too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
         cands = _candidates(importance, state, layers, saved, too_big, total_macs, path_macs, bias_only)

@@ -1,0 +1,72 @@
+"""Layout facts of the backward kernels that the plan depends on: a conv's geometry, the channel blocks of
+a 1x1 input gradient, and the int32 sums a one-pass input gradient keeps.
+
+A 1x1 input gradient (templates/train/conv_backward_input_1x1_s16.c.j2) normalises its sums to int16 by
+their largest magnitude. Without room for the sums it computes them twice (the first pass finds the
+largest); with an int32 scratch of one row of sums per gradient patch it computes them once and
+normalises the scratch — the same values, about half the instructions. The scratch is planned only where
+it costs no peak SRAM (`schedule.plan_training(one_pass=True)`).
+"""
+
+from __future__ import annotations
+
+from tinygen.ir import model as ir
+from tinygen.ir.gradmath import GRAD_BITS
+
+ROW_BLOCK = 256  # most input-channel sums a 1x1 input gradient keeps at once (on the stack: 1 KB of int32)
+
+
+def geometry(layer, tensors) -> dict:
+    """Conv geometry of a conv or FC layer (an FC is a 1x1 conv over a 1x1xN input)."""
+    x = tensors[layer.inputs[0]]
+    if isinstance(layer, ir.FullyConnected):
+        return dict(in_h=1, in_w=1, in_c=x.size, out_h=1, out_w=1, out_c=layer.weight.shape[0], kh=1, kw=1,
+                    cg=x.size, groups=1, stride_h=1, stride_w=1, pad_top=0, pad_left=0, dil_h=1, dil_w=1)
+    h, w, cin = x.shape
+    oh, ow, cout = layer.output.shape
+    return dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=layer.kernel[0], kw=layer.kernel[1],
+                cg=layer.weight.shape[3], groups=layer.groups, stride_h=layer.stride[0], stride_w=layer.stride[1],
+                pad_top=layer.padding[0], pad_left=layer.padding[2], dil_h=layer.dilation[0], dil_w=layer.dilation[1])
+
+
+def row_block(count: int) -> int | None:
+    """The block a row of `count` channel sums is cut into: the largest divisor of `count` that is at
+    most ROW_BLOCK and no smaller than a quarter of it (None: no such divisor)."""
+    for nblocks in range(-(-count // ROW_BLOCK), count + 1):
+        if count % nblocks == 0:
+            block = count // nblocks
+            return block if block >= min(count, ROW_BLOCK // 4) else None
+    return None
+
+
+def pointwise_blocks(geo: dict, split_k: int) -> dict | None:
+    """For a 1x1, stride-1, unpadded, ungrouped conv (or an FC), the channel blocks of its input-gradient
+    rows: `blk` and `blks` (block size and count) over the input channels, or `blk_t`/`blk_ts` and
+    `blk_f`/`blk_fs` over the trained and the frozen part of every weight row (`split_k` trained input
+    channels); None for any other conv (the general template)."""
+    if (geo["kh"], geo["kw"], geo["stride_h"], geo["stride_w"], geo["pad_top"], geo["pad_left"],
+            geo["groups"]) != (1, 1, 1, 1, 0, 0, 1) or (geo["out_h"], geo["out_w"]) != (geo["in_h"], geo["in_w"]):
+        return None
+    parts = {"blk_t": split_k, "blk_f": geo["in_c"] - split_k} if split_k else {"blk": geo["in_c"]}
+    out = {}
+    for key, count in parts.items():
+        block = row_block(count)
+        if block is None:
+            return None
+        out.update({key: block, f"{key}s": count // block})
+    return out
+
+
+def sums_fit_int32(out_c: int) -> bool:
+    """Whether a 1x1 input gradient's sums over `out_c` products |w| <= 128, |G_acc| <= 2^GRAD_BITS fit int32."""
+    return out_c * 128 * (1 << GRAD_BITS) < 1 << 31
+
+
+def one_pass_sums_bytes(layer, tensors, split_k: int, r: int) -> int | None:
+    """Bytes of the int32 scratch a one-pass 1x1 input gradient needs (one row of input-channel sums per
+    r x r gradient patch), or None where the layer's input gradient is not that kernel's or its sums
+    need int64."""
+    geo = geometry(layer, tensors)
+    if pointwise_blocks(geo, split_k) is None or not sums_fit_int32(geo["out_c"]):
+        return None
+    return 4 * -(-geo["in_h"] // r) * -(-geo["in_w"] // r) * geo["in_c"]
