@@ -467,9 +467,14 @@ def bench_selection(task, budgets, seeds, out):
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="mnist128: parallel runs (default: cores).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mnist128: keep the frozen layers' activations here between runs (keyed by a hash).")
+@click.option("--only", "labels", multiple=True,
+              help="mnist128: only these updates, by their table label (e.g. 'MIT 99kb', 'auto @stm32f746').")
+@click.option("--lr-halve-every", "halve_every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="mnist128: halve the learning rate every N steps in every run, integer and float (0: constant); "
+                   "saved as transfer_mnist128_halveN.json.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
-def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, out):
+def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, halve_every, out):
     """Transfer learning: integer on-device training vs float SGD (fake-quant) vs none.
 
     digits/mnist/mnist14/mnist-mbv2: pretrained on classes 0-4, trained on 5-9. mnist128: the MIT ImageNet models
@@ -480,10 +485,11 @@ def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, out):
     if small:
         transfer(small, list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds, float_nq=float_nq)
     for task in (t for t in tasks if t in TASKS128):
-        results = transfer128.bench(task, seeds, jobs=jobs, log=click.echo, cache_dir=cache)
+        results = transfer128.bench(task, seeds, labels=list(labels) or None, jobs=jobs, log=click.echo,
+                                    cache_dir=cache, halve_every=halve_every)
         headers, rows = transfer128.summary(results)
         click.echo(table(headers, rows, "llrrrrl"))
-        click.echo(f"saved {transfer128.save(results, task, Path(out or 'bench-results'))}")
+        click.echo(f"saved {transfer128.save(results, task, Path(out or 'bench-results'), halve_every)}")
 
 
 @bench.command("auto")
