@@ -190,11 +190,13 @@ def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
     assert moved["nearest"] == 0 and moved["stochastic"] > 0
 
 
-@pytest.mark.parametrize("h, cmid, cout, r, seed", [(4, 8, 5, 1, 0), (5, 12, 3, 2, 1), (3, 4, 16, 1, 2)])
-def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed, kernels):
-    """A 1x1 input gradient keeps its sums in a scratch where the plan has room (one pass; here the wide
-    input of the first layer leaves room) and computes them twice where it has not: both equal the
-    reference."""
+@pytest.mark.parametrize("h, cmid, cout, r, seed, k, stride", [
+    (4, 8, 5, 1, 0, 1, 1), (5, 12, 3, 2, 1, 1, 1), (3, 4, 16, 1, 2, 1, 1),  # 1x1
+    (4, 8, 8, 1, 3, 3, 1), (5, 6, 6, 2, 4, 3, 2), (6, 4, 4, 1, 5, 5, 2)])  # depthwise (cout = cmid)
+def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed, k, stride, kernels):
+    """A 1x1 or depthwise input gradient keeps its sums in a scratch where the plan has room (one pass; here
+    the wide input of the first layer leaves room) and computes them twice where it has not: both equal
+    the reference."""
     import tinygen.codegen.training as codegen_training
     from tinygen.planning.schedule import plan_training
     from tinygen.reference.training import Trainer
@@ -203,8 +205,12 @@ def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed
     b = ModelBuilder("p", (2 * h, 2 * h, 32), 0.02, 3)
     wt, bt, st_ = _w(rng, (cmid, 2, 2, 32), 0.02)
     x = b.conv2d(b.input, wt, bt, st_, 0.03, -5, stride=2, padding="valid", act="relu", name="below")
-    wt, bt, st_ = _w(rng, (cout, 1, 1, cmid), 0.03)
-    x = b.conv2d(x, wt, bt, st_, 0.05, 4, padding="valid", name="layer")
+    if k == 1:
+        wt, bt, st_ = _w(rng, (cout, 1, 1, cmid), 0.03)
+        x = b.conv2d(x, wt, bt, st_, 0.05, 4, padding="valid", name="layer")
+    else:
+        wt, bt, st_ = _w(rng, (cmid, k, k, 1), 0.03)
+        x = b.conv2d(x, wt, bt, st_, 0.05, 4, stride=stride, groups=cmid, padding="same", name="layer")
     _head(b, x, rng, 4)
     model = b.build()
     scheme = Scheme({"below": LayerUpdate([0], True, r), "layer": LayerUpdate([], True, r),

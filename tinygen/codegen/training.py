@@ -26,7 +26,7 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
-from tinygen.planning.backward import geometry, pointwise_blocks, sums_fit_int32
+from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
 from tinygen.planning.weight_store import frac_ctype, weight_store
@@ -163,15 +163,21 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     if want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
-        blocks = pointwise_blocks(dims, ctx["split_k"])
-        if blocks is None:
+        found = input_gradient_blocks(layer, dims, ctx["split_k"])
+        if found is None or (found[0] == "depthwise" and not sums_fit_int32(dims["kh"] * dims["kw"])):
             em.render(lay, "conv_backward_input_s16", fn=fn, comment=f"{desc}: input gradient", **ctx)
         else:
+            kind, blocks = found
             dims.update(blocks)
             one_pass = i in em.plan.one_pass
-            em.render(lay, "conv_backward_input_1x1_s16", fn=fn, comment=f"{desc}: input gradient",
-                      fits32=sums_fit_int32(dims["out_c"]), one_pass=one_pass,
-                      max_block=max(v for key, v in blocks.items() if not key.endswith("s")), **ctx)
+            max_block = max(v for key, v in blocks.items() if not key.endswith("s"))
+            if kind == "1x1":
+                em.render(lay, "conv_backward_input_1x1_s16", fn=fn, comment=f"{desc}: input gradient",
+                          fits32=sums_fit_int32(dims["out_c"]), one_pass=one_pass, max_block=max_block, **ctx)
+            else:
+                dims["taps"] = dims["kh"] * dims["kw"]
+                em.render(lay, "conv_backward_input_dw_s16", fn=fn, comment=f"{desc}: input gradient",
+                          one_pass=one_pass, max_block=max_block, **ctx)
             if one_pass:
                 extra = [em.plan.ptr(f"sums_l{i}")]
         ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc] + extra))

@@ -1,11 +1,11 @@
 """Layout facts of the backward kernels that the plan depends on: a conv's geometry, the channel blocks of
-a 1x1 input gradient, and the int32 sums a one-pass input gradient keeps.
+a 1x1 or depthwise input gradient, and the int32 sums a one-pass input gradient keeps.
 
-A 1x1 input gradient (templates/train/conv_backward_input_1x1_s16.c.j2) normalises its sums to int16 by
-their largest magnitude. Without room for the sums it computes them twice (the first pass finds the
-largest); with an int32 scratch of one row of sums per gradient patch it computes them once and
-normalises the scratch — the same values, about half the instructions. The scratch is planned only where
-it costs no peak SRAM (`schedule.plan_training(one_pass=True)`).
+A 1x1 or depthwise input gradient (templates/train/conv_backward_input_{1x1,dw}_s16.c.j2) sums a row of
+input channels at a time and normalises the sums to int16 by their largest magnitude. Without room for
+the sums it computes them twice (the first pass finds the largest); with an int32 scratch it computes
+them once and normalises the scratch — the same values, about half the instructions. The scratch is
+planned only where it costs no peak SRAM (`schedule.plan_training(one_pass=True)`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,19 @@ def pointwise_blocks(geo: dict, split_k: int) -> dict | None:
     if (geo["kh"], geo["kw"], geo["stride_h"], geo["stride_w"], geo["pad_top"], geo["pad_left"],
             geo["groups"]) != (1, 1, 1, 1, 0, 0, 1) or (geo["out_h"], geo["out_w"]) != (geo["in_h"], geo["in_w"]):
         return None
-    parts = {"blk_t": split_k, "blk_f": geo["in_c"] - split_k} if split_k else {"blk": geo["in_c"]}
+    return _blocks({"blk_t": split_k, "blk_f": geo["in_c"] - split_k} if split_k else {"blk": geo["in_c"]})
+
+
+def depthwise_blocks(layer, geo: dict, split_k: int) -> dict | None:
+    """For a depthwise conv with one output per channel, the channel blocks of its input-gradient rows
+    (templates/train/conv_backward_input_dw_s16.c.j2), keyed as `pointwise_blocks`' (a split tensor: the
+    first `split_k` channels' filters in SRAM); None for any other conv."""
+    if not ir.is_depthwise(layer, 1):
+        return None
+    return _blocks({"blk_t": split_k, "blk_f": geo["in_c"] - split_k} if split_k else {"blk": geo["in_c"]})
+
+
+def _blocks(parts: dict[str, int]) -> dict | None:
     out = {}
     for key, count in parts.items():
         block = row_block(count)
@@ -57,16 +69,29 @@ def pointwise_blocks(geo: dict, split_k: int) -> dict | None:
     return out
 
 
-def sums_fit_int32(out_c: int) -> bool:
-    """Whether a 1x1 input gradient's sums over `out_c` products |w| <= 128, |G_acc| <= 2^GRAD_BITS fit int32."""
-    return out_c * 128 * (1 << GRAD_BITS) < 1 << 31
+def input_gradient_blocks(layer, geo: dict, split_k: int) -> tuple[str, dict] | None:
+    """(kind, channel blocks) of a layer whose input gradient is summed a row of channels at a time: "1x1"
+    or "depthwise"; None for the general kernel."""
+    for kind, found in (("1x1", pointwise_blocks(geo, split_k)), ("depthwise", depthwise_blocks(layer, geo, split_k))):
+        if found is not None:
+            return kind, found
+    return None
+
+
+def sums_fit_int32(terms: int) -> bool:
+    """Whether a sum of `terms` products |w| <= 128, |G_acc| <= 2^GRAD_BITS fits int32 (the output channels of
+    a 1x1 input gradient, the taps of a depthwise one)."""
+    return terms * 128 * (1 << GRAD_BITS) < 1 << 31
 
 
 def one_pass_sums_bytes(layer, tensors, split_k: int, r: int) -> int | None:
-    """Bytes of the int32 scratch a one-pass 1x1 input gradient needs (one row of input-channel sums per
-    r x r gradient patch), or None where the layer's input gradient is not that kernel's or its sums
-    need int64."""
+    """Bytes of the int32 scratch a one-pass input gradient needs — a 1x1 one keeps one row of input-channel
+    sums per r x r gradient patch, a depthwise one a row per input pixel — or None where the layer's input
+    gradient is the general kernel's or its sums need int64."""
     geo = geometry(layer, tensors)
-    if pointwise_blocks(geo, split_k) is None or not sums_fit_int32(geo["out_c"]):
+    found = input_gradient_blocks(layer, geo, split_k)
+    if found is None:
         return None
-    return 4 * -(-geo["in_h"] // r) * -(-geo["in_w"] // r) * geo["in_c"]
+    if found[0] == "depthwise":
+        return 4 * geo["in_h"] * geo["in_w"] * geo["in_c"] if sums_fit_int32(geo["kh"] * geo["kw"]) else None
+    return 4 * -(-geo["in_h"] // r) * -(-geo["in_w"] // r) * geo["in_c"] if sums_fit_int32(geo["out_c"]) else None
