@@ -92,6 +92,16 @@ TG_INLINE int64_t tg_round_stochastic(int64_t fine, uint32_t key, int32_t index)
     return (fine + (int64_t)(x >> (32 - TG_SR_BITS))) >> TG_SR_BITS;
 }
 
+/* tg_mul_q31 for an int16 x and a right shift of at least 15 (shift <= 16): the product is exact
+ * in int64 (no narrowing), and |x| <= 2^15, m < 2^31 bound the result to int32. One rounding
+ * (half away from zero), as tg_rshift_round64: (p + 2^(n-1) - (p < 0)) >> n. */
+TG_INLINE int32_t tg_mul_q31_s16(int32_t x, int32_t m, int32_t shift)
+{
+    const int64_t p = (int64_t)x * m;
+    const int32_t n = 31 - shift; /* in [15, 62] */
+    return (int32_t)((p + ((int64_t)1 << (n - 1)) - (p < 0)) >> n);
+}
+
 /* Shift that brings a maximum magnitude into the normalized gradient range. */
 TG_INLINE int32_t tg_norm_shift(int64_t max_abs)
 {

@@ -14,12 +14,13 @@ C_BODY = """
         r[1] = tg_rshift_round64(v[0], (int32_t)(v[2] < 0 ? -v[2] : v[2]));
         r[2] = tg_bitlen64(v[0]);
         r[3] = tg_sat32(v[0]);
-        r[4] = tg_round_stochastic(v[0] >> 1, tg_sr_key((uint32_t)v[1], (uint32_t)v[2]), (int32_t)v[1]);"""
+        r[4] = tg_round_stochastic(v[0] >> 1, tg_sr_key((uint32_t)v[1], (uint32_t)v[2]), (int32_t)v[1]);
+        r[5] = tg_mul_q31_s16((int16_t)v[0], (int32_t)v[1], 16 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 47);"""
 
 
 @pytest.fixture(scope="module")
 def c_prims(tmp_path_factory):
-    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 5)
+    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 6)
 
 
 def test_grad_primitives_c_equal_python(c_prims):
@@ -38,6 +39,8 @@ def test_grad_primitives_c_equal_python(c_prims):
     assert np.array_equal(got[:, 3], gradmath.sat(x, 32))
     # the saturation path is exercised: some products hit +-2^62
     assert np.any(np.abs(got[:, 0]) == 2**62)
+    x16 = ((x + 2**15) % 2**16) - 2**15  # (int16_t)x
+    assert np.array_equal(got[:, 5], gradmath.mul_q31(x16, m, 16 - np.abs(sh) % 47))  # the int16 fast path
     key = (m * gradmath.SR_STEP_MUL + (sh & gradmath.M32)) & gradmath.M32  # v[1] as the step, v[2] as the salt
     assert np.array_equal(got[:, 4], gradmath.round_stochastic(x >> 1, gradmath.sr_noise(key, m)))
 
@@ -57,3 +60,12 @@ def test_normalize16_bounds():
     assert np.abs(g).max() <= 2**14 and e == -3 + int(gradmath.bitlen(2**40 + 12345)) - 14
     g0, e0 = gradmath.normalize16(np.zeros(4, dtype=np.int64), 5)
     assert not g0.any() and e0 == 5
+
+
+def test_int16_multiply_at_its_extremes(c_prims):
+    """tg_mul_q31_s16 at the ends of its domain: x = -2^15 and 2^15 - 1, m = 2^31 - 1, right shifts 15 and 46."""
+    rows = [[x, m, s] for x in (-2**15, 2**15 - 1, -1, 1, 0) for m in (2**31 - 1, 2**30, 1) for s in (0, 31, 46)]
+    got = c_prims(rows)
+    v = np.asarray(rows)
+    assert np.array_equal(got[:, 5], gradmath.mul_q31(v[:, 0], v[:, 1], 16 - v[:, 2] % 47))
+    assert got[:, 5].min() == -(2**31 - 1) and got[:, 5].max() < 2**31  # the ends, inside int32

@@ -223,3 +223,24 @@ def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed
     with pytest.MonkeyPatch.context() as mp:  # the plan without scratches: every 1x1 input gradient in two passes
         mp.setattr(codegen_training, "plan_training", lambda m, t, **kw: plan_training(m, t))
         train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)
+
+
+@pytest.mark.parametrize("out_scale", [0.05, 0.0002])
+def test_grad_output_with_multipliers_below_and_above_one(out_scale, kernels):
+    """The output gradient's multiplier path in int32 (every forward multiplier below one, the usual case)
+    and in int64 (a layer whose s_x s_w / s_y exceeds one): both equal the reference."""
+    from tinygen.ir.model import conv_requant
+
+    rng = np.random.default_rng(11)
+    b = ModelBuilder("p", (5, 5, 3), 0.02, 3)
+    wt, bt, st_ = _w(rng, (4, 3, 3, 3), 0.03)
+    x = b.conv2d(b.input, wt, bt, st_, out_scale, -2, padding="same", act="relu", name="layer")
+    _head(b, x, rng, 3)
+    model = b.build()
+    _, shift = conv_requant(model.layers[0], model.input)
+    assert bool((shift > 0).any()) == (out_scale < 0.001)  # the case this run is for (codegen: `narrow`)
+    scheme = Scheme({"layer": LayerUpdate([0, 1], True, 1),
+                     "head": LayerUpdate(list(range(ir.selectable_channels(model.layers[-1]))), True, 1)})
+    config = TrainConfig(lr=0.05, lr_guard=0)
+    xs = rng.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
+    train_c_vs_reference(model, scheme, config, xs, rng.integers(0, 3, size=STEPS), STEPS, kernels)

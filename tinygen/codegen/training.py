@@ -159,7 +159,9 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     e_acc = f"e_acc_l{i}"
     ops = [dict(kind="acc", fn=f"{p}_grad_output_s16", args=[gy, ey, mask, gy], exp=e_acc),
            dict(kind="record", id=f"{p.upper()}_REC_GACC", buf=gy, size=f"{p.upper()}_GACC_SIZE", exp=e_acc)]
-    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx)
+    # every channel's v = mul(g, m, shift + 16) shifts right by >= 15: int32, the int16 fast path
+    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output",
+              narrow=bool((shift <= 0).all()), **ctx)
     if want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
