@@ -195,8 +195,8 @@ def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
     (4, 8, 8, 1, 3, 3, 1), (5, 6, 6, 2, 4, 3, 2), (6, 4, 4, 1, 5, 5, 2)])  # depthwise (cout = cmid)
 def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed, k, stride, kernels):
     """A 1x1 or depthwise input gradient keeps its sums in a scratch where the plan has room (one pass; here
-    the wide input of the first layer leaves room) and computes them twice where it has not: both equal
-    the reference."""
+    the wide input of the first layer leaves room), or laid over its own gradient, and computes them twice
+    where it has no room: all equal the reference."""
     import tinygen.codegen.training as codegen_training
     from tinygen.planning.schedule import plan_training
     from tinygen.reference.training import Trainer
@@ -220,9 +220,13 @@ def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed
     xs = rng.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
     labels = rng.integers(0, 4, size=STEPS)
     train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)
-    with pytest.MonkeyPatch.context() as mp:  # the plan without scratches: every 1x1 input gradient in two passes
-        mp.setattr(codegen_training, "plan_training", lambda m, t, **kw: plan_training(m, t))
-        train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)
+    # the sums laid over the gradient they become (where the grid allows: r = 1), and no scratch at all
+    for variant in (("overlay",) if r == 1 else ()) + (False,):
+        if variant:
+            assert 1 in plan_training(model, Trainer(model, scheme, config), one_pass=variant).overlaid
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(codegen_training, "plan_training", lambda m, t, v=variant, **kw: plan_training(m, t, one_pass=v))
+            train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)
 
 
 @pytest.mark.parametrize("out_scale", [0.05, 0.0002])

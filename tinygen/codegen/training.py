@@ -172,15 +172,17 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
             kind, blocks = found
             dims.update(blocks)
             one_pass = i in em.plan.one_pass
+            overlaid = i in em.plan.overlaid  # the sums sit over grad_in itself: no pointer of their own
             max_block = max(v for key, v in blocks.items() if not key.endswith("s"))
             if kind == "1x1":
                 em.render(lay, "conv_backward_input_1x1_s16", fn=fn, comment=f"{desc}: input gradient",
-                          fits32=sums_fit_int32(dims["out_c"]), one_pass=one_pass, max_block=max_block, **ctx)
+                          fits32=sums_fit_int32(dims["out_c"]), one_pass=one_pass, overlaid=overlaid,
+                          max_block=max_block, **ctx)
             else:
                 dims["taps"] = dims["kh"] * dims["kw"]
                 em.render(lay, "conv_backward_input_dw_s16", fn=fn, comment=f"{desc}: input gradient",
-                          one_pass=one_pass, max_block=max_block, **ctx)
-            if one_pass:
+                          one_pass=one_pass, overlaid=overlaid, max_block=max_block, **ctx)
+            if one_pass and not overlaid:
                 extra = [em.plan.ptr(f"sums_l{i}")]
         ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc] + extra))
         ops[-1]["size"] = f"{p.upper()}_IN_SIZE"

@@ -121,7 +121,8 @@ class TrainPlan:
     contributions: dict[str, list[int]] = field(default_factory=dict)  # grad root -> backward layers adding to it
     fusions: dict = field(default_factory=dict)  # layer index -> Fusion, as planned
     strategy: str = ""  # which arena ordering won
-    one_pass: set[int] = field(default_factory=set)  # layers whose 1x1 input gradient keeps its sums (sums_l<i>)
+    one_pass: set[int] = field(default_factory=set)  # layers whose input gradient keeps its sums (sums_l<i>)
+    overlaid: set[int] = field(default_factory=set)  # of those, the ones whose sums overlay their own gradient
 
     def ptr(self, name: str) -> str:
         return f"TG_{c_ident(name).upper()}"
@@ -205,37 +206,56 @@ def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], 
 
 
 def _place_one_pass_sums(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]],
-                         sched: TrainSchedule, b: _Buffers) -> tuple[set[int], int, str]:
-    """Give the 1x1 input gradients an int32 scratch for their sums (`backward.py`) where it costs no arena
-    bytes, the most MACs first; returns (those layers, arena size, strategy)."""
+                         sched: TrainSchedule, b: _Buffers, overlay_first: bool = False
+                         ) -> tuple[set[int], set[int], int, str]:
+    """Give the 1x1 and depthwise input gradients an int32 scratch for their sums (`backward.py`) where it
+    costs no arena bytes, the most MACs first: a buffer of its own, or else — where the sums are one per
+    gradient element (r = 1) — one laid over the gradient they become, which it then needs only twice the
+    bytes of (int16 i is written after int32 i is read, and no later int32 is stored below it). Returns
+    (those layers, the overlaid ones, arena size, strategy). `overlay_first` tries the overlay before a
+    buffer of its own (tests: so that both layouts are exercised on small models)."""
     size, strategy = plan_best(list(b.bufs.values()), ALIGN)
     tensors = model.tensors()
+    dest = {}  # layer -> the gradient buffer its input gradient is written to
+    for t, writers in contributions.items():
+        for k, w in enumerate(writers):
+            dest[w] = f"grad_{t}" if k == 0 else f"gradtmp_{t}_{w}"
     cands = []
-    for i in sorted({w for writers in contributions.values() for w in writers}):
+    for i in sorted(dest):
         layer = model.layers[i]
         if not isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
             continue
         tl = trainer.trained.get(layer.name)
         store = weight_store(layer, tl.update.channels) if tl and tl.update.channels else None
-        nbytes = one_pass_sums_bytes(layer, tensors, store.split_k if store else 0, tl.update.filter_r if tl else 1)
+        r = tl.update.filter_r if tl else 1
+        nbytes = one_pass_sums_bytes(layer, tensors, store.split_k if store else 0, r)
         if nbytes is not None:
-            cands.append((-ir.layer_macs(layer), i, nbytes))
-    chosen = set()
-    for _, i, nbytes in sorted(cands):
-        b.need(f"sums_l{i}", nbytes, sched.bwd(i), sched.bwd(i), "int32_t")
-        if plan_best(list(b.bufs.values()), ALIGN)[0] <= size:
+            cands.append((-ir.layer_macs(layer), i, nbytes, nbytes == 2 * b.bufs[dest[i]].size))
+    chosen, overlaid = set(), set()
+    for _, i, nbytes, same_grid in sorted(cands):
+        name = f"sums_l{i}"
+        b.need(name, nbytes, sched.bwd(i), sched.bwd(i), "int32_t")
+        if not (overlay_first and same_grid) and plan_best(list(b.bufs.values()), ALIGN)[0] <= size:
             chosen.add(i)
-        else:
-            del b.bufs[f"sums_l{i}"], b.ctype[f"sums_l{i}"]
+            continue
+        if same_grid and b.bufs[dest[i]].anchor is None:
+            pin(b.bufs, name, dest[i], 0)
+            if plan_best(list(b.bufs.values()), ALIGN)[0] <= size:
+                chosen.add(i)
+                overlaid.add(i)
+                continue
+        del b.bufs[name], b.ctype[name]
     size2, strategy = plan_best(list(b.bufs.values()), ALIGN)  # the offsets of the kept set
     assert size2 <= size
-    return chosen, size2, strategy
+    return chosen, overlaid, size2, strategy
 
 
-def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None, one_pass: bool = False) -> TrainPlan:
+def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None,
+                  one_pass: bool | str = False) -> TrainPlan:
     """Every buffer of one training step (forward with the saved inputs, loss, backward) placed in one arena.
-    With `one_pass`, 1x1 input gradients also get their sums' scratch where it costs no arena bytes (the
-    arena's size is the same either way: what estimates need leaves it out)."""
+    With `one_pass`, 1x1 and depthwise input gradients also get their sums' scratch where it costs no arena
+    bytes (the arena's size is the same either way: what estimates need leaves it out); "overlay" lays it
+    over the gradient wherever the grid allows, even where a buffer of its own would fit (tests)."""
     _check_reshapes(model, trainer)
     sched = TrainSchedule(len(model.layers))
     b = _Buffers()
@@ -256,11 +276,12 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
     galias = _gradient_aliases(model)
     contributions = _place_gradients(model, trainer, galias, sched, b)
     if one_pass:
-        chosen, size, strategy = _place_one_pass_sums(model, trainer, contributions, sched, b)
+        chosen, overlaid, size, strategy = _place_one_pass_sums(model, trainer, contributions, sched, b,
+                                                                overlay_first=one_pass == "overlay")
     else:
-        chosen, (size, strategy) = set(), plan_best(list(b.bufs.values()), ALIGN)
+        chosen, overlaid, (size, strategy) = set(), set(), plan_best(list(b.bufs.values()), ALIGN)
     return TrainPlan(b.bufs, b.ctype, size, alias, galias, saved=saved, contributions=contributions,
-                     fusions=fusions, strategy=strategy, one_pass=chosen)
+                     fusions=fusions, strategy=strategy, one_pass=chosen, overlaid=overlaid)
 
 
 def saved_inputs(model: ir.Model, trainer: Trainer) -> dict[str, SavedInput]:
