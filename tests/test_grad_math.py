@@ -48,7 +48,7 @@ def test_grad_primitives_c_equal_python(c_prims):
 def test_stochastic_rounding_is_unbiased_and_bounded():
     """Rounding x / 2^8 over many keys averages to x / 2^8 and never moves further than one unit."""
     x = np.array([1, 37, 128, 255, -1, -37, -200, 3 * 256 + 77], dtype=np.int64)
-    keys = [gradmath.sr_key(step, gradmath.fnv1a32("layer")) for step in range(4096)]
+    keys = [gradmath.sr_key(step, gradmath.fnv1a32(b"layer")) for step in range(4096)]
     got = np.stack([gradmath.round_stochastic(x, gradmath.sr_noise(k, np.arange(x.size))) for k in keys])
     assert np.all((got == np.floor(x / 256)) | (got == np.floor(x / 256) + 1))
     assert np.allclose(got.mean(axis=0), x / 256, atol=0.03)

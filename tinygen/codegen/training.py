@@ -210,7 +210,7 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
         em.state[f"{p}_frac"] = (frac_ctype(cfg.frac_bits), part)
         em.record(lay, "rec_dw", "dw:" + layer.name)
     if stochastic:
-        lay.dims["sr_salt"] = f"0x{fnv1a32(layer.name):08X}U"
+        lay.dims["sr_salt"] = f"0x{fnv1a32(layer.name.encode()):08X}U"
     for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult), ("b_shift", tl.b_shift)):
         em.const_arrays[f"{p}_{key}"] = arr.astype(np.int32)
     for kind, wanted in (("velocity", bool(mu)), ("accum", cfg.accumulate > 1)):

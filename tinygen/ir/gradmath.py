@@ -66,11 +66,12 @@ def mul_q31(x, m, shift):
     return np.where(r >= 0, right, left)
 
 
-def fnv1a32(text: str) -> int:
-    """FNV-1a of the UTF-8 bytes: a layer's salt in the stochastic-rounding key (its name, not its position,
-    so that a model's tail trains exactly as the whole model does)."""
+def fnv1a32(data: bytes) -> int:
+    """32-bit FNV-1a (offset basis 2166136261, prime 16777619): the trained parameters' checksum the device
+    prints (`tg_param_checksum`), and a layer's salt in the stochastic-rounding key (of its name's UTF-8:
+    its name, not its position, so that a model's tail trains exactly as the whole model does)."""
     h = 2166136261
-    for b in text.encode():
+    for b in data:
         h = ((h ^ b) * 16777619) & M32
     return h
 

@@ -404,7 +404,7 @@ class Trainer:
                 record[f"dw:{name}"] = d
             shift = tl.w_shift[:, None, None, None] + e_acc + F - lr_shift
             if self.config.rounding == "stochastic":  # SR_BITS more bits, then floor with noise (§6.2)
-                key = sr_key(self.step_count, fnv1a32(name))
+                key = sr_key(self.step_count, fnv1a32(name.encode()))
                 fine = mul_q31(d, tl.w_mult[:, None, None, None], shift + SR_BITS)
                 delta = round_stochastic(fine, sr_noise(key, np.arange(d.size).reshape(d.shape)))
             else:

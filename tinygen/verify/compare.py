@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinygen.errors import MismatchError
+from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import layer_symbol
 from tinygen.planning.weight_store import frac_dtype, weight_store
 from tinygen.reference.training import Trainer, fraction_of
@@ -83,11 +84,7 @@ def reference_params(trainer: Trainer) -> dict[str, bytes]:
 
 
 def fnv1a(chunks: list[bytes]) -> int:
-    h = 2166136261
-    for chunk in chunks:
-        for b in chunk:
-            h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-    return h
+    return fnv1a32(b"".join(chunks))
 
 
 def expect_training(trainer: Trainer, x: np.ndarray, labels: np.ndarray, order: list[int], param_order: list[str],
