@@ -178,15 +178,17 @@ def order(task_name: str, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(TASKS128[task_name].train)
 
 
-def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: int, halve_every: int = 0) -> float:
+def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: int, halve_every: int = 0,
+            rounding: str = "nearest") -> float:
     """Test accuracy after one pass of `method` ("int" | "float" | "none") training with `scheme`; with
-    `halve_every`, the learning rate halves every that many steps (`--lr-halve-every`), in both."""
+    `halve_every`, the learning rate halves every that many steps (`--lr-halve-every`), in both; `rounding`:
+    the integer training's rounding of weight updates (`--rounding`)."""
     task = TASKS128[task_name]
     model, _, ytr, _, yte = start(task_name, model_name)
     t = scheme_tail(model, scheme)
     atr, ate = _PREFIX[task_name, model_name, t.input.name]
     o = order(task_name, seed)
-    cfg = TrainConfig(lr=task.lr, lr_halve_every=halve_every)
+    cfg = TrainConfig(lr=task.lr, lr_halve_every=halve_every, rounding=rounding)
     if method == "none":
         preds = [int(np.argmax(run_model(t, a))) for a in ate]
     elif method == "int":
@@ -205,16 +207,17 @@ _JOBS: list = []
 
 
 def _job(i: int):
-    task_name, model_name, label, scheme, method, seed, halve_every = _JOBS[i]
+    task_name, model_name, label, scheme, method, seed, halve_every, rounding = _JOBS[i]
     t0 = time.perf_counter()
-    return run_one(task_name, model_name, scheme, method, seed, halve_every), time.perf_counter() - t0
+    return run_one(task_name, model_name, scheme, method, seed, halve_every, rounding), time.perf_counter() - t0
 
 
 def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None, labels: list[str] | None = None,
           methods: tuple[str, ...] = ("int", "float"), jobs: int | None = None, log=print,
-          cache_dir: Path | None = None, halve_every: int = 0) -> list[dict]:
+          cache_dir: Path | None = None, halve_every: int = 0, rounding: str = "nearest") -> list[dict]:
     """Every (model, scheme, method, order) run; the prefix caches are filled before the workers fork.
-    `labels`: only these updates (all when None); `halve_every`: the learning-rate schedule of every run."""
+    `labels`: only these updates (all when None); `halve_every`: the learning-rate schedule of every run;
+    `rounding`: the integer runs' rounding of weight updates."""
     task = TASKS128[task_name]
     _JOBS.clear()
     peaks = {}
@@ -229,7 +232,7 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
             tails.append(scheme_tail(start(task_name, model_name)[0], scheme))
             for method in methods:
                 for seed in range(seeds):
-                    _JOBS.append((task_name, model_name, label, scheme, method, seed, halve_every))
+                    _JOBS.append((task_name, model_name, label, scheme, method, seed, halve_every, rounding))
         cache_prefixes(task_name, model_name, tails, jobs or os.cpu_count() or 1, cache_dir)
         log(f"[{model_name}] schemes chosen and frozen prefixes cached in {time.perf_counter() - t0:.0f} s")
     results = []
@@ -242,12 +245,12 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
             seen.setdefault(desc, label)
     _JOBS[:] = [j for j in _JOBS if (j[1], j[2]) not in same]
     with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        for (tn, mn, label, _, method, seed, _), (acc, secs) in zip(_JOBS, pool.map(_job, range(len(_JOBS))),
-                                                                      strict=True):
+        for (tn, mn, label, _, method, seed, *_), (acc, secs) in zip(_JOBS, pool.map(_job, range(len(_JOBS))),
+                                                                       strict=True):
             peak, desc = peaks[mn, label]
             results.append({"task": tn, "model": mn, "update": label, "method": method, "seed": seed,
-                            "lr_halve_every": halve_every, "accuracy": acc, "peak_sram_bytes": peak, "scheme": desc,
-                            "seconds": round(secs, 1)})
+                            "lr_halve_every": halve_every, "rounding": rounding, "accuracy": acc,
+                            "peak_sram_bytes": peak, "scheme": desc, "seconds": round(secs, 1)})
             log(f"  {mn:12s} {label:14s} {method:5s} order {seed}: {100 * acc:6.2f}%  ({secs:.0f} s)")
     for (mn, label), twin in same.items():
         peak, desc = peaks[mn, label]
@@ -270,9 +273,11 @@ def summary(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["model", "update", "peak KB", "int % (orders)", "float fake-quant %", "int - float", "scheme"], rows
 
 
-def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0) -> Path:
-    """`transfer_<task>.json`, or `transfer_<task>_halve<N>.json` for a run with the learning rate halving."""
+def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0, rounding: str = "nearest") -> Path:
+    """`transfer_<task>.json`; `_halve<N>` and `_stochastic` are added to the name for runs with the learning
+    rate halving and with stochastic rounding."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"transfer_{task_name}{f'_halve{halve_every}' if halve_every else ''}.json"
+    tags = (f"_halve{halve_every}" if halve_every else "") + ("" if rounding == "nearest" else f"_{rounding}")
+    path = out / f"transfer_{task_name}{tags}.json"
     path.write_text(json.dumps({"task": TASKS128[task_name].__dict__, "results": results}, indent=1) + "\n")
     return path
