@@ -67,7 +67,7 @@ TG_INLINE int64_t tg_mul_q31(int64_t x, int32_t m, int32_t shift)
 
 /* Stochastic rounding of weight updates (docs/numerics.md §6.2): the key of a layer's step is
  * step * TG_SR_STEP_MUL + the layer's salt (FNV-1a of its name); a weight's noise is the top
- * TG_SR_BITS bits of lowbias32(key + index * TG_SR_INDEX_MUL), all in wrapping uint32 arithmetic. */
+ * TG_SR_BITS bits of lowbias32(key + index * TG_SR_INDEX_MUL), in wrapping uint32 arithmetic. */
 #define TG_SR_BITS      8
 #define TG_SR_INDEX_MUL 0x9E3779B9U
 #define TG_SR_STEP_MUL  0x85EBCA6BU
