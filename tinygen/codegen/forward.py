@@ -78,6 +78,15 @@ def dw_tap_pairs(weight: np.ndarray) -> np.ndarray:
     return taps.reshape(c, kh, quads, 4)[..., [0, 2, 1, 3]].reshape(-1)
 
 
+def im2col_filter(weight: np.ndarray) -> np.ndarray:
+    """A filter (O, KH, KW, I) as int16 rows in the im2col column's order, each zero-padded to an even
+    length: the operand pairs SMLAD reads (kernels/convolve_im2col_s8)."""
+    rows = weight.reshape(weight.shape[0], -1)
+    out = np.zeros((rows.shape[0], rows.shape[1] + rows.shape[1] % 2), np.int16)
+    out[:, :rows.shape[1]] = rows
+    return out.reshape(-1)
+
+
 def _reads_past_end(h, w, oh, ow, kh, kw, layer) -> bool:
     return ((oh - 1) * layer.stride[0] + layer.dilation[0] * (kh - 1) >= h + layer.padding[0]
             or (ow - 1) * layer.stride[1] + layer.dilation[1] * (kw - 1) >= w + layer.padding[2])
@@ -132,6 +141,14 @@ def _tiled_1x1(ctx: dict) -> bool:
             and ctx["out_h"] * ctx["out_w"] >= 2 and (ctx["out_h"], ctx["out_w"]) == (ctx["in_h"], ctx["in_w"]))
 
 
+def _im2col(code: LayerCode) -> bool:
+    """An ungrouped k x k conv whose input channels do not fill words (the 3-channel stem) and whose
+    weights are build-time constants: kernels/convolve_im2col_s8 computes it from int16 columns."""
+    ctx = code.context
+    return (ctx["groups"] == 1 and ctx["kh"] * ctx["kw"] > 1 and ctx["in_c"] % 4 != 0
+            and not ctx["split_k"] and f"{ctx['symbol']}_weight" in code.arrays)
+
+
 def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
                    customize=None):
     """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
@@ -168,6 +185,10 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
+        elif code.template == "convolve_s8" and _im2col(code):
+            code.template = "convolve_im2col_s8"
+            code.context["weight16"] = f"{code.context['symbol']}_weight16"
+            code.arrays[code.context["weight16"]] = im2col_filter(layer.weight)
         code.fn = code.context["fn"] = f"{layer_symbol(i, layer.name)}_{code.template}"
         if mask:
             args.append(buf("mask", layer.output.name))
