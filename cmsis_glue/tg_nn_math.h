@@ -20,6 +20,10 @@
 
 #include <stdint.h>
 
+#if defined(__ARM_FEATURE_SAT) && !defined(TG_PORTABLE_KERNELS)
+#include <arm_acle.h>
+#endif
+
 #if defined(__GNUC__)
 #define TG_INLINE static inline __attribute__((always_inline))
 #else
@@ -61,29 +65,33 @@ TG_INLINE int32_t tg_divide_by_power_of_two(int32_t x, int32_t exponent)
 {
     const int32_t mask = (int32_t)((1U << exponent) - 1U);
     const int32_t remainder = x & mask;
-    int32_t result = x >> exponent;
-    int32_t threshold = mask >> 1;
-    if (result < 0) {
-        threshold++;
-    }
-    if (remainder > threshold) {
-        result++;
-    }
-    return result;
+    const int32_t result = x >> exponent;
+    /* mask >> 1, one more when the result is negative (its sign bit): no branch */
+    const int32_t threshold = (mask >> 1) + (int32_t)((uint32_t)result >> 31);
+    return result + (remainder > threshold);
 }
 
 /* arm_nn_requantize: val * multiplier * 2^shift / 2^31. shift > 0 is a left shift. */
 TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
 {
     const int32_t left = shift > 0 ? shift : 0;
-    const int32_t right = shift > 0 ? 0 : -shift;
+    const int32_t right = left - shift;
     const int32_t scaled = (int32_t)((uint32_t)val << left);
     return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
 }
 
+/* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the core
+ * saturates (Armv7-M and later: SSAT), one instruction; lo and hi are the kernels' named constants, so
+ * the test folds at compile time. The portable kernel set keeps the plain C. */
 TG_INLINE int8_t tg_clamp_s8(int32_t v, int32_t lo, int32_t hi)
 {
-    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+#if defined(__ARM_FEATURE_SAT) && !defined(TG_PORTABLE_KERNELS)
+    if (__builtin_constant_p(lo == INT8_MIN && hi == INT8_MAX) && lo == INT8_MIN && hi == INT8_MAX) {
+        return (int8_t)__ssat(v, 8);
+    }
+#endif
+    v = v > hi ? hi : v;
+    return (int8_t)(v < lo ? lo : v);
 }
 
 /* CMSIS-NN average pool rounding: total / count, ties away from zero. */
