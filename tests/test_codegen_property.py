@@ -135,3 +135,32 @@ def test_pooling_matches_reference(h, w, c, k, kw, stride, same, is_max, q, act,
         return b.build()
 
     _check(_build(make), seed, kernels)
+
+
+@SETTINGS
+@given(h=st.integers(1, 12), w=st.integers(1, 12), c=st.integers(1, 6), k=st.integers(1, 5), kw=st.integers(1, 5),
+       stride=st.integers(1, 3), dil=st.integers(1, 2), pad=st.sampled_from(["same", "valid", "explicit"]),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), qin=quant(), qmid=quant(), qout=quant(), act=act_range(),
+       w_scale=st.floats(1e-4, 0.05), seed=st.integers(0, 2**16))
+def test_inplace_depthwise_matches_reference(h, w, c, k, kw, stride, dil, pad, pads, qin, qmid, qout, act, w_scale,
+                                             seed, kernels):
+    """A depthwise conv whose input dies with it runs in place over a ring of input rows
+    (kernels/depthwise_conv_inplace_s8); a 3x3 conv before it keeps the pair from fusing with a 1x1."""
+    from tinygen.planning.fusion import plan_fusions
+
+    rng = np.random.default_rng(seed)
+    assume(h + 4 >= dil * (k - 1) + 1 and w + 4 >= dil * (kw - 1) + 1)
+    first, fb, fs = _weights(rng, (c, 3, 3, c), 0.02)
+    weight, bias, ws = _weights(rng, (c, k, kw, 1), w_scale)
+
+    def make():
+        b = ModelBuilder("p", (h, w, c), *qin)
+        mid = b.conv2d(b.input, first, fb, fs, *qmid, padding="same")
+        b.conv2d(mid, weight, bias, ws, *qout, stride=stride, dilation=dil, groups=c,
+                 padding=pads if pad == "explicit" else pad)
+        b.model.layers[-1].act_min, b.model.layers[-1].act_max = act
+        return b.build()
+
+    model = _build(make)
+    assume(any(f.kind == "inplace_dw" for f in plan_fusions(model).values()))
+    _check(model, seed, kernels)

@@ -68,16 +68,6 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
 
 
-def dw_tap_pairs(weight: np.ndarray) -> np.ndarray:
-    """A depthwise filter (C, KH, KW, 1) for SMLAD: each row's taps in fours, padded with zeros, as int16
-    (w0, w2, w1, w3): the halfword pairs SXTB16 makes of four input bytes (bytes 0, 2 and 1, 3)."""
-    c, kh, kw = weight.shape[:3]
-    quads = (kw + 3) // 4
-    taps = np.zeros((c, kh, quads * 4), np.int16)
-    taps[:, :, :kw] = weight.reshape(c, kh, kw)
-    return taps.reshape(c, kh, quads, 4)[..., [0, 2, 1, 3]].reshape(-1)
-
-
 def im2col_filter(weight: np.ndarray) -> np.ndarray:
     """A filter (O, KH, KW, I) as int16 rows in the im2col column's order, each zero-padded to an even
     length: the operand pairs SMLAD reads (kernels/convolve_im2col_s8)."""
@@ -169,6 +159,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         args = [buf("act", t) for t in layer.inputs] + [buf("act", layer.output.name)]
         if f and f.kind == "inplace_dw":
             code.template = "depthwise_conv_inplace_s8"
+            in_w = tensors[layer.inputs[0]].shape[1]
+            code.context["ring_left"], _, code.context["ring_right"] = ring_columns(layer, in_w)
             args = [buf("act", layer.inputs[0]), buf("plane", f"plane_l{i}")]
         elif f and f.kind == "overlap":
             code.context.update(overlap=True, overlap_offset=f.offset)  # input and output share bytes
@@ -177,12 +169,11 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             code.template = "pointwise_depthwise_fused_s8"
             code.context["pw"] = pw.context
             code.context["ring_left"], _, code.context["ring_right"] = ring_columns(layer, pw.layer.output.shape[1])
-            if taps_in_fours(layer):  # the DSP path's taps as halfword pairs
-                code.context["dw_pairs"] = f"{layer_symbol(i, layer.name)}_dw_pairs"
-                code.arrays[code.context["dw_pairs"]] = dw_tap_pairs(layer.weight)
             code.arrays.update(pw.arrays)
             code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]
             args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
+        # the depthwise taps read four at a time (the DSP path): planning.fusion.taps_in_fours
+        code.context["dw_taps_in_fours"] = bool(f and f.kind in ("inplace_dw", "pw_dw") and taps_in_fours(layer))
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
         elif code.template == "convolve_s8" and _im2col(code):

@@ -33,19 +33,38 @@ from tinygen.ir import model as ir
 
 
 def taps_in_fours(layer: ir.Conv2D) -> bool:
-    """Whether the fused kernel's DSP path reads this depthwise conv's row taps four at a time (they are
-    contiguous only with dilation 1)."""
+    """Whether the ring kernels' DSP path (kernels/ring.j2) reads this depthwise conv's row taps four at a
+    time (they are contiguous only with dilation 1)."""
     return layer.dilation[1] == 1
 
 
 def ring_columns(layer: ir.Conv2D, w: int) -> tuple[int, int, int]:
-    """A fused pw->dw ring row over an input `w` wide: (padding columns on the left, w, padding columns on
+    """A ring row (kernels/ring.j2) over an input `w` wide: (padding columns on the left, w, padding columns on
     the right), every column a tap of the depthwise conv reads; with dilation 1, taps are read four at a
     time (the DSP path), so a row's reads end at the next multiple of four taps."""
     left, kw = layer.padding[2], layer.kernel[1]
     reach = (kw + 3) // 4 * 4 - 1 if taps_in_fours(layer) else (kw - 1) * layer.dilation[1]
     last = (layer.output.shape[1] - 1) * layer.stride[1] - left + reach
     return left, w, max(0, last - (w - 1))
+
+
+def ring_bytes(layer: ir.Conv2D, w: int) -> int:
+    """The ring a depthwise conv reads its input rows from (kernels/ring.j2): the rows one output row
+    reads, each `ring_columns` wide."""
+    return ((layer.kernel[0] - 1) * layer.dilation[0] + 1) * sum(ring_columns(layer, w))
+
+
+def writes_behind_ring(layer: ir.Conv2D, in_shape: tuple) -> bool:
+    """Whether a depthwise conv (multiplier 1) can run in place over a ring: output row oy of a channel
+    lands on that channel's slots of input pixels oy * OUT_W .. (oy + 1) * OUT_W - 1, which must lie in
+    rows the ring has already copied (up to the last row output row oy reads) — then no row is
+    overwritten before it is copied. True for every stride and padding of a conv whose output is no wider
+    than its input and whose padding does not exceed its kernel's reach."""
+    h, w = in_shape[:2]
+    oh, ow = layer.output.shape[:2]
+    span = (layer.kernel[0] - 1) * layer.dilation[0]
+    return all(((oy + 1) * ow - 1) // w <= min(h - 1, oy * layer.stride[0] - layer.padding[0] + span)
+               for oy in range(oh))
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,7 @@ def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[s
     must exist whole when their consumer runs (a copy of them is saved for backward)."""
     keep, grad_path, materialise = keep or set(), grad_path or set(), materialise or set()
     users = model.consumers()
+    tensors = model.tensors()
     out = {}
     for j, layer in enumerate(model.layers):
         if not _is_dw1(layer):
@@ -101,12 +121,10 @@ def plan_fusions(model: ir.Model, keep: set[str] | None = None, grad_path: set[s
         prev = model.layers[j - 1] if j > 0 else None
         if (prev is not None and prev.output.name == t and _is_pw(prev) and t not in grad_path
                 and t not in materialise):
-            rows = (layer.kernel[0] - 1) * layer.dilation[0] + 1  # a ring of the rows one output row reads
-            out[j] = Fusion("pw_dw", j, j - 1, plane=rows * sum(ring_columns(layer, prev.output.shape[1])))
-        elif t != model.input.name:
-            out[j] = Fusion("inplace_dw", j, plane=oh * ow)
+            out[j] = Fusion("pw_dw", j, j - 1, plane=ring_bytes(layer, prev.output.shape[1]))
+        elif t != model.input.name and writes_behind_ring(layer, tensors[t].shape):
+            out[j] = Fusion("inplace_dw", j, plane=ring_bytes(layer, tensors[t].shape[1]))
     fused_pw = {f.pointwise for f in out.values() if f.kind == "pw_dw"}
-    tensors = model.tensors()
     for j, layer in enumerate(model.layers):
         if not isinstance(layer, ir.Conv2D) or layer.groups != 1 or j in fused_pw or j in out:
             continue
