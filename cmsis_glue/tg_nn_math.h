@@ -80,13 +80,14 @@ TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
     return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
 }
 
-/* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the core
- * saturates (Armv7-M and later: SSAT), one instruction; lo and hi are the kernels' named constants, so
- * the test folds at compile time. The portable kernel set keeps the plain C. */
+/* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the
+ * core saturates (Armv7-M and later: SSAT), one instruction; lo and hi are the kernels' named
+ * constants, so the test folds at compile time. The portable kernel set keeps the plain C. */
 TG_INLINE int8_t tg_clamp_s8(int32_t v, int32_t lo, int32_t hi)
 {
 #if defined(__ARM_FEATURE_SAT) && !defined(TG_PORTABLE_KERNELS)
-    if (__builtin_constant_p(lo == INT8_MIN && hi == INT8_MAX) && lo == INT8_MIN && hi == INT8_MAX) {
+    const int full_range = lo == INT8_MIN && hi == INT8_MAX;
+    if (__builtin_constant_p(full_range) && full_range) {
         return (int8_t)__ssat(v, 8);
     }
 #endif
