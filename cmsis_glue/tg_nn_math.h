@@ -80,6 +80,25 @@ TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
     return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
 }
 
+/* tg_requantize where the build proved |val| < 2^30 and shift <= 0 (codegen/forward.py,
+ * small_requant): the doubling high multiply is then the rounded high word of (2 * val) *
+ * multiplier, one SMMULR on a core with the DSP extension: (2ab + 2^31) >> 32 is
+ * (ab + 2^30) >> 31, the same bits. The host's "dsp" kernel set computes SMMULR's definition in
+ * C, the portable set tg_doubling_high_mult. */
+TG_INLINE int32_t tg_requantize30(int32_t val, int32_t multiplier, int32_t shift)
+{
+#if defined(__ARM_FEATURE_DSP) && !defined(TG_PORTABLE_KERNELS)
+    int32_t high;
+    __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(val * 2), "r"(multiplier));
+#elif defined(TG_DSP_PORTABLE) && !defined(TG_PORTABLE_KERNELS)
+    const int64_t product = (int64_t)(val * 2) * multiplier + ((int64_t)1 << 31);
+    const int32_t high = (int32_t)(product >> 32);
+#else
+    const int32_t high = tg_doubling_high_mult(val, multiplier);
+#endif
+    return tg_divide_by_power_of_two(high, -shift);
+}
+
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the
  * core saturates (Armv7-M and later: SSAT), one instruction; lo and hi are the kernels' named
  * constants, so the test folds at compile time. The portable kernel set keeps the plain C. */

@@ -20,7 +20,7 @@ import jinja2
 import numpy as np
 
 from tinygen.codegen import cstyle
-from tinygen.codegen.cstyle import CTYPES, c_array
+from tinygen.codegen.cstyle import CTYPES, break_assignments, c_array
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
 from tinygen.paths import data_dir
@@ -50,6 +50,16 @@ class LayerCode:
     kernel_c: str = ""
 
 
+def small_requant(layer, shift: np.ndarray) -> bool:
+    """Whether a layer's accumulators provably stay within |acc| < 2^30 (K products of at most 255 * 128,
+    plus its largest |bias|) and no channel shifts left: then `tg_requantize30` (one SMMULR for the
+    doubling high multiply) gives `tg_requantize`'s bits. A layer whose parameters train does not qualify
+    (its bias may grow to `reference.training.bias_limit`); the training build resets it."""
+    k = int(np.prod(layer.weight.shape[1:]))
+    worst = k * 255 * 128 + (int(np.abs(layer.bias.astype(np.int64)).max()) if layer.bias.size else 0)
+    return worst < 2**30 and bool((shift <= 0).all())
+
+
 def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:
     mult, shift = ir.conv_requant(layer, x)
     h, w, cin = x.shape
@@ -64,8 +74,12 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
                pad_top=pt, pad_left=pl, dil_h=layer.dilation[0], dil_w=layer.dilation[1],
                padded=bool(pt or pb or pl or pr) or _reads_past_end(h, w, oh, ow, kh, kw, layer),
                input_offset=-x.zero_point, output_offset=layer.output.zero_point,
-               act_min=layer.act_min, act_max=layer.act_max)
+               act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift))
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
+
+
+def _requantize_fn(layer, shift: np.ndarray) -> str:
+    return "tg_requantize30" if small_requant(layer, shift) else "tg_requantize"
 
 
 def im2col_filter(weight: np.ndarray) -> np.ndarray:
@@ -98,7 +112,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
                   f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
         template = "fully_connected_s8"
         ctx = dict(in_size=x.size, out_c=out.size, input_offset=-x.zero_point, output_offset=out.zero_point,
-                   act_min=layer.act_min, act_max=layer.act_max)
+                   act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift))
     elif isinstance(layer, ir.Add):
         b = tensors[layer.inputs[1]]
         template = "elementwise_add_s8"
@@ -183,7 +197,7 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         code.fn = code.context["fn"] = f"{layer_symbol(i, layer.name)}_{code.template}"
         if mask:
             args.append(buf("mask", layer.output.name))
-        code.kernel_c = env.get_template(f"kernels/{code.template}.c.j2").render(**code.context)
+        code.kernel_c = break_assignments(env.get_template(f"kernels/{code.template}.c.j2").render(**code.context))
         kernels.append(code.kernel_c)
         calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
         codes.append(code)

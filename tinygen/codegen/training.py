@@ -327,7 +327,10 @@ def _forward(em: _Emit) -> tuple[list, list]:
     names = {"act": em.act, "plane": lambda t: plan.ptr(f"act_{t}"), "mask": lambda t: plan.ptr(f"mask_{t}")}
 
     def sram_weights(code):
-        """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash."""
+        """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash; a
+        layer with any trained parameter requantizes in general (its bias may grow: `small_requant`)."""
+        if code.layer.name in trainer.trained:
+            code.context["requantize"] = "tg_requantize"
         st = em.stores.get(code.layer.name)
         if st is None:
             return
