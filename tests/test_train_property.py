@@ -87,6 +87,8 @@ def _head(b, x, rng, classes):
 ).via('a 1x1 output: the folded output loops left an unused index')
 @example(h=3, w=3, cin=1, cout=1, k=1, stride=1, dil=1, pad='same', kind='grouped', mult=1, r=1, act='none', seed=0,
          two=False).via('a grouped conv with one channel per group: a folded channel index shadowed a local')
+@example(h=3, w=7, cin=2, cout=1, k=1, stride=1, dil=1, pad='same', kind='depthwise', mult=1, r=1, act='none', seed=252,
+         two=True).via('a depthwise conv trained in part with one tap row: its two parts declared their row twice')
 def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, kind, mult, r, act, seed, two, kernels):
     rng = np.random.default_rng(seed)
     groups = 1
