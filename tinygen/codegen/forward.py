@@ -55,9 +55,7 @@ def small_requant(layer, shift: np.ndarray) -> bool:
     plus its largest |bias|) and no channel shifts left: then `tg_requantize30` (one SMMULR for the
     doubling high multiply) gives `tg_requantize`'s bits. A layer whose parameters train does not qualify
     (its bias may grow to `reference.training.bias_limit`); the training build resets it."""
-    k = int(np.prod(layer.weight.shape[1:]))
-    worst = k * 255 * 128 + (int(np.abs(layer.bias.astype(np.int64)).max()) if layer.bias.size else 0)
-    return worst < 2**30 and bool((shift <= 0).all())
+    return ir.acc_bound(int(np.prod(layer.weight.shape[1:])), layer.bias) < 2**30 and bool((shift <= 0).all())
 
 
 def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:

@@ -326,7 +326,7 @@ def _forward(em: _Emit) -> tuple[list, list]:
     plan, trainer = em.plan, em.trainer
     names = {"act": em.act, "plane": lambda t: plan.ptr(f"act_{t}"), "mask": lambda t: plan.ptr(f"mask_{t}")}
 
-    def sram_weights(code):
+    def for_training(code):
         """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash; a
         layer with any trained parameter requantizes in general (its bias may grow: `small_requant`)."""
         if code.layer.name in trainer.trained:
@@ -343,7 +343,7 @@ def _forward(em: _Emit) -> tuple[list, list]:
                             weight_f=f"{prefix}_weight_f")
 
     kernels, calls, codes = render_forward(em.model, plan.fusions, em.env, lambda kind, t: names[kind](t),
-                                           trainer.needs_grad, customize=sram_weights)
+                                           trainer.needs_grad, customize=for_training)
     _emit_saves(em, calls, codes)
     for code in codes:
         tl = trainer.trained.get(code.layer.name)

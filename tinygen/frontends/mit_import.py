@@ -336,7 +336,7 @@ def _fit_bias(weight: np.ndarray, bias: np.ndarray, w_scales: np.ndarray):
     divided by 2^s, rounded: the real-valued weights and bias are kept up to that rounding.
     """
     k = weight.shape[1]
-    limit = 2**31 - 1 - k * 255 * 128
+    limit = 2**31 - 1 - ir.acc_bound(k)
     big = np.nonzero(np.abs(bias.astype(np.int64)) > limit)[0]
     if big.size == 0 or limit <= 0:  # limit <= 0: the IR validator reports the layer
         return weight, bias, w_scales

@@ -334,9 +334,14 @@ def _check_act(layer, where):
           f"{where}: activation range [{layer.act_min}, {layer.act_max}] is not inside int8 [-128, 127]")
 
 
+def acc_bound(k: int, bias=None) -> int:
+    """The largest |accumulator| of a dot product of `k` terms (|x - z_x| <= 255, |w| <= 128) plus the
+    largest |bias| (none: 0): the int32 accumulator must stay below 2^31 (C UB otherwise)."""
+    return k * 255 * 128 + (int(np.abs(bias.astype(np.int64)).max()) if bias is not None and bias.size else 0)
+
+
 def _check_acc(k: int, bias, where: str) -> None:
-    # |x - z_x| <= 255 and |w| <= 128: the int32 accumulator must not overflow (C UB).
-    worst = k * 255 * 128 + (int(np.abs(bias.astype(np.int64)).max()) if bias.size else 0)
+    worst = acc_bound(k, bias)
     _need(worst < 2**31, f"{where}: a dot product of {k} terms can overflow the int32 accumulator; split the layer")
 
 

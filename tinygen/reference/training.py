@@ -71,8 +71,7 @@ def fraction_of(master, frac_bits: int) -> np.ndarray:
 def bias_limit(layer) -> int:
     """Largest |bias| a trained layer may reach: the forward accumulator (bias plus K products of
     at most 255 * 128) must stay inside int32."""
-    k = int(np.prod(layer.weight.shape[1:]))
-    return 2**31 - 1 - k * 255 * 128
+    return 2**31 - 1 - ir.acc_bound(int(np.prod(layer.weight.shape[1:])))
 
 
 @dataclass

@@ -54,7 +54,7 @@ def quantize_weights(w: np.ndarray, b: np.ndarray | None, s_x: float, headroom: 
     flat = w.reshape(cout, -1)
     k = flat.shape[1]
     b = np.zeros(cout) if b is None else np.asarray(b, dtype=np.float64)
-    limit = _ACC_BOUND - k * 255 * 128 - 1
+    limit = _ACC_BOUND - ir.acc_bound(k) - 1
     if limit <= 0:
         raise ModelError(f"a dot product of {k} terms can overflow the int32 accumulator; split the layer")
     amax = np.abs(flat).max(axis=1)
