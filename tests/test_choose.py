@@ -83,3 +83,24 @@ def test_choose_ranks_by_the_probe_and_leaves_the_candidates_untouched():
         assert c.trainer.step_count == 0  # the probe trains copies
     again = S.probe([c.trainer for c in choices], x, y, 32)
     assert again == [c.probe_loss for c in choices]  # deterministic, and what choose measured
+
+
+def test_measured_keeps_the_path_and_adds_only_weights_that_lowered_the_probe_loss():
+    """`measured`: the base is the bias of every weighted layer on the path; a layer's weights join only
+    where the probe measured them lowering the held-out loss against that base, under the budget."""
+    model = get_model("mbv2-w0.35-r32-mnist", 10)
+    x, y, _ = training_samples(model, 96)
+    layers = weighted_layers(model)
+    path = Scheme({layer.name: LayerUpdate([], True, 1) for layer in layers[-4:]})
+    config, budget = TrainConfig(lr=0.01), 256 * 1024
+    trainer, est = S.measured(model, path, x, y, 64, budget, config)
+    got = trainer.scheme.layers
+    assert set(got) == set(path.layers) and all(u.bias for u in got.values())
+    weighted = [n for n, u in got.items() if u.channels]
+    assert weighted  # this task gains from the last block's weights
+    assert est.total <= budget and training_sram(model, trainer).total == est.total
+    base = Trainer(model, path, config)
+    alone = [Trainer(model, Scheme(dict(path.layers, **{n: got[n]})), config) for n in weighted]
+    losses = S.probe([base, *alone], x, y, 64)
+    assert all(loss < losses[0] for loss in losses[1:])
+    assert all(got[n].channels == list(range(len(got[n].channels))) for n in weighted)  # first channels

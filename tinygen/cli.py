@@ -308,7 +308,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
             return auto_last_k(model, config, budget, filter_r)[0]
         for i, c in enumerate(choices):
             loss = "-" if c.probe_loss is None else f"{c.probe_loss:.4f}"
-            click.echo(f"  {'chosen' if i == 0 else '      '} {c.label:18s} probe loss {loss}  peak "
+            click.echo(f"  {'chosen' if i == 0 else '      '} {c.label:22s} probe loss {loss}  peak "
                        f"{c.estimate.total:,} B  {c.trainer.scheme.counts()[0]} weight / "
                        f"{c.trainer.scheme.counts()[1]} bias layers", err=True)
         return choices[0].trainer

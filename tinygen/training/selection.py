@@ -17,6 +17,9 @@ every accepted candidate.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,11 +261,27 @@ def scheme_tail(model: ir.Model, scheme: Scheme) -> ir.Model:
     return ir.tail(model, {n for n, u in scheme.layers.items() if u.channels or u.bias})
 
 
-def probe(trainers: list[Trainer], x: np.ndarray, labels: np.ndarray, train: int, log=None) -> list[float]:
+def _probe_one(args) -> float:
+    """Mean held-out loss of one scheme after `train` steps of a fresh trainer on its tail's inputs."""
+    tail, scheme, config, values, labels, train = args
+    fresh = Trainer(tail, scheme, config)
+    name = tail.input.name
+    for c, yi in zip(values[:train], labels[:train], strict=True):
+        fresh.step(c[name], yi)
+    total = 0
+    for c, yi in zip(values[train:], labels[train:], strict=True):
+        out, _ = fresh.forward(c[name])
+        total += fresh.loss(out[tail.output.name], yi)[0]
+    return total / max(1, len(values) - train) / 65536
+
+
+def probe(trainers: list[Trainer], x: np.ndarray, labels: np.ndarray, train: int, log=None,
+          jobs: int | None = None) -> list[float]:
     """Held-out loss of each trainer's scheme after a short run of the device's own training (the bit-exact
     integer reference, batch 1, its configuration; the trainers are not touched): train on the first
     `train` samples, then the mean cross-entropy (or MSE) over the rest. Lower is better. The frozen
-    layers before a scheme's gradient path run once per sample (`ir.tail`), shared by schemes of one model."""
+    layers before a scheme's gradient path run once per sample (`ir.tail`), shared by schemes of one model;
+    the schemes train in `jobs` processes (default: the cores), each independent of the others."""
     cached: dict[int, list[dict]] = {}
     tails = [scheme_tail(tr.model, tr.scheme) for tr in trainers]
     for m in {id(tr.model): tr.model for tr in trainers}.values():
@@ -271,26 +290,95 @@ def probe(trainers: list[Trainer], x: np.ndarray, labels: np.ndarray, train: int
         prefix = ir.Model(m.name, m.input, m.layers[:stop])
         want = {t.input.name for t in mine}
         cached[id(m)] = [{n: v[n] for n in want} for v in (run_model(prefix, xi, keep=True) for xi in x)]
+    work = [(tail, tr.scheme, tr.config, [{tail.input.name: c[tail.input.name]} for c in cached[id(tr.model)]],
+             labels, train) for tr, tail in zip(trainers, tails, strict=True)]
+    jobs = min(len(work), jobs or os.cpu_count() or 1)
     losses = []
-    for i, (tr, tail) in enumerate(zip(trainers, tails, strict=True)):
-        fresh = Trainer(tail, tr.scheme, tr.config)
-        name = tail.input.name
-        values = cached[id(tr.model)]
-        for c, yi in zip(values[:train], labels[:train], strict=True):
-            fresh.step(c[name], yi)
-        total = 0
-        for c, yi in zip(values[train:], labels[train:], strict=True):
-            out, _ = fresh.forward(c[name])
-            total += fresh.loss(out[tail.output.name], yi)[0]
-        losses.append(total / max(1, len(x) - train) / 65536)
-        if log:
-            log(f"  probe {i + 1}/{len(trainers)}: held-out loss {losses[-1]:.4f} after {train} training steps")
+    with (ProcessPoolExecutor(jobs) if jobs > 1
+          else nullcontext()) as pool:
+        results = pool.map(_probe_one, work) if pool else map(_probe_one, work)
+        for i, loss in enumerate(results):
+            losses.append(loss)
+            if log:
+                log(f"  probe {i + 1}/{len(trainers)}: held-out loss {loss:.4f} after {train} training steps")
     return losses
+
+
+def _trial(model: ir.Model, scheme: Scheme, config: TrainConfig, budget: int, macs_budget: int | None):
+    """(trainer, estimate) of `scheme` where the planner fits it under the budgets, else None."""
+    try:
+        tr = Trainer(model, scheme, config)
+    except Exception:  # noqa: BLE001 - unreachable by gradients (max pool): not a candidate
+        return None
+    est = training_sram(model, tr)
+    if est.total > budget or (macs_budget is not None and backward_macs(model, tr) > macs_budget):
+        return None
+    return tr, est
+
+
+WIDTHS = (1.0, 0.5, 0.25, 0.125)  # the weight widths a measured contribution tries, widest first
+
+
+def measured(model: ir.Model, path: Scheme, x: np.ndarray, labels: np.ndarray, train: int, budget: int,
+             config: TrainConfig, macs_budget: int | None = None, filter_r: int = 1, log=None):
+    """A selection from contributions measured by training (the paper's contribution analysis, run by
+    the probe): the biases of every weighted layer on `path`'s gradient path and the head as `path` has
+    it are the base; each other regular (not depthwise) layer on that path whose output does not feed a
+    residual addition adds its weights at the widest of WIDTHS that fits, and the probe measures the
+    held-out loss it takes off the base. Layers then join greedily by that gain per byte the planner
+    adds, each at the widest width that still fits. Returns (trainer, estimate) or None."""
+    position = {layer.name: i for i, layer in enumerate(model.layers)}
+    top = min(position[n] for n in path.trained())
+    head = model.layers[-1].name
+    tensors = model.tensors()
+    consumers = model.consumers()
+    on_path = [layer for layer in weighted_layers(model) if position[layer.name] >= top]
+    base = {layer.name: LayerUpdate([], True, filter_r) for layer in on_path}
+    if head in path.layers:
+        base[head] = path.layers[head]
+
+    def scheme(extra: dict[str, LayerUpdate]) -> Scheme:
+        return Scheme(dict(base, **extra), "measured contributions, greedy under the budget")
+    got = _trial(model, scheme({}), config, budget, macs_budget)
+    if got is None:
+        return None
+    trials = {"": got}
+    widths: dict[str, float] = {}
+    for layer in on_path:
+        if layer.name == head or ir.is_depthwise(layer) or any(
+                isinstance(c, ir.Add) for c in consumers.get(layer.output.name, [])):
+            continue
+        for ratio in WIDTHS:
+            upd = LayerUpdate(first_channels(layer, tensors, ratio), True, filter_r)
+            got = _trial(model, scheme({layer.name: upd}), config, budget, macs_budget)
+            if got is not None:
+                trials[layer.name], widths[layer.name] = got, ratio
+                break
+    if len(trials) == 1:
+        return trials[""]
+    if log:
+        log(f"  measuring what the weights of {len(trials) - 1} layer(s) add ...")
+    losses = dict(zip(trials, probe([tr for tr, _ in trials.values()], x, labels, train, log), strict=True))
+    base_total = trials[""][1].total
+    gains = sorted(((losses[""] - losses[n]) / max(1, trials[n][1].total - base_total), n)
+                   for n in trials if n and losses[n] < losses[""])
+    chosen: dict[str, LayerUpdate] = {}
+    best = trials[""]
+    layers = {layer.name: layer for layer in on_path}
+    for _, name in reversed(gains):
+        for ratio in (r for r in WIDTHS if r <= widths[name]):
+            upd = LayerUpdate(first_channels(layers[name], tensors, ratio), True, filter_r)
+            got = _trial(model, scheme(dict(chosen, **{name: upd})), config, budget, macs_budget)
+            if got is not None:
+                chosen[name], best = upd, got
+                break
+    return best
 
 
 POTENTIAL_SAMPLES = 16  # samples the gradient potential averages over (its estimate is unbiased from 2)
 PROBE_TRAIN, PROBE_TEST = 256, 128  # the probe's training steps and held-out samples
 MACS_CAP = 0.5  # one potential candidate keeps the backward MACs under this share of the forward's
+CAPPED, MEASURED = "potential, capped", "measured contributions"  # two candidates' labels
 
 
 @dataclass
@@ -310,25 +398,33 @@ def choose(model: ir.Model, x: np.ndarray, labels: np.ndarray, budget: int, conf
     pretraining is close to the task (MbV2 at 32x32, digits 0-4 -> 5-9), the capped one where it is far
     (ImageNet -> MNIST at 128x128, where a deep gradient path into the high-resolution layers costs
     more than it gains); a short run of the device's own training on the first samples decides
-    (`probe`). Fisher potential (`--update fisher`) is not a candidate: the probe misjudged it both ways
-    (docs/selection.md). `x`, `labels`: PROBE_TRAIN + PROBE_TEST samples (fewer: the probe uses what
-    there is)."""
+    (`probe`). Where the capped one wins, the layers on its gradient path are chosen again by their
+    contributions measured by the same probe (`measured`), and that selection is first: the probe judges
+    the depth of a path well, but not what a wide selection reaches after many steps (it ranks the
+    measured selection last on MCUNet-5fps at 128x128, where it trains best; docs/selection.md). Fisher
+    potential (`--update fisher`) is not a candidate: the probe misjudged it both ways. `x`, `labels`:
+    PROBE_TRAIN + PROBE_TEST samples (fewer: the probe uses what there is)."""
     found: dict[str, tuple] = {}
     pot = gradient_potential(model, x[:POTENTIAL_SAMPLES], labels[:POTENTIAL_SAMPLES])
     caps = {"potential": macs_budget}
     cap = int(MACS_CAP * model.macs())
     if macs_budget is None or cap < macs_budget:
-        caps["potential, capped"] = cap
+        caps[CAPPED] = cap
     for label, limit in caps.items():
         got = select(model, pot, budget, config, limit, filter_r)
         if got is not None and all(got[0].scheme.layers != f[0].scheme.layers for f in found.values()):
             found[label] = got
     choices = [Choice(label, tr, est) for label, (tr, est) in found.items()]
+    n = min(len(x), PROBE_TRAIN + PROBE_TEST)
+    train = max(1, n * PROBE_TRAIN // (PROBE_TRAIN + PROBE_TEST))
     if len(choices) > 1:
-        n = min(len(x), PROBE_TRAIN + PROBE_TEST)
-        train = max(1, n * PROBE_TRAIN // (PROBE_TRAIN + PROBE_TEST))
         losses = probe([c.trainer for c in choices], x[:n], labels[:n], train, log)
         for c, loss in zip(choices, losses, strict=True):
             c.probe_loss = loss
         choices.sort(key=lambda c: c.probe_loss)
+    if choices and choices[0].label == CAPPED and n > train:
+        got = measured(model, choices[0].trainer.scheme, x[:n], labels[:n], train, budget, config, macs_budget,
+                       filter_r, log)
+        if got is not None and got[0].scheme.layers != choices[0].trainer.scheme.layers:
+            choices.insert(0, Choice(MEASURED, *got))
     return choices
