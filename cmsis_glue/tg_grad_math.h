@@ -102,6 +102,18 @@ TG_INLINE int32_t tg_mul_q31_s16(int32_t x, int32_t m, int32_t shift)
     return (int32_t)((p + ((int64_t)1 << (n - 1)) - (p < 0)) >> n);
 }
 
+/* tg_mul_q31_s16 where the right shift n = 31 - shift is in [16, 32] (shift in [-1, 15]): |x|
+ * shifted left by 32 - n = shift + 1 <= 16 still fits 32 bits (|x| <= 2^15), and the high word
+ * of that times m plus 2^31 is floor((|x| m + 2^(n-1)) / 2^n), the magnitude rounded half up; the
+ * sign put back makes it half away from zero: the same bits as tg_mul_q31_s16 for m >= 0 (every
+ * forward multiplier), one UMULL and no 64-bit shift by a variable amount. */
+TG_INLINE int32_t tg_mul_q31_s16_high(int32_t x, int32_t m, int32_t shift)
+{
+    const uint32_t magnitude = (uint32_t)(x < 0 ? -x : x) << (shift + 1);
+    const uint32_t r = (uint32_t)(((uint64_t)magnitude * (uint32_t)m + 0x80000000U) >> 32);
+    return x < 0 ? -(int32_t)r : (int32_t)r;
+}
+
 /* Shift that brings a maximum magnitude into the normalized gradient range. */
 TG_INLINE int32_t tg_norm_shift(int64_t max_abs)
 {
@@ -113,6 +125,8 @@ TG_INLINE int64_t tg_abs64(int64_t x)
 {
     return x < 0 ? -x : x;
 }
+
+#define TG_MASK_BITS 8 /* mask bits per byte */
 
 /* Bit i of a 1-bit mask array. */
 TG_INLINE int32_t tg_mask_get(const uint8_t *mask, int32_t i)

@@ -15,12 +15,13 @@ C_BODY = """
         r[2] = tg_bitlen64(v[0]);
         r[3] = tg_sat32(v[0]);
         r[4] = tg_round_stochastic(v[0] >> 1, tg_sr_key((uint32_t)v[1], (uint32_t)v[2]), (int32_t)v[1]);
-        r[5] = tg_mul_q31_s16((int16_t)v[0], (int32_t)v[1], 16 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 47);"""
+        r[5] = tg_mul_q31_s16((int16_t)v[0], (int32_t)v[1], 16 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 47);
+        r[6] = tg_mul_q31_s16_high((int16_t)v[0], (int32_t)v[1], 15 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 17);"""
 
 
 @pytest.fixture(scope="module")
 def c_prims(tmp_path_factory):
-    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 6)
+    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 7)
 
 
 def test_grad_primitives_c_equal_python(c_prims):
@@ -41,6 +42,7 @@ def test_grad_primitives_c_equal_python(c_prims):
     assert np.any(np.abs(got[:, 0]) == 2**62)
     x16 = ((x + 2**15) % 2**16) - 2**15  # (int16_t)x
     assert np.array_equal(got[:, 5], gradmath.mul_q31(x16, m, 16 - np.abs(sh) % 47))  # the int16 fast path
+    assert np.array_equal(got[:, 6], gradmath.mul_q31(x16, m, 15 - np.abs(sh) % 17))  # its high-word form
     key = (m * gradmath.SR_STEP_MUL + (sh & gradmath.M32)) & gradmath.M32  # v[1] as the step, v[2] as the salt
     assert np.array_equal(got[:, 4], gradmath.round_stochastic(x >> 1, gradmath.sr_noise(key, m)))
 
@@ -63,9 +65,12 @@ def test_normalize16_bounds():
 
 
 def test_int16_multiply_at_its_extremes(c_prims):
-    """tg_mul_q31_s16 at the ends of its domain: x = -2^15 and 2^15 - 1, m = 2^31 - 1, right shifts 15 and 46."""
-    rows = [[x, m, s] for x in (-2**15, 2**15 - 1, -1, 1, 0) for m in (2**31 - 1, 2**30, 1) for s in (0, 31, 46)]
+    """tg_mul_q31_s16 at the ends of its domain: x = -2^15 and 2^15 - 1, m = 2^31 - 1, right shifts 15 and 46;
+    tg_mul_q31_s16_high at the ends of its own, right shifts 16 and 32 (and everything between)."""
+    rows = [[x, m, s] for x in (-2**15, 2**15 - 1, -1, 1, 0) for m in (2**31 - 1, 2**30, 1, 0)
+            for s in (0, 31, 46, *range(17))]
     got = c_prims(rows)
     v = np.asarray(rows)
     assert np.array_equal(got[:, 5], gradmath.mul_q31(v[:, 0], v[:, 1], 16 - v[:, 2] % 47))
+    assert np.array_equal(got[:, 6], gradmath.mul_q31(v[:, 0], v[:, 1], 15 - v[:, 2] % 17))
     assert got[:, 5].min() == -(2**31 - 1) and got[:, 5].max() < 2**31  # the ends, inside int32

@@ -10,7 +10,7 @@ import numpy as np
 from tinygen.ir import model as ir
 from tinygen.planning.arena import lower_bound
 from tinygen.planning.memory import RUNTIME_RESERVE, trained_state_bytes
-from tinygen.planning.schedule import plan_forward, plan_training
+from tinygen.planning.schedule import MASK_BITS, plan_forward, plan_training
 from tinygen.planning.weight_store import weight_store
 from tinygen.report import table
 
@@ -69,7 +69,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
             "trained_sram_bytes": (weight_store(layer, tl.update.channels).trained_part(w).size
                                    if tl and tl.update.channels else 0),
             "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,
-            "mask_bytes": -(-layer.output.size // 8) if on_path else 0,
+            "mask_bytes": -(-layer.output.size // MASK_BITS) if on_path else 0,
             "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
         })
     ckpt = board.checkpoint.bytes if checkpoint and board.checkpoint is not None else 0

@@ -19,6 +19,8 @@ from tinygen.planning.saved_input import SavedInput, saved_input
 from tinygen.planning.weight_store import weight_store
 from tinygen.reference.training import Trainer
 
+MASK_BITS = 8  # a clamp mask packs this many outputs' bits in a byte (tg_grad_math.h TG_MASK_BITS)
+
 
 @dataclass
 class ForwardPlan:
@@ -187,7 +189,7 @@ def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], 
     for i, layer in reversed(path):
         if isinstance(layer, ir.Reshape):
             continue
-        b.need(f"mask_{layer.output.name}", -(-layer.output.size // 8), sched.fwd(i), sched.bwd(i), "uint8_t")
+        b.need(f"mask_{layer.output.name}", -(-layer.output.size // MASK_BITS), sched.fwd(i), sched.bwd(i), "uint8_t")
         for t in layer.inputs:
             if t in trainer.needs_grad:
                 contributions.setdefault(galias.get(t, t), []).append(i)
