@@ -36,3 +36,20 @@ def test_host_c_training_predicts_what_the_reference_predicts():
     want = np.array([int(np.argmax(run_model(trained, xi))) for xi in xq_te[:80]])
     assert np.array_equal(got, want)
     assert len(set(want.tolist())) > 1  # a trained head, not a constant answer
+
+
+def test_a_partial_mnist128_run_replaces_only_its_own_rows(tmp_path):
+    """`tinygen bench transfer --task mnist128 --only LABEL` updates that label's rows in the saved JSON and
+    keeps the others (a full run writes the file whole)."""
+    import json
+
+    from tinygen.bench import transfer128
+
+    def rows(update, acc):
+        return [{"model": "m", "update": update, "seed": s, "accuracy": acc} for s in range(2)]
+    transfer128.save(rows("a", 0.5) + rows("b", 0.5), "mnist128", tmp_path)
+    path = transfer128.save(rows("b", 0.9), "mnist128", tmp_path, merge=True)
+    got = {(r["update"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
+    assert got == {("a", 0.5), ("b", 0.9)}
+    transfer128.save(rows("c", 0.1), "mnist128", tmp_path)
+    assert {r["update"] for r in json.loads(path.read_text())["results"]} == {"c"}

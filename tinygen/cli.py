@@ -468,7 +468,8 @@ def bench_selection(task, budgets, seeds, out):
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mnist128: keep the frozen layers' activations here between runs (keyed by a hash).")
 @click.option("--only", "labels", multiple=True,
-              help="mnist128: only these updates, by their table label (e.g. 'MIT 99kb', 'auto @stm32f746').")
+              help="mnist128: only these updates, by their table label (e.g. 'MIT 99kb', 'auto @stm32f746'); "
+                   "their rows replace their own in the saved JSON, the others are kept.")
 @click.option("--lr-halve-every", "halve_every", type=click.IntRange(min=0), default=0, show_default=True,
               help="mnist128: halve the learning rate every N steps in every run, integer and float (0: constant); "
                    "saved as transfer_mnist128_halveN.json.")
@@ -494,7 +495,8 @@ def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, hal
                                     methods=("int",) if int_only else ("int", "float"))
         headers, rows = transfer128.summary(results)
         click.echo(table(headers, rows, "llrrrrl"))
-        click.echo(f"saved {transfer128.save(results, task, Path(out or 'bench-results'), halve_every, rounding)}")
+        path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, bool(labels))
+        click.echo(f"saved {path}" + (" (the other rows kept)" if labels else ""))
 
 
 @bench.command("auto")

@@ -273,11 +273,17 @@ def summary(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["model", "update", "peak KB", "int % (orders)", "float fake-quant %", "int - float", "scheme"], rows
 
 
-def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0, rounding: str = "nearest") -> Path:
+def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0, rounding: str = "nearest",
+         merge: bool = False) -> Path:
     """`transfer_<task>.json`; `_halve<N>` and `_stochastic` are added to the name for runs with the learning
-    rate halving and with stochastic rounding."""
+    rate halving and with stochastic rounding. With `merge` (a run of some rows, `--only`), the file's rows of
+    other (model, update) pairs are kept and these replace their own."""
     out.mkdir(parents=True, exist_ok=True)
     tags = (f"_halve{halve_every}" if halve_every else "") + ("" if rounding == "nearest" else f"_{rounding}")
     path = out / f"transfer_{task_name}{tags}.json"
+    if merge and path.exists():
+        mine = {(r["model"], r["update"]) for r in results}
+        kept = [r for r in json.loads(path.read_text())["results"] if (r["model"], r["update"]) not in mine]
+        results = kept + results
     path.write_text(json.dumps({"task": TASKS128[task_name].__dict__, "results": results}, indent=1) + "\n")
     return path
