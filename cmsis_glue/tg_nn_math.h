@@ -80,12 +80,23 @@ TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
     return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
 }
 
-/* tg_requantize where the build proved |val| < 2^30 and shift <= 0 (codegen/forward.py,
+/* tg_divide_by_power_of_two for |x| < 2^29 and exponent in [0, 30], with one more bit and no
+ * compare: floor((2x + 2^e - (x < 0)) / 2^(e+1)). For x >= 0 it is floor((x + 2^(e-1)) / 2^e)
+ * (and x itself at e = 0); for x < 0 the numerator is one more than the even 2x + 2^e - 2, which
+ * no multiple of 2^(e+1) lies between, so it is floor((x + 2^(e-1) - 1) / 2^e): ties away from
+ * zero either way. The bounds keep 2x + 2^e inside int32. */
+TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
+{
+    return (x * 2 + (1 << exponent) + (x >> 31)) >> (exponent + 1);
+}
+
+/* tg_requantize where the build proved |val| < 2^29 and shift in [-30, 0] (codegen/forward.py,
  * small_requant): the doubling high multiply is then the rounded high word of (2 * val) *
  * multiplier, one SMMULR on a core with the DSP extension: (2ab + 2^31) >> 32 is
- * (ab + 2^30) >> 31, the same bits. The host's "dsp" kernel set computes SMMULR's definition in
+ * (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the rounding divide is
+ * tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes SMMULR's definition in
  * C, the portable set tg_doubling_high_mult. */
-TG_INLINE int32_t tg_requantize30(int32_t val, int32_t multiplier, int32_t shift)
+TG_INLINE int32_t tg_requantize_small(int32_t val, int32_t multiplier, int32_t shift)
 {
 #if defined(__ARM_FEATURE_DSP) && !defined(TG_PORTABLE_KERNELS)
     int32_t high;
@@ -96,7 +107,7 @@ TG_INLINE int32_t tg_requantize30(int32_t val, int32_t multiplier, int32_t shift
 #else
     const int32_t high = tg_doubling_high_mult(val, multiplier);
 #endif
-    return tg_divide_by_power_of_two(high, -shift);
+    return tg_divide_by_power_of_two_small(high, -shift);
 }
 
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the

@@ -47,17 +47,17 @@ int main(int argc, char **argv) {{
 CTYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 
 
-def c_driver(workdir: Path, header: str, body: str, dtype, n_out: int):
+def c_driver(workdir: Path, header: str, body: str, dtype, n_out: int, cflags: tuple[str, ...] = ()):
     """Compile a small C program that reads rows v[0..2] of `dtype` from argv[1], computes r[0..n_out-1]
     with `body` (statements using the functions of `header`) and writes them to argv[2] (project
-    flags, sanitizers on); returns run(rows) -> int64 array of shape (rows, n_out).
+    flags and `cflags`, sanitizers on); returns run(rows) -> int64 array of shape (rows, n_out).
 
     (Not generated model code: a direct probe of cmsis_glue's helpers, so it compiles on its own.)"""
     workdir = Path(workdir)
     source = DRIVER.format(header=header, ctype=CTYPE[np.dtype(dtype)], n_out=n_out, body=body)
     (workdir / "drv.c").write_text(source)
     exe = compile_host([workdir / "drv.c"], [data_dir("cmsis_glue")], workdir / "drv",
-                       extra=["-Wno-missing-prototypes"])
+                       extra=["-Wno-missing-prototypes", *cflags])
 
     def run_rows(rows):
         (workdir / "in.bin").write_bytes(np.asarray(rows, dtype=dtype).tobytes())

@@ -74,6 +74,30 @@ def test_divide_by_power_of_two_32bit_equals_64bit(tmp_path):
     assert np.array_equal(got[:, 0], quant.divide_by_power_of_two(v[:, 0], v[:, 1]))
 
 
+@pytest.mark.parametrize("kernels", ["portable", "dsp"])
+def test_small_requantization_equals_the_general_one(tmp_path, kernels):
+    """tg_requantize_small (|acc| < 2^29, shift in [-30, 0]: the frozen layers of the MIT models) and its
+    rounding divide give the general requantization's bits, at every exponent's rounding edges and the
+    ends of the bound, with the portable multiply and with SMMULR's definition (the host "dsp" set)."""
+    body = """
+        r[0] = tg_requantize_small(v[0], v[1], v[2]);
+        r[1] = tg_divide_by_power_of_two_small(v[0], -v[2]);"""
+    flags = ("-DTG_PORTABLE_KERNELS",) if kernels == "portable" else ("-DTG_DSP_PORTABLE",)
+    run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 2, flags)
+    rng = np.random.default_rng(3)
+    d = _divide_cases()
+    d = d[(np.abs(d[:, 0]) < 2**29) & (d[:, 1] <= 30)]
+    lim = 2**29 - 1
+    vals = np.concatenate([d[:, 0], rng.integers(-lim, lim + 1, 20000), np.repeat([lim, -lim, 0, 1, -1], 31)])
+    shifts = np.concatenate([-d[:, 1], rng.integers(-30, 1, 20000), np.tile(np.arange(-30, 1), 5)])
+    mults = np.concatenate([rng.integers(2**30, 2**31, len(d)), rng.integers(0, 2**31, 20000),
+                            np.full(155, 2**31 - 1)])
+    v = np.stack([vals, mults, shifts], axis=1)
+    got = run(v)
+    assert np.array_equal(got[:, 0], quant.requantize(vals, mults, shifts))
+    assert np.array_equal(got[:, 1], quant.divide_by_power_of_two(vals, -shifts))
+
+
 def test_rounding_is_half_away_from_zero():
     assert quant.divide_by_power_of_two(5, 1) == 3 and quant.divide_by_power_of_two(-5, 1) == -3
     assert quant.divide_by_power_of_two(-6, 2) == -2 and quant.divide_by_power_of_two(6, 2) == 2

@@ -50,12 +50,18 @@ class LayerCode:
     kernel_c: str = ""
 
 
+SMALL_ACC = 2**29  # tg_requantize_small's bound on |acc|: 2 acc + 2^e of its rounding divide fits int32
+SMALL_SHIFT_MIN = -30  # ... and on the right shift e = -shift (2^e itself an int32)
+
+
 def small_requant(layer, shift: np.ndarray) -> bool:
-    """Whether a layer's accumulators provably stay within |acc| < 2^30 (K products of at most 255 * 128,
-    plus its largest |bias|) and no channel shifts left: then `tg_requantize30` (one SMMULR for the
-    doubling high multiply) gives `tg_requantize`'s bits. A layer whose parameters train does not qualify
-    (its bias may grow to `reference.training.bias_limit`); the training build resets it."""
-    return ir.acc_bound(int(np.prod(layer.weight.shape[1:])), layer.bias) < 2**30 and bool((shift <= 0).all())
+    """Whether a layer's accumulators provably stay within |acc| < SMALL_ACC (K products of at most
+    255 * 128, plus its largest |bias|) and every channel's shift is in [SMALL_SHIFT_MIN, 0]: then
+    `tg_requantize_small` (one SMMULR for the doubling high multiply, a three-operation rounding divide)
+    gives `tg_requantize`'s bits. A layer whose parameters train does not qualify (its bias may grow to
+    `reference.training.bias_limit`); the training build resets it."""
+    return (ir.acc_bound(int(np.prod(layer.weight.shape[1:])), layer.bias) < SMALL_ACC
+            and bool(((shift <= 0) & (shift >= SMALL_SHIFT_MIN)).all()))
 
 
 def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:
@@ -77,7 +83,13 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
 
 
 def _requantize_fn(layer, shift: np.ndarray) -> str:
-    return "tg_requantize30" if small_requant(layer, shift) else "tg_requantize"
+    return "tg_requantize_small" if small_requant(layer, shift) else "tg_requantize"
+
+
+def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
+    """INPUT_OFFSET * sum(w) of each output channel (OHWI weights): what a kernel adds to the bias to fold the
+    input offset in, computed at build time for constant weights (int32: the validator bounds every sum)."""
+    return (weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1) * input_offset).astype(np.int32)
 
 
 def im2col_filter(weight: np.ndarray) -> np.ndarray:
@@ -128,7 +140,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     else:
         raise TypeError(layer.op)
     fn = f"{prefix}_{template}"
-    ctx.update(fn=fn, symbol=prefix, comment=desc, mask=False, split_k=0, overlap=False)
+    ctx.update(fn=fn, symbol=prefix, comment=desc, mask=False, split_k=0, overlap=False, offset_sums=None)
     for key in ("weight", "bias", "mult", "shift"):
         if f"{prefix}_{key}" in arrays:
             ctx[key] = f"{prefix}_{key}"
@@ -188,6 +200,10 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         code.context["dw_taps_in_fours"] = bool(f and f.kind in ("inplace_dw", "pw_dw") and taps_in_fours(layer))
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
+            if code.context["input_offset"] and f"{code.context['symbol']}_weight" in code.arrays:
+                # the weights are constant (none train): INPUT_OFFSET * sum(w) of each channel at build time
+                code.context["offset_sums"] = f"{code.context['symbol']}_offset_sum"
+                code.arrays[code.context["offset_sums"]] = offset_sums(layer.weight, code.context["input_offset"])
         elif code.template == "convolve_s8" and _im2col(code):
             code.template = "convolve_im2col_s8"
             code.context["weight16"] = f"{code.context['symbol']}_weight16"
