@@ -96,7 +96,7 @@ TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
  * (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the rounding divide is
  * tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes SMMULR's definition in
  * C, the portable set tg_doubling_high_mult. */
-TG_INLINE int32_t tg_requantize_small(int32_t val, int32_t multiplier, int32_t shift)
+TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift)
 {
 #if defined(__ARM_FEATURE_DSP) && !defined(TG_PORTABLE_KERNELS)
     int32_t high;

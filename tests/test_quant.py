@@ -76,11 +76,11 @@ def test_divide_by_power_of_two_32bit_equals_64bit(tmp_path):
 
 @pytest.mark.parametrize("kernels", ["portable", "dsp"])
 def test_small_requantization_equals_the_general_one(tmp_path, kernels):
-    """tg_requantize_small (|acc| < 2^29, shift in [-30, 0]: the frozen layers of the MIT models) and its
+    """tg_requantize29 (|acc| < 2^29, shift in [-30, 0]: the frozen layers of the MIT models) and its
     rounding divide give the general requantization's bits, at every exponent's rounding edges and the
     ends of the bound, with the portable multiply and with SMMULR's definition (the host "dsp" set)."""
     body = """
-        r[0] = tg_requantize_small(v[0], v[1], v[2]);
+        r[0] = tg_requantize29(v[0], v[1], v[2]);
         r[1] = tg_divide_by_power_of_two_small(v[0], -v[2]);"""
     flags = ("-DTG_PORTABLE_KERNELS",) if kernels == "portable" else ("-DTG_DSP_PORTABLE",)
     run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 2, flags)
@@ -126,3 +126,28 @@ def test_quantize_multiplier_rejects_bad_values():
     for bad in (-1.0, float("nan"), float("inf"), 2.0**31):
         with pytest.raises(ValueError):
             quant.quantize_multiplier(bad)
+
+
+def test_saturated_bias_keeps_every_output_and_mask():
+    """codegen.forward.saturated_bias: a channel whose output is beyond one end of the clamp for every input gets
+    a bias nearer zero with the same property (same outputs, same clamp masks); any other channel keeps its own."""
+    from types import SimpleNamespace
+
+    from tinygen.codegen.forward import saturated_bias
+    from tinygen.ir import model as ir
+
+    bias = np.array([2**30, -(2**30), 1000, -(2**30), 2**30 - 5, -3 * 10**8], dtype=np.int32)
+    mult = np.array([2**30 + 12345, 2**30, 2**30 + 7, 2**31 - 1, 2**30, 2**30], dtype=np.int64)
+    shift = np.array([-8, -12, -9, -27, 2, -21], dtype=np.int64)  # 3: tiny scale, in range; 4: shifts left
+    layer = SimpleNamespace(weight=np.zeros((6, 3, 3, 1), np.int8), bias=bias, act_min=-128, act_max=127,
+                            output=SimpleNamespace(zero_point=-5))
+    new = saturated_bias(layer, mult, shift)
+    assert list(np.flatnonzero(new != bias)) == [0, 1]  # saturated above, below; the others kept
+    assert np.all(np.abs(new) <= np.abs(bias)) and np.abs(new[:2]).max() < 2**22
+    reach = ir.acc_bound(9)
+    dots = np.concatenate([np.random.default_rng(4).integers(-reach, reach + 1, 5000), [-reach, 0, reach]])
+    for c in range(6):
+        old_out = quant.requantize(bias[c].astype(np.int64) + dots, mult[c], shift[c]) - 5
+        new_out = quant.requantize(new[c].astype(np.int64) + dots, mult[c], shift[c]) - 5
+        assert np.array_equal(np.clip(old_out, -128, 127), np.clip(new_out, -128, 127))
+        assert np.array_equal((old_out >= -128) & (old_out <= 127), (new_out >= -128) & (new_out <= 127))

@@ -22,6 +22,7 @@ import numpy as np
 from tinygen.codegen import cstyle
 from tinygen.codegen.cstyle import CTYPES, break_assignments, c_array
 from tinygen.ir import model as ir
+from tinygen.ir import quant
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
 from tinygen.paths import data_dir
 from tinygen.planning.fusion import ring_columns, taps_in_fours
@@ -50,18 +51,48 @@ class LayerCode:
     kernel_c: str = ""
 
 
-SMALL_ACC = 2**29  # tg_requantize_small's bound on |acc|: 2 acc + 2^e of its rounding divide fits int32
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+SMALL_ACC = 2**29  # tg_requantize29's bound on |acc|: 2 acc + 2^e of its rounding divide fits int32
 SMALL_SHIFT_MIN = -30  # ... and on the right shift e = -shift (2^e itself an int32)
 
 
-def small_requant(layer, shift: np.ndarray) -> bool:
+def small_requant(layer, shift: np.ndarray, bias: np.ndarray | None = None) -> bool:
     """Whether a layer's accumulators provably stay within |acc| < SMALL_ACC (K products of at most
-    255 * 128, plus its largest |bias|) and every channel's shift is in [SMALL_SHIFT_MIN, 0]: then
-    `tg_requantize_small` (one SMMULR for the doubling high multiply, a three-operation rounding divide)
-    gives `tg_requantize`'s bits. A layer whose parameters train does not qualify (its bias may grow to
-    `reference.training.bias_limit`); the training build resets it."""
-    return (ir.acc_bound(int(np.prod(layer.weight.shape[1:])), layer.bias) < SMALL_ACC
+    255 * 128, plus its largest |bias|: `bias`, default the layer's) and every channel's shift is in
+    [SMALL_SHIFT_MIN, 0]: then `tg_requantize29` (one SMMULR for the doubling high multiply, a
+    three-operation rounding divide) gives `tg_requantize`'s bits. A layer whose parameters train does not
+    qualify (its bias may grow to `reference.training.bias_limit`); the training build resets it."""
+    bias = layer.bias if bias is None else bias
+    return (ir.acc_bound(int(np.prod(layer.weight.shape[1:])), bias) < SMALL_ACC
             and bool(((shift <= 0) & (shift >= SMALL_SHIFT_MIN)).all()))
+
+
+def saturated_bias(layer, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The layer's bias, except where a channel's output lies beyond one end of its clamp for every input
+    (its |bias| dwarfs any K products: MIT's models carry |bias| near 2^30 on such channels): there, the bias
+    nearest zero that still puts every output beyond the same end. The outputs and clamp masks are the same
+    for every input (the requantization is monotone where the shift is not positive, the only channels
+    changed), and the accumulators' bound shrinks, so `small_requant` can hold (docs/numerics.md §1.1)."""
+    b = layer.bias.astype(np.int64)
+    reach = ir.acc_bound(int(np.prod(layer.weight.shape[1:])))
+
+    def out(acc):
+        return quant.requantize(acc, mult, shift) + layer.output.zero_point
+    monotone = shift <= 0
+    above = monotone & (out(np.clip(b - reach, INT32_MIN, INT32_MAX)) > layer.act_max)
+    below = monotone & (out(np.clip(b + reach, INT32_MIN, INT32_MAX)) < layer.act_min)
+    # the least accumulator still above the clamp (the greatest still below), by bisection per channel
+    lo, hi = np.full(b.shape, INT32_MIN), np.clip(b - reach, INT32_MIN, INT32_MAX)  # out(hi) > act_max
+    lo2, hi2 = np.clip(b + reach, INT32_MIN, INT32_MAX), np.full(b.shape, INT32_MAX)  # out(lo2) < act_min
+    for _ in range(33):
+        mid = (lo + hi) // 2
+        up = out(mid) > layer.act_max
+        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+        mid2 = (lo2 + hi2 + 1) // 2
+        down = out(mid2) < layer.act_min
+        lo2, hi2 = np.where(down, mid2, lo2), np.where(down, hi2, mid2)
+    new = np.where(above, hi + reach, np.where(below, lo2 - reach, b))
+    return np.where(np.abs(new) < np.abs(b), new, b).astype(layer.bias.dtype)
 
 
 def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:
@@ -71,19 +102,20 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
     kh, kw = layer.kernel
     pt, pb, pl, pr = layer.padding
     depthwise = ir.is_depthwise(layer)
-    arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
+    bias = saturated_bias(layer, mult, shift)
+    arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": bias,
               f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
     ctx = dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=kh, kw=kw, cg=cin // layer.groups,
                groups=layer.groups, ch_mult=cout // cin, stride_h=layer.stride[0], stride_w=layer.stride[1],
                pad_top=pt, pad_left=pl, dil_h=layer.dilation[0], dil_w=layer.dilation[1],
                padded=bool(pt or pb or pl or pr) or _reads_past_end(h, w, oh, ow, kh, kw, layer),
                input_offset=-x.zero_point, output_offset=layer.output.zero_point,
-               act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift))
+               act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift, bias))
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
 
 
-def _requantize_fn(layer, shift: np.ndarray) -> str:
-    return "tg_requantize_small" if small_requant(layer, shift) else "tg_requantize"
+def _requantize_fn(layer, shift: np.ndarray, bias: np.ndarray) -> str:
+    return "tg_requantize29" if small_requant(layer, shift, bias) else "tg_requantize"
 
 
 def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
@@ -118,11 +150,12 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         desc += f", {layer.kind(x.shape[-1])} {layer.kernel[0]}x{layer.kernel[1]} stride {layer.stride[0]}"
     elif isinstance(layer, ir.FullyConnected):
         mult, shift = ir.conv_requant(layer, x)
-        arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": layer.bias,
+        bias = saturated_bias(layer, mult, shift)
+        arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": bias,
                   f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
         template = "fully_connected_s8"
         ctx = dict(in_size=x.size, out_c=out.size, input_offset=-x.zero_point, output_offset=out.zero_point,
-                   act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift))
+                   act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift, bias))
     elif isinstance(layer, ir.Add):
         b = tensors[layer.inputs[1]]
         template = "elementwise_add_s8"

@@ -334,13 +334,15 @@ def _forward(em: _Emit) -> tuple[list, list]:
 
     def for_training(code):
         """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash; a
-        layer with any trained parameter requantizes in general (its bias may grow: `small_requant`)."""
+        layer with any trained parameter starts from its own bias (not `saturated_bias`) and requantizes in
+        general (its bias may grow: `small_requant`)."""
+        prefix = layer_symbol(code.index, code.layer.name)
         if code.layer.name in trainer.trained:
             code.context["requantize"] = "tg_requantize"
+            code.arrays[f"{prefix}_bias"] = code.layer.bias
         st = em.stores.get(code.layer.name)
         if st is None:
             return
-        prefix = layer_symbol(code.index, code.layer.name)
         w = code.arrays.pop(f"{prefix}_weight")
         code.arrays[f"{prefix}_weight_t"] = np.ascontiguousarray(st.trained_part(w))
         if st.split_k:
