@@ -301,7 +301,8 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
     if update == "auto":
         x, y, source = training_samples(model, PROBE_TRAIN + PROBE_TEST)
         click.echo(f"selecting the update under {budget:,} B on {source} (gradient potential, with and without "
-                   "a compute cap, then a training probe) ...", err=True)
+                   "a compute cap, then a training probe; where the capped one wins, its layers' contributions "
+                   "measured by the probe) ...", err=True)
         choices = choose(model, x, y, budget, config, macs_budget, filter_r,
                          log=lambda line: click.echo(line, err=True))
         if not choices:  # not even the classifier with its weights: biases only, or the error with the numbers

@@ -213,14 +213,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in st.items()}, label, order)
 
     def fits(st):
-        try:
-            tr = Trainer(model, build(st), config)
-        except Exception:  # noqa: BLE001 - unreachable by gradients (max pool): not a candidate
-            return None
-        est = training_sram(model, tr)
-        if est.total > budget or (macs_budget is not None and backward_macs(model, tr) > macs_budget):
-            return None
-        return tr, est
+        return _trial(model, build(st), config, budget, macs_budget)
 
     best = fits(state) if state else None
     if best is None:
