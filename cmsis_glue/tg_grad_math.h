@@ -126,8 +126,6 @@ TG_INLINE int64_t tg_abs64(int64_t x)
     return x < 0 ? -x : x;
 }
 
-#define TG_MASK_BITS 8 /* mask bits per byte */
-
 /* Bit i of a 1-bit mask array. */
 TG_INLINE int32_t tg_mask_get(const uint8_t *mask, int32_t i)
 {

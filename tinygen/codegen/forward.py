@@ -173,7 +173,8 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     else:
         raise TypeError(layer.op)
     fn = f"{prefix}_{template}"
-    ctx.update(fn=fn, symbol=prefix, comment=desc, mask=False, split_k=0, overlap=False, offset_sums=None)
+    ctx.update(fn=fn, symbol=prefix, comment=desc, mask=False, split_k=0, overlap=False, offset_sums=None,
+               offset_folded=False)
     for key in ("weight", "bias", "mult", "shift"):
         if f"{prefix}_{key}" in arrays:
             ctx[key] = f"{prefix}_{key}"
@@ -234,9 +235,16 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
             if code.context["input_offset"] and f"{code.context['symbol']}_weight" in code.arrays:
-                # the weights are constant (none train): INPUT_OFFSET * sum(w) of each channel at build time
-                code.context["offset_sums"] = f"{code.context['symbol']}_offset_sum"
-                code.arrays[code.context["offset_sums"]] = offset_sums(layer.weight, code.context["input_offset"])
+                # the weights are constant (none train): INPUT_OFFSET * sum(w) of each channel at build time, in
+                # the bias itself where that is constant too (no flash for it), else in a table of its own
+                sums = offset_sums(layer.weight, code.context["input_offset"])
+                if code.context.get("bias_trained"):
+                    code.context["offset_sums"] = f"{code.context['symbol']}_offset_sum"
+                    code.arrays[code.context["offset_sums"]] = sums
+                else:
+                    bias = f"{code.context['symbol']}_bias"
+                    code.arrays[bias] = (code.arrays[bias].astype(np.int64) + sums).astype(np.int32)
+                    code.context["offset_folded"] = True
         elif code.template == "convolve_s8" and _im2col(code):
             code.template = "convolve_im2col_s8"
             code.context["weight16"] = f"{code.context['symbol']}_weight16"

@@ -28,7 +28,7 @@ from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
 from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
-from tinygen.planning.schedule import MASK_BITS, TrainPlan, plan_training
+from tinygen.planning.schedule import TrainPlan, plan_training
 from tinygen.planning.weight_store import frac_ctype, weight_store
 from tinygen.reference.training import LN2_Q16, LOG2_TABLE, LR_SHIFT_MAX, WEIGHT_LIMIT, Trainer, bias_limit
 
@@ -160,14 +160,9 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     ops = [dict(kind="acc", fn=f"{p}_grad_output_s16", args=[gy, ey, mask, gy], exp=e_acc),
            dict(kind="record", id=f"{p.upper()}_REC_GACC", buf=gy, size=f"{p.upper()}_GACC_SIZE", exp=e_acc)]
     # v = mul(g, m, shift + 16) shifts right by 31 - (shift + 16): >= 15 on every channel, an int32 (the int16
-    # path); 16 to 32, the high word of one 32-bit product; a pixel's mask bits in whole bytes: read bytewise
+    # path); 16 to 32, the high word of one 32-bit product
     narrow = "high" if ((shift <= -1) & (shift >= -17) & (mult >= 0)).all() else bool((shift <= 0).all())
-    bytewise = dims["r"] == 1 and dims["out_c"] % MASK_BITS == 0
-    if bytewise:
-        dims["mask_row"] = dims["out_c"] // MASK_BITS
-        lay.named.add("mask_row")
-    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", narrow=narrow,
-              bytewise=bytewise, **ctx)
+    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", narrow=narrow, **ctx)
     if want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
@@ -338,7 +333,7 @@ def _forward(em: _Emit) -> tuple[list, list]:
         general (its bias may grow: `small_requant`)."""
         prefix = layer_symbol(code.index, code.layer.name)
         if code.layer.name in trainer.trained:
-            code.context["requantize"] = "tg_requantize"
+            code.context.update(requantize="tg_requantize", bias_trained=True)
             code.arrays[f"{prefix}_bias"] = code.layer.bias
         st = em.stores.get(code.layer.name)
         if st is None:

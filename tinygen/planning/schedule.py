@@ -19,7 +19,7 @@ from tinygen.planning.saved_input import SavedInput, saved_input
 from tinygen.planning.weight_store import weight_store
 from tinygen.reference.training import Trainer
 
-MASK_BITS = 8  # a clamp mask packs this many outputs' bits in a byte (tg_grad_math.h TG_MASK_BITS)
+MASK_BITS = 8  # a clamp mask packs this many outputs' bits in a byte (tg_grad_math.h tg_mask_get)
 
 
 @dataclass
