@@ -49,6 +49,12 @@ void tg_counter_init(void);
 void tg_counter_start(void);       /* zero the counter */
 uint64_t tg_counter_elapsed(void); /* instructions or cycles since tg_counter_start() */
 
+/* ---- profile (tg_profile.c, TG_PROFILE builds: `tinygen sim --profile`) ------------- */
+#if defined(TG_PROFILE)
+/* one "TG profile fn=... root=... calls=... instr=..." line per function */
+void tg_profile_print(void);
+#endif
+
 /* ---- stack: painted at reset, guard below it (MPU no-access region) ------------------ */
 uint32_t tg_stack_size(void);  /* usable bytes (guard excluded) */
 uint32_t tg_stack_used(void);  /* high-water mark in bytes */

@@ -23,6 +23,13 @@ extern uint32_t __tg_stack_top[];
 
 void tg_systick_handler(void);
 
+/* GCC's -finstrument-functions hooks (tg_profile.c); never instrumented themselves. */
+#define TG_NO_INSTRUMENT __attribute__((no_instrument_function))
+#if defined(TG_PROFILE)
+TG_NO_INSTRUMENT void __cyg_profile_func_enter(void *fn, void *call_site);
+TG_NO_INSTRUMENT void __cyg_profile_func_exit(void *fn, void *call_site);
+#endif
+
 /* Arm semihosting call (bkpt 0xAB): op in r0, argument block pointer in r1. Only
  * meaningful under an emulator or debugger that services semihosting. */
 uint32_t tg_semihost_call(uint32_t op, const void *arg);

@@ -35,6 +35,7 @@ from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
+from tinygen.verify.profile import format_profile, run_profile
 from tinygen.verify.runner import KERNEL_IMPLS, Progress
 from tinygen.verify.sim import format_report, simulate
 from tinygen.zoo.catalog import list_models
@@ -553,11 +554,16 @@ def bench_speed(models, schemes, rs, boards, jobs, timeout, out):
               help="QEMU: the board's mps2 stand-in (CI). Renode: the board's own platform (renode on PATH).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
               help="Seconds before a hung firmware is stopped.")
+@click.option("--profile", is_flag=True,
+              help="Then build an instrumented QEMU image and show where the instructions go, per layer and kind "
+                   "of work (forward, output and input gradient, weight update, loss).")
 @JSON_OPTION
 @friendly
-def sim(build_dir, emulator, timeout, as_json):
+def sim(build_dir, emulator, timeout, profile, as_json):
     """Run BUILD_DIR's firmware in an emulator and compare its outputs with the reference, bit for bit."""
 
+    if profile and emulator != "qemu":
+        raise TinygenError("--profile runs the QEMU image (it counts instructions); drop --emulator renode")
     progress = _progress("sim")
     try:
         r = simulate(build_dir, emulator, timeout, progress)
@@ -576,11 +582,39 @@ def sim(build_dir, emulator, timeout, as_json):
             "params_checksum": r.run.params_crc if r.run.steps else None, "lr_halvings": r.run.lr_halvings,
             "checkpoints": r.run.checkpoints,
             "stalled_since": stall_start(losses) if losses else None, "stack": r.run.stack,
-            "seconds": round(r.seconds, 3), "loss_curve": None if curve is None else str(curve)})
+            "seconds": round(r.seconds, 3), "loss_curve": None if curve is None else str(curve),
+            "profile": _profile_json(build_dir, timeout, r) if profile else None})
         return
     click.echo(format_report(r))
     if curve is not None:
         click.echo(f"loss curve: {curve}")
+    if profile:
+        click.echo("")
+        click.echo(format_profile(_run_profile(build_dir, timeout), _plain_counts(r)))
+
+
+def _run_profile(build_dir, timeout):
+    progress = _progress("profile")
+    try:
+        return run_profile(build_dir, timeout, progress)
+    finally:
+        progress.finish()
+
+
+def _plain_counts(r) -> dict[str, int]:
+    """Instructions per inference and per training step of the plain image (means over the run)."""
+    out = {}
+    for root, runs in (("inference", r.run.samples), ("training step", r.run.steps)):
+        if runs:
+            out[root] = sum(s["count"] for s in runs) // len(runs)
+    return out
+
+
+def _profile_json(build_dir, timeout, r) -> dict:
+    prof = _run_profile(build_dir, timeout)
+    return {"plain": _plain_counts(r), "runs": prof.runs, "dropped": prof.dropped,
+            "by_kind": {root: prof.per_run(root) for root in prof.runs},
+            "functions": [vars(row) for row in prof.rows]}
 
 
 if __name__ == "__main__":

@@ -253,6 +253,22 @@ def embedded_samples(model: ir.Model, n: int, train: bool = False) -> tuple[np.n
 
 # ---- writing the project -------------------------------------------------------------------------------------
 
+INCLUDE_DIRS = [".", "runtime", "../src", "../cmsis_glue"]  # relative to DIR/firmware
+
+
+def _sources(out: Path) -> list[str]:
+    """The firmware's C sources, relative to DIR/firmware: harness, samples, runtime, generated model."""
+    fw = Path(out) / FW_DIR
+    return ["main.c", "tg_dataset.c", *[f"runtime/{p.name}" for p in sorted((fw / "runtime").glob("*.c"))],
+            *[f"../src/{p.name}" for p in sorted((Path(out) / "src").glob("*.c"))]]
+
+
+def _split(sources: list[str]) -> tuple[list[str], list[str]]:
+    """(sources every image shares: the model, its weights, the samples; the per-image harness and runtime)"""
+    common = [s for s in sources if s.startswith("../src/") or s == "tg_dataset.c"]
+    return common, [s for s in sources if s not in common]
+
+
 def _render_link(env, layout: Layout, filename: str, stack_bytes: int, arena_bytes: int | None) -> str:
     return env.get_template("firmware/link.ld.j2").render(
         filename=filename, title=layout.title, notes=layout.notes, flash=layout.flash, sram=layout.sram,
@@ -320,16 +336,13 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     (fw / qemu_ld).write_text(_render_link(env, qemu, qemu_ld, opts.stack_bytes, arena))
 
     # build files
-    src_files = sorted(p.name for p in (Path(out) / "src").glob("*.c"))
-    sources = ["main.c", "tg_dataset.c", *[f"runtime/{p.name}" for p in sorted(runtime_dst.glob("*.c"))],
-               *[f"../src/{s}" for s in src_files]]
-    include_dirs = [".", "runtime", "../src", "../cmsis_glue"]
+    sources = _sources(out)
     hw_elf = hw_elf_name(board)
     build_ctx = dict(model_name=model.name, board_name=board.name, hw_elf=hw_elf, qemu_elf=QEMU_ELF,
                      qemu_machine=board.qemu["machine"], cpu_flags=board.cpu_flags,
                      cflags=[*board.opt_flags, *armbuild.CFLAGS],
-                     ldflags=armbuild.LDFLAGS, sources=sources, include_dirs=include_dirs,
-                     includes=[f"-I{i}" for i in include_dirs], qemu_args=qemu_args(board), timeout=600)
+                     ldflags=armbuild.LDFLAGS, sources=sources, include_dirs=INCLUDE_DIRS,
+                     includes=[f"-I{i}" for i in INCLUDE_DIRS], qemu_args=qemu_args(board), timeout=600)
     (fw / "Makefile").write_text(env.get_template("firmware/Makefile.j2").render(**build_ctx))
     (fw / "CMakeLists.txt").write_text(env.get_template("firmware/CMakeLists.txt.j2").render(**build_ctx))
     (fw / "arm-none-eabi.cmake").write_text(env.get_template("firmware/arm-none-eabi.cmake.j2").render())
@@ -352,6 +365,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
         "stack_bytes": opts.stack_bytes,
         "train": opts.train,
         "checkpoint_every": opts.checkpoint_every,
+        "arena_bytes": arena,
+        "extra_cflags": list(opts.extra_cflags),
         "qemu": {"machine": board.qemu["machine"], "cpu": board.qemu["cpu"], "elf": f"{FW_DIR}/build/{QEMU_ELF}",
                  "linker_script": f"{FW_DIR}/{qemu_ld}", "args": qemu_args(board)},
         "hw": {"elf": f"{FW_DIR}/build/{hw_elf}", "linker_script": f"{FW_DIR}/{hw_ld}", "resc": f"{FW_DIR}/{resc}",
@@ -361,11 +376,50 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     if opts.compile and armbuild.toolchain() is not None:
         jobs = [armbuild.ElfJob("qemu", fw / qemu_ld, fw / "build" / QEMU_ELF, ["TG_TARGET_QEMU=1"], qemu.describe()),
                 armbuild.ElfJob(board.name, fw / hw_ld, fw / "build" / hw_elf, [], real.describe())]
-        common = [s for s in sources if s.startswith("../src/") or s == "tg_dataset.c"]
-        target = [s for s in sources if s not in common]
-        armbuild.compile_elfs(fw, board.cpu_flags, common, target, include_dirs, jobs, list(opts.extra_cflags),
+        common, target = _split(sources)
+        armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
                               board.opt_flags)
         info["compiled"] = True
         info["qemu"]["sizes"] = armbuild.elf_sizes(fw / "build" / QEMU_ELF)
         info["hw"]["sizes"] = armbuild.elf_sizes(fw / "build" / hw_elf)
     return info
+
+
+# ---- the profile image -------------------------------------------------------------------------------------------
+
+PROFILE_ELF = "tinygen-qemu-profile.elf"
+PROFILE_OBJ_DIR = "obj-profile"
+# Only the generated model is instrumented: the harness, the runtime (the hooks among it), the inline helpers
+# of cmsis_glue and the model's own small helpers are not layers (their instructions count to the layer that
+# calls them, as in the plain image, where they are inlined).
+PROFILE_CFLAGS = ["-DTG_PROFILE=1", "-finstrument-functions",
+                  "-finstrument-functions-exclude-file-list=runtime/,cmsis_glue/,main.c,tg_dataset",
+                  "-finstrument-functions-exclude-function-list=tg_master_sub,_ln_q16"]
+PROFILE_SRAM_EXTRA = 64 * 1024  # the hooks' slot table and the instrumented code's larger frames
+
+
+def build_profile_elf(out: Path, board: Board, info: dict) -> Path:
+    """DIR/firmware/build/tinygen-qemu-profile.elf: the QEMU image compiled once more with the profile hooks
+    (firmware/tg_profile.c). Its memory map is the QEMU stand-in's with all of QEMU's 4 MB for flash and
+    PROFILE_SRAM_EXTRA more SRAM where .bss goes: the instrumentation must not make a build that fits fail."""
+    fw = Path(out) / FW_DIR
+    if "arena_bytes" not in info:
+        raise TinygenError(f"{out} was built by an older tinygen; rebuild it with tinygen build to profile it")
+    layout = qemu_memory_map(board)
+    layout.flash = Region(layout.flash.name, layout.flash.origin, QEMU_SSRAM_BYTES)
+    grown, addr = [], layout.sram[0].origin
+    for r in layout.sram:
+        length = r.length + (PROFILE_SRAM_EXTRA if r.name == layout.data_region else 0)
+        grown.append(Region(r.name, addr, length))
+        addr += (length + 255) // 256 * 256
+    layout.sram = grown
+    layout.notes.append(f"Profile image: flash {QEMU_SSRAM_BYTES // 1024} KB, {PROFILE_SRAM_EXTRA // 1024} KB more "
+                        f"SRAM in {layout.data_region} for the profile hooks.")
+    ld = "link_qemu_profile.ld"
+    (fw / ld).write_text(_render_link(codegen.environment(), layout, ld, info["stack_bytes"], info["arena_bytes"]))
+    elf = fw / "build" / PROFILE_ELF
+    job = armbuild.ElfJob("qemu", fw / ld, elf, ["TG_TARGET_QEMU=1"], layout.describe())
+    common, target = _split(_sources(out))
+    armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, [job],
+                          [*info.get("extra_cflags", []), *PROFILE_CFLAGS], board.opt_flags, obj_dir=PROFILE_OBJ_DIR)
+    return elf

@@ -58,8 +58,9 @@ def _obj_name(src: str) -> str:
 
 def compile_elfs(fw_dir: Path, cpu_flags: list[str], common_sources: list[str], target_sources: list[str],
                  include_dirs: list[str], jobs: list[ElfJob], extra_cflags: list[str] | None = None,
-                 opt_flags: list[str] | None = None) -> None:
-    """Build every job's ELF in `fw_dir` (source and include paths relative to it).
+                 opt_flags: list[str] | None = None, obj_dir: str = "obj") -> None:
+    """Build every job's ELF in `fw_dir` (source and include paths relative to it); objects go to
+    build/`obj_dir` (a build with other flags, such as the profile image, keeps its own).
 
     `common_sources` (the model, its weights, the dataset) do not depend on the target and are compiled
     once; `target_sources` (harness, runtime: they include tg_board.h) once per job with its defines.
@@ -74,16 +75,16 @@ def compile_elfs(fw_dir: Path, cpu_flags: list[str], common_sources: list[str], 
     base = [ARM_CC, *cpu_flags, *opt, *CFLAGS, *(extra_cflags or []), *[f"-I{i}" for i in include_dirs]]
     compiles: list[tuple[str, list[str]]] = []  # (log key, command)
     objects: dict[str, list[str]] = {job.name: [] for job in jobs}
-    (build / "obj" / "common").mkdir(parents=True, exist_ok=True)
+    (build / obj_dir / "common").mkdir(parents=True, exist_ok=True)
     for src in common_sources:
-        obj = f"build/obj/common/{_obj_name(src)}"
+        obj = f"build/{obj_dir}/common/{_obj_name(src)}"
         compiles.append(("common", [*base, "-c", src, "-o", obj]))
         for job in jobs:
             objects[job.name].append(obj)
     for job in jobs:
-        (build / "obj" / job.name).mkdir(parents=True, exist_ok=True)
+        (build / obj_dir / job.name).mkdir(parents=True, exist_ok=True)
         for src in target_sources:
-            obj = f"build/obj/{job.name}/{_obj_name(src)}"
+            obj = f"build/{obj_dir}/{job.name}/{_obj_name(src)}"
             compiles.append((job.name, [*base, *[f"-D{d}" for d in job.defines], "-c", src, "-o", obj]))
             objects[job.name].append(obj)
 

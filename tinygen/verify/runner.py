@@ -97,6 +97,8 @@ class Run:
     done: dict | None = None
     exit_status: int | None = None
     failures: list[str] = field(default_factory=list)
+    profile: list[dict] = field(default_factory=list)  # {"fn", "root", "calls", "count"}: profile builds
+    profile_dropped: int = 0  # spans the profile hooks could not record
 
 
 @dataclass
@@ -241,6 +243,22 @@ def _num(v: str) -> int:
     return int(v, 16) if v.startswith("0x") else int(v)
 
 
+def _record_line(fw: Run, kind: str, kv: dict) -> None:
+    """A `TG resume` / `TG checkpoint` line (checkpointing builds) or a `TG profile` line (firmware/tg_profile.c:
+    one function's span under one root, or the count of spans dropped)."""
+    if kind == "profile" and "fn" in kv:
+        fw.profile.append({"fn": _num(kv["fn"]), "root": _num(kv["root"]), "calls": int(kv["calls"]),
+                           "count": _num(kv.get("instr", kv.get("cycles", "0")))})
+    elif kind == "profile" and "dropped" in kv:
+        fw.profile_dropped = int(kv["dropped"])
+    elif kind != "profile" and all(v.isdigit() for v in kv.values()) and "step" in kv:
+        record = {k: int(v) for k, v in kv.items()}
+        if kind == "resume":
+            fw.resume = record
+        else:
+            fw.checkpoints.append(record)
+
+
 def parse_output(text: str) -> Run:
     """Parse the firmware's `TG ...` lines (other lines, e.g. QEMU's own messages, are kept but ignored)."""
     lines = [ln.rstrip("\r") for ln in text.splitlines()]
@@ -265,12 +283,8 @@ def parse_output(text: str) -> Run:
                              "count": _num(kv.get("instr", kv.get("cycles", "0")))})
         elif kind == "lr" and len(words) > 2 and words[2] == "halved" and kv.get("step", "").isdigit():
             fw.lr_halvings.append(int(kv["step"]))
-        elif kind in ("resume", "checkpoint") and all(v.isdigit() for v in kv.values()) and "step" in kv:
-            record = {k: int(v) for k, v in kv.items()}
-            if kind == "resume":
-                fw.resume = record
-            else:
-                fw.checkpoints.append(record)
+        elif kind in ("resume", "checkpoint", "profile"):
+            _record_line(fw, kind, kv)
         elif kind == "params" and ("checksum" in kv or "crc" in kv):
             fw.params_crc = _num(kv.get("checksum", kv.get("crc", "0")))
         elif kind == "stack":
@@ -302,13 +316,13 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 
 def run_qemu(build_dir: Path, board_name: str, timeout: float = 120.0, progress=None,
-             workdir: Path | None = None) -> tuple[str, int | None, float]:
+             workdir: Path | None = None, elf_name: str = QEMU_ELF) -> tuple[str, int | None, float]:
     """Run a build's QEMU image; returns (its output, exit code or None on timeout, wall seconds). Each output
     line goes to `progress` as it arrives, so a long run shows it is alive. QEMU runs in `workdir` (default: a
     fresh temporary folder), where a checkpointing firmware's flash stand-in keeps tg_flash.bin: the same
     `workdir` carries the flash from one run to the next, as a board's flash survives a reset."""
     fw = Path(build_dir) / FW_DIR
-    elf = fw / "build" / QEMU_ELF
+    elf = fw / "build" / elf_name
     if not elf.is_file():
         raise BuildError(f"{elf} does not exist: the firmware was not compiled (arm-none-eabi-gcc was missing "
                          f"at build time); run `make -C {fw} qemu` or rebuild")
@@ -409,7 +423,7 @@ def _renode_run(fw: Path, resc: Path, timeout: float) -> tuple[str, int | None, 
 
 
 def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
-                 timeout: float = 120.0, progress=None) -> tuple[RunResult, str]:
+                 timeout: float = 120.0, progress=None, elf_name: str = QEMU_ELF) -> tuple[RunResult, str]:
     """Run a build's firmware under QEMU or Renode until it exits; returns (result, machine description).
 
     Raises BuildError when the firmware fails, hangs or stops before its final line; whether its numbers are
@@ -417,7 +431,7 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
     fw = Path(build_dir) / FW_DIR
     board = load_board(board_name)
     if emulator == "qemu":
-        text, code, secs = run_qemu(build_dir, board_name, timeout, progress)
+        text, code, secs = run_qemu(build_dir, board_name, timeout, progress, elf_name=elf_name)
         machine = f"QEMU {board.qemu['machine']}"
     elif emulator == "renode":
         if shutil.which(RENODE) is None:

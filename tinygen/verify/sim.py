@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.firmware import FW_DIR, QEMU_INSTR_PER_TICK, SAMPLES_FILE
+from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, QEMU_INSTR_PER_TICK, SAMPLES_FILE
 from tinygen.codegen.project import read_manifest
 from tinygen.errors import MismatchError, TinygenError
 from tinygen.frontends import modelfile
@@ -50,7 +50,9 @@ class SimResult:
     result: RunResult | None = None
 
 
-def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, progress=None) -> SimResult:
+def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, progress=None,
+             elf_name: str = QEMU_ELF) -> SimResult:
+    """Run the firmware (QEMU: the image `elf_name`) and hold every output, loss and checksum to the reference."""
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     fwinfo = manifest.get("firmware")
@@ -60,7 +62,7 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, pr
     board = load_board(manifest["board"])
     if progress is not None:
         progress.begin(emulator, fwinfo.get("train_steps") if fwinfo.get("train") else None)
-    result, machine = run_firmware(build_dir, board.name, emulator, timeout, progress)
+    result, machine = run_firmware(build_dir, board.name, emulator, timeout, progress, elf_name)
 
     if progress is not None:
         progress.finish()
