@@ -118,6 +118,21 @@ def _requantize_fn(layer, shift: np.ndarray, bias: np.ndarray) -> str:
     return "tg_requantize29" if small_requant(layer, shift, bias) else "tg_requantize"
 
 
+def add_requantize_fns(p: dict) -> tuple[str, str, str]:
+    """The requantization of each input and of the sum of an ADD (`ir.add_requant`'s parameters): an input
+    is (x + offset) * 2^LEFT_SHIFT with |x + offset| <= 255, each rescaled input is no larger (its multiplier
+    is below one, its shift at most 0), so the sum is below 2 * 255 * 2^LEFT_SHIFT: where that is under
+    SMALL_ACC and the shift in [SMALL_SHIFT_MIN, 0], `tg_requantize29` gives `tg_requantize`'s bits."""
+    scaled = 255 << p["left_shift"]
+
+    def fn(bound: int, shift: int) -> str:
+        return "tg_requantize29" if bound < SMALL_ACC and SMALL_SHIFT_MIN <= shift <= 0 else "tg_requantize"
+
+    small_in = fn(scaled, p["in1_shift"]) == fn(scaled, p["in2_shift"]) == "tg_requantize29"
+    return (fn(scaled, p["in1_shift"]), fn(scaled, p["in2_shift"]),
+            fn(2 * scaled, p["out_shift"]) if small_in else "tg_requantize")
+
+
 def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
     """INPUT_OFFSET * sum(w) of each output channel (OHWI weights): what a kernel adds to the bias to fold the
     input offset in, computed at build time for constant weights (int32: the validator bounds every sum)."""
@@ -162,6 +177,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         p = ir.add_requant(x, b, out)
         ctx = dict(size=out.size, in1_offset=-x.zero_point, in2_offset=-b.zero_point, output_offset=out.zero_point,
                    act_min=layer.act_min, act_max=layer.act_max, **p)
+        ctx["requantize1"], ctx["requantize2"], ctx["requantize"] = add_requantize_fns(p)
     elif isinstance(layer, ir.Pool):
         template = "avgpool_s8" if isinstance(layer, ir.AvgPool) else "maxpool_s8"
         h, w, c = x.shape
