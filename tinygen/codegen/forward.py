@@ -25,7 +25,7 @@ from tinygen.ir import model as ir
 from tinygen.ir import quant
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
 from tinygen.paths import data_dir
-from tinygen.planning.fusion import ring_columns, taps_in_fours
+from tinygen.planning.fusion import pixel_pairs, ring_columns, taps_in_fours
 from tinygen.planning.schedule import forward_ops, plan_forward
 
 
@@ -52,7 +52,7 @@ class LayerCode:
 
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-SMALL_ACC = 2**29  # tg_requantize29's bound on |acc|: 2 acc + 2^e of its rounding divide fits int32
+SMALL_ACC = ir.SMALL_ACC  # tg_requantize29's bound on |acc|
 SMALL_SHIFT_MIN = -30  # ... and on the right shift e = -shift (2^e itself an int32)
 
 
@@ -60,8 +60,8 @@ def small_requant(layer, shift: np.ndarray, bias: np.ndarray | None = None) -> b
     """Whether a layer's accumulators provably stay within |acc| < SMALL_ACC (K products of at most
     255 * 128, plus its largest |bias|: `bias`, default the layer's) and every channel's shift is in
     [SMALL_SHIFT_MIN, 0]: then `tg_requantize29` (one SMMULR for the doubling high multiply, a
-    three-operation rounding divide) gives `tg_requantize`'s bits. A layer whose parameters train does not
-    qualify (its bias may grow to `reference.training.bias_limit`); the training build resets it."""
+    three-operation rounding divide) gives `tg_requantize`'s bits. For a layer whose bias trains, `bias` is
+    the largest it may grow to (`reference.training.bias_limit`): the training build asks again."""
     bias = layer.bias if bias is None else bias
     return (ir.acc_bound(int(np.prod(layer.weight.shape[1:])), bias) < SMALL_ACC
             and bool(((shift <= 0) & (shift >= SMALL_SHIFT_MIN)).all()))
@@ -248,6 +248,7 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             args = [buf("act", pw.layer.inputs[0]), buf("plane", f"plane_l{i}"), buf("act", layer.output.name)]
         # the depthwise taps read four at a time (the DSP path): planning.fusion.taps_in_fours
         code.context["dw_taps_in_fours"] = bool(f and f.kind in ("inplace_dw", "pw_dw") and taps_in_fours(layer))
+        code.context["dw_pixel_pairs"] = code.context["dw_taps_in_fours"] and pixel_pairs(layer)
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
             if code.context["input_offset"] and f"{code.context['symbol']}_weight" in code.arrays:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.forward import environment, render_forward, write_sources
+from tinygen.codegen.forward import environment, render_forward, small_requant, write_sources
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.gradmath import fnv1a32
@@ -330,10 +330,12 @@ def _forward(em: _Emit) -> tuple[list, list]:
     def for_training(code):
         """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash; a
         layer with any trained parameter starts from its own bias (not `saturated_bias`) and requantizes in
-        general (its bias may grow: `small_requant`)."""
+        32 bits only if its bias can grow no further than that allows (`bias_limit`, `small_requant`)."""
         prefix = layer_symbol(code.index, code.layer.name)
         if code.layer.name in trainer.trained:
-            code.context.update(requantize="tg_requantize", bias_trained=True)
+            grown = np.array([bias_limit(code.layer)], dtype=np.int64)
+            small = small_requant(code.layer, code.arrays[f"{prefix}_shift"], grown)
+            code.context.update(requantize="tg_requantize29" if small else "tg_requantize", bias_trained=True)
             code.arrays[f"{prefix}_bias"] = code.layer.bias
         st = em.stores.get(code.layer.name)
         if st is None:

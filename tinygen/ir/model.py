@@ -334,6 +334,11 @@ def _check_act(layer, where):
           f"{where}: activation range [{layer.act_min}, {layer.act_max}] is not inside int8 [-128, 127]")
 
 
+# Accumulators provably below this in magnitude requantize in 32 bits (tg_requantize29, docs/numerics.md §1.1):
+# 2 acc + 2^e of its rounding divide fits int32.
+SMALL_ACC = 2**29
+
+
 def acc_bound(k: int, bias=None) -> int:
     """The largest |accumulator| of a dot product of `k` terms (|x - z_x| <= 255, |w| <= 128) plus the
     largest |bias| (none: 0): the int32 accumulator must stay below 2^31 (C UB otherwise)."""

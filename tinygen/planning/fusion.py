@@ -38,6 +38,14 @@ def taps_in_fours(layer: ir.Conv2D) -> bool:
     return layer.dilation[1] == 1
 
 
+def pixel_pairs(layer: ir.Conv2D) -> bool:
+    """Whether the ring kernels' DSP path computes two output pixels of a row from each word of taps read
+    (stride 1, taps in fours; KERNEL_W not a multiple of four, so the pair's one more column falls inside the
+    words a single pixel reads already: `ring_columns` is the same)."""
+    return (taps_in_fours(layer) and layer.stride[1] == 1 and layer.kernel[1] % 4 != 0
+            and layer.output.shape[1] >= 2)
+
+
 def ring_columns(layer: ir.Conv2D, w: int) -> tuple[int, int, int]:
     """A ring row (kernels/ring.j2) over an input `w` wide: (padding columns on the left, w, padding columns on
     the right), every column a tap of the depthwise conv reads; with dilation 1, taps are read four at a

@@ -70,8 +70,14 @@ def fraction_of(master, frac_bits: int) -> np.ndarray:
 
 def bias_limit(layer) -> int:
     """Largest |bias| a trained layer may reach: the forward accumulator (bias plus K products of
-    at most 255 * 128) must stay inside int32."""
-    return 2**31 - 1 - ir.acc_bound(int(np.prod(layer.weight.shape[1:])))
+    at most 255 * 128) must stay inside int32. Where every bias starts within the smaller bound that
+    keeps it under ir.SMALL_ACC, the bias is held there, so the layer's C goes on requantizing in
+    32 bits (tg_requantize29, docs/numerics.md §1.1, §6); a layer that starts beyond it (the MIT
+    models' saturated channels, near 2^30) keeps the int32 bound."""
+    products = ir.acc_bound(int(np.prod(layer.weight.shape[1:])))
+    small = ir.SMALL_ACC - 1 - products
+    start = int(np.abs(layer.bias.astype(np.int64)).max()) if layer.bias is not None and layer.bias.size else 0
+    return small if start <= small else 2**31 - 1 - products
 
 
 @dataclass
