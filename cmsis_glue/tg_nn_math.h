@@ -80,6 +80,13 @@ TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
     return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
 }
 
+/* tg_requantize where the build proved every shift <= 0 (a right shift only; codegen/forward.py,
+ * requantize_fn): the same two steps without the left shift's selects. */
+TG_INLINE int32_t tg_requantize_right(int32_t val, int32_t multiplier, int32_t shift)
+{
+    return tg_divide_by_power_of_two(tg_doubling_high_mult(val, multiplier), -shift);
+}
+
 /* tg_divide_by_power_of_two for |x| < 2^29 and exponent in [0, 30], with one more bit and no
  * compare: floor((2x + 2^e - (x < 0)) / 2^(e+1)). For x >= 0 it is floor((x + 2^(e-1)) / 2^e)
  * (and x itself at e = 0); for x < 0 the numerator is one more than the even 2x + 2^e - 2, which

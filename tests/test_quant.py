@@ -74,6 +74,27 @@ def test_divide_by_power_of_two_32bit_equals_64bit(tmp_path):
     assert np.array_equal(got[:, 0], quant.divide_by_power_of_two(v[:, 0], v[:, 1]))
 
 
+def test_right_shift_requantization_equals_the_general_one(tmp_path):
+    """tg_requantize_right (every shift <= 0: the layers whose accumulators may be large) gives
+    tg_requantize's bits for any int32 accumulator, at every exponent's rounding edges and the int32 ends."""
+    body = """
+        r[0] = tg_requantize_right(v[0], v[1], v[2]);
+        r[1] = tg_requantize(v[0], v[1], v[2]);"""
+    run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 2)
+    rng = np.random.default_rng(5)
+    d = _divide_cases()
+    d = d[d[:, 1] <= 31]
+    ends = np.array([2**31 - 1, -2**31, -2**31 + 1, 0, 1, -1])
+    vals = np.concatenate([d[:, 0], rng.integers(-2**31, 2**31, 20000), np.repeat(ends, 32)])
+    shifts = np.concatenate([-d[:, 1], rng.integers(-31, 1, 20000), np.tile(np.arange(-31, 1), 6)])
+    mults = np.concatenate([rng.integers(2**30, 2**31, len(d)), rng.integers(0, 2**31, 20000),
+                            np.full(192, 2**31 - 1)])
+    v = np.stack([vals, mults, shifts], axis=1)
+    got = run(v)
+    assert np.array_equal(got[:, 0], got[:, 1])
+    assert np.array_equal(got[:, 0], quant.requantize(vals, mults, shifts))
+
+
 @pytest.mark.parametrize("kernels", ["portable", "dsp"])
 def test_small_requantization_equals_the_general_one(tmp_path, kernels):
     """tg_requantize29 (|acc| < 2^29, shift in [-30, 0]: the frozen layers of the MIT models) and its

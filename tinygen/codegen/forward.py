@@ -110,12 +110,16 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
                pad_top=pt, pad_left=pl, dil_h=layer.dilation[0], dil_w=layer.dilation[1],
                padded=bool(pt or pb or pl or pr) or _reads_past_end(h, w, oh, ow, kh, kw, layer),
                input_offset=-x.zero_point, output_offset=layer.output.zero_point,
-               act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift, bias))
+               act_min=layer.act_min, act_max=layer.act_max, requantize=requantize_fn(layer, shift, bias))
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
 
 
-def _requantize_fn(layer, shift: np.ndarray, bias: np.ndarray) -> str:
-    return "tg_requantize29" if small_requant(layer, shift, bias) else "tg_requantize"
+def requantize_fn(layer, shift: np.ndarray, bias: np.ndarray) -> str:
+    """The requantization a layer's C calls: `tg_requantize29` where `small_requant` proves it exact,
+    else `tg_requantize_right` where no channel shifts left, else the general `tg_requantize`."""
+    if small_requant(layer, shift, bias):
+        return "tg_requantize29"
+    return "tg_requantize_right" if bool((shift <= 0).all()) else "tg_requantize"
 
 
 def add_requantize_fns(p: dict) -> tuple[str, str, str]:
@@ -126,11 +130,13 @@ def add_requantize_fns(p: dict) -> tuple[str, str, str]:
     scaled = 255 << p["left_shift"]
 
     def fn(bound: int, shift: int) -> str:
-        return "tg_requantize29" if bound < SMALL_ACC and SMALL_SHIFT_MIN <= shift <= 0 else "tg_requantize"
+        if bound < SMALL_ACC and SMALL_SHIFT_MIN <= shift <= 0:
+            return "tg_requantize29"
+        return "tg_requantize_right" if shift <= 0 else "tg_requantize"
 
     small_in = fn(scaled, p["in1_shift"]) == fn(scaled, p["in2_shift"]) == "tg_requantize29"
     return (fn(scaled, p["in1_shift"]), fn(scaled, p["in2_shift"]),
-            fn(2 * scaled, p["out_shift"]) if small_in else "tg_requantize")
+            fn(2 * scaled if small_in else SMALL_ACC, p["out_shift"]))
 
 
 def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
@@ -170,7 +176,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
                   f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
         template = "fully_connected_s8"
         ctx = dict(in_size=x.size, out_c=out.size, input_offset=-x.zero_point, output_offset=out.zero_point,
-                   act_min=layer.act_min, act_max=layer.act_max, requantize=_requantize_fn(layer, shift, bias))
+                   act_min=layer.act_min, act_max=layer.act_max, requantize=requantize_fn(layer, shift, bias))
     elif isinstance(layer, ir.Add):
         b = tensors[layer.inputs[1]]
         template = "elementwise_add_s8"

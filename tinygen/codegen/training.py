@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.forward import environment, render_forward, small_requant, write_sources
+from tinygen.codegen.forward import environment, render_forward, requantize_fn, write_sources
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.gradmath import fnv1a32
@@ -334,8 +334,8 @@ def _forward(em: _Emit) -> tuple[list, list]:
         prefix = layer_symbol(code.index, code.layer.name)
         if code.layer.name in trainer.trained:
             grown = np.array([bias_limit(code.layer)], dtype=np.int64)
-            small = small_requant(code.layer, code.arrays[f"{prefix}_shift"], grown)
-            code.context.update(requantize="tg_requantize29" if small else "tg_requantize", bias_trained=True)
+            code.context.update(requantize=requantize_fn(code.layer, code.arrays[f"{prefix}_shift"], grown),
+                                bias_trained=True)
             code.arrays[f"{prefix}_bias"] = code.layer.bias
         st = em.stores.get(code.layer.name)
         if st is None:
