@@ -74,3 +74,18 @@ def test_int16_multiply_at_its_extremes(c_prims):
     assert np.array_equal(got[:, 5], gradmath.mul_q31(v[:, 0], v[:, 1], 16 - v[:, 2] % 47))
     assert np.array_equal(got[:, 6], gradmath.mul_q31(v[:, 0], v[:, 1], 15 - v[:, 2] % 17))
     assert got[:, 5].min() == -(2**31 - 1) and got[:, 5].max() < 2**31  # the ends, inside int32
+
+
+def test_grad_output_bound_covers_every_int16_gradient():
+    """The output gradient's v = mul(g, m, shift + 16) stays under `grad_output_bound` for every int16 g, so
+    where that is below 2^29 the normalizing divide may be the three-operation one (conv_grad_output_s16)."""
+    from tinygen.codegen.training import grad_output_bound
+    from tinygen.ir.gradmath import mul_q31
+
+    rng = np.random.default_rng(11)
+    g = np.array([-32768, -32767, -1, 1, 32767])[:, None]
+    for _ in range(300):
+        mult = rng.integers(0, 2**31, 6)
+        shift = rng.integers(-40, 1, 6)
+        v = mul_q31(g, mult[None, :], shift[None, :] + 16)
+        assert np.abs(v).max() < grad_output_bound(mult, shift)

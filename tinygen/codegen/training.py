@@ -162,7 +162,8 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     # v = mul(g, m, shift + 16) shifts right by 31 - (shift + 16): >= 15 on every channel, an int32 (the int16
     # path); 16 to 32, the high word of one 32-bit product
     narrow = "high" if ((shift <= -1) & (shift >= -17) & (mult >= 0)).all() else bool((shift <= 0).all())
-    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", narrow=narrow, **ctx)
+    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", narrow=narrow,
+              small_v=bool(narrow) and grad_output_bound(mult, shift) < ir.SMALL_ACC, **ctx)
     if want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
@@ -320,6 +321,14 @@ def _loss(em: _Emit) -> tuple[str, str]:
     return fn, em.env.get_template("train/loss_mse_s8.c.j2").render(
         fn=fn, comment=f"loss: mean squared error over {out.size} outputs", scale=out.scale, m=lm, s=ls, vm=vm,
         vs=vs)
+
+
+def grad_output_bound(mult: np.ndarray, shift: np.ndarray) -> int:
+    """An upper bound on |v| = |mul(g, m, shift + 16)| over |g| <= 2^15 and every channel: the rounded
+    2^15 m 2^(shift + 16) / 2^31 (a shift below -1 counted as -1, which only raises it)."""
+    m = np.abs(mult.astype(object))
+    up = np.maximum(shift.astype(np.int64) + 17, 0)
+    return int(max(((32768 * mi << int(u)) + 2**31) >> 32 for mi, u in zip(m, up, strict=True))) + 1
 
 
 def _forward(em: _Emit) -> tuple[list, list]:
