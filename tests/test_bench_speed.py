@@ -25,6 +25,16 @@ def test_report_puts_tinyengine_beside_the_mcunet_49kb_row_and_says_instructions
     assert "emulators count instructions, not cycles" in text
 
 
+def test_report_shows_the_profiled_rows_breakdown():
+    kinds = {"forward": 55_000_000, "output gradient": 6_300_000, "input gradient": 25_200_000,
+             "weight gradient + update": 5_700_000, "loss": 3_000, "glue": 577_000}
+    text = speed.report([{**ROW, "breakdown": {"training step": kinds}}, {**ROW, "filter_r": 2}])
+    tail = text.split("Where a training step goes")[1].splitlines()
+    assert "input gradient" in tail[1] and "mcunet/49kb" in tail[3] and "25.2" in tail[3] and "55.0" in tail[3]
+    assert len([ln for ln in tail if "mcunet-5fps" in ln]) == 1  # only the profiled row
+    assert "Where a training step goes" not in speed.report([ROW])
+
+
 def test_save_writes_rows_and_anchors(tmp_path):
     path = speed.save([ROW], tmp_path)
     data = json.loads(path.read_text())

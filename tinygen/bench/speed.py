@@ -28,6 +28,7 @@ from tinygen.planning.report import build_plan
 from tinygen.reference.training import Trainer
 from tinygen.report import table
 from tinygen.targets.boards import load_board
+from tinygen.verify.profile import KIND_ORDER, run_profile
 from tinygen.verify.sim import simulate
 from tinygen.zoo.resolve import resolve_model
 
@@ -39,6 +40,8 @@ BOARDS = ("stm32f746", "nrf52840")
 CLASSES = 10
 SAMPLES = 2  # two inferences and two training steps per run: the counts repeat to within 0.1%
 STEPS = 2
+# Configurations also run as a profile image (where the instructions go): the board the anchor ran on, r = 1.
+PROFILED = {"board": "stm32f746", "filter_r": 1}
 
 # Measured on QEMU mps2-an500 with -icount shift=0 (DESIGN.md §7): MIT's TinyEngine code for MCUNet-5fps
 # with its 49kb scheme, built -Ofast for the M7. Instructions per training step and per inference.
@@ -61,6 +64,10 @@ class SpeedRow:
     flash_bytes: int
     clock_hz: int
     bit_exact: bool
+    # `tinygen sim --profile` of the configuration (PROFILED ones): instructions per inference and per training
+    # step by kind of work, and per function (layer, op, kind, instructions per run, forward MACs)
+    breakdown: dict | None = None
+    functions: list | None = None
 
 
 def _scheme_spec(model: str, scheme: str) -> tuple[str, str]:
@@ -89,8 +96,14 @@ def measure(model_name: str, scheme: str, r: int, board_name: str, workdir: Path
     steps = [s["count"] for s in res.run.steps]
     infers = [s["count"] for s in res.run.samples]
     step_i, infer_i = sum(steps) // len(steps), sum(infers) // len(infers)
-    return SpeedRow(model_name, name, r, board_name, step_i, infer_i, m["macs"], round(m["macs"] / infer_i, 4),
-                    plan["peak_sram_bytes"], m["firmware"]["qemu"]["sizes"]["flash_bytes"], board.clock_hz, True)
+    row = SpeedRow(model_name, name, r, board_name, step_i, infer_i, m["macs"], round(m["macs"] / infer_i, 4),
+                   plan["peak_sram_bytes"], m["firmware"]["qemu"]["sizes"]["flash_bytes"], board.clock_hz, True)
+    if (board_name, r) == (PROFILED["board"], PROFILED["filter_r"]):
+        prof = run_profile(workdir, timeout)
+        row.breakdown = {root: prof.per_run(root) for root in prof.runs}
+        row.functions = [{"root": f.root, "layer": f.layer, "op": f.op, "kind": f.kind, "instructions": f.count,
+                          "macs": f.macs} for root in prof.runs for f in prof.layers(root)]
+    return row
 
 
 def _measure_job(args: tuple) -> dict:
@@ -144,8 +157,21 @@ def save(rows: list[dict], out: Path | None) -> Path:
                                 "samples": SAMPLES, "steps": STEPS, "rows": rows})
 
 
+def breakdown_table(rows: list[dict]) -> str:
+    """M instructions per training step by kind of work, for the profiled rows (profile image; its total
+    differs from the plain image's by the hooks and inlining, under 1%)."""
+    kinds = [k for k in KIND_ORDER if any(k in (r.get("breakdown") or {}).get("training step", {}) for r in rows)]
+    body = [[r["model"], r["scheme"], *[f"{r['breakdown']['training step'].get(k, 0) / 1e6:.1f}" for k in kinds]]
+            for r in rows if r.get("breakdown")]
+    if not body:
+        return ""
+    return ("\nWhere a training step goes (M instructions, `tinygen sim --profile`, "
+            f"{PROFILED['board']}, r = {PROFILED['filter_r']}):\n"
+            + table(["model", "scheme", *kinds], body, "ll" + "r" * len(kinds)))
+
+
 def report(rows: list[dict]) -> str:
     headers, body, note = summary(rows)
-    return table(headers, body, "llrlrrrrrrrr") + "\n" + note
+    return table(headers, body, "llrlrrrrrrrr") + "\n" + note + "\n" + breakdown_table(rows)
 
 
