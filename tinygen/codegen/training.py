@@ -159,11 +159,8 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     e_acc = f"e_acc_l{i}"
     ops = [dict(kind="acc", fn=f"{p}_grad_output_s16", args=[gy, ey, mask, gy], exp=e_acc),
            dict(kind="record", id=f"{p.upper()}_REC_GACC", buf=gy, size=f"{p.upper()}_GACC_SIZE", exp=e_acc)]
-    # v = mul(g, m, shift + 16) shifts right by 31 - (shift + 16): >= 15 on every channel, an int32 (the int16
-    # path); 16 to 32, the high word of one 32-bit product
-    narrow = "high" if ((shift <= -1) & (shift >= -17) & (mult >= 0)).all() else bool((shift <= 0).all())
-    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", narrow=narrow,
-              small_v=bool(narrow) and grad_output_bound(mult, shift) < ir.SMALL_ACC, **ctx)
+    em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx,
+              **narrow_multiply(mult, shift))
     if want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
@@ -252,7 +249,7 @@ def _add_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: 
         lay.dims.update({f"in{k + 1}_mult": m, f"in{k + 1}_shift": s})
         lay.named.update({f"in{k + 1}_mult", f"in{k + 1}_shift"})
         fn = f"{lay.prefix}_backward_input{k + 1}_s16"
-        em.render(lay, "add_backward_s16", fn=fn, comment=desc, which=k + 1)
+        em.render(lay, "add_backward_s16", fn=fn, comment=desc, which=k + 1, **narrow_multiply(m, s))
         ops.append(_grad_op(em, t, i, fn, [gy, ey, mask]))
         ops[-1]["size"] = f"{lay.prefix.upper()}_SIZE"
     return ops
@@ -321,6 +318,16 @@ def _loss(em: _Emit) -> tuple[str, str]:
     return fn, em.env.get_template("train/loss_mse_s8.c.j2").render(
         fn=fn, comment=f"loss: mean squared error over {out.size} outputs", scale=out.scale, m=lm, s=ls, vm=vm,
         vs=vs)
+
+
+def narrow_multiply(mult: np.ndarray, shift: np.ndarray) -> dict:
+    """How an int16 gradient g is multiplied by per-channel (or one) q31 multipliers, v = mul(g, m, shift + 16),
+    which shifts right by 31 - (shift + 16): `narrow` "high" where that is 16 to 32 on every channel (v the high
+    word of one 32-bit product, tg_mul_q31_s16_high), True where it is >= 15 (v an int32, tg_mul_q31_s16), else
+    False (int64); `small_v` where |v| < 2^29 for every g (the three-operation normalizing divide)."""
+    mult, shift = np.atleast_1d(mult), np.atleast_1d(shift)
+    narrow = "high" if ((shift <= -1) & (shift >= -17) & (mult >= 0)).all() else bool((shift <= 0).all())
+    return {"narrow": narrow, "small_v": bool(narrow) and grad_output_bound(mult, shift) < ir.SMALL_ACC}
 
 
 def grad_output_bound(mult: np.ndarray, shift: np.ndarray) -> int:
