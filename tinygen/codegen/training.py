@@ -191,6 +191,17 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     return ops
 
 
+def _quad_oc_update(dims: dict, weights: bool, depthwise: bool, saved: str) -> bool:
+    """Whether a trained conv's weight gradient takes four output channels a step with int32 sums
+    (conv_weight_update_s8): 1x1, stride 1, unpadded, ungrouped, r = 1, a multiple of four output channels, and
+    OUT_HW products of |x - z_x| <= 255 and |G_acc| <= 2^14 within int32."""
+    geometry = (dims["kh"], dims["kw"], dims["stride_h"], dims["stride_w"], dims["pad_top"], dims["pad_left"],
+                dims["groups"], dims["r"])
+    return (weights and not depthwise and geometry == (1, 1, 1, 1, 0, 0, 1, 1) and saved in ("channels", "tensor")
+            and dims["out_c"] % 4 == 0 and dims["out_hw"] * 255 * (1 << 14) < 2**31
+            and (dims["in_h"], dims["in_w"]) == (dims["out_h"], dims["out_w"]))
+
+
 def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_acc: str) -> dict:
     """The weight and bias update kernel of a trained layer, its state, and its step operation."""
     plan, trainer = em.plan, em.trainer
@@ -228,7 +239,8 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
               momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
               accumulate=cfg.accumulate, w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum",
               lr_shift=cfg.lr_varies, saved=sv.mode if sv else "tensor",
-              saved_ctype=sv.ctype if sv else "int8_t", stochastic=stochastic)
+              saved_ctype=sv.ctype if sv else "int8_t", stochastic=stochastic,
+              quad_oc=_quad_oc_update(lay.dims, bool(u.channels), ir.is_depthwise(layer), sv.mode if sv else "tensor"))
     args = [gacc, e_acc] + (["(uint32_t)tg_step"] if stochastic else [])
     if u.channels:  # a bias-only update does not read the input
         x_saved = em.act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
