@@ -132,7 +132,8 @@ TG_INLINE int32_t tg_mask_get(const uint8_t *mask, int32_t i)
     return (mask[i >> 3] >> (i & 7)) & 1;
 }
 
-/* Every bit of a mask of n outputs to 0: a kernel that writes a mask clears it first, then sets bits. */
+/* Every bit of a mask of n outputs to 0: a kernel that writes a mask clears it first, then sets
+ * bits. */
 TG_INLINE void tg_mask_clear(uint8_t *mask, int32_t n)
 {
     for (int32_t i = 0; i < (n + 7) / 8; i++) {
@@ -140,7 +141,8 @@ TG_INLINE void tg_mask_clear(uint8_t *mask, int32_t n)
     }
 }
 
-/* Bit i of a mask cleared by tg_mask_clear to `bit` (0 or 1): one OR, no read of the bit's old value. */
+/* Bit i of a mask cleared by tg_mask_clear to `bit` (0 or 1): one OR, no read of the bit's old
+ * value. */
 TG_INLINE void tg_mask_put(uint8_t *mask, int32_t i, int32_t bit)
 {
     mask[i >> 3] = (uint8_t)(mask[i >> 3] | ((uint32_t)bit << (i & 7)));

@@ -80,9 +80,9 @@ TG_INLINE int32_t tg_requantize(int32_t val, int32_t multiplier, int32_t shift)
     return tg_divide_by_power_of_two(tg_doubling_high_mult(scaled, multiplier), right);
 }
 
-/* tg_requantize where the build proved every shift <= 0 (a right shift only; codegen/forward.py,
- * requantize_fn): the same two steps without the left shift's selects. */
-TG_INLINE int32_t tg_requantize_right(int32_t val, int32_t multiplier, int32_t shift)
+/* tg_requantize ("r": right shifts only) where the build proved every shift <= 0
+ * (codegen/forward.py, requantize_fn): the same two steps without the left shift's selects. */
+TG_INLINE int32_t tg_requantize_r(int32_t val, int32_t multiplier, int32_t shift)
 {
     return tg_divide_by_power_of_two(tg_doubling_high_mult(val, multiplier), -shift);
 }

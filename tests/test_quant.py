@@ -75,10 +75,10 @@ def test_divide_by_power_of_two_32bit_equals_64bit(tmp_path):
 
 
 def test_right_shift_requantization_equals_the_general_one(tmp_path):
-    """tg_requantize_right (every shift <= 0: the layers whose accumulators may be large) gives
+    """tg_requantize_r (every shift <= 0: the layers whose accumulators may be large) gives
     tg_requantize's bits for any int32 accumulator, at every exponent's rounding edges and the int32 ends."""
     body = """
-        r[0] = tg_requantize_right(v[0], v[1], v[2]);
+        r[0] = tg_requantize_r(v[0], v[1], v[2]);
         r[1] = tg_requantize(v[0], v[1], v[2]);"""
     run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 2)
     rng = np.random.default_rng(5)

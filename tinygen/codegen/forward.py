@@ -116,10 +116,10 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
 
 def requantize_fn(layer, shift: np.ndarray, bias: np.ndarray) -> str:
     """The requantization a layer's C calls: `tg_requantize29` where `small_requant` proves it exact,
-    else `tg_requantize_right` where no channel shifts left, else the general `tg_requantize`."""
+    else `tg_requantize_r` where no channel shifts left, else the general `tg_requantize`."""
     if small_requant(layer, shift, bias):
         return "tg_requantize29"
-    return "tg_requantize_right" if bool((shift <= 0).all()) else "tg_requantize"
+    return "tg_requantize_r" if bool((shift <= 0).all()) else "tg_requantize"
 
 
 def add_requantize_fns(p: dict) -> tuple[str, str, str]:
@@ -132,7 +132,7 @@ def add_requantize_fns(p: dict) -> tuple[str, str, str]:
     def fn(bound: int, shift: int) -> str:
         if bound < SMALL_ACC and SMALL_SHIFT_MIN <= shift <= 0:
             return "tg_requantize29"
-        return "tg_requantize_right" if shift <= 0 else "tg_requantize"
+        return "tg_requantize_r" if shift <= 0 else "tg_requantize"
 
     small_in = fn(scaled, p["in1_shift"]) == fn(scaled, p["in2_shift"]) == "tg_requantize29"
     return (fn(scaled, p["in1_shift"]), fn(scaled, p["in2_shift"]),
