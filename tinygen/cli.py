@@ -611,10 +611,7 @@ def _plain_counts(r) -> dict[str, int]:
 
 
 def _profile_json(build_dir, timeout, r) -> dict:
-    prof = _run_profile(build_dir, timeout)
-    return {"plain": _plain_counts(r), "runs": prof.runs, "dropped": prof.dropped,
-            "by_kind": {root: prof.per_run(root) for root in prof.runs},
-            "functions": [vars(row) for row in prof.rows]}
+    return {"plain": _plain_counts(r), **_run_profile(build_dir, timeout).to_json()}
 
 
 if __name__ == "__main__":

@@ -99,10 +99,8 @@ def measure(model_name: str, scheme: str, r: int, board_name: str, workdir: Path
     row = SpeedRow(model_name, name, r, board_name, step_i, infer_i, m["macs"], round(m["macs"] / infer_i, 4),
                    plan["peak_sram_bytes"], m["firmware"]["qemu"]["sizes"]["flash_bytes"], board.clock_hz, True)
     if (board_name, r) == (PROFILED["board"], PROFILED["filter_r"]):
-        prof = run_profile(workdir, timeout)
-        row.breakdown = {root: prof.per_run(root) for root in prof.runs}
-        row.functions = [{"root": f.root, "layer": f.layer, "op": f.op, "kind": f.kind, "instructions": f.count,
-                          "macs": f.macs} for root in prof.runs for f in prof.layers(root)]
+        prof = run_profile(workdir, timeout).to_json()
+        row.breakdown, row.functions = prof["by_kind"], prof["functions"]
     return row
 
 

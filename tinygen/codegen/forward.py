@@ -56,15 +56,23 @@ SMALL_ACC = ir.SMALL_ACC  # tg_requantize29's bound on |acc|
 SMALL_SHIFT_MIN = -30  # ... and on the right shift e = -shift (2^e itself an int32)
 
 
-def small_requant(layer, shift: np.ndarray, bias: np.ndarray | None = None) -> bool:
-    """Whether a layer's accumulators provably stay within |acc| < SMALL_ACC (K products of at most
-    255 * 128, plus its largest |bias|: `bias`, default the layer's) and every channel's shift is in
-    [SMALL_SHIFT_MIN, 0]: then `tg_requantize29` (one SMMULR for the doubling high multiply, a
-    three-operation rounding divide) gives `tg_requantize`'s bits. For a layer whose bias trains, `bias` is
-    the largest it may grow to (`reference.training.bias_limit`): the training build asks again."""
+def requantize_for(bound: int, shift) -> str:
+    """The requantization for accumulators below `bound` in magnitude with these shifts (one per channel, or
+    one): `tg_requantize29` (one SMMULR for the doubling high multiply, a three-operation rounding divide) where
+    bound < SMALL_ACC and every shift is in [SMALL_SHIFT_MIN, 0], else `tg_requantize_r` where no shift is
+    positive, else the general `tg_requantize`; each gives `tg_requantize`'s bits (docs/numerics.md §1.1)."""
+    shift = np.atleast_1d(shift)
+    if bound < SMALL_ACC and bool(((shift <= 0) & (shift >= SMALL_SHIFT_MIN)).all()):
+        return "tg_requantize29"
+    return "tg_requantize_r" if bool((shift <= 0).all()) else "tg_requantize"
+
+
+def requantize_fn(layer, shift: np.ndarray, bias: np.ndarray | None = None) -> str:
+    """A conv's or FC's requantization: its accumulators are K products of at most 255 * 128 plus its largest
+    |bias| (`bias`, default the layer's; for a layer whose bias trains, the largest it may grow to,
+    `reference.training.bias_limit`)."""
     bias = layer.bias if bias is None else bias
-    return (ir.acc_bound(int(np.prod(layer.weight.shape[1:])), bias) < SMALL_ACC
-            and bool(((shift <= 0) & (shift >= SMALL_SHIFT_MIN)).all()))
+    return requantize_for(ir.acc_bound(int(np.prod(layer.weight.shape[1:])), bias), shift)
 
 
 def saturated_bias(layer, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -72,7 +80,8 @@ def saturated_bias(layer, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
     (its |bias| dwarfs any K products: MIT's models carry |bias| near 2^30 on such channels): there, the bias
     nearest zero that still puts every output beyond the same end. The outputs and clamp masks are the same
     for every input (the requantization is monotone where the shift is not positive, the only channels
-    changed), and the accumulators' bound shrinks, so `small_requant` can hold (docs/numerics.md §1.1)."""
+    changed), and the accumulators' bound shrinks, so `requantize_fn` can choose the 32-bit form
+    (docs/numerics.md §1.1)."""
     b = layer.bias.astype(np.int64)
     reach = ir.acc_bound(int(np.prod(layer.weight.shape[1:])))
 
@@ -114,29 +123,15 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
 
 
-def requantize_fn(layer, shift: np.ndarray, bias: np.ndarray) -> str:
-    """The requantization a layer's C calls: `tg_requantize29` where `small_requant` proves it exact,
-    else `tg_requantize_r` where no channel shifts left, else the general `tg_requantize`."""
-    if small_requant(layer, shift, bias):
-        return "tg_requantize29"
-    return "tg_requantize_r" if bool((shift <= 0).all()) else "tg_requantize"
-
-
 def add_requantize_fns(p: dict) -> tuple[str, str, str]:
     """The requantization of each input and of the sum of an ADD (`ir.add_requant`'s parameters): an input
-    is (x + offset) * 2^LEFT_SHIFT with |x + offset| <= 255, each rescaled input is no larger (its multiplier
-    is below one, its shift at most 0), so the sum is below 2 * 255 * 2^LEFT_SHIFT: where that is under
-    SMALL_ACC and the shift in [SMALL_SHIFT_MIN, 0], `tg_requantize29` gives `tg_requantize`'s bits."""
+    is (x + offset) * 2^LEFT_SHIFT with |x + offset| <= 255, and each rescaled input is no larger where its
+    multiplier is below one and its shift at most 0 (the 32-bit cases), so their sum is below
+    2 * 255 * 2^LEFT_SHIFT."""
     scaled = 255 << p["left_shift"]
-
-    def fn(bound: int, shift: int) -> str:
-        if bound < SMALL_ACC and SMALL_SHIFT_MIN <= shift <= 0:
-            return "tg_requantize29"
-        return "tg_requantize_r" if shift <= 0 else "tg_requantize"
-
-    small_in = fn(scaled, p["in1_shift"]) == fn(scaled, p["in2_shift"]) == "tg_requantize29"
-    return (fn(scaled, p["in1_shift"]), fn(scaled, p["in2_shift"]),
-            fn(2 * scaled if small_in else SMALL_ACC, p["out_shift"]))
+    first, second = requantize_for(scaled, p["in1_shift"]), requantize_for(scaled, p["in2_shift"])
+    small_in = first == second == "tg_requantize29"
+    return first, second, requantize_for(2 * scaled if small_in else SMALL_ACC, p["out_shift"])
 
 
 def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:

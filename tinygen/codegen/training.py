@@ -198,7 +198,7 @@ def _quad_oc_update(dims: dict, weights: bool, depthwise: bool, saved: str) -> b
     geometry = (dims["kh"], dims["kw"], dims["stride_h"], dims["stride_w"], dims["pad_top"], dims["pad_left"],
                 dims["groups"], dims["r"])
     return (weights and not depthwise and geometry == (1, 1, 1, 1, 0, 0, 1, 1) and saved in ("channels", "tensor")
-            and dims["out_c"] % 4 == 0 and dims["out_hw"] * 255 * (1 << 14) < 2**31
+            and dims["out_c"] % 4 == 0 and sums_fit_int32(dims["out_hw"], 255)
             and (dims["in_h"], dims["in_w"]) == (dims["out_h"], dims["out_w"]))
 
 
@@ -358,7 +358,7 @@ def _forward(em: _Emit) -> tuple[list, list]:
     def for_training(code):
         """A layer whose weights train keeps its trained part in SRAM (`_weight_t`), the rest in flash; a
         layer with any trained parameter starts from its own bias (not `saturated_bias`) and requantizes in
-        32 bits only if its bias can grow no further than that allows (`bias_limit`, `small_requant`)."""
+        32 bits only if its bias can grow no further than that allows (`bias_limit`, `requantize_fn`)."""
         prefix = layer_symbol(code.index, code.layer.name)
         if code.layer.name in trainer.trained:
             grown = np.array([bias_limit(code.layer)], dtype=np.int64)

@@ -78,10 +78,11 @@ def input_gradient_blocks(layer, geo: dict, split_k: int) -> tuple[str, dict] | 
     return None
 
 
-def sums_fit_int32(terms: int) -> bool:
-    """Whether a sum of `terms` products |w| <= 128, |G_acc| <= 2^GRAD_BITS fits int32 (the output channels of
-    a 1x1 input gradient, the taps of a depthwise one)."""
-    return terms * 128 * (1 << GRAD_BITS) < 1 << 31
+def sums_fit_int32(terms: int, other: int = 128) -> bool:
+    """Whether a sum of `terms` products |G_acc| <= 2^GRAD_BITS times at most `other` fits int32: |w| <= 128 over
+    the output channels of a 1x1 input gradient or the taps of a depthwise one; |x - z_x| <= 255 over the pixels
+    of a weight gradient."""
+    return terms * other * (1 << GRAD_BITS) < 1 << 31
 
 
 def one_pass_sums_bytes(layer, tensors, split_k: int, r: int) -> int | None:

@@ -191,6 +191,11 @@ def _candidates(importance, state, layers, saved, too_big, total_macs, path_macs
     return cands
 
 
+def _feeds_add(layer: ir.Layer, consumers: dict) -> bool:
+    """Whether a layer's output feeds a residual addition (`consumers`: `ir.Model.consumers()`)."""
+    return any(isinstance(c, ir.Add) for c in consumers.get(layer.output.name, []))
+
+
 def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, config: TrainConfig,
            macs_budget: int | None = None, filter_r: int = 1, reorder: bool = False):
     """Greedy selection under the SRAM (and compute) budget; returns (trainer, estimate) or None.
@@ -226,7 +231,7 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
     consumers = model.consumers()
     # Weights whose output feeds a residual addition train their bias only: at 128x128 on MCUNet-5fps,
     # training them cost 4-10 points against the same selection without them (docs/selection.md)
-    bias_only = {n for n in layers if any(isinstance(c, ir.Add) for c in consumers.get(layers[n].output.name, []))}
+    bias_only = {n for n in layers if _feeds_add(layers[n], consumers)}
     position = {layer.name: i for i, layer in enumerate(model.layers)}
     weighted = list(layers.values())
 
@@ -338,8 +343,7 @@ def measured(model: ir.Model, path: Scheme, x: np.ndarray, labels: np.ndarray, t
     trials = {"": got}
     widths: dict[str, float] = {}
     for layer in on_path:
-        if layer.name == head or ir.is_depthwise(layer) or any(
-                isinstance(c, ir.Add) for c in consumers.get(layer.output.name, [])):
+        if layer.name == head or ir.is_depthwise(layer) or _feeds_add(layer, consumers):
             continue
         for ratio in WIDTHS:
             upd = LayerUpdate(first_channels(layer, tensors, ratio), True, filter_r)
