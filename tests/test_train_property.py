@@ -1,7 +1,7 @@
 """Property tests: one training step pipeline per layer type (conv, depthwise, pointwise, grouped,
 fully connected, residual add, average pool) over random shapes, strides, padding, quantization,
-filter sizes r in {1, 2, 4} and either rounding of the updates: the generated C equals the reference
-exactly (losses, every step-1 gradient, every trained parameter after the steps)."""
+filter sizes r in {1, 2, 4}, either rounding of the updates and 8, 4 or 0 master bits: the generated C
+equals the reference exactly (losses, every step-1 gradient, every trained parameter after the steps)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from train_harness import train_c_vs_reference
 from tinygen.errors import ModelError
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
-from tinygen.ir.scheme import ROUNDINGS, LayerUpdate, Scheme, TrainConfig
+from tinygen.ir.scheme import MASTER_BITS, ROUNDINGS, LayerUpdate, Scheme, TrainConfig
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STEPS = 3
@@ -51,7 +51,8 @@ def _run(make, seed, r, trained, classes, kernels, momentum=0.0):
     labels = rng.integers(0, classes, size=STEPS)
     scheme = _scheme(model, rng, r, trained)
     config = TrainConfig(lr=float(rng.choice([0.001, 0.05, 0.5])), momentum=momentum,
-                         lr_halve_every=int(rng.integers(0, 3)), rounding=str(rng.choice(ROUNDINGS)))
+                         lr_halve_every=int(rng.integers(0, 3)), rounding=str(rng.choice(ROUNDINGS)),
+                         frac_bits=int(rng.choice(MASTER_BITS)))
     train_c_vs_reference(model, scheme, config, x, labels, STEPS, kernels)
 
 

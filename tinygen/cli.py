@@ -26,6 +26,7 @@ from tinygen.ir.scheme import (
     MAX_LR_GUARD,
     ROUNDINGS,
     TrainConfig,
+    default_rounding,
     parse_update,
 )
 from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
@@ -114,6 +115,10 @@ def _check_out(out: Path) -> None:
                            "write to") from None
 
 
+MASTER_BITS_OPTION = click.option(
+    "--master-bits", type=click.IntRange(0, 16), default=TrainConfig.frac_bits, show_default=True,
+    help="Bits of each trained weight's master below its int8 view: 8 (2 B per weight in SRAM), 4 (1.5 B: the "
+         "fraction in nibbles) or 0 (1 B: the int8 weight updated in place, stochastic rounding); docs/numerics.md.")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON object on stdout instead of text (README: --json).")
 JSON_SCHEMA = 1  # bumped when a key changes meaning or goes away (README: --json)
@@ -207,9 +212,11 @@ def _board_json(b) -> dict:
 @click.option("--lr-guard", type=click.IntRange(min=0, max=MAX_LR_GUARD), default=LR_GUARD_STEPS, show_default=True,
               help="Halve the learning rate after N steps in a row whose outputs mostly sit at their clamp or whose "
                    f"loss is at its ceiling (a diverging rate); at most {LR_GUARD_MAX_HALVINGS} times (0: off).")
-@click.option("--rounding", type=click.Choice(ROUNDINGS), default=TrainConfig.rounding, show_default=True,
+@MASTER_BITS_OPTION
+@click.option("--rounding", type=click.Choice(ROUNDINGS), default=None,
               help="How a weight update is rounded to the master weight's last bit: to nearest, or stochastically "
-                   "(unbiased: updates below one master step still move the weight in expectation; docs/numerics.md).")
+                   "(unbiased: updates below one master step still move the weight in expectation; docs/numerics.md). "
+                   "Default: stochastic with --master-bits 0, else nearest.")
 @click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True,
               help="Softmax cross-entropy on class labels, or mean squared error on target codes "
                    "(MSE builds train on the host; the firmware harness trains with class labels).")
@@ -225,7 +232,8 @@ def _board_json(b) -> dict:
 @JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
-          momentum, lr_halve_every, lr_guard, rounding, loss, accumulate, samples, steps, checkpoint_every, as_json):
+          momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, steps, checkpoint_every,
+          as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
@@ -236,7 +244,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
-                              accumulate, macs_budget, reorder_channels, lr_guard, rounding)
+                              accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
     check_fits(model, trainer, b, budget)
@@ -280,13 +288,15 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
-                    macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS, rounding=TrainConfig.rounding):
+                    macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS, rounding=None,
+                    master_bits=TrainConfig.frac_bits):
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
 
     config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
-                         accumulate=accumulate, lr_guard=lr_guard, rounding=rounding).check()
+                         accumulate=accumulate, lr_guard=lr_guard, frac_bits=master_bits,
+                         rounding=rounding or default_rounding(master_bits)).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
     if update == "fisher" or (update == "auto" and reorder):
@@ -328,6 +338,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--reorder-channels", is_flag=True, help="As for build.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True)
+@MASTER_BITS_OPTION
 @click.option("--no-train", "no_train", is_flag=True, help="Plan inference only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -335,8 +346,8 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
               help="As for build: count the board's two checkpoint slots in flash.")
 @friendly
-def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum, no_train,
-         as_json, svg, checkpoint_every):
+def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum,
+         master_bits, no_train, as_json, svg, checkpoint_every):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     if svg is not None and not svg.parent.is_dir():
         raise TinygenError(f"--svg {svg}: the folder {svg.parent} does not exist; create it or choose another path")
@@ -345,7 +356,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     trainer = _choose_trainer(model, budget, not no_train, update, filter_r, DEFAULT_LR, momentum, 0,
-                              macs_budget=macs_budget, reorder=reorder_channels)
+                              macs_budget=macs_budget, reorder=reorder_channels, master_bits=master_bits)
     if trainer is not None:
         model = trainer.model
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))

@@ -29,7 +29,7 @@ from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
 from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, plan_training
-from tinygen.planning.weight_store import frac_ctype, weight_store
+from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import LN2_Q16, LOG2_TABLE, LR_SHIFT_MAX, WEIGHT_LIMIT, Trainer, bias_limit
 
 
@@ -217,7 +217,9 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
     stochastic = bool(u.channels) and cfg.rounding == "stochastic"
     if u.channels:
         em.const_arrays[f"{p}_channels"] = np.asarray(u.channels, dtype=np.int32)
-        em.state[f"{p}_frac"] = (frac_ctype(cfg.frac_bits), part)
+        frac = FracStore(cfg.frac_bits)
+        if frac.bits:
+            em.state[f"{p}_frac"] = (frac.ctype, frac.count(part))
         em.record(lay, "rec_dw", "dw:" + layer.name)
     if stochastic:
         lay.dims["sr_salt"] = f"0x{fnv1a32(layer.name.encode()):08X}U"
@@ -234,7 +236,7 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
     fn = f"{p}_update_s8"
     em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **ctx, bias=u.bias,
               n_sel=len(u.channels), n_chan=ir.selectable_channels(layer),
-              channels=f"{p}_channels", frac=f"{p}_frac", frac_type=frac_ctype(cfg.frac_bits),
+              channels=f"{p}_channels", frac=f"{p}_frac" if cfg.frac_bits else None,
               w_mult=f"{p}_w_mult", w_shift=f"{p}_w_shift", b_mult=f"{p}_b_mult", b_shift=f"{p}_b_shift",
               momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
               accumulate=cfg.accumulate, w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum",
@@ -395,7 +397,9 @@ def _params(em: _Emit) -> list[tuple[str, str]]:
     for name, tl in em.trainer.trained.items():
         prefix = layer_symbol(index[name], name)
         if tl.update.channels:
-            params += [(f"{prefix}_weight_t", "weight"), (f"{prefix}_frac", "frac")]
+            params.append((f"{prefix}_weight_t", "weight"))
+            if em.trainer.config.frac_bits:
+                params.append((f"{prefix}_frac", "frac"))
         params.append((f"{prefix}_bias", "bias"))
     return params
 
@@ -445,8 +449,7 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                w_limit=WEIGHT_LIMIT << cfg.frac_bits,
                momentum=round_half_away(cfg.momentum * (1 << 15)), accumulate=cfg.accumulate, loss=cfg.loss,
                params=params, state=em.state, train_state=train_state, scalar_state=counters,
-               frac_type=frac_ctype(cfg.frac_bits) if any(tl.update.channels for tl in trainer.trained.values())
-               else None)
+               frac=FracStore(cfg.frac_bits), master=any(tl.update.channels for tl in trainer.trained.values()))
     write_sources(env, src_dir, ctx, em.const_arrays, em.mutable)
     return {"arena_bytes": plan.arena_size, "records": em.records, "params": [p[0] for p in params],
             "const_bytes": int(sum(a.nbytes for a in em.const_arrays.values())),

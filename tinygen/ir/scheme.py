@@ -34,6 +34,13 @@ LR_GUARD_STEPS = 8
 LR_GUARD_MAX_HALVINGS = 8
 MAX_LR_GUARD = 1 << 16
 ROUNDINGS = ("nearest", "stochastic")
+MASTER_BITS = (8, 4, 0)  # the trained-weight storages measured (README): F-bit master fraction, F = 8, 4 or none
+
+
+def default_rounding(frac_bits: int) -> str:
+    """Stochastic where the master has no fraction (an update below one int8 step would otherwise be lost
+    every time: numerics §6.2), else to nearest."""
+    return "stochastic" if frac_bits == 0 else "nearest"
 
 
 @dataclass
@@ -72,7 +79,7 @@ class TrainConfig:
     momentum: float = 0.0
     lr_halve_every: int = 0  # 0: constant learning rate; N: halve it every N steps
     loss: str = "ce"  # "ce" softmax cross-entropy on the logits, or "mse"
-    frac_bits: int = 8  # fractional bits of the master weights (stored as an int8/int16 remainder beside the view)
+    frac_bits: int = 8  # master bits: the master weight's fraction below the int8 view (0: none, the view itself)
     accumulate: int = 1  # apply the summed update of every `accumulate` samples (gradient accumulation)
     lr_guard: int = LR_GUARD_STEPS  # halve the rate after this many saturated steps in a row (0: off)
     rounding: str = "nearest"  # weight updates to the master's last bit: "nearest" or "stochastic" (numerics §6.2)
@@ -94,8 +101,8 @@ class TrainConfig:
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise TinygenError(f"learning rate {self.lr} must be a positive number")
-        if not (isinstance(self.frac_bits, int) and 1 <= self.frac_bits <= 16):
-            raise TinygenError(f"master-weight fraction of {self.frac_bits} bits: use 1..16")
+        if not (isinstance(self.frac_bits, int) and 0 <= self.frac_bits <= 16):
+            raise TinygenError(f"master weights with {self.frac_bits} fraction bits: use 0..16 (8, 4 or 0 measured)")
         if not 0.0 <= self.momentum < 1.0:
             raise TinygenError(f"momentum {self.momentum} must be in [0, 1)")
         if not (isinstance(self.accumulate, int) and 1 <= self.accumulate <= 1 << 16):

@@ -13,7 +13,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import Scheme, TrainConfig, last_k_scheme, weighted_layers
 from tinygen.planning.schedule import plan_forward, plan_training
-from tinygen.planning.weight_store import frac_dtype, weight_store
+from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import Trainer
 from tinygen.targets.boards import Board
 
@@ -36,13 +36,13 @@ def trained_state_bytes(trainer) -> int:
 
     total = 0
     momentum = trainer.config.momentum != 0.0
-    frac = frac_dtype(trainer.config.frac_bits).itemsize
+    frac = FracStore(trainer.config.frac_bits)
     for name, tl in trainer.trained.items():
         total += 4 * trainer.bias[name].size  # int32 bias
         part = 0
         if tl.update.channels:  # the trained part: int8 view + master fraction (frozen weights stay in flash)
             part = weight_store(trainer.model.layer(name), tl.update.channels).trained_part(trainer.weights[name]).size
-            total += (1 + frac) * part
+            total += part + frac.nbytes(part)
         state_copies = int(momentum) + int(trainer.config.accumulate > 1)
         total += 4 * state_copies * (part + (trainer.bias[name].size if tl.update.bias else 0))
     return total

@@ -43,9 +43,42 @@ def weight_store(layer: ir.Layer, channels: list[int]) -> WeightStore:
     return WeightStore(k if prefix else 0, dw, mult)
 
 
-def frac_ctype(frac_bits: int) -> str:
-    return "int8_t" if frac_bits <= 8 else "int16_t"
+@dataclass(frozen=True)
+class FracStore:
+    """How the F-bit remainder of the master weights is kept beside the int8 view (docs/numerics.md §6):
+    nowhere for F = 0 (the view is the master), two's-complement nibbles two to a byte for F <= 4 (weight
+    i in byte i // 2, the low nibble for even i), int8 for F <= 8, int16 up to 16."""
 
+    bits: int
 
-def frac_dtype(frac_bits: int):
-    return np.dtype("<i1") if frac_bits <= 8 else np.dtype("<i2")
+    @property
+    def ctype(self) -> str | None:
+        if not self.bits:
+            return None
+        return "uint8_t" if self.nibbles else ("int8_t" if self.bits <= 8 else "int16_t")
+
+    @property
+    def nibbles(self) -> bool:
+        return 0 < self.bits <= 4
+
+    @property
+    def per_weight(self) -> float:
+        """Bytes of fraction per trained weight (the selection's proxy; `nbytes` counts the array)."""
+        return 0.5 if self.nibbles else float(self.nbytes(1))
+
+    def count(self, weights: int) -> int:
+        """Elements of the C array for `weights` trained weights."""
+        return (weights + 1) // 2 if self.nibbles else (weights if self.bits else 0)
+
+    def nbytes(self, weights: int) -> int:
+        return self.count(weights) * (2 if self.bits > 8 else 1)
+
+    def pack(self, frac: np.ndarray) -> bytes:
+        """The C array's bytes (little-endian) for these remainders, in order."""
+        f = np.asarray(frac, dtype=np.int64).ravel()
+        if not self.bits:
+            return b""
+        if not self.nibbles:
+            return f.astype("<i1" if self.bits <= 8 else "<i2").tobytes()
+        n = np.append(f & 15, np.zeros(f.size % 2, np.int64))  # an odd count leaves the last byte's high nibble 0
+        return (n[0::2] | (n[1::2] << 4)).astype(np.uint8).tobytes()

@@ -59,9 +59,10 @@ def ln_q16(n) -> np.ndarray:
 
 
 def view_of(master, frac_bits: int):
-    """The int8 view of a master weight: round half up, floor((W + 2^(F-1)) / 2^F). Its remainder
-    W - view * 2^F lies in [-2^(F-1), 2^(F-1)), so the device stores it in F bits (int8 for F <= 8)."""
-    return (np.asarray(master, dtype=np.int64) + (1 << (frac_bits - 1))) >> frac_bits
+    """The int8 view of a master weight: round half up, floor((W + 2^(F-1)) / 2^F) (W itself for F = 0).
+    Its remainder W - view * 2^F lies in [-2^(F-1), 2^(F-1)), so the device stores it in F bits
+    (`planning.weight_store.FracStore`)."""
+    return (np.asarray(master, dtype=np.int64) + ((1 << frac_bits) >> 1)) >> frac_bits
 
 
 def fraction_of(master, frac_bits: int) -> np.ndarray:

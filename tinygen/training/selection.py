@@ -30,6 +30,7 @@ from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, 
 from tinygen.planning.memory import training_sram
 from tinygen.planning.report import backward_macs
 from tinygen.planning.saved_input import saved_input
+from tinygen.planning.weight_store import FracStore
 from tinygen.reference.forward import im2col, run_model
 from tinygen.reference.training import Trainer
 from tinygen.training.reorder import reorder_by_importance
@@ -161,7 +162,7 @@ def _bwd_macs(layer, k: int, n: int) -> int:
 
 
 def _candidates(importance, state, layers, saved, too_big, total_macs, path_macs,
-                bias_only) -> list[tuple[float, str, int]]:
+                bias_only, weight_bytes: float) -> list[tuple[float, str, int]]:
     """(gain per byte, normalised by backward MACs; layer; channels) of every next step the greedy can take:
     a layer grows to its first C/8, C/4, C/2 or C channels; with a `Potential`, a layer may also train its
     bias alone (0 channels), the layers in `bias_only` only that, and the MACs count the input gradients
@@ -184,7 +185,7 @@ def _candidates(importance, state, layers, saved, too_big, total_macs, path_macs
             per_channel = layer.weight.size // n  # a depthwise channel's kernel, or a weight column
             # trained view + fraction per weight, what the update keeps of the input; a newly trained layer
             # also keeps its bias
-            cost_bytes = (2 * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
+            cost_bytes = (weight_bytes * (k - cur) * per_channel + saved(name, k) - saved(name, cur)
                           + (4 * layer.bias.size if new else 0))
             cost_macs = (_bwd_macs(layer, k - cur, n) + (path_macs(name) if pot and new else 0)) / total_macs
             cands.append((gain / (cost_bytes * (1.0 + cost_macs)), name, k))
@@ -240,7 +241,8 @@ def select(model: ir.Model, importance: dict[str, np.ndarray], budget: int, conf
         return sum(ir.layer_macs(layer) for layer in weighted if position[name] < position[layer.name] < top)
     too_big: set[tuple[str, int]] = set()  # (layer, k) the planner rejected: only grows with the state
     while True:
-        cands = _candidates(importance, state, layers, saved, too_big, total_macs, path_macs, bias_only)
+        cands = _candidates(importance, state, layers, saved, too_big, total_macs, path_macs, bias_only,
+                            1 + FracStore(config.frac_bits).per_weight)
         cands.sort(reverse=True)
         for _, name, k in cands:  # best by the proxy first; the planner measures each
             trial = dict(state, **{name: k})

@@ -16,7 +16,7 @@ import numpy as np
 from tinygen.errors import MismatchError
 from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import layer_symbol
-from tinygen.planning.weight_store import frac_dtype, weight_store
+from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import Trainer, fraction_of
 from tinygen.verify.runner import HOST_TARGETS, RunResult
 
@@ -78,8 +78,9 @@ def reference_params(trainer: Trainer) -> dict[str, bytes]:
             F = trainer.config.frac_bits
             out[f"{prefix}_weight_t"] = np.ascontiguousarray(st.trained_part(trainer.weights[layer.name])).astype(
                 np.int8).tobytes()
-            frac = fraction_of(trainer.master[layer.name], F)
-            out[f"{prefix}_frac"] = np.ascontiguousarray(st.trained_part(frac)).astype(frac_dtype(F)).tobytes()
+            if F:
+                frac = fraction_of(trainer.master[layer.name], F)
+                out[f"{prefix}_frac"] = FracStore(F).pack(np.ascontiguousarray(st.trained_part(frac)))
     return out
 
 
