@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from tinygen.bench import speed, transfer, transfer128
-from tinygen.bench.suites import auto_fit, gradient_filter, memory, schemes, selection
+from tinygen.bench.suites import auto_fit, gradient_filter, master_bits, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.bench.transfer128 import TASKS128
 from tinygen.codegen.firmware import FirmwareOptions
@@ -510,6 +510,19 @@ def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, hal
         click.echo(table(headers, rows, "llrrrrl"))
         path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, bool(labels))
         click.echo(f"saved {path}" + (" (the other rows kept)" if labels else ""))
+
+
+@bench.command("master-bits")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Sample orders averaged per configuration.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel runs (default: cores).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_master_bits(seeds, jobs, out):
+    """Accuracy of 8, 4 and 0 master bits (`--master-bits`) vs float SGD: mnist-mbv2 with the MIT mbv2 99kb
+    scheme and mnist14 last-3, with the SRAM each storage's trained state takes."""
+
+    master_bits(out, log=click.echo, seeds=seeds, jobs=jobs)
 
 
 @bench.command("auto")

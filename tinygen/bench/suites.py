@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,16 @@ import numpy as np
 from tinygen.bench import transfer as T
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import training_samples
-from tinygen.ir.scheme import TrainConfig, full_scheme, load_scheme
+from tinygen.ir.scheme import MASTER_BITS, TrainConfig, full_scheme, load_scheme, parse_update
 from tinygen.paths import shared_dir
-from tinygen.planning.memory import RUNTIME_RESERVE, auto_last_k, check_fits, sram_budget, training_sram
+from tinygen.planning.memory import (
+    RUNTIME_RESERVE,
+    auto_last_k,
+    check_fits,
+    sram_budget,
+    trained_state_bytes,
+    training_sram,
+)
 from tinygen.planning.report import build_plan
 from tinygen.reference.float_grad import cosine, float_backward, integer_gradients
 from tinygen.reference.training import Trainer
@@ -105,7 +114,8 @@ SCHEME_KEYS = {"mbv2-w0.35": "mbv2", "proxyless-w0.3": "proxyless", "mcunet-5fps
 
 
 def memory(out: Path | None, log=print) -> dict:
-    """tinygen's planned peak SRAM for the MIT models with each published scheme, beside the paper's."""
+    """tinygen's planned peak SRAM for the MIT models with each published scheme and each trained-weight storage
+    (`--master-bits` 8, 4, 0), beside the paper's."""
 
     root = shared_dir()
     if root is None:
@@ -117,21 +127,26 @@ def memory(out: Path | None, log=print) -> dict:
         model = get_model(name, classes=10)
         for key in schemes[SCHEME_KEYS[name]]:
             spec = f"{root}/models/mit-tiny-training/sparse_schemes.json#{SCHEME_KEYS[name]}/{key}"
-            trainer = Trainer(model, load_scheme(spec, model), TrainConfig())
-            p = build_plan(model, trainer, board, sram_budget(board))
-            step = p["arena_bytes"] + p["trained_state_bytes"]
-            payload.append({"model": name, "scheme": key, "paper_kb_sparse_reorder": reorder_kb,
-                            "paper_kb_sparse": sparse_kb, **{k: p[k] for k in (
-                                "peak_sram_bytes", "arena_bytes", "arena_lower_bound_bytes", "trained_state_bytes",
-                                "runtime_reserve_bytes", "flash_bytes", "fits")}})
-            rows.append([name, key, f"{step / 1024:.1f}", f"{p['peak_sram_bytes'] / 1024:.1f}",
-                         f"{p['arena_bytes'] / 1024:.1f}", f"{p['trained_state_bytes'] / 1024:.1f}",
-                         reorder_kb, sparse_kb, "yes" if p["fits"] else "no"])
-            log(f"  {name} {key}: {step / 1024:.1f} KB")
-    log(table(["model", "scheme", "tinygen step KB", "+ stack/runtime KB", "arena KB", "trained state KB",
-               "paper sparse+reorder KB", "paper sparse KB", "fits F746"], rows, "llrrrrrrl"))
-    log(f"tinygen step = arena (activations, masks, gradients, planes) + trained weights and optimizer state; "
-        f"the next column adds the {RUNTIME_RESERVE // 1024} KB stack/runtime allowance")
+            scheme = load_scheme(spec, model)
+            peaks = []
+            for bits in MASTER_BITS:
+                tr = Trainer(model, scheme, TrainConfig(frac_bits=bits))
+                p = build_plan(model, tr, board, sram_budget(board))
+                facts = {k: p[k] for k in ("peak_sram_bytes", "arena_bytes", "arena_lower_bound_bytes",
+                                           "trained_state_bytes", "runtime_reserve_bytes", "flash_bytes", "fits")}
+                payload.append({"model": name, "scheme": key, "master_bits": bits,
+                                "paper_kb_sparse_reorder": reorder_kb, "paper_kb_sparse": sparse_kb, **facts})
+                peaks.append(p)
+            rows.append([name, key, f"{peaks[0]['arena_bytes'] / 1024:.1f}",
+                         *[f"{p['trained_state_bytes'] / 1024:.1f}" for p in peaks],
+                         *[f"{p['peak_sram_bytes'] / 1024:.1f}" for p in peaks], reorder_kb, sparse_kb])
+            log(f"  {name} {key}: " + ", ".join(f"{b} bits {p['peak_sram_bytes'] / 1024:.1f} KB"
+                                                for b, p in zip(MASTER_BITS, peaks, strict=True)))
+    log(table(["model", "scheme", "arena KB", *[f"trained state KB, {b} bits" for b in MASTER_BITS],
+               *[f"peak KB, {b} bits" for b in MASTER_BITS], "paper sparse+reorder KB", "paper sparse KB"], rows,
+              "ll" + "r" * (1 + 2 * len(MASTER_BITS) + 2)))
+    log(f"peak = arena (activations, masks, gradients, planes) + trained weights and optimizer state + the "
+        f"{RUNTIME_RESERVE // 1024} KB stack/runtime allowance; master bits: `--master-bits`")
     path = _save(out, "memory", {"rows": payload})
     log(f"saved {path}")
     return {"rows": payload}
@@ -198,8 +213,7 @@ def schemes(task: str, out: Path | None, log=print, seeds: int = 1) -> dict:
     log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; training on "
         f"{len(y)} images of 5-9 ({T.TASKS[task].epochs} epoch(s), lr {cfg.lr}, batch 1), testing on {len(y_te)}")
     imp = fisher_potential(model, xq[:8], y[:8])
-    orders = [np.concatenate([np.random.default_rng(s).permutation(len(y)) for _ in range(T.TASKS[task].epochs)])
-              for s in range(seeds)]
+    orders = [T.sample_order(task, len(y), s) for s in range(seeds)]
 
     def accuracy(trainer) -> float:  # trainer.model: Fisher selection may reorder channels
         return float(np.mean([np.mean(c_train_predict(trainer.model, trainer.scheme, cfg, xq[o], y[o], xq_te) == y_te)
@@ -284,4 +298,63 @@ def auto_fit(out: Path | None, log=print) -> dict:
                "selection s"], rows, "llrrlrrr"))
     path = _save(out, "auto_fit", {"budgets_kb": AUTO_BUDGETS_KB, "rows": payload})
     log(f"saved {path}")
+    return {"rows": payload}
+
+
+# The trained-weight storages measured (`--master-bits`, docs/numerics.md §6) with the rounding each is run with:
+# nearest where the master has a fraction (the default), both for 4 bits, stochastic where it has none.
+MASTER_BITS_RUNS = ((8, "nearest"), (4, "nearest"), (4, "stochastic"), (0, "stochastic"))
+
+
+def _master_bits_run(args) -> tuple:
+    """One (task, update, storage or float, sample order) run: its accuracy."""
+    task, spec, bits, rounding, seed = args
+    if bits is None:
+        return args, T.run(task, spec, "float", seed=seed).accuracy
+    model, xq, y, xq_te, y_te, _, _ = T.transfer_start(task)
+    order = T.sample_order(task, len(y), seed)
+    cfg = TrainConfig(lr=T.TASKS[task].lr, frac_bits=bits, rounding=rounding)
+    pred = c_train_predict(model, parse_update(spec, model), cfg, xq[order], y[order], xq_te)
+    return args, float(np.mean(pred == y_te))
+
+
+def master_bits(out: Path | None, log=print, seeds: int = 3, jobs: int | None = None) -> dict:
+    """Accuracy of each trained-weight storage against float SGD of the same layers (fake-quantized): on
+    `mnist-mbv2` with the MIT mbv2 99kb scheme and on `mnist14` training its last 3 layers, `seeds` sample
+    orders each, integer runs on the generated C (host); beside each, the SRAM its trained state takes."""
+
+    root = shared_dir()
+    if root is None:
+        raise TinygenError("the master-bits benchmark needs ../shared/models/mit-tiny-training (not present)")
+    cases = [("mnist-mbv2", f"{root}/models/mit-tiny-training/sparse_schemes.json#mbv2/99kb", "MIT mbv2 99kb"),
+             ("mnist14", "last-3", "last-3")]
+    runs = [(None, None)] + list(MASTER_BITS_RUNS)
+    work = [(task, spec, bits, rounding, s) for task, spec, _ in cases for bits, rounding in runs for s in range(seeds)]
+    for task, _, _ in cases:
+        T.transfer_start(task)  # pretrain once here, not in every worker
+    log(f"{len(work)} runs ({seeds} sample orders each) on {jobs or os.cpu_count()} processes ...")
+    acc: dict[tuple, list[float]] = {}
+    with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        for done, ((task, _, bits, rounding, s), a) in enumerate(pool.map(_master_bits_run, work), 1):
+            acc.setdefault((task, bits, rounding), []).append(a)
+            log(f"  [{done}/{len(work)}] {task} {'float' if bits is None else f'{bits} bits, {rounding}'} "
+                f"order {s}: {100 * a:.1f}%")
+    rows, payload = [], []
+    for task, spec, label in cases:
+        model = T.transfer_start(task)[0]
+        scheme = parse_update(spec, model)
+        fl = float(np.mean(acc[(task, None, None)]))
+        for bits, rounding in runs:
+            mean = float(np.mean(acc[(task, bits, rounding)]))
+            state = None if bits is None else trained_state_bytes(
+                Trainer(model, scheme, TrainConfig(frac_bits=bits, rounding=rounding)))
+            payload.append({"task": task, "update": label, "master_bits": bits, "rounding": rounding,
+                            "accuracy": mean, "per_order": acc[(task, bits, rounding)], "trained_state_bytes": state})
+            rows.append([task, label, "float SGD (fake-quant)" if bits is None else f"{bits} bits, {rounding}",
+                         f"{100 * mean:.2f}", "-" if bits is None else f"{100 * (mean - fl):+.2f}",
+                         "-" if state is None else f"{state / 1024:.1f}"])
+    log(table(["task", "update", "trained weights", "accuracy %", "vs float", "trained state KB"], rows, "lllrrr"))
+    saved = _save(out, "master_bits", {"seeds": seeds, "lr": {t: T.TASKS[t].lr for t, _, _ in cases},
+                                       "rows": payload})
+    log(f"saved {saved}")
     return {"rows": payload}

@@ -107,6 +107,13 @@ def _int_accuracy(model, xq, y) -> float:
     return float(np.mean([int(np.argmax(run_model(model, xi))) == yi for xi, yi in zip(xq, y, strict=True)]))
 
 
+def sample_order(task_name: str, n: int, seed: int, epochs: int | None = None) -> np.ndarray:
+    """The training order of sample order `seed` (the start is the same for every seed): a fresh permutation
+    of the n samples per epoch."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(n) for _ in range(TASKS[task_name].epochs if epochs is None else epochs)])
+
+
 @dataclass
 class TransferResult:
     task: str
@@ -126,9 +133,7 @@ def run(task_name: str, update: str, method: str, filter_r: int = 1, epochs: int
     model, xq, y, xq_te, y_te, xf, xf_te = transfer_start(task_name)
     if limit:
         xq, y, xf = xq[:limit], y[:limit], xf[:limit]
-    epochs = task.epochs if epochs is None else epochs
-    rng = np.random.default_rng(seed)  # the sample order; the start is the same for every seed
-    order = np.concatenate([rng.permutation(len(y)) for _ in range(epochs)])
+    order = sample_order(task_name, len(y), seed, epochs)
     t0 = time.perf_counter()
     scheme = parse_update(update, model, filter_r)
     label = method if method != "int" else f"int r={filter_r}"
