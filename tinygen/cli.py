@@ -447,12 +447,15 @@ def bench_gradients(models, samples, rs, out):
 
 
 @bench.command("memory")
+@click.option("--no-elf", "no_elf", is_flag=True, help="Plans only: do not link a firmware per configuration.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel firmware builds (default: cores).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
-def bench_memory(out):
-    """Planned peak SRAM of the MIT models with their published schemes, beside the paper's figures."""
+def bench_memory(no_elf, jobs, out):
+    """Planned peak SRAM of the MIT models with their published schemes and 8, 4 and 0 master bits, beside the
+    linked firmware's and the paper's figures."""
 
-    memory(out, log=click.echo)
+    memory(out, log=click.echo, elf=not no_elf, jobs=jobs)
 
 
 @bench.command("selection")
