@@ -1,6 +1,7 @@
 """Trained-weight storage (`--master-bits`, docs/numerics.md §6): 8, 4 (nibble-packed fractions) and 0 (the
 int8 weight is its own master, stochastic rounding) are bit-exact between the reference and the C over 24
-steps, cost the SRAM the planner says, and 0 bits still learns from updates below one int8 step."""
+steps, cost the SRAM the planner (and the selection) says, and 0 bits still learns from updates below one int8
+step."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from tinygen.ir.scheme import (
     TrainConfig,
     default_rounding,
     full_scheme,
+    last_k_scheme,
     weighted_layers,
 )
-from tinygen.planning.memory import trained_state_bytes
-from tinygen.planning.weight_store import FracStore
+from tinygen.planning.memory import trained_state_bytes, training_sram
+from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import Trainer, fraction_of, view_of
+from tinygen.training.selection import fisher_potential, select
 from tinygen.zoo.catalog import get_model
 
 STEPS = 24
@@ -92,3 +95,19 @@ def test_no_fraction_still_learns_below_one_step(digits):
             tr.step(x[i], y[i])
         moved[rounding] = sum(int(np.count_nonzero(tr.weights[n] != start[n])) for n in start)
     assert moved["nearest"] == 0 < moved["stochastic"]
+
+
+def test_selection_counts_the_storage(digits):
+    """Under the same SRAM budget, the Fisher selection trains more weights the fewer master bits each costs,
+    and every choice fits the budget the planner measures."""
+    x, y, _ = training_samples(digits, 8)
+    full = training_sram(digits, Trainer(digits, full_scheme(digits), TrainConfig())).total
+    budget = (full + training_sram(digits, Trainer(digits, last_k_scheme(digits, 1), TrainConfig())).total) // 2
+    imp = fisher_potential(digits, x, y)
+    trained = {}
+    for bits in MASTER_BITS:
+        trainer, est = select(digits, imp, budget, TrainConfig(frac_bits=bits))
+        assert est.total <= budget
+        trained[bits] = sum(weight_store(digits.layer(n), u.channels).trained_part(digits.layer(n).weight).size
+                            for n, u in trainer.scheme.layers.items() if u.channels)
+    assert trained[8] < trained[0] and trained[8] <= trained[4] <= trained[0]
