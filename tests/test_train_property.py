@@ -90,6 +90,10 @@ def _head(b, x, rng, classes):
          two=False).via('a grouped conv with one channel per group: a folded channel index shadowed a local')
 @example(h=3, w=7, cin=2, cout=1, k=1, stride=1, dil=1, pad='same', kind='depthwise', mult=1, r=1, act='none', seed=252,
          two=True).via('a depthwise conv trained in part with one tap row: its two parts declared their row twice')
+@example(h=5, w=4, cin=3, cout=8, k=1, stride=1, dil=1, pad='same', kind='pointwise', mult=1, r=1, act='relu6', seed=7,
+         two=True).via('eight output channels: whole mask bytes per pixel, the grad output channel by channel')
+@example(h=6, w=6, cin=4, cout=4, k=3, stride=1, dil=1, pad='same', kind='depthwise', mult=2, r=1, act='relu', seed=14,
+         two=False).via('a depthwise conv of eight channels (multiplier 2): its grad output channel by channel')
 def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, kind, mult, r, act, seed, two, kernels):
     rng = np.random.default_rng(seed)
     groups = 1

@@ -159,8 +159,12 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     e_acc = f"e_acc_l{i}"
     ops = [dict(kind="acc", fn=f"{p}_grad_output_s16", args=[gy, ey, mask, gy], exp=e_acc),
            dict(kind="record", id=f"{p.upper()}_REC_GACC", buf=gy, size=f"{p.upper()}_GACC_SIZE", exp=e_acc)]
+    channel_major = dims["r"] == 1 and dims["out_c"] % 8 == 0  # whole mask bytes per pixel
+    if channel_major:
+        dims["mask_row"] = dims["out_c"] // 8
+        lay.named.add("mask_row")
     em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx,
-              **narrow_multiply(mult, shift))
+              channel_major=channel_major, **narrow_multiply(mult, shift))
     if want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
