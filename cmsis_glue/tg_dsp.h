@@ -99,28 +99,6 @@ TG_INLINE int32_t tg_pack_hi(int32_t a, int32_t b)
     return r;
 }
 
-/* acc + x.lo * y.lo, acc + x.lo * y.hi, acc + x.hi * y.lo, acc + x.hi * y.hi, halfwords signed
- * (SMLABB, SMLABT, SMLATB, SMLATT). */
-TG_INLINE int32_t tg_smlabb(int32_t x, int32_t y, int32_t acc)
-{
-    return __smlabb(x, y, acc);
-}
-
-TG_INLINE int32_t tg_smlabt(int32_t x, int32_t y, int32_t acc)
-{
-    return __smlabt(x, y, acc);
-}
-
-TG_INLINE int32_t tg_smlatb(int32_t x, int32_t y, int32_t acc)
-{
-    return __smlatb(x, y, acc);
-}
-
-TG_INLINE int32_t tg_smlatt(int32_t x, int32_t y, int32_t acc)
-{
-    return __smlatt(x, y, acc);
-}
-
 #else /* the same operations in C99, exact */
 
 TG_INLINE int32_t tg_halfwords(int32_t lo, int32_t hi)
@@ -161,32 +139,6 @@ TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
     const int32_t hi = (int32_t)(int16_t)(ux >> 16) * (int32_t)(int16_t)(uy >> 16);
     /* SMLAD's sum wraps modulo 2^32; the kernels' bounds keep it exact */
     return (int32_t)((uint32_t)acc + (uint32_t)lo + (uint32_t)hi);
-}
-
-/* One halfword product added to acc: SMLAxy's sum wraps modulo 2^32; the kernels' bounds keep it exact. */
-TG_INLINE int32_t tg_smla_halves(int32_t a, int32_t b, int32_t acc)
-{
-    return (int32_t)((uint32_t)acc + (uint32_t)(a * b));
-}
-
-TG_INLINE int32_t tg_smlabb(int32_t x, int32_t y, int32_t acc)
-{
-    return tg_smla_halves((int16_t)((uint32_t)x & 0xFFFFU), (int16_t)((uint32_t)y & 0xFFFFU), acc);
-}
-
-TG_INLINE int32_t tg_smlabt(int32_t x, int32_t y, int32_t acc)
-{
-    return tg_smla_halves((int16_t)((uint32_t)x & 0xFFFFU), (int16_t)((uint32_t)y >> 16), acc);
-}
-
-TG_INLINE int32_t tg_smlatb(int32_t x, int32_t y, int32_t acc)
-{
-    return tg_smla_halves((int16_t)((uint32_t)x >> 16), (int16_t)((uint32_t)y & 0xFFFFU), acc);
-}
-
-TG_INLINE int32_t tg_smlatt(int32_t x, int32_t y, int32_t acc)
-{
-    return tg_smla_halves((int16_t)((uint32_t)x >> 16), (int16_t)((uint32_t)y >> 16), acc);
 }
 
 TG_INLINE int32_t tg_pack_lo(int32_t a, int32_t b)

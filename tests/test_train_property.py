@@ -94,8 +94,6 @@ def _head(b, x, rng, classes):
          two=True).via('eight output channels: whole mask bytes per pixel, the grad output channel by channel')
 @example(h=6, w=6, cin=4, cout=4, k=3, stride=1, dil=1, pad='same', kind='depthwise', mult=2, r=1, act='relu', seed=14,
          two=False).via('a depthwise conv of eight channels (multiplier 2): its grad output channel by channel')
-@example(h=6, w=5, cin=4, cout=4, k=3, stride=1, dil=1, pad='same', kind='depthwise', mult=1, r=1, act='relu6', seed=2,
-         two=True).via('a frozen four-channel depthwise conv on the gradient path: the tap-major DSP input gradient')
 def test_conv_training_matches_reference(h, w, cin, cout, k, stride, dil, pad, kind, mult, r, act, seed, two, kernels):
     rng = np.random.default_rng(seed)
     groups = 1

@@ -183,16 +183,8 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
                           max_block=max_block, **ctx)
             else:
                 dims["taps"] = dims["kh"] * dims["kw"]
-                tap_major = None  # the DSP path's filters, tap by tap, where they are build-time constants
-                unit = (dims["r"], dims["stride_h"], dims["stride_w"], dims["dil_h"], dims["dil_w"]) == (1,) * 5
-                if unit and not st and dims["out_c"] == dims["in_c"] and dims["in_c"] % 4 == 0:
-                    tap_major = f"{p}_weight_tm"
-                    em.const_arrays[tap_major] = np.ascontiguousarray(
-                        layer.weight.reshape(dims["in_c"], dims["taps"]).T)
-                    dims.update(quads=dims["in_c"] // 4, g_row=dims["out_w"] * dims["out_c"],
-                                w_row=dims["kw"] * dims["in_c"])
                 em.render(lay, "conv_backward_input_dw_s16", fn=fn, comment=f"{desc}: input gradient",
-                          one_pass=one_pass, overlaid=overlaid, max_block=max_block, tap_major=tap_major, **ctx)
+                          one_pass=one_pass, overlaid=overlaid, max_block=max_block, **ctx)
             if one_pass and not overlaid:
                 extra = [em.plan.ptr(f"sums_l{i}")]
         ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc] + extra))
