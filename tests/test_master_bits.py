@@ -1,6 +1,6 @@
-"""Trained-weight storage (`--master-bits`, docs/numerics.md §6): 8, 4 (nibble-packed fractions) and 0 (the
+"""Trained-weight storage (`--master-bits`, docs/numerics.md §6): 4 (nibble-packed fractions) and 0 (the
 int8 weight is its own master, stochastic rounding) are bit-exact between the reference and the C over 24
-steps, cost the SRAM the planner (and the selection) says, and 0 bits still learns from updates below one int8
+steps like 8, cost the SRAM the planner (and the selection) says, and 0 bits still learns from updates below one int8
 step."""
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def _partial(model):
     return Scheme(layers)
 
 
-@pytest.mark.parametrize("bits", MASTER_BITS)
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("bits, rounding", [(4, "nearest"), (4, "stochastic"), (0, "stochastic")])
 def test_master_bits_match_reference_over_24_steps(digits, bits, rounding, kernels):
+    """The two new storages (8 bits with either rounding is every other training test's)."""
     x, y, _ = training_samples(digits, 8)
     config = TrainConfig(lr=0.05, momentum=0.5, frac_bits=bits, rounding=rounding)
     summary = train_c_vs_reference(digits, _partial(digits), config, x, y, STEPS, kernels)
