@@ -489,29 +489,35 @@ def bench_selection(task, budgets, seeds, out):
 @click.option("--lr-halve-every", "halve_every", type=click.IntRange(min=0), default=0, show_default=True,
               help="mnist128: halve the learning rate every N steps in every run, integer and float (0: constant); "
                    "saved as transfer_mnist128_halveN.json.")
-@click.option("--rounding", type=click.Choice(ROUNDINGS), default=TrainConfig.rounding, show_default=True,
+@click.option("--master-bits", type=click.IntRange(0, 16), default=TrainConfig.frac_bits, show_default=True,
+              help="mnist128: the integer runs' trained-weight storage (as for build; other than 8: saved as "
+                   "transfer_mnist128_mbB.json).")
+@click.option("--rounding", type=click.Choice(ROUNDINGS), default=None,
               help="mnist128: the integer runs' rounding of weight updates (stochastic: saved as "
-                   "transfer_mnist128_stochastic.json).")
+                   "transfer_mnist128_stochastic.json). Default: as for build.")
 @click.option("--int-only", is_flag=True, help="mnist128: only the integer runs (float SGD does not round).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
-def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, halve_every, rounding, int_only, out):
+def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, halve_every, master_bits, rounding,
+                   int_only, out):
     """Transfer learning: integer on-device training vs float SGD (fake-quant) vs none.
 
     digits/mnist/mnist14/mnist-mbv2: pretrained on classes 0-4, trained on 5-9. mnist128: the MIT ImageNet models
     at 128x128 with a fresh 10-way head on MNIST, each update scheme (head, last-K, MIT 49kb/99kb, auto at each
     MIT scheme's SRAM)."""
 
+    rounding = rounding or default_rounding(master_bits)
     small = [t for t in tasks if t not in TASKS128]
     if small:
         transfer(small, list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds, float_nq=float_nq)
     for task in (t for t in tasks if t in TASKS128):
         results = transfer128.bench(task, seeds, labels=list(labels) or None, jobs=jobs, log=click.echo,
                                     cache_dir=cache, halve_every=halve_every, rounding=rounding,
-                                    methods=("int",) if int_only else ("int", "float"))
+                                    master_bits=master_bits, methods=("int",) if int_only else ("int", "float"))
         headers, rows = transfer128.summary(results)
         click.echo(table(headers, rows, "llrrrrl"))
-        path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, bool(labels))
+        path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, bool(labels),
+                                master_bits)
         click.echo(f"saved {path}" + (" (the other rows kept)" if labels else ""))
 
 

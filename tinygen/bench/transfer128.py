@@ -179,16 +179,16 @@ def order(task_name: str, seed: int) -> np.ndarray:
 
 
 def run_one(task_name: str, model_name: str, scheme: Scheme, method: str, seed: int, halve_every: int = 0,
-            rounding: str = "nearest") -> float:
+            rounding: str = "nearest", master_bits: int = TrainConfig.frac_bits) -> float:
     """Test accuracy after one pass of `method` ("int" | "float" | "none") training with `scheme`; with
-    `halve_every`, the learning rate halves every that many steps (`--lr-halve-every`), in both; `rounding`:
-    the integer training's rounding of weight updates (`--rounding`)."""
+    `halve_every`, the learning rate halves every that many steps (`--lr-halve-every`), in both; `rounding` and
+    `master_bits`: the integer training's rounding of weight updates and trained-weight storage."""
     task = TASKS128[task_name]
     model, _, ytr, _, yte = start(task_name, model_name)
     t = scheme_tail(model, scheme)
     atr, ate = _PREFIX[task_name, model_name, t.input.name]
     o = order(task_name, seed)
-    cfg = TrainConfig(lr=task.lr, lr_halve_every=halve_every, rounding=rounding)
+    cfg = TrainConfig(lr=task.lr, lr_halve_every=halve_every, rounding=rounding, frac_bits=master_bits)
     if method == "none":
         preds = [int(np.argmax(run_model(t, a))) for a in ate]
     elif method == "int":
@@ -207,17 +207,19 @@ _JOBS: list = []
 
 
 def _job(i: int):
-    task_name, model_name, label, scheme, method, seed, halve_every, rounding = _JOBS[i]
+    task_name, model_name, label, scheme, method, seed, halve_every, rounding, master_bits = _JOBS[i]
     t0 = time.perf_counter()
-    return run_one(task_name, model_name, scheme, method, seed, halve_every, rounding), time.perf_counter() - t0
+    acc = run_one(task_name, model_name, scheme, method, seed, halve_every, rounding, master_bits)
+    return acc, time.perf_counter() - t0
 
 
 def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None, labels: list[str] | None = None,
           methods: tuple[str, ...] = ("int", "float"), jobs: int | None = None, log=print,
-          cache_dir: Path | None = None, halve_every: int = 0, rounding: str = "nearest") -> list[dict]:
+          cache_dir: Path | None = None, halve_every: int = 0, rounding: str = "nearest",
+          master_bits: int = TrainConfig.frac_bits) -> list[dict]:
     """Every (model, scheme, method, order) run; the prefix caches are filled before the workers fork.
     `labels`: only these updates (all when None); `halve_every`: the learning-rate schedule of every run;
-    `rounding`: the integer runs' rounding of weight updates."""
+    `rounding`, `master_bits`: the integer runs' rounding of weight updates and trained-weight storage."""
     task = TASKS128[task_name]
     _JOBS.clear()
     peaks = {}
@@ -232,7 +234,8 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
             tails.append(scheme_tail(start(task_name, model_name)[0], scheme))
             for method in methods:
                 for seed in range(seeds):
-                    _JOBS.append((task_name, model_name, label, scheme, method, seed, halve_every, rounding))
+                    _JOBS.append((task_name, model_name, label, scheme, method, seed, halve_every, rounding,
+                                  master_bits))
         cache_prefixes(task_name, model_name, tails, jobs or os.cpu_count() or 1, cache_dir)
         log(f"[{model_name}] schemes chosen and frozen prefixes cached in {time.perf_counter() - t0:.0f} s")
     results = []
@@ -249,7 +252,8 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
                                                                        strict=True):
             peak, desc = peaks[mn, label]
             results.append({"task": tn, "model": mn, "update": label, "method": method, "seed": seed,
-                            "lr_halve_every": halve_every, "rounding": rounding, "accuracy": acc,
+                            "lr_halve_every": halve_every, "rounding": rounding, "master_bits": master_bits,
+                            "accuracy": acc,
                             "peak_sram_bytes": peak, "scheme": desc, "seconds": round(secs, 1)})
             log(f"  {mn:12s} {label:14s} {method:5s} order {seed}: {100 * acc:6.2f}%  ({secs:.0f} s)")
     for (mn, label), twin in same.items():
@@ -274,12 +278,14 @@ def summary(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0, rounding: str = "nearest",
-         merge: bool = False) -> Path:
-    """`transfer_<task>.json`; `_halve<N>` and `_stochastic` are added to the name for runs with the learning
-    rate halving and with stochastic rounding. With `merge` (a run of some rows, `--only`), the file's rows of
-    other (model, update) pairs are kept and these replace their own."""
+         merge: bool = False, master_bits: int = TrainConfig.frac_bits) -> Path:
+    """`transfer_<task>.json`; `_halve<N>`, `_stochastic` and `_mb<B>` are added to the name for runs with the
+    learning rate halving, with stochastic rounding and with another trained-weight storage than the default.
+    With `merge` (a run of some rows, `--only`), the file's rows of other (model, update) pairs are kept and
+    these replace their own."""
     out.mkdir(parents=True, exist_ok=True)
-    tags = (f"_halve{halve_every}" if halve_every else "") + ("" if rounding == "nearest" else f"_{rounding}")
+    tags = ((f"_halve{halve_every}" if halve_every else "") + ("" if rounding == "nearest" else f"_{rounding}")
+            + ("" if master_bits == TrainConfig.frac_bits else f"_mb{master_bits}"))
     path = out / f"transfer_{task_name}{tags}.json"
     if merge and path.exists():
         mine = {(r["model"], r["update"]) for r in results}
