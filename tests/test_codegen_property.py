@@ -164,3 +164,28 @@ def test_inplace_depthwise_matches_reference(h, w, c, k, kw, stride, dil, pad, p
     model = _build(make)
     assume(any(f.kind == "inplace_dw" for f in plan_fusions(model).values()))
     _check(model, seed, kernels)
+
+
+@SETTINGS
+@given(h=st.integers(1, 9), w=st.integers(1, 9), cin=st.integers(2, 12), cout=st.integers(1, 8), qin=quant(),
+       qmid=quant(), qout=quant(), act=act_range(), w_scale=st.floats(1e-4, 0.05), seed=st.integers(0, 2**16))
+def test_overlapped_pointwise_matches_reference(h, w, cin, cout, qin, qmid, qout, act, w_scale, seed, kernels):
+    """A 1x1 conv whose input dies with it writes its output over the input it has consumed (overlap
+    fusion; kernels/convolve_1x1_s8 pixel pair by pixel pair through a staging buffer); a 3x3 conv before
+    it makes its input an arena tensor."""
+    from tinygen.planning.schedule import plan_forward
+
+    rng = np.random.default_rng(seed)
+    first, fb, fs = _weights(rng, (cin, 3, 3, cin), 0.02)
+    weight, bias, ws = _weights(rng, (cout, 1, 1, cin), w_scale)
+
+    def make():
+        b = ModelBuilder("p", (h, w, cin), *qin)
+        mid = b.conv2d(b.input, first, fb, fs, *qmid, padding="same")
+        b.conv2d(mid, weight, bias, ws, *qout, padding="valid")
+        b.model.layers[-1].act_min, b.model.layers[-1].act_max = act
+        return b.build()
+
+    model = _build(make)
+    assume(any(f.kind == "overlap" and f.layer == 1 for f in plan_forward(model).fusions.values()))
+    _check(model, seed, kernels)

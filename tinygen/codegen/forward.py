@@ -198,11 +198,17 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     return LayerCode(index, layer, fn, template, ctx, arrays)
 
 
+# an overlapped 1x1 conv stages two pixels' outputs (2 * out_c bytes) on the stack: at most 512 B
+STAGED_CHANNELS_MAX = 256
+
+
 def _tiled_1x1(ctx: dict) -> bool:
-    """A 1x1, stride-1, unpadded, ungrouped conv of at least two pixels and two output channels whose
-    output does not overlap its input: kernels/convolve_1x1_s8 (2x2 tiles) computes it."""
+    """A 1x1, stride-1, unpadded, ungrouped conv of at least two pixels and two output channels:
+    kernels/convolve_1x1_s8 (2x2 tiles) computes it; where its output overlaps its input, pixel pair by
+    pixel pair through a stack buffer of 2 * out_c bytes (at most STAGED_CHANNELS_MAX channels)."""
     geometry = (ctx["kh"], ctx["kw"], ctx["stride_h"], ctx["stride_w"], ctx["groups"], ctx["padded"])
-    return (geometry == (1, 1, 1, 1, 1, False) and not ctx["overlap"] and ctx["out_c"] >= 2
+    return (geometry == (1, 1, 1, 1, 1, False) and ctx["out_c"] >= 2
+            and (not ctx["overlap"] or ctx["out_c"] <= STAGED_CHANNELS_MAX)
             and ctx["out_h"] * ctx["out_w"] >= 2 and (ctx["out_h"], ctx["out_w"]) == (ctx["in_h"], ctx["in_w"]))
 
 
