@@ -178,9 +178,18 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
             overlaid = i in em.plan.overlaid  # the sums sit over grad_in itself: no pointer of their own
             max_block = max(v for key, v in blocks.items() if not key.endswith("s"))
             if kind == "1x1":
+                fits32 = sums_fit_int32(dims["out_c"])
+                # pixel pairs share each unpacked weight pair; worth it where G_acc is dense: no ReLU floor
+                # (act_min at the output zero point) zeroes about half of it, which one pixel skips pairwise
+                pixels = dims["ph"] * dims["pw"]
+                paired = (fits32 and dims["r"] == 1 and not ctx["split_k"] and pixels % 2 == 0
+                          and layer.act_min < layer.output.zero_point)
+                if paired:
+                    dims["pixel_pairs"] = pixels // 2
+                    lay.named.add("pixel_pairs")
                 em.render(lay, "conv_backward_input_1x1_s16", fn=fn, comment=f"{desc}: input gradient",
-                          fits32=sums_fit_int32(dims["out_c"]), one_pass=one_pass, overlaid=overlaid,
-                          max_block=max_block, **ctx)
+                          fits32=fits32, one_pass=one_pass, overlaid=overlaid, max_block=max_block,
+                          paired=paired, **ctx)
             else:
                 dims["taps"] = dims["kh"] * dims["kw"]
                 em.render(lay, "conv_backward_input_dw_s16", fn=fn, comment=f"{desc}: input gradient",
