@@ -149,6 +149,9 @@ class FullyConnected(Layer):
     w_scales: np.ndarray = None  # float32 (O,)
     act_min: int = -128
     act_max: int = 127
+    # TFLite Micro's per-tensor FULLY_CONNECTED rounds s_x * s_w to float32 before dividing by s_y
+    # (GetQuantizedConvolutionMultipler); set by the .tflite importer for such layers
+    f32_scale_product: bool = False
     op = "fully_connected"
 
     def params(self):
@@ -439,8 +442,13 @@ def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
 
 
 def conv_requant(layer: Conv2D | FullyConnected, x: TensorInfo) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (multiplier, shift) for `s_x * s_w[c] / s_y`."""
-    eff = float(x.scale) * layer.w_scales.astype(np.float64) / float(layer.output.scale)
+    """Per-channel (multiplier, shift) for `s_x * s_w[c] / s_y` in double (`s_x * s_w` in float32 first for a
+    `FullyConnected.f32_scale_product` layer)."""
+    if getattr(layer, "f32_scale_product", False):
+        product = (np.float32(x.scale) * layer.w_scales.astype(np.float32)).astype(np.float64)
+    else:
+        product = float(x.scale) * layer.w_scales.astype(np.float64)
+    eff = product / float(layer.output.scale)
     pairs = [quantize_multiplier(float(e)) for e in eff]
     return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from tinygen.errors import ModelError
 from tinygen.frontends import modelfile
 from tinygen.frontends.mit_import import load_mit_model
+from tinygen.frontends.tflite_import import load_tflite
 from tinygen.ir import model as ir
 from tinygen.zoo.catalog import get_model, is_zoo_name, replace_head
 
@@ -24,6 +25,10 @@ def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
             raise ModelError(f"model file {path} does not exist")
         model = load_mit_model(path)
         return model if classes is None else replace_head(model, classes)
+    if path.suffix == ".tflite":
+        model = load_tflite(path).model
+        return model if classes is None or classes == model.output.size else replace_head(model, classes)
     if path.suffix:
-        raise ModelError(f"cannot read {path}: tinygen models are .json (+ .npz) files or MIT tiny-training .pkl files")
+        raise ModelError(f"cannot read {path}: tinygen models are .json (+ .npz), int8 .tflite or MIT tiny-training "
+                         ".pkl files")
     return get_model(spec, classes=classes)

@@ -1,0 +1,152 @@
+"""The .tflite frontend against TensorFlow Lite Micro's interpreter (PyPI `tflite-micro`, a test extra): the
+committed fixtures (scripts/make_tflite_fixtures.py) imported, run by the reference and by TFLM on the same
+int8 inputs, `array_equal`; the generated C equal to the reference; a network training bit-exact; and bad
+files refused with one sentence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from c_harness import run_generated_forward
+from train_harness import train_c_vs_reference
+
+from tinygen.errors import ModelError
+from tinygen.frontends.tflite_import import load_tflite
+from tinygen.ir import model as ir
+from tinygen.ir.quant import quantize_multiplier
+from tinygen.ir.scheme import TrainConfig, parse_update
+from tinygen.reference import forward as reference
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tflite"
+UNSUPPORTED = {"mean.tflite": "MEAN", "float_model.tflite": "float32"}
+SOFTMAX = {"softmax.tflite", "net_ds_cnn.tflite"}
+IMPORTED = sorted(p.name for p in FIXTURES.glob("*.tflite") if p.name not in UNSUPPORTED)
+NETWORKS = ["net_mbv2_block.tflite", "net_ds_cnn.tflite", "net_image_cnn.tflite"]
+SAMPLES = 16
+
+
+def _inputs(model: ir.Model, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-128, 128, size=(SAMPLES, *model.input.shape)).astype(np.int8)
+
+
+def _tflm(path: Path, x: np.ndarray) -> np.ndarray:
+    runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
+                                  reason="the TFLite Micro interpreter (pip install tflite-micro) is not installed")
+    interp = runtime.Interpreter.from_bytes(path.read_bytes())
+    out = []
+    for sample in x:
+        interp.set_input(sample[None], 0)
+        interp.invoke()
+        out.append(interp.get_output(0)[0].copy())
+    return np.stack(out)
+
+
+def test_fixtures_cover_every_operator():
+    assert len(IMPORTED) >= 12, IMPORTED
+    assert set(NETWORKS) <= set(IMPORTED)
+
+
+@pytest.mark.parametrize("name", IMPORTED)
+def test_reference_equals_tflite_micro(name):
+    """Every output element equal; for a model ending in SOFTMAX (dropped: the model's output is the logits),
+    the reference's top class is one of TFLM's top classes on every sample (softmax is monotonic)."""
+    path = FIXTURES / name
+    imported = load_tflite(path)
+    assert imported.softmax == (name in SOFTMAX)
+    x = _inputs(imported.model)
+    ref = reference.run_batch(imported.model, x)
+    got = _tflm(path, x)
+    if imported.softmax:
+        top = ref.reshape(len(x), -1).argmax(axis=1)
+        assert np.array_equal(got[np.arange(len(x)), top], got.max(axis=1))
+    else:
+        assert np.array_equal(ref.reshape(got.shape), got), f"{np.sum(ref.reshape(got.shape) != got)} elements differ"
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_generated_c_equals_reference(name, tmp_path):
+    model = load_tflite(FIXTURES / name).model
+    x = _inputs(model, 1)
+    assert np.array_equal(run_generated_forward(model, x, tmp_path, "dsp"), reference.run_batch(model, x))
+
+
+def test_imported_network_trains_bit_exact():
+    """The MobileNetV2-style block from the converter trains its last two layers for 12 steps in generated C
+    on the host exactly as the reference does."""
+    model = load_tflite(FIXTURES / "net_mbv2_block.tflite").model
+    scheme = parse_update("last-2", model, 1)
+    x = _inputs(model, 2)
+    labels = np.random.default_rng(2).integers(0, model.output.size, size=SAMPLES)
+    train_c_vs_reference(model, scheme, TrainConfig(lr=0.01), x, labels, 12, "dsp")
+
+
+def test_per_tensor_fully_connected_takes_tflm_float32_product():
+    """TFLite Micro's per-tensor FULLY_CONNECTED multiplier is (double)(s_x * s_w as float32) / s_y; the importer
+    marks such layers (the fixture's dense layer has one weight scale) and conv_requant follows the flag."""
+    model = load_tflite(FIXTURES / "fully_connected_per_tensor.tflite").model
+    fc = next(layer for layer in model.layers if isinstance(layer, ir.FullyConnected))
+    assert fc.f32_scale_product and np.unique(fc.w_scales).size == 1
+    x_info = model.tensors()[fc.inputs[0]]
+    # scales whose float32 product rounds differently from the double one change the multiplier
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(200):
+        sx, sw, sy = (float(np.float32(v)) for v in rng.uniform(1e-3, 1e-1, size=3))
+        layer = ir.FullyConnected("fc", ["x"], ir.TensorInfo("y", (1,), sy, 0), weight=np.zeros((1, 1), np.int8),
+                                  bias=np.zeros(1, np.int32), w_scales=np.array([sw], np.float32),
+                                  f32_scale_product=True)
+        info = ir.TensorInfo("x", (1,), sx, 0)
+        mult, _ = ir.conv_requant(layer, info)
+        assert int(mult[0]) == quantize_multiplier(float(np.float32(sx) * np.float32(sw)) / sy)[0]
+        layer.f32_scale_product = False
+        changed += int(mult[0] != ir.conv_requant(layer, info)[0][0])
+    assert changed > 0
+    assert x_info.scale > 0
+
+
+@pytest.mark.parametrize("name, word", sorted(UNSUPPORTED.items()))
+def test_unsupported_model_is_one_sentence(name, word):
+    with pytest.raises(ModelError) as exc:
+        load_tflite(FIXTURES / name)
+    assert word in str(exc.value) and "\n" not in str(exc.value)
+
+
+def _mutants(data: bytes) -> list[bytes]:
+    rng = np.random.default_rng(7)
+    out = [data[:n] for n in (0, 4, 8, 16, len(data) // 3, len(data) // 2, len(data) - 1)]
+    for _ in range(40):
+        b = bytearray(data)
+        for pos in rng.integers(0, len(b), size=3):
+            b[pos] ^= 1 << int(rng.integers(0, 8))
+        out.append(bytes(b))
+    return out
+
+
+def test_corrupted_files_load_or_fail_with_one_sentence(tmp_path):
+    """Truncated and bit-flipped copies of a network: each either still imports as a valid model or is
+    refused with one ModelError sentence; no other exception escapes."""
+    data = (FIXTURES / "net_mbv2_block.tflite").read_bytes()
+    refused = 0
+    for i, mutant in enumerate(_mutants(data)):
+        path = tmp_path / f"m{i}.tflite"
+        path.write_bytes(mutant)
+        try:
+            load_tflite(path).model.validate()
+        except ModelError as exc:
+            refused += 1
+            assert "\n" not in str(exc)
+    assert refused >= 7  # at least every truncation
+
+
+def test_cli_refuses_a_bad_tflite_with_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from tinygen.cli import main
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes((FIXTURES / "add.tflite").read_bytes()[:100])
+    result = CliRunner().invoke(main, ["plan", "--board", "stm32f746", "--model", str(bad)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
