@@ -1,11 +1,13 @@
 """Acceptance: `tinygen build --board B --model M --out D && tinygen sim D` exits 0 — every output,
 every loss of >= 20 training steps and the trained-parameter checksum equal the reference — for
 B in {stm32f746, nrf52840, stm32h743} (the F746 and nRF52840 at their real SRAM sizes, 320 KB and
-256 KB) and M in {the digits CNN (8, 4 and 0 master bits), MbV2-w0.35 with a published scheme}, under QEMU."""
+256 KB) and M in {the digits CNN (8, 4 and 0 master bits), MbV2-w0.35 with a published scheme, the
+converter-made .tflite networks}, under QEMU."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -46,3 +48,12 @@ def test_mbv2_with_published_scheme_trains_bit_exact_in_qemu(board, tmp_path):
     out = _build_and_sim(tmp_path, board, ["--model", "mbv2-w0.35", "--classes", "10", "--update", scheme,
                                            "--samples", "4"])
     assert "bit-exact with the reference" in out
+
+
+@needs_arm
+@pytest.mark.parametrize("board,network", zip(BOARDS, ["net_ds_cnn", "net_mbv2_block", "net_image_cnn"], strict=True))
+def test_tflite_networks_train_bit_exact_in_qemu(board, network, tmp_path):
+    """The .tflite fixtures' three networks (tests/fixtures/tflite), one per board, trained by the default
+    selection on 8 embedded samples."""
+    path = Path(__file__).parent / "fixtures" / "tflite" / f"{network}.tflite"
+    _build_and_sim(tmp_path, board, ["--model", str(path), "--samples", "8"])
