@@ -88,7 +88,6 @@ def test_per_tensor_fully_connected_takes_tflm_float32_product():
     model = load_tflite(FIXTURES / "fully_connected_per_tensor.tflite").model
     fc = next(layer for layer in model.layers if isinstance(layer, ir.FullyConnected))
     assert fc.f32_scale_product and np.unique(fc.w_scales).size == 1
-    x_info = model.tensors()[fc.inputs[0]]
     # scales whose float32 product rounds differently from the double one change the multiplier
     rng = np.random.default_rng(0)
     changed = 0
@@ -103,7 +102,6 @@ def test_per_tensor_fully_connected_takes_tflm_float32_product():
         layer.f32_scale_product = False
         changed += int(mult[0] != ir.conv_requant(layer, info)[0][0])
     assert changed > 0
-    assert x_info.scale > 0
 
 
 @pytest.mark.parametrize("name, word", sorted(UNSUPPORTED.items()))
