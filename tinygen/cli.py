@@ -18,7 +18,7 @@ from tinygen.bench.transfer128 import TASKS128
 from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
-from tinygen.frontends.inputs import training_samples
+from tinygen.frontends.inputs import load_dataset, training_samples
 from tinygen.ir.scheme import (
     DEFAULT_LR,
     LR_GUARD_MAX_HALVINGS,
@@ -222,8 +222,11 @@ def _board_json(b) -> dict:
                    "(MSE builds train on the host; the firmware harness trains with class labels).")
 @click.option("--accumulate", type=click.IntRange(min=1, max=65536), default=1, show_default=True,
               help="Gradient accumulation: apply the mean update of every N samples.")
-@click.option("--samples", "--dataset", "samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None,
+@click.option("--samples", "samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None,
               help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
+@click.option("--dataset", "dataset_path", type=click.Path(dir_okay=False), default=None,
+              help="Your own samples, an .npz with x (N x input shape: float images in [0, 1] or int8 input "
+                   "codes) and y (N labels): used for the selection, embedded in the firmware, and by verify.")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
@@ -232,8 +235,8 @@ def _board_json(b) -> dict:
 @JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
-          momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, steps, checkpoint_every,
-          as_json):
+          momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, dataset_path, steps,
+          checkpoint_every, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
@@ -243,8 +246,11 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
+    dataset = load_dataset(dataset_path) if dataset_path else None
+    if dataset is not None:
+        dataset.for_model(model, 1)  # its shape and labels fit the model: say so before selecting
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
-                              accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits)
+                              accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits, dataset)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
     check_fits(model, trainer, b, budget)
@@ -257,7 +263,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
-                                      checkpoint_every=checkpoint_every))
+                                      checkpoint_every=checkpoint_every, dataset=dataset))
 
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
@@ -285,11 +291,14 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                    f"{t['trained_bytes']:,} B of trained parameters and optimizer state in SRAM")
     click.echo(f"plan: peak SRAM {p['peak_sram_bytes']:,} B of {p['budget_bytes']:,} B (plan.json, "
                "memory_timeline.svg)")
+    fw = m.get("firmware") or {}
+    if fw.get("samples"):
+        click.echo(f"firmware: {fw['samples_source']} embedded ({fw['samples_why']})")
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
                     macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS, rounding=None,
-                    master_bits=TrainConfig.frac_bits):
+                    master_bits=TrainConfig.frac_bits, dataset=None):
     """The reference Trainer for the requested update scheme (None without training)."""
     if not train:
         return None
@@ -303,14 +312,14 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
         if update == "auto":
             click.echo("--reorder-channels orders channels by Fisher potential: selecting as --update fisher",
                        err=True)
-        x, y, source = training_samples(model, SELECTION_SAMPLES)
+        x, y, source = training_samples(model, SELECTION_SAMPLES, dataset)
         click.echo(f"selecting the update under {budget:,} B from the Fisher potential of {source} ...", err=True)
         got = select(model, fisher_potential(model, x, y), budget, config, macs_budget, filter_r, reorder)
         if got is None:  # not even the classifier with its weights: biases only, or the error with the numbers
             return auto_last_k(model, config, budget, filter_r)[0]
         return got[0]
     if update == "auto":
-        x, y, source = training_samples(model, PROBE_TRAIN + PROBE_TEST)
+        x, y, source = training_samples(model, PROBE_TRAIN + PROBE_TEST, dataset)
         click.echo(f"selecting the update under {budget:,} B on {source} (gradient potential, with and without "
                    "a compute cap, then a training probe; where the capped one wins, its layers' contributions "
                    "measured by the probe) ...", err=True)

@@ -38,7 +38,7 @@ import numpy as np
 from tinygen.codegen import forward as codegen
 from tinygen.codegen.cstyle import c_array
 from tinygen.errors import TinygenError
-from tinygen.frontends.inputs import real_inputs_labelled, training_samples
+from tinygen.frontends.inputs import Dataset, real_inputs_labelled, training_samples
 from tinygen.ir import model as ir
 from tinygen.paths import data_dir
 from tinygen.reference import forward as reference
@@ -78,6 +78,7 @@ class FirmwareOptions:
     train_steps: int = 0
     extra_cflags: tuple[str, ...] = ()  # e.g. ("-DTG_TEST_STACK_OVERFLOW",) in tests
     checkpoint_every: int = 0  # training builds: save the trained state to the board's flash slots every N steps
+    dataset: Dataset | None = None  # --dataset: the user's samples, embedded instead of the bundled ones
 
 
 # ---- memory maps ---------------------------------------------------------------------------------------------
@@ -243,12 +244,28 @@ def hw_console_defines(board: Board) -> list[tuple[str, str]]:
 
 # ---- the embedded samples ---------------------------------------------------------------------------------------
 
-def embedded_samples(model: ir.Model, n: int, train: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
+def embedded_samples(model: ir.Model, n: int, train: bool = False,
+                     dataset: Dataset | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """int8 inputs, their labels (-1 where none) and a description, chosen together so each label belongs to
     its image. Forward builds embed what `tinygen verify` uses (the test split); training builds embed labelled
-    samples of the training split with labels < classes."""
-    x, y, source = training_samples(model, n) if train else real_inputs_labelled(model, n)
+    samples of the training split with labels < classes; with a user `dataset`, its first n samples."""
+    if dataset is not None:
+        x, y, source = dataset.for_model(model, n)
+    else:
+        x, y, source = training_samples(model, n) if train else real_inputs_labelled(model, n)
     return x, y.astype(np.int32), source
+
+
+def _samples_why(model: ir.Model, opts: FirmwareOptions, n: int) -> str:
+    """Why the firmware embeds n samples: asked for, the default, the flash budget, or all the dataset has."""
+    if opts.dataset is not None and n < (opts.samples or DEFAULT_SAMPLES):
+        return f"all that --dataset holds ({n})"
+    if opts.samples is not None:
+        return f"--samples {opts.samples}"
+    if n < DEFAULT_SAMPLES:
+        return (f"{n} of the default {DEFAULT_SAMPLES}: embedded inputs get at most {SAMPLES_FLASH_BUDGET // 1024} KB "
+                f"of flash and one is {model.input.size:,} B (--samples N to choose)")
+    return f"the default {DEFAULT_SAMPLES}"
 
 
 # ---- writing the project -------------------------------------------------------------------------------------
@@ -298,7 +315,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     shutil.copytree(data_dir("firmware"), runtime_dst, ignore=shutil.ignore_patterns("*.md"))
 
     # embedded samples + the reference's outputs on them
-    x, labels, source = embedded_samples(model, n_samples, opts.train)
+    x, labels, source = embedded_samples(model, n_samples, opts.train, opts.dataset)
     expected = reference.run_batch(model, x)
     np.savez(fw / SAMPLES_FILE, x=x, labels=labels, source=np.array(source))
     n = len(x)
@@ -362,6 +379,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
         "train_steps": opts.train_steps if opts.train else 0,
         "samples": n,
         "samples_source": source,
+        "samples_why": _samples_why(model, opts, n),
         "stack_bytes": opts.stack_bytes,
         "train": opts.train,
         "checkpoint_every": opts.checkpoint_every,

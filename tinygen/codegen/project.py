@@ -16,6 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from tinygen import __version__
 from tinygen.codegen import forward as codegen
 from tinygen.codegen.firmware import DEFAULT_TRAIN_STEPS, FirmwareOptions, write_firmware
@@ -37,6 +39,9 @@ def check_out_dir(out: Path) -> None:
         raise TinygenError(f"--out {out} is a file; choose a directory")
     if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise TinygenError(f"{out} exists and is not a tinygen build directory; choose an empty or new --out")
+
+
+DATASET_FILE = "model/dataset.npz"
 
 
 def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None) -> dict:
@@ -85,6 +90,11 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
     if firmware_options is None and trainer is not None:  # a training build: the harness trains too
         firmware_options = FirmwareOptions(train=True, train_steps=DEFAULT_TRAIN_STEPS)
     manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options)
+    if firmware_options is not None and firmware_options.dataset is not None:
+        # the user's samples as the model's input codes: `tinygen verify` trains on them as the build did
+        x, y, source = firmware_options.dataset.for_model(model)
+        np.savez(out / DATASET_FILE, x=x, y=y)
+        manifest["dataset"] = {"file": DATASET_FILE, "source": source}
     manifest["sources_sha256"] = {rel: _sha256(out / rel) for rel in BUILD_SOURCES if (out / rel).is_file()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -92,7 +102,7 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
 
 # The files the generated C was made from: verify and sim rerun the reference on them, so an edit after the
 # build would compare the old C with a new reference (and fail in a confusing place).
-BUILD_SOURCES = ("model/model.json", "model/model.npz", "model/scheme.json")
+BUILD_SOURCES = ("model/model.json", "model/model.npz", "model/scheme.json", "model/dataset.npz")
 
 
 def _sha256(path: Path) -> str:

@@ -8,10 +8,16 @@ way any of them becomes int8, applies the model's input transform first.
 
 from __future__ import annotations
 
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
+from tinygen.errors import ModelError
 from tinygen.frontends import datasets
+from tinygen.frontends.arrays import check_npz_sizes
 from tinygen.ir import model as ir
 
 
@@ -104,9 +110,12 @@ def real_labelled(shape: tuple[int, ...], n: int, classes: int, split: str = "tr
     return x.reshape((len(x),) + tuple(shape)), y.astype(np.int64), f"{len(x)} {src} images"
 
 
-def training_samples(model, steps: int):
-    """Real labelled samples (quantized) for `steps` training steps, the first of the training split."""
+def training_samples(model, steps: int, dataset: Dataset | None = None):
+    """Real labelled samples (quantized) for `steps` training steps, the first of the training split; with a
+    user `dataset`, its first `steps` samples (all of them where it has fewer)."""
 
+    if dataset is not None:
+        return dataset.for_model(model, steps)
     x, y, source = real_labelled(tuple(model.input.shape), steps, model.output.size)
     return quantize_images(x, model), y, source
 
@@ -116,3 +125,61 @@ def onehot_targets(model, labels) -> np.ndarray:
 
     onehot = np.eye(model.output.size)[np.asarray(labels) % model.output.size]
     return quantize(onehot, model.output)
+
+
+# ---- the user's own samples (`--dataset samples.npz`) --------------------------------------------------------
+
+@dataclass
+class Dataset:
+    """A user's labelled samples: `x` images in [0, 1] (float) or the model's int8 input codes, `y` labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+
+    def for_model(self, model: ir.Model, n: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """The first `n` (all: None) samples as the model's int8 input, their labels and a description; one
+        ModelError sentence when the shapes or labels do not fit the model."""
+        shape = tuple(model.input.shape)
+        if self.x.shape[1:] != shape:
+            raise ModelError(f"{self.source}: its samples have shape {list(self.x.shape[1:])}, the model's input "
+                             f"{list(shape)}; resize them before saving the .npz")
+        classes = model.output.size
+        if int(self.y.max()) >= classes:
+            raise ModelError(f"{self.source}: label {int(self.y.max())} is not a class of the model's {classes} "
+                             "outputs; use --classes or labels 0.." + str(classes - 1))
+        x, y = self.x[:n], self.y[:n]
+        q = x if x.dtype == np.int8 else quantize_images(x.astype(np.float64), model)
+        return q, y.astype(np.int64), f"{len(x)} samples of {self.source}"
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """`--dataset samples.npz`: arrays `x` (N x input shape; float images in [0, 1], which the model's input
+    transform and quantization turn into codes, or int8 codes as they are) and `y` (N integer labels >= 0).
+    Read without pickle; every problem is one ModelError sentence naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"dataset {path} does not exist; pass an .npz with arrays x and y")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            check_npz_sizes(path, zf)
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                raise ModelError(f"dataset {path} has no array {' or '.join(missing)}; it needs x (samples) and "
+                                 "y (labels)")
+            x, y = npz["x"], npz["y"]
+    except ModelError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise ModelError(f"dataset {path} is not a readable .npz of plain arrays ({exc})") from None
+    if x.ndim < 2 or len(x) == 0 or y.shape != (len(x),):
+        raise ModelError(f"dataset {path}: x has shape {list(x.shape)} and y {list(y.shape)}; x must be N samples "
+                         "and y N labels")
+    if not np.issubdtype(y.dtype, np.integer) or int(y.min()) < 0:
+        raise ModelError(f"dataset {path}: y must hold integer labels >= 0 (it is {y.dtype})")
+    if x.dtype != np.int8:
+        if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise ModelError(f"dataset {path}: x must be float images in [0, 1] or int8 input codes (it is "
+                             f"{x.dtype}" + (f", {float(x.min()):g}..{float(x.max()):g}" if x.size else "") + ")")
+    return Dataset(x, y.astype(np.int64), path.name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tinygen.codegen.project import read_manifest
 from tinygen.errors import MismatchError
 from tinygen.frontends import modelfile
@@ -14,6 +16,13 @@ from tinygen.reference import forward as reference
 from tinygen.reference.training import Trainer
 from tinygen.verify.compare import compare_forward, compare_training, expect_training
 from tinygen.verify.runner import Program, run
+
+
+def _build_dataset(build_dir: Path, manifest: dict, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The first n samples of the build's --dataset, as the model's input codes, with their labels."""
+    with np.load(build_dir / manifest["dataset"]["file"], allow_pickle=False) as d:
+        x, y = d["x"][:n], d["y"][:n]
+    return x, y, manifest["dataset"]["source"]
 
 
 @dataclass
@@ -27,7 +36,10 @@ def verify_forward(build_dir: Path, n_inputs: int = 8, kernels: str = "portable"
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     model = modelfile.load(build_dir / manifest["model_file"])
-    x, source = real_inputs(model, n_inputs)
+    if "dataset" in manifest:
+        x, _, source = _build_dataset(build_dir, manifest, n_inputs)
+    else:
+        x, source = real_inputs(model, n_inputs)
     program = Program(build_dir / "src", build_dir, "forward", kernels,
                       include_dirs=(build_dir / "src", build_dir / "cmsis_glue"))
     elements = compare_forward(run(program, "host-asan", x), reference.run_batch(model, x))
@@ -60,7 +72,10 @@ def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable",
     if "train" not in manifest:
         raise MismatchError(f"{build_dir} was built without training; rebuild without --no-train to use --steps")
     model, trainer = load_trainer(build_dir, manifest)
-    x, y, source = training_samples(model, steps)
+    if "dataset" in manifest:
+        x, y, source = _build_dataset(build_dir, manifest, steps)
+    else:
+        x, y, source = training_samples(model, steps)
     if trainer.config.loss == "mse":
         y = onehot_targets(model, y)
         source += " (MSE targets: the one-hot label vector in the output's codes)"
