@@ -148,3 +148,35 @@ def test_cli_refuses_a_bad_tflite_with_exit_2(tmp_path):
     result = CliRunner().invoke(main, ["plan", "--board", "stm32f746", "--model", str(bad)])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_verify_inputs_and_expected_outputs_from_tflite_micro(tmp_path):
+    """`tinygen verify DIR --inputs x.npy --expect y.npy`: exit 0 when the generated C equals the reference on
+    the user's inputs and both equal TFLite Micro's outputs for them; exit 1 naming the first difference when
+    y.npy is off by one somewhere."""
+    from click.testing import CliRunner
+
+    from tinygen.cli import main
+
+    path = FIXTURES / "net_image_cnn.tflite"
+    out = tmp_path / "b"
+    runner = CliRunner()
+    r = runner.invoke(main, ["build", "--board", "stm32f746", "--model", str(path), "--no-train", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    model = load_tflite(path).model
+    x = _inputs(model, 3)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", _tflm(path, x).astype(np.int8))
+    r = runner.invoke(main, ["verify", str(out), "--inputs", str(tmp_path / "x.npy"), "--expect",
+                             str(tmp_path / "y.npy")])
+    assert r.exit_code == 0, r.output
+    assert f"on {SAMPLES} inputs of x.npy, equal to y.npy" in r.stdout
+    wrong = np.load(tmp_path / "y.npy")
+    wrong[5, 3] = wrong[5, 3] + 1 if wrong[5, 3] < 127 else 126
+    np.save(tmp_path / "wrong.npy", wrong)
+    r = runner.invoke(main, ["verify", str(out), "--inputs", str(tmp_path / "x.npy"), "--expect",
+                             str(tmp_path / "wrong.npy")])
+    assert r.exit_code == 1
+    assert "1 of 160 output values differ from wrong.npy; first at sample 5, element 3" in r.stderr
+    r = runner.invoke(main, ["verify", str(out), "--inputs", str(tmp_path / "y.npy")])  # outputs, not inputs
+    assert r.exit_code == 2 and r.stderr.startswith("error:") and "must be N x" in r.stderr

@@ -384,18 +384,29 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
 
 @main.command()
 @click.argument("build_dir", type=click.Path(path_type=Path))
-@click.option("--inputs", "n_inputs", type=click.IntRange(min=1, max=MAX_SAMPLES), default=8, show_default=True,
-              help="Number of real inputs to compare.")
+@click.option("--inputs", "inputs", default="8", show_default=True,
+              help="How many real inputs to compare, or an .npy of your own int8 inputs (N x input shape).")
+@click.option("--expect", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --inputs x.npy: an .npy of another runtime's int8 outputs for them (e.g. TFLite Micro's), "
+                   "which the outputs must equal too.")
 @click.option("--steps", type=click.IntRange(min=0, max=MAX_STEPS), default=None,
               help="Training steps to compare (default 20 for a training build, 0 to skip).")
 @click.option("--kernels", type=click.Choice(list(KERNEL_IMPLS)), default="portable", show_default=True,
               help="Kernel implementation the host build compiles.")
 @JSON_OPTION
 @friendly
-def verify(build_dir, n_inputs, steps, kernels, as_json):
+def verify(build_dir, inputs, expect, steps, kernels, as_json):
     """Compile BUILD_DIR's C for the host (-Werror, ASan+UBSan) and compare with the reference."""
 
-    r = verify_forward(build_dir, n_inputs, kernels)
+    if inputs.isdigit():
+        n = int(inputs)
+        if not 1 <= n <= MAX_SAMPLES:
+            raise TinygenError(f"--inputs {inputs} is not in 1..{MAX_SAMPLES}; give a count or an .npy of inputs")
+        if expect is not None:
+            raise TinygenError("--expect needs --inputs x.npy: the expected outputs belong to inputs you give")
+        r = verify_forward(build_dir, n, kernels)
+    else:
+        r = verify_forward(build_dir, Path(inputs), kernels, expect)
     if not as_json:
         click.echo(f"verify: forward bit-exact: {r.elements} of {r.elements} output values equal on {r.source} "
                    f"(host C built -std=c99 -Wall -Wextra -Werror, ASan+UBSan clean)")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tinygen.errors import ModelError
 from tinygen.frontends import datasets
-from tinygen.frontends.arrays import check_npz_sizes
+from tinygen.frontends.arrays import MAX_MODEL_BYTES, check_npz_sizes
 from tinygen.ir import model as ir
 
 
@@ -183,3 +183,25 @@ def load_dataset(path: str | Path) -> Dataset:
             raise ModelError(f"dataset {path}: x must be float images in [0, 1] or int8 input codes (it is "
                              f"{x.dtype}" + (f", {float(x.min()):g}..{float(x.max()):g}" if x.size else "") + ")")
     return Dataset(x, y.astype(np.int64), path.name)
+
+
+def load_int8_array(path: str | Path, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """An .npy of int8 values: N arrays of `shape` (or one, without the N axis), read without pickle; every
+    problem is one ModelError sentence naming the file and `what` it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{what} file {path} does not exist")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path} is {path.stat().st_size:,} bytes; {what} files may have at most "
+                         f"{MAX_MODEL_BYTES >> 20} MiB")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelError(f"{path} is not a readable .npy of plain numbers ({exc})") from None
+    if not isinstance(a, np.ndarray) or a.dtype != np.int8:
+        raise ModelError(f"{path} holds {getattr(a, 'dtype', type(a).__name__)}; {what} must be int8 codes")
+    if a.shape == shape:
+        a = a[None]
+    if a.shape[1:] != shape or len(a) == 0:
+        raise ModelError(f"{path} has shape {list(a.shape)}; {what} must be N x {list(shape)} int8 codes")
+    return a

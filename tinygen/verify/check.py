@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from tinygen.codegen.project import read_manifest
-from tinygen.errors import MismatchError
+from tinygen.errors import MismatchError, ModelError
 from tinygen.frontends import modelfile
-from tinygen.frontends.inputs import onehot_targets, real_inputs, training_samples
+from tinygen.frontends.inputs import load_int8_array, onehot_targets, real_inputs, training_samples
 from tinygen.ir.scheme import TrainConfig, load_scheme
 from tinygen.reference import forward as reference
 from tinygen.reference.training import Trainer
@@ -32,17 +32,36 @@ class VerifyResult:
     source: str
 
 
-def verify_forward(build_dir: Path, n_inputs: int = 8, kernels: str = "portable") -> VerifyResult:
+def verify_forward(build_dir: Path, inputs: int | Path = 8, kernels: str = "portable",
+                   expect: Path | None = None) -> VerifyResult:
+    """The host C against the reference on `inputs` real inputs (the build's --dataset where it had one), or on
+    the int8 inputs of an .npy file; with `expect` (an .npy of another runtime's int8 outputs for them), the
+    outputs must equal those too."""
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     model = modelfile.load(build_dir / manifest["model_file"])
-    if "dataset" in manifest:
-        x, _, source = _build_dataset(build_dir, manifest, n_inputs)
+    if not isinstance(inputs, int):
+        x = load_int8_array(inputs, tuple(model.input.shape), "the inputs")
+        source = f"{len(x)} inputs of {Path(inputs).name}"
+    elif "dataset" in manifest:
+        x, _, source = _build_dataset(build_dir, manifest, inputs)
     else:
-        x, source = real_inputs(model, n_inputs)
+        x, source = real_inputs(model, inputs)
     program = Program(build_dir / "src", build_dir, "forward", kernels,
                       include_dirs=(build_dir / "src", build_dir / "cmsis_glue"))
-    elements = compare_forward(run(program, "host-asan", x), reference.run_batch(model, x))
+    want = reference.run_batch(model, x)
+    elements = compare_forward(run(program, "host-asan", x), want)
+    if expect is not None:
+        other = load_int8_array(expect, tuple(model.output.shape), "the expected outputs")
+        if len(other) != len(x):
+            raise ModelError(f"{expect} has {len(other)} outputs for {len(x)} inputs; give one per input")
+        bad = np.flatnonzero(other.reshape(len(x), -1) != want.reshape(len(x), -1))
+        if bad.size:
+            i, j = divmod(int(bad[0]), model.output.size)
+            raise MismatchError(f"{bad.size} of {want.size} output values differ from {Path(expect).name}; first at "
+                                f"sample {i}, element {j}: tinygen {int(want.reshape(len(x), -1)[i, j])} vs "
+                                f"{int(other.reshape(len(x), -1)[i, j])}")
+        source += f", equal to {Path(expect).name}"
     return VerifyResult(len(x), elements, source)
 
 
