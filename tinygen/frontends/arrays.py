@@ -45,3 +45,12 @@ def check_npz_sizes(path, zf: zipfile.ZipFile) -> None:
         if total > MAX_MODEL_BYTES:
             raise ModelError(f"{path}: its arrays declare more than the {MAX_MODEL_BYTES >> 20} MiB a model file "
                              f"may have (member {info.filename}: shape {list(shape)}, {dtype})")
+
+
+def check_file(path, what: str, limit: int = MAX_MODEL_BYTES, hint: str = "") -> None:
+    """`path` is a file of at most `limit` bytes, else one ModelError sentence naming it (`what` it is for)."""
+    if not path.is_file():
+        raise ModelError(f"{what} {path} does not exist{hint}")
+    size = path.stat().st_size
+    if size > limit:
+        raise ModelError(f"{path} is {size:,} bytes; {what} may have at most {limit >> 20} MiB")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tinygen.errors import ModelError
 from tinygen.frontends import datasets
-from tinygen.frontends.arrays import MAX_MODEL_BYTES, check_npz_sizes
+from tinygen.frontends.arrays import check_file, check_npz_sizes
 from tinygen.ir import model as ir
 
 
@@ -158,8 +158,7 @@ def load_dataset(path: str | Path) -> Dataset:
     transform and quantization turn into codes, or int8 codes as they are) and `y` (N integer labels >= 0).
     Read without pickle; every problem is one ModelError sentence naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"dataset {path} does not exist; pass an .npz with arrays x and y")
+    check_file(path, "dataset", hint="; pass an .npz with arrays x and y")
     try:
         with zipfile.ZipFile(path) as zf:
             check_npz_sizes(path, zf)
@@ -189,11 +188,7 @@ def load_int8_array(path: str | Path, shape: tuple[int, ...], what: str) -> np.n
     """An .npy of int8 values: N arrays of `shape` (or one, without the N axis), read without pickle; every
     problem is one ModelError sentence naming the file and `what` it should hold."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{what} file {path} does not exist")
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path} is {path.stat().st_size:,} bytes; {what} files may have at most "
-                         f"{MAX_MODEL_BYTES >> 20} MiB")
+    check_file(path, f"{what} file")
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

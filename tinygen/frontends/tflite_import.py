@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygen.errors import ModelError
-from tinygen.frontends.arrays import MAX_MODEL_BYTES
+from tinygen.frontends.arrays import check_file
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder, same_padding
 
@@ -70,11 +70,7 @@ class _File:
         import tflite
 
         self.path, self.tflite = path, tflite
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise ModelError(f"{path} is {size:,} bytes; tinygen reads models of at most {MAX_MODEL_BYTES >> 20} MiB")
+        check_file(path, "model file")
         data = path.read_bytes()
         if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
             raise ModelError(f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier); is the file truncated?")
