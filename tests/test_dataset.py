@@ -74,3 +74,19 @@ def test_bad_dataset_is_one_sentence_and_exit_2(what, tmp_path):
     assert r.exit_code == 2, (what, r.output)
     err = r.stderr.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and words in err, (what, err)
+
+
+def test_fresh_head_is_calibrated_on_the_dataset(digits_npz, tmp_path):
+    """`--classes` with `--dataset`: the new head's logit range comes from the user's images (the PTQ calibration
+    a fresh head needs), not the bundled ones."""
+    from tinygen.frontends import modelfile
+    from tinygen.frontends.inputs import load_dataset
+    from tinygen.zoo.catalog import get_model, replace_head
+
+    r, out = _build(tmp_path, "--dataset", str(digits_npz), "--no-train")
+    assert r.exit_code == 0, r.stderr
+    built = modelfile.load(out / "model" / "model.json").layers[-1].output
+    want = replace_head(get_model("digits-cnn"), 5, load_dataset(digits_npz).images()).layers[-1].output
+    bundled = get_model("digits-cnn", classes=5).layers[-1].output
+    assert (built.scale, built.zero_point) == (want.scale, want.zero_point)
+    assert (built.scale, built.zero_point) != (bundled.scale, bundled.zero_point)

@@ -244,9 +244,9 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                            f"multiple of --accumulate ({accumulate}); change one of them")
     _check_out(out)
     b = load_board(board)
-    model = resolve_model(model_spec, classes)
-    budget = sram_budget(b, budget_kb)
     dataset = load_dataset(dataset_path) if dataset_path else None
+    model = resolve_model(model_spec, classes, dataset.images() if dataset is not None else None)
+    budget = sram_budget(b, budget_kb)
     if dataset is not None:
         dataset.for_model(model, 1)  # its shape and labels fit the model: say so before selecting
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,

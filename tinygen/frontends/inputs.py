@@ -137,6 +137,10 @@ class Dataset:
     y: np.ndarray
     source: str
 
+    def images(self) -> np.ndarray | None:
+        """Its samples as float images in [0, 1] (what a fresh head is calibrated on); None for int8 codes."""
+        return None if self.x.dtype == np.int8 else self.x.astype(np.float64)
+
     def for_model(self, model: ir.Model, n: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """The first `n` (all: None) samples as the model's int8 input, their labels and a description; one
         ModelError sentence when the shapes or labels do not fit the model."""

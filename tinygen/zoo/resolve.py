@@ -12,7 +12,13 @@ from tinygen.ir import model as ir
 from tinygen.zoo.catalog import get_model, is_zoo_name, replace_head
 
 
-def resolve_model(spec: str, classes: int | None = None) -> ir.Model:
+def resolve_model(spec: str, classes: int | None = None, calib_x=None) -> ir.Model:
+    """`calib_x` (float images in [0, 1], e.g. a `--dataset`'s): what a fresh `classes`-way head's logit range is
+    calibrated on, instead of the bundled images (where they fit the model's input; the caller checks that)."""
+    if calib_x is not None and classes is not None:
+        model = resolve_model(spec)
+        if classes != model.output.size and tuple(calib_x.shape[1:]) == tuple(model.input.shape):
+            return replace_head(model, classes, calib_x)
     path = Path(spec)
     if is_zoo_name(spec) and not path.exists():  # zoo names may contain dots ("mbv2-w0.35")
         return get_model(spec, classes=classes)
