@@ -226,7 +226,8 @@ def _board_json(b) -> dict:
               help="Real samples embedded in flash for the firmware (default 8, fewer for large inputs).")
 @click.option("--dataset", "dataset_path", type=click.Path(dir_okay=False), default=None,
               help="Your own samples, an .npz with x (N x input shape: float images in [0, 1] or int8 input "
-                   "codes) and y (N labels): used for the selection, embedded in the firmware, and by verify.")
+                   "codes) and y (N labels): a fresh --classes head is calibrated on them, the selection measures "
+                   "on them, the firmware embeds them and verify trains on them.")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS), default=20, show_default=True,
               help="Training steps the firmware runs over its embedded samples.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
