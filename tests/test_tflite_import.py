@@ -180,3 +180,11 @@ def test_verify_inputs_and_expected_outputs_from_tflite_micro(tmp_path):
     assert "1 of 160 output values differ from wrong.npy; first at sample 5, element 3" in r.stderr
     r = runner.invoke(main, ["verify", str(out), "--inputs", str(tmp_path / "y.npy")])  # outputs, not inputs
     assert r.exit_code == 2 and r.stderr.startswith("error:") and "must be N x" in r.stderr
+
+
+def test_relu6_bound_rounds_as_tflite():
+    """6 / s = 0.5 exactly (s = 12): TFLite rounds half away from zero (one step above the zero point), the
+    double rule of the other frontends to even (none)."""
+    out = ir.TensorInfo("y", (1,), 12.0, -128)
+    assert ir.activation_range("relu6", out, float32=True) == (-128, -127)
+    assert ir.activation_range("relu6", out) == (-128, -128)

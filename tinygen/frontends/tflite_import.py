@@ -18,7 +18,7 @@ How the graph maps onto the IR, and where the numbers come from (TFLite Micro's 
   double (TFLite's PopulateConvolutionQuantizationParams); a per-tensor FULLY_CONNECTED rounds
   `s_x * s_w` to float32 first (GetQuantizedConvolutionMultipler), `FullyConnected.f32_scale_product`.
 * Fused activations: the clamp is TFLite's CalculateActivationRangeQuantized: `z + round(v / s)`
-  with the division in float32 and ties away from zero (`tflite_activation_range`).
+  with the division in float32 and ties away from zero (`ir.activation_range(..., float32=True)`).
 * ADD: TFLite's int8 parameters (`ir.add_requant`); AVERAGE_POOL_2D and MAX_POOL_2D need equal
   input and output quantization (TFLite's int8 kernels do not requantize).
 * RESHAPE and SQUEEZE take the output tensor's static shape (batch dropped); the int32 shape
@@ -48,19 +48,6 @@ INT8, INT32, FLOAT32 = 9, 2, 0  # tflite.TensorType values
 TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8", 10: "float64"}
 ACTIVATIONS = {0: "none", 1: "relu", 3: "relu6"}  # tflite.ActivationFunctionType: NONE, RELU, RELU6
 SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER", "SLICE", "CAST", "MUL", "REDUCE_PROD"}
-
-
-def tflite_activation_range(act: str, scale: float, zero_point: int) -> tuple[int, int]:
-    """TFLite's CalculateActivationRangeQuantized for int8: the bounds of ReLU/ReLU6 quantized as
-    `zero_point + round(v / scale)`, the division in float32 and the rounding away from zero."""
-    def quantize(v: float) -> int:
-        q = float(np.float32(v) / np.float32(scale))
-        return zero_point + int(np.sign(q) * np.floor(abs(q) + 0.5))
-
-    if act == "none":
-        return -128, 127
-    lo = max(-128, quantize(0.0))
-    return (lo, 127) if act == "relu" else (lo, min(127, quantize(6.0)))
 
 
 class _File:
@@ -312,7 +299,7 @@ def _clamp(f: _File, b: ModelBuilder, what: str, act: str | None, out: int) -> N
     if act is None:
         f.fail(f"{what} has a fused activation tinygen does not import (it folds NONE, RELU and RELU6)")
     layer = b.model.layers[-1]
-    layer.act_min, layer.act_max = tflite_activation_range(act, *f.activation_quant(out))
+    layer.act_min, layer.act_max = ir.activation_range(act, layer.output, float32=True)
 
 
 def _weighted(imp: _Importer, k: int, op, opname: str, what: str, out: int) -> str:

@@ -71,15 +71,22 @@ class InputTransform:
         return x.astype(dt, copy=False) * np.asarray(self.scale, dt) + np.asarray(self.offset, dt)
 
 
-def activation_range(act: str, out: TensorInfo) -> tuple[int, int]:
-    """TFLite's CalculateActivationRangeQuantized: fold ReLU/ReLU6 into a clamp."""
+def activation_range(act: str, out: TensorInfo, float32: bool = False) -> tuple[int, int]:
+    """Fold ReLU/ReLU6 into a clamp (TFLite's CalculateActivationRangeQuantized): ReLU6's bound is
+    `z + round(6 / s)`, in double with ties to even, or with `float32` as TFLite computes it (the division in
+    float32, ties away from zero; the .tflite frontend)."""
     if act == "none":
         return -128, 127
     lo = max(-128, out.zero_point)
     if act == "relu":
         return lo, 127
     if act == "relu6":
-        return lo, min(127, out.zero_point + int(round(6.0 / out.scale)))
+        if float32:
+            q = float(np.float32(6.0) / np.float32(out.scale))
+            steps = int(np.floor(q + 0.5))  # q > 0: half away from zero
+        else:
+            steps = int(round(6.0 / out.scale))
+        return lo, min(127, out.zero_point + steps)
     raise ModelError(f"unknown activation {act!r}; use one of {', '.join(ACT_NAMES)}")
 
 
