@@ -264,8 +264,71 @@ class _Importer:
         self.src(x, what)
         self.pads[out] = (x, (int(amounts[1, 0]), int(amounts[1, 1]), int(amounts[2, 0]), int(amounts[2, 1])))
 
-    def weighted(self, k, opname, op, what, out) -> str:
-        return _weighted(self, k, op, opname, what, out)
+    def weighted(self, k: int, opname: str, op, what: str, out: int) -> str:
+        """CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED (a PAD before a convolution folded into it)."""
+        f, b = self.f, self.b
+        tfl = f.tflite
+        x_index = int(op.Inputs(0))
+        padded = self.pads.pop(x_index, None)
+        x = self.src(padded[0] if padded else x_index, what)
+        w_index = int(op.Inputs(1))
+        scales, zps, axis = f.quant(w_index)
+        weight = f.data(w_index, np.int8)
+        if zps.any():
+            f.fail(f"{what}: weights {f.tensor_name(w_index)!r} have nonzero zero points; TFLite int8 weights are "
+                   "symmetric")
+        n_out = weight.shape[3] if opname == "DEPTHWISE_CONV_2D" else weight.shape[0]
+        want_axis = 3 if opname == "DEPTHWISE_CONV_2D" else 0
+        if scales.size not in (1, n_out) or (scales.size > 1 and axis != want_axis):
+            f.fail(f"{what}: weights {f.tensor_name(w_index)!r} are quantized per axis {axis} with {scales.size} "
+                   f"scales; tinygen expects per-tensor or per-output-channel (axis {want_axis})")
+        if not (np.isfinite(scales).all() and (scales > 0).all()):
+            f.fail(f"{what}: weights {f.tensor_name(w_index)!r} need positive finite scales")
+        w_scales = np.broadcast_to(scales, (n_out,)).astype(np.float32)
+        has_bias = op.InputsLength() > 2 and int(op.Inputs(2)) >= 0
+        bias = f.data(int(op.Inputs(2)), np.int32).reshape(-1) if has_bias else np.zeros(n_out, np.int32)
+        if bias.size != n_out:
+            f.fail(f"{what}: bias has {bias.size} values for {n_out} output channels")
+        y_scale, y_zp = f.activation_quant(out)
+        if opname == "FULLY_CONNECTED":
+            if padded is not None:
+                f.fail(f"{what} reads a PAD; tinygen folds a PAD only into a VALID convolution")
+            opts = f.options(op, tfl.FullyConnectedOptions)
+            act = ACTIVATIONS.get(opts.FusedActivationFunction() if opts else 0)
+            if weight.ndim != 2 or int(np.prod(b.shape(x))) != weight.shape[1]:
+                f.fail(f"{what}: weights of shape {list(weight.shape)} do not match the input of shape "
+                       f"{list(b.shape(x))}")
+            name = b.fully_connected(x, weight, bias, w_scales, y_scale, y_zp, name=f"fc_{k}")
+            b.model.layers[-1].f32_scale_product = scales.size == 1  # TFLM's per-tensor multiplier
+            shape = f.shape(out)
+            if len(shape) != 2:
+                f.fail(f"{what}: output of shape {list(shape)}; tinygen imports FULLY_CONNECTED with a 2-D output")
+        else:
+            if opname == "CONV_2D":
+                opts = f.options(op, tfl.Conv2DOptions)
+                groups, ohwi = 1, weight
+            else:
+                opts = f.options(op, tfl.DepthwiseConv2DOptions)
+                c_in = b.shape(x)[-1]
+                if weight.shape[0] != 1 or n_out % c_in:
+                    f.fail(f"{what}: depthwise weights of shape {list(weight.shape)} for {c_in} input channels")
+                groups, ohwi = c_in, weight.transpose(3, 1, 2, 0)
+            act = ACTIVATIONS.get(opts.FusedActivationFunction())
+            stride, dilation = (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())
+            h, w, _ = b.shape(x)
+            if padded is not None:
+                if opts.Padding() != 1:
+                    f.fail(f"{what} is SAME-padded after a PAD; tinygen folds a PAD only into a VALID convolution")
+                padding = padded[1]
+            else:
+                padding = _padding(opts.Padding(), h, w, ohwi.shape[1], ohwi.shape[2], stride, dilation)
+            name = b.conv2d(x, ohwi, bias, w_scales, y_scale, y_zp, stride=stride, padding=padding, dilation=dilation,
+                            groups=groups, name=f"{'conv' if groups == 1 else 'dwconv'}_{k}")
+            if b.shape(name) != f.shape(out)[1:]:
+                f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {list(b.shape(name))}")
+        _clamp(f, b, what, act, out)
+        return name
+
 
 
 def _load(path: Path, name: str | None) -> TfliteModel:
@@ -300,69 +363,3 @@ def _clamp(f: _File, b: ModelBuilder, what: str, act: str | None, out: int) -> N
         f.fail(f"{what} has a fused activation tinygen does not import (it folds NONE, RELU and RELU6)")
     layer = b.model.layers[-1]
     layer.act_min, layer.act_max = ir.activation_range(act, layer.output, float32=True)
-
-
-def _weighted(imp: _Importer, k: int, op, opname: str, what: str, out: int) -> str:
-    """CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED (a PAD before a convolution folded into it)."""
-    f, b = imp.f, imp.b
-    tfl = f.tflite
-    x_index = int(op.Inputs(0))
-    padded = imp.pads.pop(x_index, None)
-    x = imp.src(padded[0] if padded else x_index, what)
-    w_index = int(op.Inputs(1))
-    scales, zps, axis = f.quant(w_index)
-    weight = f.data(w_index, np.int8)
-    if zps.any():
-        f.fail(f"{what}: weights {f.tensor_name(w_index)!r} have nonzero zero points; TFLite int8 weights are "
-               "symmetric")
-    n_out = weight.shape[3] if opname == "DEPTHWISE_CONV_2D" else weight.shape[0]
-    want_axis = 3 if opname == "DEPTHWISE_CONV_2D" else 0
-    if scales.size not in (1, n_out) or (scales.size > 1 and axis != want_axis):
-        f.fail(f"{what}: weights {f.tensor_name(w_index)!r} are quantized per axis {axis} with {scales.size} "
-               f"scales; tinygen expects per-tensor or per-output-channel (axis {want_axis})")
-    if not (np.isfinite(scales).all() and (scales > 0).all()):
-        f.fail(f"{what}: weights {f.tensor_name(w_index)!r} need positive finite scales")
-    w_scales = np.broadcast_to(scales, (n_out,)).astype(np.float32)
-    has_bias = op.InputsLength() > 2 and int(op.Inputs(2)) >= 0
-    bias = f.data(int(op.Inputs(2)), np.int32).reshape(-1) if has_bias else np.zeros(n_out, np.int32)
-    if bias.size != n_out:
-        f.fail(f"{what}: bias has {bias.size} values for {n_out} output channels")
-    y_scale, y_zp = f.activation_quant(out)
-    if opname == "FULLY_CONNECTED":
-        if padded is not None:
-            f.fail(f"{what} reads a PAD; tinygen folds a PAD only into a VALID convolution")
-        opts = f.options(op, tfl.FullyConnectedOptions)
-        act = ACTIVATIONS.get(opts.FusedActivationFunction() if opts else 0)
-        if weight.ndim != 2 or int(np.prod(b.shape(x))) != weight.shape[1]:
-            f.fail(f"{what}: weights of shape {list(weight.shape)} do not match the input of shape "
-                   f"{list(b.shape(x))}")
-        name = b.fully_connected(x, weight, bias, w_scales, y_scale, y_zp, name=f"fc_{k}")
-        b.model.layers[-1].f32_scale_product = scales.size == 1  # TFLM's per-tensor multiplier
-        shape = f.shape(out)
-        if len(shape) != 2:
-            f.fail(f"{what}: output of shape {list(shape)}; tinygen imports FULLY_CONNECTED with a 2-D output")
-    else:
-        if opname == "CONV_2D":
-            opts = f.options(op, tfl.Conv2DOptions)
-            groups, ohwi = 1, weight
-        else:
-            opts = f.options(op, tfl.DepthwiseConv2DOptions)
-            c_in = b.shape(x)[-1]
-            if weight.shape[0] != 1 or n_out % c_in:
-                f.fail(f"{what}: depthwise weights of shape {list(weight.shape)} for {c_in} input channels")
-            groups, ohwi = c_in, weight.transpose(3, 1, 2, 0)
-        act = ACTIVATIONS.get(opts.FusedActivationFunction())
-        stride, dilation = (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())
-        h, w, _ = b.shape(x)
-        if padded is not None:
-            if opts.Padding() != 1:
-                f.fail(f"{what} is SAME-padded after a PAD; tinygen folds a PAD only into a VALID convolution")
-            padding = padded[1]
-        else:
-            padding = _padding(opts.Padding(), h, w, ohwi.shape[1], ohwi.shape[2], stride, dilation)
-        name = b.conv2d(x, ohwi, bias, w_scales, y_scale, y_zp, stride=stride, padding=padding, dilation=dilation,
-                        groups=groups, name=f"{'conv' if groups == 1 else 'dwconv'}_{k}")
-        if b.shape(name) != f.shape(out)[1:]:
-            f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {list(b.shape(name))}")
-    _clamp(f, b, what, act, out)
-    return name
