@@ -228,7 +228,7 @@ class _Importer:
         if b.shape(a) != b.shape(c):
             f.fail(f"{what} adds tensors of shapes {b.shape(a)} and {b.shape(c)}; tinygen adds equal shapes only")
         name = b.add(a, c, *f.activation_quant(out), name=f"add_{k}")
-        _clamp(f, b, what, ACTIVATIONS.get(opts.FusedActivationFunction() if opts else 0), out)
+        _clamp(f, b, what, ACTIVATIONS.get(opts.FusedActivationFunction() if opts else 0))
         return name
 
     def pool(self, k, opname, op, what, out) -> str:
@@ -244,7 +244,7 @@ class _Importer:
             name = b.avgpool(x, kernel, stride, padding, name=f"avgpool_{k}")
         else:
             name = b.maxpool(x, kernel, stride, padding, name=f"maxpool_{k}")
-        _clamp(f, b, what, ACTIVATIONS.get(opts.FusedActivationFunction()), out)
+        _clamp(f, b, what, ACTIVATIONS.get(opts.FusedActivationFunction()))
         return name
 
     def reshape(self, k, opname, op, what, out) -> str:
@@ -326,7 +326,7 @@ class _Importer:
                             groups=groups, name=f"{'conv' if groups == 1 else 'dwconv'}_{k}")
             if b.shape(name) != f.shape(out)[1:]:
                 f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {list(b.shape(name))}")
-        _clamp(f, b, what, act, out)
+        _clamp(f, b, what, act)
         return name
 
 
@@ -358,7 +358,8 @@ def _load(path: Path, name: str | None) -> TfliteModel:
     return TfliteModel(b.build(), softmax)
 
 
-def _clamp(f: _File, b: ModelBuilder, what: str, act: str | None, out: int) -> None:
+def _clamp(f: _File, b: ModelBuilder, what: str, act: str | None) -> None:
+    """The last layer's clamp from its fused activation, as TFLite computes it."""
     if act is None:
         f.fail(f"{what} has a fused activation tinygen does not import (it folds NONE, RELU and RELU6)")
     layer = b.model.layers[-1]
