@@ -84,6 +84,17 @@ TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
     return __smlad((int16x2_t)x, (int16x2_t)y, acc);
 }
 
+/* acc + x.lo * y.lo (SMLABB) and acc + x.lo * y.hi (SMLABT), halfwords signed. */
+TG_INLINE int32_t tg_smlabb(int32_t x, int32_t y, int32_t acc)
+{
+    return __smlabb(x, y, acc);
+}
+
+TG_INLINE int32_t tg_smlabt(int32_t x, int32_t y, int32_t acc)
+{
+    return __smlabt(x, y, acc);
+}
+
 /* The halfword pairs (a.lo, b.lo) (PKHBT) and (a.hi, b.hi) (PKHTB); ACLE names neither. */
 TG_INLINE int32_t tg_pack_lo(int32_t a, int32_t b)
 {
@@ -139,6 +150,21 @@ TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
     const int32_t hi = (int32_t)(int16_t)(ux >> 16) * (int32_t)(int16_t)(uy >> 16);
     /* SMLAD's sum wraps modulo 2^32; the kernels' bounds keep it exact */
     return (int32_t)((uint32_t)acc + (uint32_t)lo + (uint32_t)hi);
+}
+
+TG_INLINE int32_t tg_smlabb(int32_t x, int32_t y, int32_t acc)
+{
+    const int32_t p =
+        (int32_t)(int16_t)((uint32_t)x & 0xFFFFU) * (int32_t)(int16_t)((uint32_t)y & 0xFFFFU);
+    return (int32_t)((uint32_t)acc +
+                     (uint32_t)p); /* wraps as SMLABB does; the bounds keep it exact */
+}
+
+TG_INLINE int32_t tg_smlabt(int32_t x, int32_t y, int32_t acc)
+{
+    const int32_t p =
+        (int32_t)(int16_t)((uint32_t)x & 0xFFFFU) * (int32_t)(int16_t)((uint32_t)y >> 16);
+    return (int32_t)((uint32_t)acc + (uint32_t)p);
 }
 
 TG_INLINE int32_t tg_pack_lo(int32_t a, int32_t b)

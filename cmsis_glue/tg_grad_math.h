@@ -40,17 +40,9 @@ TG_INLINE int32_t tg_sat32(int64_t x)
     return (int32_t)(x < INT32_MIN ? INT32_MIN : (x > INT32_MAX ? INT32_MAX : x));
 }
 
-/* round(x * m * 2^(shift - 31)): narrow x to 31 significant bits first, saturate a left
- * shift to +-2^62. |x| < 2^62, 0 <= m < 2^31. */
-TG_INLINE int64_t tg_mul_q31(int64_t x, int32_t m, int32_t shift)
+/* p / 2^r rounded for r >= 0, else p * 2^-r saturated to +-2^62: the last step of tg_mul_q31. */
+TG_INLINE int64_t tg_mul_q31_scale(int64_t p, int32_t r)
 {
-    int32_t n = tg_bitlen64(x) - 30;
-    if (n < 0) {
-        n = 0;
-    }
-    const int64_t t = tg_rshift_round64(x, n); /* |t| <= 2^30 */
-    const int64_t p = t * (int64_t)m;          /* |p| < 2^61 */
-    const int32_t r = 31 - shift - n;
     if (r >= 0) {
         return tg_rshift_round64(p, r);
     }
@@ -63,6 +55,30 @@ TG_INLINE int64_t tg_mul_q31(int64_t x, int32_t m, int32_t shift)
         return -TG_SAT62;
     }
     return (int64_t)((uint64_t)p << left);
+}
+
+/* round(x * m * 2^(shift - 31)): narrow x to 31 significant bits first, saturate a left
+ * shift to +-2^62. |x| < 2^62, 0 <= m < 2^31. */
+TG_INLINE int64_t tg_mul_q31(int64_t x, int32_t m, int32_t shift)
+{
+    int32_t n = tg_bitlen64(x) - 30;
+    if (n < 0) {
+        n = 0;
+    }
+    const int64_t t = tg_rshift_round64(x, n);               /* |t| <= 2^30 */
+    return tg_mul_q31_scale(t * (int64_t)m, 31 - shift - n); /* |t m| < 2^61 */
+}
+
+/* tg_mul_q31 of an int32 x: its narrowing to 31 significant bits (n <= 2) in 32-bit arithmetic
+ * (CLZ, tg_divide_by_power_of_two: the same bits as the 64-bit steps), then the same product and
+ * final shift. */
+TG_INLINE int64_t tg_mul_q31_s32(int32_t x, int32_t m, int32_t shift)
+{
+    const uint32_t a = x < 0 ? -(uint32_t)x : (uint32_t)x;
+    const int32_t bits = a == 0 ? 0 : 32 - __builtin_clz(a);
+    const int32_t n = bits > 30 ? bits - 30 : 0;
+    const int32_t t = tg_divide_by_power_of_two(x, n); /* |t| <= 2^30 */
+    return tg_mul_q31_scale((int64_t)t * m, 31 - shift - n);
 }
 
 /* Stochastic rounding of weight updates (docs/numerics.md §6.2): the key of a layer's step is
@@ -121,6 +137,53 @@ TG_INLINE int32_t tg_norm_shift(int64_t max_abs)
     return k > 0 ? k : 0;
 }
 
+/* norm16 in one pass with no wide buffer (docs/numerics.md §2.1): sums are stored in int16
+ * truncated toward zero at the running shift s = tg_keep_shift(largest |sum| so far), the
+ * smallest that keeps each within int16 (|x| < 2^(15 + s)); at the end s is tg_norm_shift - 1
+ * (or both are 0), and one rounding of the stored values by the difference gives the bits of
+ * rounding the exact sums. */
+TG_INLINE int32_t tg_keep_shift(int64_t max_abs)
+{
+    const int32_t s = tg_bitlen64(max_abs) - (TG_GRAD_BITS + 1);
+    return s > 0 ? s : 0;
+}
+
+/* x / 2^s truncated toward zero, s in [0, 31]: the floor of x + 2^s - 1 for a negative x. */
+TG_INLINE int32_t tg_trunc_shift(int32_t x, int32_t s)
+{
+    return (x + (int32_t)((uint32_t)(x >> 31) & ((1U << s) - 1U))) >> s;
+}
+
+/* tg_trunc_shift of an int64 sum (|x| < 2^62), s in [0, 62]. */
+TG_INLINE int64_t tg_trunc_shift64(int64_t x, int32_t s)
+{
+    return (x + (int64_t)((uint64_t)(x >> 63) & (((uint64_t)1 << s) - 1U))) >> s;
+}
+
+/* Stored values truncated at shift s re-truncated at s + by: truncation toward zero composes
+ * (trunc(trunc(x / 2^s) / 2^by) = trunc(x / 2^(s + by))), so they are as if truncated once. */
+static inline void tg_grad_truncate(int16_t *g, int32_t n, int32_t by)
+{
+    for (int32_t i = 0; i < n; i++) {
+        g[i] = (int16_t)tg_trunc_shift(g[i], by);
+    }
+}
+
+/* The last step of the one-pass norm16: values truncated at s = k - 1 rounded by one more bit,
+ * ties away from zero, are the exact sums rounded at k (floor((|x| + 2^(k-1)) / 2^k) is
+ * floor((floor(|x| / 2^(k-1)) + 1) / 2)); by = k - s is 0 or 1. Halving with ties away from zero
+ * is (t + (t > 0)) >> 1: floor((t + 1) / 2) above zero, floor(t / 2) = -floor((|t| + 1) / 2) below. */
+static inline void tg_grad_round(int16_t *g, int32_t n, int32_t by)
+{
+    if (by == 0) {
+        return;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t t = g[i];
+        g[i] = (int16_t)((t + (t > 0)) >> 1);
+    }
+}
+
 TG_INLINE int64_t tg_abs64(int64_t x)
 {
     return x < 0 ? -x : x;
@@ -148,20 +211,25 @@ TG_INLINE void tg_mask_put(uint8_t *mask, int32_t i, int32_t bit)
     mask[i >> 3] = (uint8_t)(mask[i >> 3] | ((uint32_t)bit << (i & 7)));
 }
 
-/* out = normalize16(align(a, ea) + align(b, eb)); in place on a or b is safe. */
+/* out = normalize16(align(a, ea) + align(b, eb)); in place on a or b is safe. In 32-bit
+ * arithmetic: |a|, |b| <= 2^15, so the aligned sum fits int32, and a shift of 31 or more rounds an
+ * int16 to 0 as 31 does (tg_divide_by_power_of_two takes exponents up to 31). The largest |v|
+ * matters only through its bit length, which the OR of the magnitudes has. */
 static inline void tg_grad_align_add(const int16_t *a, int32_t ea, const int16_t *b, int32_t eb,
                                      int16_t *out, int32_t *eout, int32_t n)
 {
     const int32_t e = ea > eb ? ea : eb;
-    int64_t big = 0;
+    const int32_t sa = e - ea < 31 ? e - ea : 31;
+    const int32_t sb = e - eb < 31 ? e - eb : 31;
+    int32_t big = 0;
     for (int32_t i = 0; i < n; i++) {
-        const int64_t v = tg_rshift_round64(a[i], e - ea) + tg_rshift_round64(b[i], e - eb);
-        big = tg_abs64(v) > big ? tg_abs64(v) : big;
+        const int32_t v = tg_divide_by_power_of_two(a[i], sa) + tg_divide_by_power_of_two(b[i], sb);
+        big |= v < 0 ? -v : v;
     }
     const int32_t k = tg_norm_shift(big);
     for (int32_t i = 0; i < n; i++) {
-        const int64_t v = tg_rshift_round64(a[i], e - ea) + tg_rshift_round64(b[i], e - eb);
-        out[i] = (int16_t)tg_rshift_round64(v, k);
+        const int32_t v = tg_divide_by_power_of_two(a[i], sa) + tg_divide_by_power_of_two(b[i], sb);
+        out[i] = (int16_t)tg_divide_by_power_of_two(v, k);
     }
     *eout = e + k;
 }

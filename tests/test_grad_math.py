@@ -16,12 +16,20 @@ C_BODY = """
         r[3] = tg_sat32(v[0]);
         r[4] = tg_round_stochastic(v[0] >> 1, tg_sr_key((uint32_t)v[1], (uint32_t)v[2]), (int32_t)v[1]);
         r[5] = tg_mul_q31_s16((int16_t)v[0], (int32_t)v[1], 16 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 47);
-        r[6] = tg_mul_q31_s16_high((int16_t)v[0], (int32_t)v[1], 15 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 17);"""
+        r[6] = tg_mul_q31_s16_high((int16_t)v[0], (int32_t)v[1], 15 - (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 17);
+        r[7] = tg_keep_shift(v[0]);
+        r[8] = tg_trunc_shift((int32_t)v[0], (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 32);
+        r[9] = tg_trunc_shift64(v[0], (int32_t)(v[2] < 0 ? -v[2] : v[2]) % 63);
+        int16_t halves[2] = {(int16_t)v[0], (int16_t)v[1]};
+        tg_grad_round(halves, 2, (int32_t)(v[2] & 1));
+        r[10] = halves[0];
+        r[11] = halves[1];
+        r[12] = tg_mul_q31_s32((int32_t)v[0], (int32_t)v[1], (int32_t)v[2]);"""
 
 
 @pytest.fixture(scope="module")
 def c_prims(tmp_path_factory):
-    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 7)
+    return c_driver(tmp_path_factory.mktemp("grad"), "tg_grad_math.h", C_BODY.rstrip("\n"), np.int64, 13)
 
 
 def test_grad_primitives_c_equal_python(c_prims):
@@ -43,8 +51,59 @@ def test_grad_primitives_c_equal_python(c_prims):
     x16 = ((x + 2**15) % 2**16) - 2**15  # (int16_t)x
     assert np.array_equal(got[:, 5], gradmath.mul_q31(x16, m, 16 - np.abs(sh) % 47))  # the int16 fast path
     assert np.array_equal(got[:, 6], gradmath.mul_q31(x16, m, 15 - np.abs(sh) % 17))  # its high-word form
+    assert np.array_equal(got[:, 7], np.maximum(gradmath.bitlen(x) - 15, 0))
+    x32 = ((x + 2**31) % 2**32) - 2**31  # (int32_t)x
+    assert np.array_equal(got[:, 8], truncate(x32, np.abs(sh) % 32))
+    assert np.array_equal(got[:, 9], truncate(x, np.abs(sh) % 63))
+    assert np.array_equal(got[:, 12], gradmath.mul_q31(x32, m, sh))  # the int32 narrowing
+    m16 = ((m + 2**15) % 2**16) - 2**15
+    assert np.array_equal(got[:, 10:12], gradmath.rshift_round(np.stack([x16, m16], axis=1), (sh & 1)[:, None]))
     key = (m * gradmath.SR_STEP_MUL + (sh & gradmath.M32)) & gradmath.M32  # v[1] as the step, v[2] as the salt
     assert np.array_equal(got[:, 4], gradmath.round_stochastic(x >> 1, gradmath.sr_noise(key, m)))
+
+
+def truncate(x, s):
+    """x / 2^s truncated toward zero."""
+    return np.sign(x) * (np.abs(x) >> s)
+
+
+def one_pass_normalize16(v: np.ndarray, block: int) -> tuple[np.ndarray, int]:
+    """The input-gradient kernels' norm16 without a wide buffer (tg_keep_shift, tg_grad_truncate,
+    tg_grad_round): blocks of sums stored in int16 truncated at the running shift, what is stored re-truncated
+    where the shift grows, one rounding at the end; returns (the int16 values, k)."""
+    out = np.zeros(v.size, dtype=np.int64)
+    big, s = 0, 0
+    for at in range(0, v.size, block):
+        part = v[at:at + block]
+        big = max(big, int(np.abs(part).max()))
+        need = max(0, int(gradmath.bitlen(big)) - 15)
+        if need > s:
+            out[:at] = truncate(out[:at], need - s)
+            s = need
+        out[at:at + block] = truncate(part, s)
+        assert np.abs(out[:at + block]).max() < 2**15  # every stored value is an int16
+    k = max(0, int(gradmath.bitlen(big)) - 14)
+    assert k - s in (0, 1)
+    return gradmath.rshift_round(out, k - s), k
+
+
+@pytest.mark.parametrize("order", ["growing", "shrinking", "random"])
+def test_one_pass_normalize16_equals_normalize16(order):
+    """Truncation toward zero composes, and values truncated at k - 1 rounded by one bit are the exact sums
+    rounded at k: the one-pass norm16 gives normalize16's bits, whatever order the magnitudes come in (growing:
+    a re-truncation at nearly every block)."""
+    rng = np.random.default_rng(3)
+    for bits in (10, 14, 15, 16, 24, 31, 40):
+        v = rng.integers(-2**bits, 2**bits, 3000)
+        v[rng.integers(0, v.size, 40)] |= 1 << (bits - 1)  # ties: ...100 patterns at many shifts
+        v[::7] = (v[::7] >> 5) << 5
+        if order != "random":
+            v = v[np.argsort(np.abs(v), kind="stable")]
+            v = v if order == "growing" else v[::-1]
+        for block in (1, 5, 64):
+            got, k = one_pass_normalize16(v, block)
+            want, e = gradmath.normalize16(v, 0)
+            assert k == e and np.array_equal(got, want)
 
 
 def test_stochastic_rounding_is_unbiased_and_bounded():

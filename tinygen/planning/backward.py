@@ -2,10 +2,11 @@
 a 1x1 or depthwise input gradient, and the int32 sums a one-pass input gradient keeps.
 
 A 1x1 or depthwise input gradient (templates/train/conv_backward_input_{1x1,dw}_s16.c.j2) sums a row of
-input channels at a time and normalises the sums to int16 by their largest magnitude. Without room for
-the sums it computes them twice (the first pass finds the largest); with an int32 scratch it computes
-them once and normalises the scratch — the same values, about half the instructions. The scratch is
-planned only where it costs no peak SRAM (`schedule.plan_training(one_pass=True)`).
+input channels at a time and normalises the sums to int16 by their largest magnitude. With an int32 scratch
+it keeps the sums there and normalises the scratch; without one it keeps them in the int16 gradient,
+truncated at a running shift, and rounds once at the end (docs/numerics.md §2.1) — the same values, the
+scratch a few percent fewer instructions. The scratch is planned only where it costs no peak SRAM
+(`schedule.plan_training(one_pass=True)`).
 """
 
 from __future__ import annotations
