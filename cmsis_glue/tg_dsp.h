@@ -84,6 +84,12 @@ TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
     return __smlad((int16x2_t)x, (int16x2_t)y, acc);
 }
 
+/* acc + x.lo * y.hi + x.hi * y.lo, halfwords signed (SMLADX: SMLAD with y's halves exchanged). */
+TG_INLINE int32_t tg_smladx(int32_t x, int32_t y, int32_t acc)
+{
+    return __smladx((int16x2_t)x, (int16x2_t)y, acc);
+}
+
 /* acc + x.lo * y.lo (SMLABB) and acc + x.lo * y.hi (SMLABT), halfwords signed. */
 TG_INLINE int32_t tg_smlabb(int32_t x, int32_t y, int32_t acc)
 {
@@ -150,6 +156,12 @@ TG_INLINE int32_t tg_smlad(int32_t x, int32_t y, int32_t acc)
     const int32_t hi = (int32_t)(int16_t)(ux >> 16) * (int32_t)(int16_t)(uy >> 16);
     /* SMLAD's sum wraps modulo 2^32; the kernels' bounds keep it exact */
     return (int32_t)((uint32_t)acc + (uint32_t)lo + (uint32_t)hi);
+}
+
+TG_INLINE int32_t tg_smladx(int32_t x, int32_t y, int32_t acc)
+{
+    const uint32_t uy = (uint32_t)y;
+    return tg_smlad(x, (int32_t)((uy >> 16) | (uy << 16)), acc);
 }
 
 TG_INLINE int32_t tg_smlabb(int32_t x, int32_t y, int32_t acc)

@@ -39,10 +39,13 @@ def taps_in_fours(layer: ir.Conv2D) -> bool:
 
 
 def pixel_pairs(layer: ir.Conv2D) -> bool:
-    """Whether the ring kernels' DSP path computes two output pixels of a row from each word of taps read
-    (stride 1, taps in fours; KERNEL_W not a multiple of four, so the pair's one more column falls inside the
-    words a single pixel reads already: `ring_columns` is the same)."""
-    return (taps_in_fours(layer) and layer.stride[1] == 1 and layer.kernel[1] % 4 != 0
+    """Whether the ring kernels' DSP path computes two output pixels of a row at a time, taps in fours: at
+    stride 1 from each word of taps read (KERNEL_W not a multiple of four, so the pair's one more column falls
+    inside the words a single pixel reads already), at stride 2 with at most three taps a row from the word at
+    the first pixel's column and the one two columns on (the second pixel's own word: `ring_columns` is the
+    same either way)."""
+    kw, stride = layer.kernel[1], layer.stride[1]
+    return (taps_in_fours(layer) and ((stride == 1 and kw % 4 != 0) or (stride == 2 and kw <= 3))
             and layer.output.shape[1] >= 2)
 
 
