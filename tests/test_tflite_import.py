@@ -108,6 +108,34 @@ def test_mean_takes_tflm_multiplier(name):
         assert naive_mult >= 1.92e9 and mean.output.shape == (1, 1, xi.shape[2])
 
 
+def test_mean_equals_tflm_at_patched_output_scales(tmp_path):
+    """The MEAN-alone fixture with 100 other output scales written into its flatbuffer (1/20 to 3 times the input's,
+    every second one drawn until q31(s_in / (s_out N)) >= 1.92e9): the reference equals TFLite Micro on every
+    output at every scale; one requantization by q31(s_in / (s_out N)) matches at fewer than half of them."""
+    path = FIXTURES / "mean_keepdims_large_multiplier.tflite"
+    data = path.read_bytes()
+    model = load_tflite(path).model
+    xi, out = model.input, model.output
+    n = xi.shape[0] * xi.shape[1]
+    scale_bytes = np.float32(out.scale).tobytes()
+    assert data.count(scale_bytes) == 1
+    rng = np.random.default_rng(3)
+    x = _inputs(model)
+    sums = x.astype(np.int64).sum(axis=(1, 2)) - xi.zero_point * n
+    one_rule = 0
+    for i in range(100):
+        s = np.float32(xi.scale * 10 ** rng.uniform(-1.3, 0.5))
+        while i % 2 and quantize_multiplier(xi.scale / (float(s) * n))[0] < 1.92e9:
+            s = np.float32(xi.scale * 10 ** rng.uniform(-1.3, 0.5))
+        patched = tmp_path / "patched.tflite"
+        patched.write_bytes(data.replace(scale_bytes, s.tobytes()))
+        ref = reference.run_batch(load_tflite(patched).model, x).reshape(len(x), -1)
+        assert np.array_equal(ref, _tflm(patched, x).reshape(len(x), -1)), f"output scale {s}"
+        mult, shift = quantize_multiplier(xi.scale / (float(s) * n))
+        one_rule += np.array_equal(np.clip(requantize(sums, mult, shift) + out.zero_point, -128, 127), ref)
+    assert one_rule < 50, one_rule
+
+
 @pytest.mark.parametrize("name", ["mean_keepdims_large_multiplier.tflite", "net_gap_dense.tflite"])
 def test_generated_c_equals_reference_with_mean(name, kernels, tmp_path):
     """MEAN's C kernel (kernels/mean_s8) equals the reference, with either kernel set."""
