@@ -271,3 +271,15 @@ def test_relu6_bound_rounds_as_tflite():
     out = ir.TensorInfo("y", (1,), 12.0, -128)
     assert ir.activation_range("relu6", out, float32=True) == (-128, -127)
     assert ir.activation_range("relu6", out) == (-128, -128)
+
+
+def test_mean_the_validator_refuses_is_one_sentence():
+    """A MEAN whose sum, shifted left by its requantization, could overflow int32 (an output scale 2e7 times below
+    the input's: a left shift of 21), or whose output is not the per-channel mean, is refused with one sentence."""
+    for shape, out_shape, out_scale, word in [((4, 4, 2), (2,), 1e-9, "overflow int32"),
+                                              ((4, 4, 2), (4,), 0.01, "must be [2] or [1, 1, 2]")]:
+        model = ir.Model("m", ir.TensorInfo("x", shape, 0.02, 0),
+                         [ir.Mean("mean", ["x"], ir.TensorInfo("y", out_shape, out_scale, 0))])
+        with pytest.raises(ModelError) as exc:
+            model.validate()
+        assert word in str(exc.value) and "\n" not in str(exc.value)
