@@ -194,6 +194,25 @@ def test_unsupported_model_is_one_sentence(name, word):
     assert word in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_unsupported_operator_is_one_sentence(tmp_path):
+    """mean.tflite with its MEAN's operator code rewritten to SUM: refused with one sentence naming the operator, its
+    output tensor and what is supported."""
+    import tflite
+
+    data = bytearray((FIXTURES / "mean.tflite").read_bytes())
+    model = tflite.Model.GetRootAsModel(data, 0)
+    code = next(model.OperatorCodes(i) for i in range(model.OperatorCodesLength())
+                if model.OperatorCodes(i).BuiltinCode() == tflite.BuiltinOperator.MEAN)
+    data[code._tab.Pos + code._tab.Offset(4)] = tflite.BuiltinOperator.SUM  # deprecated_builtin_code, int8
+    at = code._tab.Pos + code._tab.Offset(10)  # builtin_code, int32
+    data[at:at + 4] = np.int32(tflite.BuiltinOperator.SUM).tobytes()
+    (tmp_path / "sum.tflite").write_bytes(data)
+    with pytest.raises(ModelError) as exc:
+        load_tflite(tmp_path / "sum.tflite")
+    assert "operator 1 SUM" in str(exc.value) and "MEAN (over height and width)" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
 def _mutants(data: bytes) -> list[bytes]:
     rng = np.random.default_rng(7)
     out = [data[:n] for n in (0, 4, 8, 16, len(data) // 3, len(data) // 2, len(data) - 1)]
