@@ -4,7 +4,7 @@ TensorFlow is needed only here, in a throwaway environment; neither the project'
 tests import it:
 
     python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu==2.21.0
-    /tmp/tfenv/bin/python scripts/make_tflite_fixtures.py
+    /tmp/tfenv/bin/python scripts/make_tflite_fixtures.py [NAME ...]   # all, or the fixtures named
 
 Each model is a small Keras model with seeded random weights, converted with full-integer
 post-training quantization (int8 weights and activations, int8 input and output, 64 seeded
@@ -70,6 +70,10 @@ def _mean(x):
     return L.GlobalAveragePooling2D()(L.Conv2D(6, 3, padding="same", activation="relu")(x))
 
 
+def _mean_keepdims(x):
+    return L.GlobalAveragePooling2D(keepdims=True)(x)
+
+
 def _softmax(x):
     return L.Softmax()(L.Dense(5)(L.Flatten()(x)))
 
@@ -93,6 +97,12 @@ def _ds_cnn(x):
         x = L.Conv2D(16, 1, activation="relu")(x)
     x = L.AveragePooling2D((x.shape[1], x.shape[2]))(x)
     return L.Softmax()(L.Dense(12)(L.Flatten()(x)))
+
+
+def _gap_dense(x):
+    """The usual classifier head: a convolution, GlobalAveragePooling2D (MEAN over a 5 x 5 map), dense."""
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    return L.Dense(5)(L.GlobalAveragePooling2D()(x))
 
 
 def _image_cnn(x):
@@ -121,7 +131,26 @@ FIXTURES = {  # name: (input shape, body)
     "net_ds_cnn": ((49, 10, 1), _ds_cnn),
     "net_image_cnn": ((16, 16, 1), _image_cnn),
     "float_model": ((8, 8, 3), _conv_same),  # not quantized: the importer must refuse it
+    # (new fixtures go last: a fixture's seed is its position)
+    "mean_keepdims_large_multiplier": ((5, 5, 4), _mean_keepdims),
+    "net_gap_dense": ((10, 10, 3), _gap_dense),
 }
+
+
+def _mean_spread(rng, shape) -> np.ndarray:
+    """Samples whose pixels share one value per sample and channel in [-0.674, 0.674] (plus one sample of -1 and
+    +1 halves, mean 0, so the input's range stays [-1, 1]): the MEAN's output range is about 0.674 / 1 of the
+    input's, so s_in / (s_out N) with N = 25 is near 0.95 / 16, a q31 multiplier of about 2.04e9 - the large
+    multipliers where TFLite Micro's integer rule differs from one requantization by s_in / (s_out N)."""
+    level = rng.uniform(-0.674, 0.674, size=(64, 1, 1, shape[-1]))
+    level[0], level[1] = -0.674, 0.674
+    x = np.broadcast_to(level, (64, *shape)).copy()
+    x[2, : shape[0] // 2], x[2, shape[0] // 2:] = -1.0, 1.0
+    x[2, shape[0] // 2] = np.where(np.arange(shape[1])[:, None] % 2, 1.0, -1.0)
+    return x.astype(np.float32)
+
+
+CALIBRATION = {"mean_keepdims_large_multiplier": _mean_spread}  # name: calibration samples (rng, shape)
 
 
 def convert(name: str, shape: tuple, body, seed: int) -> bytes:
@@ -130,6 +159,8 @@ def convert(name: str, shape: tuple, body, seed: int) -> bytes:
     model = tf.keras.Model(x, body(x), name=name)
     rng = np.random.default_rng(seed)
     calibration = rng.uniform(-1.0, 1.0, size=(64, *shape)).astype(np.float32)
+    if name in CALIBRATION:
+        calibration = CALIBRATION[name](rng, shape)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if name == "float_model":
         return conv.convert()
@@ -143,9 +174,16 @@ def convert(name: str, shape: tuple, body, seed: int) -> bytes:
     return conv.convert()
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
+    """Make the fixtures named (all without names)."""
     OUT.mkdir(parents=True, exist_ok=True)
+    unknown = set(names) - set(FIXTURES)
+    if unknown:
+        print(f"unknown fixtures: {', '.join(sorted(unknown))}; known: {', '.join(FIXTURES)}", file=sys.stderr)
+        return 2
     for seed, (name, (shape, body)) in enumerate(FIXTURES.items()):
+        if names and name not in names:
+            continue
         data = convert(name, shape, body, seed)
         (OUT / f"{name}.tflite").write_bytes(data)
         print(f"{name}.tflite: {len(data):,} bytes")
@@ -153,4 +191,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

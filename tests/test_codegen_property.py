@@ -137,6 +137,22 @@ def test_pooling_matches_reference(h, w, c, k, kw, stride, same, is_max, q, act,
     _check(_build(make), seed, kernels)
 
 
+@settings(SETTINGS, max_examples=5)
+@given(h=st.integers(1, 16), w=st.integers(1, 16), c=st.integers(1, 9), q=quant(), ratio=st.floats(-2.0, 1.5),
+       out_zp=zero_points, keep_dims=st.booleans(), act=act_range(), seed=st.integers(0, 2**16))
+def test_mean_matches_reference(h, w, c, q, ratio, out_zp, keep_dims, act, seed, kernels):
+    """TFLite's MEAN over height and width (kernels/mean_s8) for output scales from 1/100 to 30 times the input's
+    (left and right shifts, multipliers above and below 2^30)."""
+
+    def make():
+        b = ModelBuilder("p", (h, w, c), *q)
+        b.mean(b.input, q[0] * 10.0**ratio, out_zp, keep_dims=keep_dims)
+        b.model.layers[-1].act_min, b.model.layers[-1].act_max = act
+        return b.build()
+
+    _check(_build(make), seed, kernels)
+
+
 @SETTINGS
 @given(h=st.integers(1, 12), w=st.integers(1, 12), c=st.integers(1, 6), k=st.integers(1, 5), kw=st.integers(1, 5),
        stride=st.integers(1, 3), dil=st.integers(1, 2), pad=st.sampled_from(["same", "valid", "explicit"]),

@@ -2,7 +2,7 @@
 every loss of >= 20 training steps and the trained-parameter checksum equal the reference — for
 B in {stm32f746, nrf52840, stm32h743} (the F746 and nRF52840 at their real SRAM sizes, 320 KB and
 256 KB) and M in {the digits CNN (8, 4 and 0 master bits), MbV2-w0.35 with a published scheme, the
-converter-made .tflite networks}, under QEMU."""
+converter-made .tflite networks (one ending in GlobalAveragePooling2D's MEAN -> dense)}, under QEMU."""
 
 from __future__ import annotations
 
@@ -57,3 +57,12 @@ def test_tflite_networks_train_bit_exact_in_qemu(board, network, tmp_path):
     selection on 8 embedded samples."""
     path = Path(__file__).parent / "fixtures" / "tflite" / f"{network}.tflite"
     _build_and_sim(tmp_path, board, ["--model", str(path), "--samples", "8"])
+
+
+@needs_arm
+def test_tflite_network_with_mean_trains_bit_exact_in_qemu(tmp_path):
+    """conv -> GlobalAveragePooling2D (TFLite's MEAN) -> dense from the converter, both weighted layers trained
+    (the gradient crosses the MEAN), on the nRF52840."""
+    path = Path(__file__).parent / "fixtures" / "tflite" / "net_gap_dense.tflite"
+    out = _build_and_sim(tmp_path, "nrf52840", ["--model", str(path), "--update", "last-2", "--samples", "8"])
+    assert "8 of 8 samples" in out and "bit-exact with the reference" in out

@@ -15,15 +15,16 @@ from train_harness import train_c_vs_reference
 from tinygen.errors import ModelError
 from tinygen.frontends.tflite_import import load_tflite
 from tinygen.ir import model as ir
-from tinygen.ir.quant import quantize_multiplier
+from tinygen.ir.quant import quantize_multiplier, requantize
 from tinygen.ir.scheme import TrainConfig, parse_update
 from tinygen.reference import forward as reference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tflite"
-UNSUPPORTED = {"mean.tflite": "MEAN", "float_model.tflite": "float32"}
+UNSUPPORTED = {"float_model.tflite": "float32"}
 SOFTMAX = {"softmax.tflite", "net_ds_cnn.tflite"}
 IMPORTED = sorted(p.name for p in FIXTURES.glob("*.tflite") if p.name not in UNSUPPORTED)
-NETWORKS = ["net_mbv2_block.tflite", "net_ds_cnn.tflite", "net_image_cnn.tflite"]
+NETWORKS = ["net_mbv2_block.tflite", "net_ds_cnn.tflite", "net_image_cnn.tflite", "net_gap_dense.tflite"]
+MEANS = ["mean.tflite", "mean_keepdims_large_multiplier.tflite", "net_gap_dense.tflite"]
 SAMPLES = 16
 
 
@@ -65,11 +66,93 @@ def test_reference_equals_tflite_micro(name):
         assert np.array_equal(ref.reshape(got.shape), got), f"{np.sum(ref.reshape(got.shape) != got)} elements differ"
 
 
-@pytest.mark.parametrize("name", NETWORKS)
+@pytest.mark.parametrize("name", NETWORKS[:3])
 def test_generated_c_equals_reference(name, tmp_path):
     model = load_tflite(FIXTURES / name).model
     x = _inputs(model, 1)
     assert np.array_equal(run_generated_forward(model, x, tmp_path, "dsp"), reference.run_batch(model, x))
+
+
+def _mean_inputs(path: Path, x: np.ndarray) -> tuple[ir.Mean, ir.TensorInfo, np.ndarray]:
+    """A fixture's MEAN layer, its input tensor and that tensor's values (by the reference) for inputs `x`."""
+    model = load_tflite(path).model
+    mean = next(layer for layer in model.layers if isinstance(layer, ir.Mean))
+    values = np.stack([reference.run_model(model, sample, keep=True)[mean.inputs[0]] for sample in x])
+    return mean, model.tensors()[mean.inputs[0]], values
+
+
+@pytest.mark.parametrize("name", MEANS)
+def test_mean_takes_tflm_multiplier(name):
+    """TFLite Micro's MEAN requantizes the sum of (x - z_in) once, with its own multiplier for s_in / (s_out N)
+    (`ir.mean_requant`: 1/N folded into q31(s_in / s_out) in integers). At the large-multiplier fixture's scales
+    (q31(s_in / (s_out N)) >= 1.92e9, TFLM's multiplier below 2^30) and the network's, one requantization by
+    q31(s_in / (s_out N)) would differ from TFLM on some of the test inputs; the reference does not
+    (test_reference_equals_tflite_micro)."""
+    path = FIXTURES / name
+    x = _inputs(load_tflite(path).model)
+    mean, xi, values = _mean_inputs(path, x)
+    n = xi.shape[0] * xi.shape[1]
+    mult, shift = ir.mean_requant(xi, mean.output)
+    m0, e0 = quantize_multiplier(xi.scale / mean.output.scale)
+    k = min(n.bit_length() - 1, 31 + e0)
+    assert (mult, shift) == ((m0 << k) // n, e0 - k)
+    sums = values.astype(np.int64).sum(axis=(1, 2)) - xi.zero_point * n
+    naive_mult, naive_shift = quantize_multiplier(xi.scale / (mean.output.scale * n))
+    naive = np.clip(requantize(sums, naive_mult, naive_shift) + mean.output.zero_point, -128, 127)
+    ours = np.clip(requantize(sums, mult, shift) + mean.output.zero_point, -128, 127)
+    if name == "mean.tflite":  # N = 36, TFLM's multiplier >= 2^30: the two rules agree
+        assert mult >= 2**30 and np.array_equal(naive, ours)
+    else:
+        assert mult < 2**30 and not np.array_equal(naive, ours)
+    if name.startswith("mean_keepdims"):
+        assert naive_mult >= 1.92e9 and mean.output.shape == (1, 1, xi.shape[2])
+
+
+def test_mean_equals_tflm_at_patched_output_scales(tmp_path):
+    """The MEAN-alone fixture with 100 other output scales written into its flatbuffer (1/20 to 3 times the input's,
+    every second one drawn until q31(s_in / (s_out N)) >= 1.92e9): the reference equals TFLite Micro on every
+    output at every scale; one requantization by q31(s_in / (s_out N)) matches at fewer than half of them."""
+    path = FIXTURES / "mean_keepdims_large_multiplier.tflite"
+    data = path.read_bytes()
+    model = load_tflite(path).model
+    xi, out = model.input, model.output
+    n = xi.shape[0] * xi.shape[1]
+    scale_bytes = np.float32(out.scale).tobytes()
+    assert data.count(scale_bytes) == 1
+    rng = np.random.default_rng(3)
+    x = _inputs(model)
+    sums = x.astype(np.int64).sum(axis=(1, 2)) - xi.zero_point * n
+    one_rule = 0
+    for i in range(100):
+        s = np.float32(xi.scale * 10 ** rng.uniform(-1.3, 0.5))
+        while i % 2 and quantize_multiplier(xi.scale / (float(s) * n))[0] < 1.92e9:
+            s = np.float32(xi.scale * 10 ** rng.uniform(-1.3, 0.5))
+        patched = tmp_path / "patched.tflite"
+        patched.write_bytes(data.replace(scale_bytes, s.tobytes()))
+        ref = reference.run_batch(load_tflite(patched).model, x).reshape(len(x), -1)
+        assert np.array_equal(ref, _tflm(patched, x).reshape(len(x), -1)), f"output scale {s}"
+        mult, shift = quantize_multiplier(xi.scale / (float(s) * n))
+        one_rule += np.array_equal(np.clip(requantize(sums, mult, shift) + out.zero_point, -128, 127), ref)
+    assert one_rule < 50, one_rule
+
+
+@pytest.mark.parametrize("name", ["mean_keepdims_large_multiplier.tflite", "net_gap_dense.tflite"])
+def test_generated_c_equals_reference_with_mean(name, kernels, tmp_path):
+    """MEAN's C kernel (kernels/mean_s8) equals the reference, with either kernel set."""
+    model = load_tflite(FIXTURES / name).model
+    x = _inputs(model, 1)
+    assert np.array_equal(run_generated_forward(model, x, tmp_path, kernels), reference.run_batch(model, x))
+
+
+def test_network_with_mean_trains_bit_exact(kernels):
+    """conv -> GlobalAveragePooling2D (MEAN) -> dense from the converter trains both weighted layers for 12 steps in
+    generated C on the host exactly as the reference does: the gradient crosses the MEAN (train/mean_backward_s16)."""
+    model = load_tflite(FIXTURES / "net_gap_dense.tflite").model
+    scheme = parse_update("last-2", model, 1)
+    x = _inputs(model, 2)
+    labels = np.random.default_rng(2).integers(0, model.output.size, size=SAMPLES)
+    result = train_c_vs_reference(model, scheme, TrainConfig(lr=0.05), x, labels, 12, kernels)
+    assert result["steps"] == 12 and result["gradient_values"] > 0
 
 
 def test_imported_network_trains_bit_exact():
@@ -109,6 +192,25 @@ def test_unsupported_model_is_one_sentence(name, word):
     with pytest.raises(ModelError) as exc:
         load_tflite(FIXTURES / name)
     assert word in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unsupported_operator_is_one_sentence(tmp_path):
+    """mean.tflite with its MEAN's operator code rewritten to SUM: refused with one sentence naming the operator, its
+    output tensor and what is supported."""
+    import tflite
+
+    data = bytearray((FIXTURES / "mean.tflite").read_bytes())
+    model = tflite.Model.GetRootAsModel(data, 0)
+    code = next(model.OperatorCodes(i) for i in range(model.OperatorCodesLength())
+                if model.OperatorCodes(i).BuiltinCode() == tflite.BuiltinOperator.MEAN)
+    data[code._tab.Pos + code._tab.Offset(4)] = tflite.BuiltinOperator.SUM  # deprecated_builtin_code, int8
+    at = code._tab.Pos + code._tab.Offset(10)  # builtin_code, int32
+    data[at:at + 4] = np.int32(tflite.BuiltinOperator.SUM).tobytes()
+    (tmp_path / "sum.tflite").write_bytes(data)
+    with pytest.raises(ModelError) as exc:
+        load_tflite(tmp_path / "sum.tflite")
+    assert "operator 1 SUM" in str(exc.value) and "MEAN (over height and width)" in str(exc.value)
+    assert "\n" not in str(exc.value)
 
 
 def _mutants(data: bytes) -> list[bytes]:
@@ -188,3 +290,15 @@ def test_relu6_bound_rounds_as_tflite():
     out = ir.TensorInfo("y", (1,), 12.0, -128)
     assert ir.activation_range("relu6", out, float32=True) == (-128, -127)
     assert ir.activation_range("relu6", out) == (-128, -128)
+
+
+def test_mean_the_validator_refuses_is_one_sentence():
+    """A MEAN whose sum, shifted left by its requantization, could overflow int32 (an output scale 2e7 times below
+    the input's: a left shift of 21), or whose output is not the per-channel mean, is refused with one sentence."""
+    for shape, out_shape, out_scale, word in [((4, 4, 2), (2,), 1e-9, "overflow int32"),
+                                              ((4, 4, 2), (4,), 0.01, "must be [2] or [1, 1, 2]")]:
+        model = ir.Model("m", ir.TensorInfo("x", shape, 0.02, 0),
+                         [ir.Mean("mean", ["x"], ir.TensorInfo("y", out_shape, out_scale, 0))])
+        with pytest.raises(ModelError) as exc:
+            model.validate()
+        assert word in str(exc.value) and "\n" not in str(exc.value)

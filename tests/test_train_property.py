@@ -1,5 +1,5 @@
 """Property tests: one training step pipeline per layer type (conv, depthwise, pointwise, grouped,
-fully connected, residual add, average pool) over random shapes, strides, padding, quantization,
+fully connected, residual add, average pool, TFLite's mean) over random shapes, strides, padding, quantization,
 filter sizes r in {1, 2, 4}, either rounding of the updates and 8, 4 or 0 master bits: the generated C
 equals the reference exactly (losses, every step-1 gradient, every trained parameter after the steps)."""
 
@@ -155,6 +155,27 @@ def test_residual_add_and_avgpool_training_match_reference(h, w, c, pool_k, stri
         return b.build()
 
     _run(make, seed, r, {"stem", "branch", "head"}, 3, kernels)
+
+
+@settings(SETTINGS, max_examples=1)  # CI time: one drawn example a run besides the edge case below
+@given(h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 6), ratio=st.floats(-1.5, 1.5),
+       keep_dims=st.booleans(), r=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+@example(h=1, w=1, c=1, ratio=-0.5, keep_dims=False, r=1, seed=0)  # one pixel, one channel, a left shift
+def test_mean_training_matches_reference(h, w, c, ratio, keep_dims, r, seed, kernels):
+    """TFLite's MEAN (its own output scale, 1/30 to 30 times the input's) between a trained conv and the head: the
+    gradient crosses it (train/mean_backward_s16)."""
+    rng = np.random.default_rng(seed)
+
+    def make():
+        b = ModelBuilder("p", (h, w, 2), 0.02, 0)
+        wt, bt, st_ = _w(rng, (c, 3, 3, 2), 0.02)
+        x = b.conv2d(b.input, wt, bt, st_, 0.04, -3, act="relu", name="stem")
+        x = b.mean(x, 0.04 * 10.0**ratio, 4, keep_dims=keep_dims, name="mean")
+        wt, bt, st_ = _w(rng, (3, c), 0.05)
+        b.fully_connected(x, wt, bt, st_, 0.1, 0, name="head")
+        return b.build()
+
+    _run(make, seed, r, {"stem", "head"}, 3, kernels)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

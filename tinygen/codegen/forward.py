@@ -185,6 +185,13 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         ctx = dict(in_h=h, in_w=w, in_c=c, out_h=out.shape[0], out_w=out.shape[1], kh=layer.kernel[0],
                    kw=layer.kernel[1], stride_h=layer.stride[0], stride_w=layer.stride[1],
                    pad_top=layer.padding[0], pad_left=layer.padding[2], act_min=layer.act_min, act_max=layer.act_max)
+    elif isinstance(layer, ir.Mean):
+        template = "mean_s8"
+        mult, shift = ir.mean_requant(x, out)
+        h, w, c = x.shape
+        ctx = dict(in_hw=h * w, in_c=c, input_offset=-x.zero_point, output_offset=out.zero_point, out_mult=mult,
+                   out_shift=shift, act_min=layer.act_min, act_max=layer.act_max,
+                   requantize=requantize_for(255 * h * w, shift))  # |sum of (x - z_x)| <= 255 H W
     elif isinstance(layer, ir.Reshape):
         return None
     else:

@@ -300,8 +300,22 @@ def _avgpool_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, 
     return ops
 
 
+def _mean_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: str, mask: str) -> list:
+    x = em.model.tensors()[layer.inputs[0]]
+    lay = em.layer(i)
+    mult, shift = ir.mean_requant(x, layer.output)  # the forward's multiplier, in reverse
+    lay.dims.update(in_c=x.shape[-1], in_size=x.size, mult=mult, shift=shift)
+    lay.named.update({"in_size", "mult", "shift"})
+    fn = f"{lay.prefix}_backward_s16"
+    em.render(lay, "mean_backward_s16", fn=fn, comment=desc)
+    ops = [_grad_op(em, t, i, fn, [gy, ey, mask]) for t in want]
+    for op in ops:
+        op["size"] = f"{lay.prefix.upper()}_IN_SIZE"
+    return ops
+
+
 _BACKWARD = ((ir.Conv2D, _conv_backward), (ir.FullyConnected, _conv_backward), (ir.Add, _add_backward),
-             (ir.AvgPool, _avgpool_backward))
+             (ir.AvgPool, _avgpool_backward), (ir.Mean, _mean_backward))
 
 
 def _backward(em: _Emit) -> list:

@@ -21,6 +21,8 @@ How the graph maps onto the IR, and where the numbers come from (TFLite Micro's 
   with the division in float32 and ties away from zero (`ir.activation_range(..., float32=True)`).
 * ADD: TFLite's int8 parameters (`ir.add_requant`); AVERAGE_POOL_2D and MAX_POOL_2D need equal
   input and output quantization (TFLite's int8 kernels do not requantize).
+* MEAN over height and width (axes 1 and 2; a Keras GlobalAveragePooling2D), with or without
+  keep_dims: `ir.Mean`, its own output scale and zero point, TFLite Micro's multiplier (`ir.mean_requant`).
 * RESHAPE and SQUEEZE take the output tensor's static shape (batch dropped); the int32 shape
   arithmetic a dynamic-batch Flatten adds before a RESHAPE (SHAPE, STRIDED_SLICE, PACK, ...) is
   dropped with it.
@@ -28,8 +30,8 @@ How the graph maps onto the IR, and where the numbers come from (TFLite Micro's 
   convolution's padding (the converter's form of asymmetric SAME padding).
 * SOFTMAX as the last op is dropped: the model's output is the logits (training needs them;
   the class is their argmax either way). `TfliteModel.softmax` says whether it was there.
-* Anything else (MEAN, other ops, float or int16 tensors, several subgraphs) is refused with one
-  sentence naming the operator and the tensor.
+* Anything else (other ops, a MEAN over other axes, float or int16 tensors, several subgraphs) is refused
+  with one sentence naming the operator and the tensor.
 """
 
 from __future__ import annotations
@@ -160,8 +162,9 @@ def load_tflite(path: str | Path, name: str | None = None) -> TfliteModel:
                          "is the file truncated or corrupted?") from None
 
 
-SUPPORTED = ("CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, MAX_POOL_2D, RESHAPE, SQUEEZE, "
-             "PAD (folded into a convolution), a final SOFTMAX, QUANTIZE/DEQUANTIZE at the ends")
+SUPPORTED = ("CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN (over height and "
+             "width), RESHAPE, SQUEEZE, PAD (folded into a convolution), a final SOFTMAX, QUANTIZE/DEQUANTIZE at the "
+             "ends")
 
 
 def _ends(f: _File, ops: list, dropped: set[int]) -> tuple[int, int, bool]:
@@ -210,13 +213,11 @@ class _Importer:
                 f.fail(f"{what}: tensor {f.tensor_name(t)!r} is {TYPE_NAMES.get(f.type(t), 'another type')}; "
                        "tinygen imports fully int8-quantized models")
         handler = {"CONV_2D": self.weighted, "DEPTHWISE_CONV_2D": self.weighted, "FULLY_CONNECTED": self.weighted,
-                   "ADD": self.add, "AVERAGE_POOL_2D": self.pool, "MAX_POOL_2D": self.pool, "RESHAPE": self.reshape,
-                   "SQUEEZE": self.reshape, "PAD": self.pad}.get(opname)
+                   "ADD": self.add, "AVERAGE_POOL_2D": self.pool, "MAX_POOL_2D": self.pool, "MEAN": self.mean,
+                   "RESHAPE": self.reshape, "SQUEEZE": self.reshape, "PAD": self.pad}.get(opname)
         if handler is None:
-            hint = (" (GlobalAveragePooling2D); an AveragePooling2D over the whole map converts to AVERAGE_POOL_2D"
-                    if opname == "MEAN" else "")
             f.fail(f"uses operator {k} {opname} (output {f.tensor_name(out) if out >= 0 else '?'!r}), which tinygen "
-                   f"does not import{hint}; supported: {SUPPORTED}")
+                   f"does not import; supported: {SUPPORTED}")
         name = handler(k, opname, op, what, out)
         if name is not None:
             self.names[out] = name
@@ -245,6 +246,19 @@ class _Importer:
         else:
             name = b.maxpool(x, kernel, stride, padding, name=f"maxpool_{k}")
         _clamp(f, b, what, ACTIVATIONS.get(opts.FusedActivationFunction()))
+        return name
+
+    def mean(self, k, opname, op, what, out) -> str:
+        f, b = self.f, self.b
+        x = self.src(int(op.Inputs(0)), what)
+        axes = sorted({int(a) % 4 for a in f.data(int(op.Inputs(1)), np.int32).reshape(-1)})
+        if len(b.shape(x)) != 3 or axes != [1, 2]:
+            f.fail(f"{what} averages axes {axes} of a tensor of shape {[1, *b.shape(x)]}; tinygen imports a MEAN over "
+                   "height and width (axes 1 and 2) of an NHWC tensor")
+        opts = f.options(op, f.tflite.ReducerOptions)
+        name = b.mean(x, *f.activation_quant(out), keep_dims=bool(opts and opts.KeepDims()), name=f"mean_{k}")
+        if (1, *b.shape(name)) != f.shape(out):
+            f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {[1, *b.shape(name)]}")
         return name
 
     def reshape(self, k, opname, op, what, out) -> str:

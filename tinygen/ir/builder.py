@@ -122,6 +122,13 @@ class ModelBuilder:
         h, w, _ = self.shape(x)
         return self.avgpool(x, (h, w), (h, w), name=name or self._name("gap", None))
 
+    def mean(self, x, out_scale, out_zero_point, keep_dims=False, name=None) -> str:
+        """TFLite's MEAN over height and width, to (C,) or with `keep_dims` (1, 1, C), requantized to the output."""
+        c = self.shape(x)[-1]
+        name = self._name("mean", name)
+        out = ir.TensorInfo(name, (1, 1, c) if keep_dims else (c,), float(out_scale), int(out_zero_point))
+        return self._add(ir.Mean(name, [x], out))
+
     def reshape(self, x, shape, name=None) -> str:
         name = self._name("reshape", name)
         src = self.info(x)

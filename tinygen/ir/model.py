@@ -192,11 +192,21 @@ class MaxPool(Pool):
 
 
 @dataclass
+class Mean(Layer):
+    """TFLite's MEAN over height and width (what the converter emits for a Keras GlobalAveragePooling2D): an
+    (H, W, C) input to (C,) or (1, 1, C), requantized to the output's own scale and zero point (`mean_requant`)."""
+
+    act_min: int = -128
+    act_max: int = 127
+    op = "mean"
+
+
+@dataclass
 class Reshape(Layer):
     op = "reshape"
 
 
-LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Reshape)}
+LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Mean, Reshape)}
 
 
 MAX_DIM = 1 << 15  # any shape, kernel, stride, padding or dilation value
@@ -261,7 +271,7 @@ class Model:
                 total += layer_macs(layer)
             elif isinstance(layer, Pool):
                 total += layer.output.size * layer.kernel[0] * layer.kernel[1]
-            elif isinstance(layer, Add):
+            elif isinstance(layer, (Add, Mean)):
                 total += tensors[layer.inputs[0]].size
         return total
 
@@ -435,6 +445,19 @@ def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
         _need(out.scale == x.scale and out.zero_point == x.zero_point,
               f"{where}: pooling keeps the input's scale and zero point; requantize in a neighbouring layer")
         _check_act(layer, where)
+    elif isinstance(layer, Mean):
+        _need(len(ins) == 1 and len(ins[0].shape) == 3, f"{where}: mean takes one (H, W, C) input")
+        h, w, c = ins[0].shape
+        _need(tuple(out.shape) in ((c,), (1, 1, c)),
+              f"{where}: output shape {list(out.shape)} must be [{c}] or [1, 1, {c}] (the mean over height and width)")
+        _check_act(layer, where)
+        try:
+            _, shift = mean_requant(ins[0], out)
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}; check the input and output scales") from None
+        _need(h * w * 255 << max(shift, 0) < 2**31,
+              f"{where}: the sum of {h * w} inputs, shifted left by {max(shift, 0)}, can overflow int32; use a "
+              "smaller map or a smaller ratio of input to output scale")
     elif isinstance(layer, Reshape):
         _need(len(ins) == 1 and ins[0].size == out.size,
               f"{where}: reshape must keep the element count ({ins[0].size} -> {out.size})")
@@ -458,6 +481,17 @@ def conv_requant(layer: Conv2D | FullyConnected, x: TensorInfo) -> tuple[np.ndar
     eff = product / float(layer.output.scale)
     pairs = [quantize_multiplier(float(e)) for e in eff]
     return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64))
+
+
+def mean_requant(x: TensorInfo, out: TensorInfo) -> tuple[int, int]:
+    """(multiplier, shift) of a MEAN as TFLite Micro derives them (reference_ops::QuantizedMeanOrSum): `(m, e)` of
+    `s_x / s_y` in double (`quantize_multiplier`), then the division by the N = H W pixels folded into the
+    multiplier in integers: `k = min(floor(log2 N), 32, 31 + e)`, `m' = floor(m 2^k / N)`, shift `e - k`. `m'` may
+    lie below 2^30 (fewer significant bits than `quantize_multiplier(s_x / (s_y N))`): that is TFLite's number."""
+    n = int(x.shape[0]) * int(x.shape[1])
+    m, e = quantize_multiplier(float(x.scale) / float(out.scale))
+    k = min(n.bit_length() - 1, 32, 31 + e)
+    return (m << k) // n, e - k
 
 
 ADD_LEFT_SHIFT = 20

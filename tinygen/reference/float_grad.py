@@ -56,6 +56,8 @@ def float_backward(trainer: Trainer, x: np.ndarray, label: int) -> dict[str, np.
                 contrib[t] = gy
         elif isinstance(layer, ir.AvgPool):
             contrib[layer.inputs[0]] = _avgpool_back(layer, tensors, gy)
+        elif isinstance(layer, ir.Mean):
+            contrib[layer.inputs[0]] = _mean_back(layer, tensors, gy)
         else:
             w_real = trainer.layer_params(layer).weight.astype(np.float64) * _channel_scale(layer)
             dx, dw, db = _weighted_back(layer, w_real, real(layer.inputs[0]), gy)
@@ -85,6 +87,12 @@ def _avgpool_back(layer, tensors, gy):
             count = (ys.stop - ys.start) * (xs.stop - xs.start)
             dx[ys, xs] += gy[oy, ox] / count
     return dx
+
+
+def _mean_back(layer, tensors, gy):
+    """The mean's gradient divided by the H W pixels it averages, on every pixel of its channel."""
+    h, w, c = tensors[layer.inputs[0]].shape
+    return np.broadcast_to(gy.reshape(c) / (h * w), (h, w, c))
 
 
 def _channel_scale(layer) -> np.ndarray:
@@ -269,6 +277,8 @@ class FloatTrainer:
                 pre = self._add(layer, xs) if self.fake_quant else xs[0] + xs[1]
             elif isinstance(layer, ir.AvgPool):
                 pre = self._avgpool(layer, xs[0])
+            elif isinstance(layer, ir.Mean):  # fake_quant: rounded to the output's grid by _activation
+                pre = xs[0].mean(axis=(0, 1)).reshape(layer.output.shape)
             elif isinstance(layer, ir.MaxPool):
                 oh, ow = layer.output.shape[:2]
                 pre = im2col(xs[0], layer.kernel[0], layer.kernel[1], layer.stride, layer.padding[0],
@@ -305,6 +315,8 @@ class FloatTrainer:
                 contrib = {t: gy for t in layer.inputs}
             elif isinstance(layer, ir.AvgPool):
                 contrib[layer.inputs[0]] = _avgpool_back(layer, self.tensors, gy)
+            elif isinstance(layer, ir.Mean):
+                contrib[layer.inputs[0]] = _mean_back(layer, self.tensors, gy)
             else:
                 dx, dw, db = _weighted_back(layer, self._weight(layer.name), vals[layer.inputs[0]], gy)
                 contrib[layer.inputs[0]] = dx

@@ -109,6 +109,16 @@ def maxpool_s8(x, kernel, stride, pad_top, pad_left, out_h, out_w, act_min=-128,
     return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
 
 
+def mean_s8(x, input_offset, output_offset, mult, shift, act_min=-128, act_max=127, clamp=True):
+    """TFLite's int8 MEAN over height and width (reference_ops::QuantizedMeanOrSum): per channel the int32 sum
+    of (x + input_offset) over the H W pixels, one requantization by (mult, shift) (`ir.mean_requant`), plus
+    output_offset, clamped: (H, W, C) -> (C,)."""
+    h, w, _ = x.shape
+    total = x.astype(np.int64).sum(axis=(0, 1)) + input_offset * h * w
+    y = requantize(total, mult, shift) + output_offset
+    return saturate(y, act_min, act_max).astype(np.int8) if clamp else y
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -136,6 +146,10 @@ def run_layer(layer: ir.Layer, ins: list[np.ndarray], tensors: dict[str, ir.Tens
         fn = avgpool_s8 if isinstance(layer, ir.AvgPool) else maxpool_s8
         return fn(ins[0], layer.kernel, layer.stride, layer.padding[0], layer.padding[2],
                   out.shape[0], out.shape[1], layer.act_min, layer.act_max, clamp)
+    if isinstance(layer, ir.Mean):
+        mult, shift = ir.mean_requant(xi, out)
+        return mean_s8(ins[0], -xi.zero_point, out.zero_point, mult, shift, layer.act_min, layer.act_max,
+                       clamp).reshape(out.shape)
     if isinstance(layer, ir.Reshape):
         return ins[0].reshape(out.shape)
     raise TypeError(layer.op)

@@ -335,6 +335,8 @@ class Trainer:
                 yield t, Grad(g, e)
         elif isinstance(layer, ir.AvgPool):
             yield from ((t, self._avgpool_backward(layer, gy)) for t in want)
+        elif isinstance(layer, ir.Mean):
+            yield from ((t, self._mean_backward(layer, gy)) for t in want)
         elif isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
             yield from self._weighted_backward(layer, values, gy, want, lr_shift, record)
         else:
@@ -351,6 +353,14 @@ class Trainer:
                               layer.kernel, layer.stride, (pt, pl), (1, 1))
         g, e = normalize16(dx, gy.e - 15)
         return Grad(g, e)
+
+    def _mean_backward(self, layer: ir.Mean, gy: Grad) -> Grad:
+        """Every pixel gets its channel's gradient times the forward's multiplier (`ir.mean_requant`, s_x / (s_y N)):
+        requantization in reverse, as for a conv."""
+        x = self.tensors[layer.inputs[0]]
+        m, s = ir.mean_requant(x, layer.output)
+        g, e = normalize16(mul_q31(gy.g.reshape(-1), m, s + 16), gy.e - 16)
+        return Grad(np.broadcast_to(g, x.shape).copy(), e)
 
     def _weighted_backward(self, layer, values, gy: Grad, want, lr_shift, record):
         x_info = self.tensors[layer.inputs[0]]

@@ -62,7 +62,7 @@ def channel_groups(model: ir.Model) -> _Groups:
                 g.union(ins[0], out)
             else:  # a channel multiplier or groups: channel positions are tied to the grouping
                 g.pin(ins[0], out)
-        elif isinstance(layer, (ir.Add, ir.Pool)):
+        elif isinstance(layer, (ir.Add, ir.Pool, ir.Mean)):  # channel c of the output is channel c of the input
             g.union(*ins, out)
         elif isinstance(layer, ir.Reshape):
             x = tensors[ins[0]]
