@@ -36,6 +36,7 @@ from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
+from tinygen.verify.compare import expect_training
 from tinygen.verify.profile import format_profile, run_profile
 from tinygen.verify.runner import KERNEL_IMPLS, Progress
 from tinygen.verify.sim import format_report, simulate
@@ -264,7 +265,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
-                                      checkpoint_every=checkpoint_every, dataset=dataset))
+                                      checkpoint_every=checkpoint_every, dataset=dataset), expect_training)
 
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
