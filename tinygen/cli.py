@@ -629,7 +629,7 @@ def sim(build_dir, emulator, timeout, profile, as_json):
     if as_json:
         _emit_json("sim", {
             "build_dir": str(build_dir), "bit_exact": True, "emulator": r.emulator, "machine": r.machine,
-            "board": r.board, "clock_hz": r.clock_hz, "counter": "instructions" if r.counter == "instr" else "cycles",
+            "board": r.board, "clock_hz": r.clock_hz, "counter": r.unit,
             "samples_source": r.samples_source,
             "samples": [{"index": s["index"], "label": s["label"], "count": s["count"]} for s in r.run.samples],
             "steps": [{"index": s["index"], "sample": s["sample"], "label": s["label"], "loss_q16": s["loss"],
