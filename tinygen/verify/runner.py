@@ -482,6 +482,10 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
         if not elf.is_file():
             raise BuildError(f"{elf} does not exist: the firmware was not compiled; run `make -C {fw} firmware`")
         check_elf(elf, f"run `make -C {fw} firmware` or rebuild")
+        repl = renode_files(board.name)["repl"]
+        if not (fw / repl).is_file():
+            raise TinygenError(f"{fw} has no {repl} (it was built by an older tinygen, for another Renode setup); "
+                               "rebuild it with tinygen build")
         machine = f"Renode {board.renode['platform']}"
         r = run_renode(build_dir, board.name, timeout, progress)
         if r.status is None and (r.renode_status is not None or _RENODE_ERROR in r.output):

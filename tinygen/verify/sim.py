@@ -155,7 +155,7 @@ def format_report(r: SimResult) -> str:
     st = r.run.stack
     how, est_note = _counted(r)
     counted = (f"{min(counts):,}..{max(counts):,} {unit} per inference, {how}; " if measured else
-               f"no {unit} counted (the counter read 0 throughout: rebuild for a .repl with a DWT); ")
+               f"no {unit} counted (the counter read 0 throughout: the platform models no DWT); ")
     lines.append("")
     lines.append(f"sim: {r.machine} (for {r.board}): {len(counts)} of {len(counts)} samples ({r.samples_source}) "
                  f"bit-exact with the reference"
