@@ -428,7 +428,7 @@ def run_renode(build_dir: Path, board_name: str, timeout: float = 120.0, progres
         with open(log_file, "wb") as log:
             proc = subprocess.Popen([RENODE, *RENODE_ARGS], cwd=tmp, stdin=subprocess.PIPE, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        uart, status, shown = "", None, 0
+        status, shown = None, 0
         try:
             proc.stdin.write(f"include {_monitor_path(resc)}\n{board.renode['uart']} CreateFileBackend "
                              f"{_monitor_path(uart_file)} true\nstart\n".encode())
@@ -445,9 +445,10 @@ def run_renode(build_dir: Path, board_name: str, timeout: float = 120.0, progres
                     break
                 time.sleep(0.1)
         finally:
-            renode_status = proc.poll()
+            seconds, renode_status = time.monotonic() - t0, proc.poll()
             _stop_renode(proc)
-        return RenodeRun(uart, status, time.monotonic() - t0, log_file.read_text(errors="replace"), renode_status)
+        uart = uart_file.read_text(errors="replace") if uart_file.is_file() else ""
+        return RenodeRun(uart, status, seconds, log_file.read_text(errors="replace"), renode_status)
 
 
 def _stop_renode(proc: subprocess.Popen) -> None:
