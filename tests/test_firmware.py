@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,12 @@ from tinygen.errors import BuildError, MismatchError, TinygenError
 from tinygen.frontends import datasets
 from tinygen.frontends.inputs import quantize
 from tinygen.ir.builder import ModelBuilder
+from tinygen.ir.scheme import TrainConfig, parse_update
+from tinygen.reference.training import Trainer
 from tinygen.targets.armbuild import LinkOverflowError, elf_problem
 from tinygen.targets.boards import Region, RegWrite, load_board, load_board_file
 from tinygen.verify import sim
+from tinygen.verify.compare import expect_training
 
 HAVE_GCC = shutil.which("arm-none-eabi-gcc") is not None
 HAVE_QEMU = shutil.which("qemu-system-arm") is not None
@@ -95,8 +99,8 @@ def test_project_layout_and_manifest(builds):
     for name, build in builds.items():
         fw = build / "firmware"
         for f in ("main.c", "tg_board.h", "tg_dataset.c", "tg_dataset.h", "samples.npz", "link_qemu.ld",
-                  f"link_{name}.ld", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", f"{name}.resc",
-                  f"{name}.robot", "runtime/tg_startup.c", "runtime/tg_runtime.h"):
+                  f"link_{name}.ld", "Makefile", "CMakeLists.txt", "arm-none-eabi.cmake", f"{name}.repl",
+                  f"{name}.resc", f"{name}.robot", "runtime/tg_startup.c", "runtime/tg_runtime.h"):
             assert (fw / f).is_file(), f
         m = manifest(build)["firmware"]
         assert m["qemu"]["machine"] == load_board(name).qemu["machine"]
@@ -344,66 +348,156 @@ def test_cli_build_then_sim(tmp_path):
 
 # ---- Renode ---------------------------------------------------------------------------------------------------------
 
+RENODE_MISSING = ("renode and renode-test (Renode 1.15.3 or newer, https://renode.io) and arm-none-eabi-gcc must be "
+                  "on PATH; Renode is in no package registry here, so CI simulates with QEMU")
+needs_renode = pytest.mark.skipif(not (HAVE_RENODE and HAVE_RENODE_TEST and HAVE_GCC), reason=RENODE_MISSING)
+
+
 def test_renode_files_name_the_right_platform_and_uart(builds):
     for name, build in builds.items():
         board = load_board(name)
         fw = build / "firmware"
+        repl = (fw / f"{name}.repl").read_text()
+        assert f'using "{board.renode["platform"]}"' in repl and "Python.PythonPeripheral @ sysbus 0xE0001000" in repl
+        assert not re.search(r"^\s*ApplySVD", repl, re.M)  # offline
+        assert all(ln in repl for ln in board.renode["sysbus_init"] or ())
         resc = (fw / f"{name}.resc").read_text()
-        assert f"machine LoadPlatformDescription @{board.renode['platform']}" in resc
+        assert f"machine LoadPlatformDescription $ORIGIN/{name}.repl" in resc
         assert "mach create $name" in resc and "sysbus LoadELF $elf" in resc
         assert f"$elf?=$ORIGIN/build/tinygen-{name}.elf" in resc
-        assert f"{board.renode['uart']} CreateFileBackend $uart_log true" in resc
-        assert resc.rstrip().endswith("start")
+        assert f"\nshowAnalyzer {board.renode['uart']}\n" in resc
+        # the .robot includes it, attaches its tester, then starts; a file backend would stop renode-test's snapshots
+        assert "\nstart" not in resc and not re.search(r"^[^#].*CreateFileBackend", resc, re.M)
         robot = (fw / f"{name}.robot").read_text()
         assert f"${{UART}}                         {board.renode['uart']}" in robot
-        assert "Create Terminal Tester      ${UART}" in robot
-        assert "Wait For Line On Uart       TG done samples=" in robot and "mismatches=0" in robot
-        assert re.search(r"TG sample 0 label=-?\d+ crc=0x[0-9a-f]{8}", robot)
+        assert f"Execute Script              ${{CURDIR}}/{name}.resc" in robot
+        assert "Register Failing Uart String" not in robot  # Renode 1.16 and newer only
+        assert re.search(r"Next TG Line Starts With    TG sample 0 label=-?\d+ crc=0x[0-9a-f]{8}\$\{SPACE\}", robot)
+        assert "Next TG Line Starts With    TG done samples=8 mismatches=0${SPACE}" in robot
     uarts = {n: load_board(n).renode["uart"] for n in BOARDS}
     assert uarts == {"stm32f746": "sysbus.usart1", "nrf52840": "sysbus.uart0", "stm32h743": "sysbus.usart3"}
 
 
 def test_sim_renode_without_renode_is_one_sentence(builds):
     if HAVE_RENODE:
-        pytest.skip("renode is on PATH (see test_sim_renode)")
+        pytest.skip("renode is on PATH (see test_sim_renode_counts_instructions_as_qemu_does)")
     code, out, err = run("sim", builds["stm32f746"], "--emulator", "renode")
     assert code != 0 and "renode is not on PATH" in one_sentence(err)
+
+
+def _fake_renode(tmp_path, monkeypatch, script: str) -> None:
+    """A `renode` on PATH that runs `script` (sh) with $uart set to the file the monitor's second command
+    (`<uart> CreateFileBackend @PATH true`) names, then serves the monitor until `quit`."""
+    fake = tmp_path / "bin" / "renode"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nread include\nread backend\nset -- $backend\nuart=${3#@}\n' + script +
+                    '\nwhile read cmd; do [ "$cmd" = quit ] && exit 0; done\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
 
 
 @needs_qemu
 def test_sim_renode_plumbing_with_a_stand_in(builds, tmp_path, monkeypatch):
     """`sim --emulator renode` with a fake `renode` on PATH that never exits by itself and writes the UART
-    file backend the .resc asks for (here from the QEMU image): sim must read it, stop it and compare."""
-    fake = tmp_path / "bin" / "renode"
-    fake.parent.mkdir()
-    qemu = " ".join(firmware.qemu_args(load_board("stm32f746")))
-    fake.write_text("#!/bin/sh\n"
-                    f"qemu-system-arm {qemu} -kernel build/{firmware.QEMU_ELF} > renode_uart.log 2>&1\n"
-                    "exec sleep 60\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    file backend the monitor names (here from the QEMU image): sim must read it, stop it and compare."""
     build = tmp_path / "b"
     shutil.copytree(builds["stm32f746"], build)
+    qemu = " ".join(firmware.qemu_args(load_board("stm32f746")))
+    elf = build / "firmware" / "build" / firmware.QEMU_ELF
+    _fake_renode(tmp_path, monkeypatch, f'qemu-system-arm {qemu} -kernel "{elf}" > "$uart" 2>&1')
     r = sim.simulate(build, emulator="renode", timeout=30)
     assert r.machine.startswith("Renode") and len(r.run.samples) == 8 and r.run.exit_status == 0
-    assert r.seconds < 20  # stopped at "TG exit", not at the fake's sleep
+    assert r.seconds < 20  # stopped at "TG exit", not at the timeout
 
 
-@pytest.mark.skipif(not (HAVE_RENODE and HAVE_GCC), reason="renode (https://renode.io) is not on PATH; the "
-                    "project's CI simulates with QEMU")
+@needs_gcc
+def test_a_renode_that_exits_early_is_reported_as_such(builds, tmp_path, monkeypatch):
+    _fake_renode(tmp_path, monkeypatch, 'echo "Unhandled exception: the platform could not load"; exit 7')
+    with pytest.raises(BuildError, match="Renode stopped before the firmware finished: it exited with status 7 "
+                                         r"\(Renode's output: .*the platform could not load"):
+        sim.simulate(builds["nrf52840"], emulator="renode", timeout=30)
+
+
+def test_a_counter_that_read_zero_is_not_reported_as_a_measurement():
+    """A platform without a DWT (a .repl edited to drop the stand-in): CYCCNT reads 0, and the report must not
+    print 0s as counts."""
+    run = sim.parse_output("TG start model=m board=stm32f746 target=stm32f746 samples=1 counter=cycles\n"
+                           "TG sample 0 label=1 crc=0x00000000 cycles=0 ok=1\nTG step 0 sample=0 label=1 loss=5 "
+                           "cycles=0\nTG step 1 sample=0 label=1 loss=4 cycles=0\nTG done samples=1 mismatches=0\n")
+    r = sim.SimResult("renode", "Renode x", "stm32f746", 216_000_000, "cycles", run, "s", 1.0)
+    text = sim.format_report(r)
+    assert "no instructions counted (the counter read 0 throughout" in text and "0..0" not in text
+    assert not re.search(r"\s0\s+0(\.0)?\s*$", text, re.M)  # no count column of zeros
+    r.run.samples[0]["count"] = 151_148
+    assert "151,148..151,148 instructions per inference, counted by the DWT stand-in" in sim.format_report(r)
+
+
+@pytest.fixture(scope="module")
+def training_builds(tmp_path_factory):
+    """`tinygen build --model digits-cnn` (it trains) for each board: the user's path to a .robot."""
+    root = tmp_path_factory.mktemp("renode")
+    for board in BOARDS:
+        code, out, err = run("build", "--board", board, "--model", "digits-cnn", "--out", root / board)
+        assert code == 0, err
+    return {board: root / board for board in BOARDS}
+
+
+def _renode_test(robot: Path, results: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """renode-test on `robot`, in a temporary folder that takes everything it writes."""
+    results.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    r = subprocess.run(["renode-test", "-r", str(results), str(robot)], cwd=results, capture_output=True, text=True,
+                       timeout=600)
+    return r, time.monotonic() - t0
+
+
+@needs_renode
 @pytest.mark.parametrize("board", BOARDS)
-def test_sim_renode(builds, board):
-    code, out, err = run("sim", builds[board], "--emulator", "renode", "--timeout", "300")
+def test_renode_robot(training_builds, board, tmp_path):
+    before = sorted(p.name for p in (training_builds[board] / "firmware").iterdir())
+    r, _ = _renode_test(training_builds[board] / "firmware" / f"{board}.robot", tmp_path / "results")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert sorted(p.name for p in (training_builds[board] / "firmware").iterdir()) == before
+
+
+@needs_renode
+def test_renode_robot_fails_at_once_on_a_wrong_loss(model, tmp_path):
+    """A firmware that reports step 2's loss one too high (-DTG_TEST_WRONG_LOSS=2): the .robot fails at that line,
+    not at its timeout; `sim` names the step."""
+    trainer = Trainer(model, parse_update("last-2", model), TrainConfig())
+    out = tmp_path / "wrong"
+    write_project(model, load_board("stm32f746"), out, trainer,
+                  FirmwareOptions(samples=2, train=True, train_steps=4, extra_cflags=("-DTG_TEST_WRONG_LOSS=2",)),
+                  expect_training)
+    r, seconds = _renode_test(out / "firmware" / "stm32f746.robot", tmp_path / "results")
+    test_seconds = re.search(r"Finished test '.*' in ([\d.]+) seconds", r.stdout)
+    assert r.returncode != 0 and test_seconds, r.stdout[-3000:]
+    assert float(test_seconds.group(1)) < 10, f"{seconds:.1f} s with Renode's start: {r.stdout[-3000:]}"
+    assert "TG step 2 sample=0 label=" in r.stdout and "does not start with" in r.stdout
+    with pytest.raises(MismatchError, match="training step 2"):
+        sim.simulate(out, emulator="renode", timeout=60)
+
+
+@needs_renode
+@pytest.mark.parametrize("board", BOARDS)
+def test_sim_renode_counts_instructions_as_qemu_does(training_builds, board):
+    code, out, err = run("sim", training_builds[board], "--emulator", "renode", "--timeout", "300")
     assert code == 0, err
+    assert "counted by the DWT stand-in" in out
+    renode = sim.simulate(training_builds[board], emulator="renode", timeout=300)
+    qemu = sim.simulate(training_builds[board], timeout=300)
+    for kind in ("samples", "steps"):
+        got, want = ([s["count"] for s in getattr(r.run, kind)] for r in (renode, qemu))
+        assert len(got) == len(want) > 0 and all(abs(g - w) <= 0.01 * w for g, w in zip(got, want, strict=True)), kind
 
 
-@pytest.mark.skipif(not (HAVE_RENODE_TEST and HAVE_GCC), reason="renode-test (Renode's Robot runner) is not on "
-                    "PATH; the project's CI simulates with QEMU")
-@pytest.mark.parametrize("board", BOARDS)
-def test_renode_robot(builds, board):
-    robot = builds[board] / "firmware" / f"{board}.robot"
-    r = subprocess.run(["renode-test", str(robot)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:]
+@needs_renode
+def test_two_renode_sims_at_once(training_builds):
+    """No telnet port, no shared file: two Renode runs of one build directory at the same time both pass."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(lambda _: sim.simulate(training_builds["nrf52840"], emulator="renode", timeout=300),
+                             range(2)))
+    assert all(r.run.exit_status == 0 and len(r.run.steps) == 20 for r in runs)
 
 
 def test_unknown_console_kind_is_one_sentence():
@@ -500,6 +594,10 @@ BAD_BOARDS = [
     (lambda d: d["console"].update(kind="spi-lcd"), "console.kind 'spi-lcd' has no driver"),
     (lambda d: d["early_init"].append({"reg": "0x58024400"}), r"early_init\[0\].set is missing"),
     (lambda d: d["renode"].pop("uart"), "renode.uart is missing"),
+    (lambda d: d["renode"].update(version="1.15"), "renode.version must be a Renode release"),
+    (lambda d: d["renode"].update(sysbus_init=["Tag <0x0, 0x3> \"x\"\nApplySVD @https://x"]),
+     "renode.sysbus_init must be a list of one-line strings"),
+    (lambda d: d["renode"].update(platform="platforms/cpus/x.repl\nstart"), "renode.platform must be a .repl path"),
     (lambda d: d.pop("clock_hz"), "clock_hz is missing"),
     (lambda d: d.update(opt_flags=["-O3", "-o/tmp/x"]), "opt_flags holds '-o/tmp/x', which is not an optimisation"),
     (lambda d: d.update(opt_flags=[]), "opt_flags must be a non-empty list of strings"),

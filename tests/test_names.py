@@ -12,7 +12,7 @@ from models_for_tests import small_model
 
 from tinygen.cli import main
 from tinygen.frontends import modelfile
-from tinygen.ir.names import c_comment, c_ident, c_string
+from tinygen.ir.names import c_comment, c_ident, c_string, robot_arg
 
 INJECT_STRING = 'x"\nstatic const int tg_injected_global = 1;\n#define TG_DUMMY "'
 INJECT_COMMENT = "conv */ int tg_injected_comment = 2; /* x"
@@ -36,6 +36,8 @@ def test_strings_and_comments_are_escaped():
     assert c_string('a"b\\c?\n') == r'"a\"b\\c\?\012"'
     assert "*/" not in c_comment("a */ b") and "\n" not in c_comment("a\nb")
     assert "/*" not in c_comment("a /* b") and "*/" not in c_comment("a **// b")
+    assert robot_arg("a  b ${x} #1\\n ") == r"a${SPACE}${SPACE}b \x24{x} \x231\x5cn${SPACE}"
+    assert "\n" not in robot_arg(INJECT_STRING) and robot_arg("é") == r"\xc3\xa9"  # UTF-8 bytes, as printed
 
 
 @pytest.fixture()
@@ -67,7 +69,7 @@ def test_injection_names_build_and_verify_as_data(injected_model, tmp_path, trai
         for marker in ("tg_injected_global", "tg_injected_comment", "tg_injected_line", "TG_DUMMY"):
             assert not re.search(rf"\b{marker}\b", code), f"{p.name}: {marker} is live code"
     build_files = [q for q in out.rglob("*") if q.name in ("Makefile", "CMakeLists.txt")
-                   or q.suffix in (".cmake", ".ld", ".resc", ".robot")]
+                   or q.suffix in (".cmake", ".ld", ".repl", ".resc", ".robot")]
     assert build_files
     for p in build_files:  # no line of a name becomes a line of a build file
         assert "tg_injected_global = 1;\n" not in p.read_text(), p

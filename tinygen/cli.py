@@ -36,6 +36,7 @@ from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
+from tinygen.verify.compare import expect_training
 from tinygen.verify.profile import format_profile, run_profile
 from tinygen.verify.runner import KERNEL_IMPLS, Progress
 from tinygen.verify.sim import format_report, simulate
@@ -264,7 +265,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
-                                      checkpoint_every=checkpoint_every, dataset=dataset))
+                                      checkpoint_every=checkpoint_every, dataset=dataset), expect_training)
 
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
@@ -628,7 +629,7 @@ def sim(build_dir, emulator, timeout, profile, as_json):
     if as_json:
         _emit_json("sim", {
             "build_dir": str(build_dir), "bit_exact": True, "emulator": r.emulator, "machine": r.machine,
-            "board": r.board, "clock_hz": r.clock_hz, "counter": "instructions" if r.counter == "instr" else "cycles",
+            "board": r.board, "clock_hz": r.clock_hz, "counter": r.unit,
             "samples_source": r.samples_source,
             "samples": [{"index": s["index"], "label": s["label"], "count": s["count"]} for s in r.run.samples],
             "steps": [{"index": s["index"], "sample": s["sample"], "label": s["label"], "loss_q16": s["loss"],

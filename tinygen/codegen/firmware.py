@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ GUARD_BYTES = 256  # MPU region 0 below the stack (power of two >= 32, >= the 10
 DEFAULT_STACK_BYTES = 8192
 DEFAULT_SAMPLES = 8
 DEFAULT_TRAIN_STEPS = 20  # training builds: SGD steps the harness runs, cycling through the embedded samples
+RENODE_LINE_TIMEOUT = 120  # .robot: virtual seconds Renode may take from one TG line to the next
 SAMPLES_FLASH_BUDGET = 64 * 1024  # auto sample count: at most this many bytes of embedded inputs (at least one)
 
 
@@ -293,9 +295,12 @@ def _render_link(env, layout: Layout, filename: str, stack_bytes: int, arena_byt
         bank_regions=layout.bank_regions, stack_bytes=stack_bytes, guard_bytes=GUARD_BYTES, arena_bytes=arena_bytes)
 
 
-def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
-                   options: FirmwareOptions | None = None) -> dict:
-    """Write DIR/firmware and, when the toolchain is present, build both ELFs. Returns the manifest section."""
+def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, options: FirmwareOptions | None = None,
+                   expect: Callable | None = None) -> dict:
+    """Write DIR/firmware and, when the toolchain is present, build both ELFs. Returns the manifest section.
+    `expect(x, labels, order)`: the reference's `TrainingExpectation` for training steps on the embedded samples
+    in that order, whose losses and checksum the .robot of a training firmware holds (without it, that .robot
+    fails at once saying so)."""
     opts = options or FirmwareOptions()
     n_samples = opts.samples
     if n_samples is None:
@@ -365,14 +370,9 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
     (fw / "arm-none-eabi.cmake").write_text(env.get_template("firmware/arm-none-eabi.cmake.j2").render())
 
     # Renode
-    resc, robot = f"{board.name}.resc", f"{board.name}.robot"
-    crcs = [f"0x{zlib.crc32(e.astype(np.int8).tobytes()):08x}" for e in expected]
-    renode_ctx = dict(model_name=model.name, board_name=board.name, hw_elf=hw_elf,
-                      platform=board.renode["platform"], uart=board.renode["uart"], resc_name=resc, robot_name=robot,
-                      checked=board.renode["checked"], n_samples=n,
-                      labels=[int(v) for v in labels], crcs=crcs, train=opts.train, timeout=120)
-    (fw / resc).write_text(env.get_template("firmware/renode.resc.j2").render(**renode_ctx))
-    (fw / robot).write_text(env.get_template("firmware/renode.robot.j2").render(**renode_ctx))
+    training = expect(x, labels, [s % n for s in range(opts.train_steps)]) if opts.train and expect else None
+    write_renode_files(fw, model.name, board, [f"0x{zlib.crc32(e.astype(np.int8).tobytes()):08x}" for e in expected],
+                       [int(v) for v in labels], training, opts)
 
     info = {
         "dir": FW_DIR,
@@ -387,8 +387,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
         "extra_cflags": list(opts.extra_cflags),
         "qemu": {"machine": board.qemu["machine"], "cpu": board.qemu["cpu"], "elf": f"{FW_DIR}/build/{QEMU_ELF}",
                  "linker_script": f"{FW_DIR}/{qemu_ld}", "args": qemu_args(board)},
-        "hw": {"elf": f"{FW_DIR}/build/{hw_elf}", "linker_script": f"{FW_DIR}/{hw_ld}", "resc": f"{FW_DIR}/{resc}",
-               "robot": f"{FW_DIR}/{robot}"},
+        "hw": {"elf": f"{FW_DIR}/build/{hw_elf}", "linker_script": f"{FW_DIR}/{hw_ld}",
+               **{k: f"{FW_DIR}/{v}" for k, v in renode_files(board.name).items()}},
         "compiled": False,
     }
     if opts.compile and armbuild.toolchain() is not None:
@@ -401,6 +401,52 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict,
         info["qemu"]["sizes"] = armbuild.elf_sizes(fw / "build" / QEMU_ELF)
         info["hw"]["sizes"] = armbuild.elf_sizes(fw / "build" / hw_elf)
     return info
+
+
+# ---- Renode ------------------------------------------------------------------------------------------------------
+
+def renode_files(board_name: str) -> dict[str, str]:
+    """The Renode files of a board's firmware project (in DIR/firmware): platform, script, Robot suite."""
+    return {kind: f"{board_name}.{kind}" for kind in ("repl", "resc", "robot")}
+
+
+def robot_lines(model_name: str, board: Board, labels: list[int], crcs: list[str], training, opts: FirmwareOptions,
+                ) -> list[str]:
+    """Every `TG` line the real-board image prints, in order, as the start the .robot requires of it (the counts
+    that follow vary): each sample's CRC, each step's loss, the learning-rate guard's halvings, the checkpoints
+    saved and the trained parameters' checksum, as the reference `training` has them (templates/firmware/main.c.j2).
+    """
+    n = len(labels)
+    lines = [f"TG start model={model_name} board={board.name} "]
+    lines += [f"TG sample {i} label={labels[i]} crc={crcs[i]} " for i in range(n)]
+    if opts.train:
+        halved, seq = set(training.lr_halvings or ()), 0
+        for s, loss in enumerate(training.losses):
+            lines.append(f"TG step {s} sample={s % n} label={labels[s % n]} loss={loss} ")
+            if s in halved:
+                lines.append(f"TG lr halved step={s} ")
+            if opts.checkpoint_every and (s + 1) % opts.checkpoint_every == 0:
+                seq += 1
+                lines.append(f"TG checkpoint step={s + 1} seq={seq} slot={seq % 2}")
+        lines.append(f"TG params checksum=0x{training.checksum:08x}")
+    return lines + ["TG stack used=", f"TG done samples={n} mismatches=0 ", "TG exit 0"]
+
+
+def write_renode_files(fw: Path, model_name: str, board: Board, crcs: list[str], labels: list[int], training,
+                       opts: FirmwareOptions) -> None:
+    """DIR/firmware/<board>.repl, .resc and .robot, for the board file's Renode version and newer, offline; the
+    .robot fails at the first line that differs from the reference's, not at a timeout."""
+    files = renode_files(board.name)
+    r = board.renode
+    unchecked = opts.train and training is None
+    ctx = dict(model_name=model_name, board_name=board.name, hw_elf=hw_elf_name(board), version=r["version"],
+               platform=r["platform"], uart=r["uart"], sysbus_init=r["sysbus_init"], checked=r["checked"],
+               repl_name=files["repl"], resc_name=files["resc"], robot_name=files["robot"],
+               timeout=RENODE_LINE_TIMEOUT, unchecked=unchecked,
+               lines=[] if unchecked else robot_lines(model_name, board, labels, crcs, training, opts))
+    env = codegen.environment()
+    for kind, name in files.items():
+        (fw / name).write_text(env.get_template(f"firmware/renode.{kind}.j2").render(**ctx))
 
 
 # ---- the profile image -------------------------------------------------------------------------------------------

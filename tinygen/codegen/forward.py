@@ -23,7 +23,7 @@ from tinygen.codegen import cstyle
 from tinygen.codegen.cstyle import CTYPES, break_assignments, c_array
 from tinygen.ir import model as ir
 from tinygen.ir import quant
-from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol
+from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol, robot_arg
 from tinygen.paths import data_dir
 from tinygen.planning.fusion import pixel_pairs, ring_columns, taps_in_fours
 from tinygen.planning.schedule import forward_ops, plan_forward
@@ -31,11 +31,12 @@ from tinygen.planning.schedule import forward_ops, plan_forward
 
 def environment() -> jinja2.Environment:
     """The template environment. Names from a model reach a template's text only through its filters:
-    `c_ident` (identifiers, build files), `c_string` (a quoted C literal), `c_comment` (comment text)."""
+    `c_ident` (identifiers, build files), `c_string` (a quoted C literal), `c_comment` (comment text),
+    `robot_arg` (an argument in a Renode .robot)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters.update(c_ident=c_ident, c_string=c_string, c_comment=c_comment)
+    env.filters.update(c_ident=c_ident, c_string=c_string, c_comment=c_comment, robot_arg=robot_arg)
     cstyle.register(env)
     return env
 

@@ -25,7 +25,8 @@ from tinygen.codegen.training import generate_training
 from tinygen.errors import TinygenError
 from tinygen.frontends import modelfile
 from tinygen.ir import model as ir
-from tinygen.ir.scheme import scheme_to_json
+from tinygen.ir.scheme import TrainConfig, load_scheme, scheme_to_json
+from tinygen.reference.training import Trainer
 from tinygen.targets.boards import Board
 from tinygen.targets.hostbuild import HOST_CFLAGS, host_cc
 
@@ -44,9 +45,13 @@ def check_out_dir(out: Path) -> None:
 DATASET_FILE = "model/dataset.npz"
 
 
-def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None) -> dict:
+def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None,
+                  expect_training=None) -> dict:
     """Generate the project; with a `reference.training.Trainer`, the training step too. Rebuilding into
-    an earlier build's directory first removes what that build generated (nothing else)."""
+    an earlier build's directory first removes what that build generated (nothing else).
+    `expect_training` (`tinygen.verify.compare.expect_training`, passed in by the layer above) replays the
+    firmware's training steps on the reference, so that its .robot holds every loss and the checksum; without
+    it, a training firmware's .robot fails at once saying why."""
     out = Path(out)
     check_out_dir(out)
     for name in GENERATED if (out / MANIFEST).is_file() else ():
@@ -89,7 +94,14 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
     # the firmware project (DIR/firmware) and its ELFs when arm-none-eabi-gcc is on PATH
     if firmware_options is None and trainer is not None:  # a training build: the harness trains too
         firmware_options = FirmwareOptions(train=True, train_steps=DEFAULT_TRAIN_STEPS)
-    manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options)
+    expect = None
+    if expect_training is not None and firmware_options is not None and firmware_options.train:
+        # the reference as `tinygen sim` loads it: from the files just written, untouched by the selection's probes
+        _, fresh = load_trainer(out, manifest)
+
+        def expect(x: np.ndarray, labels: np.ndarray, order: list[int]):
+            return expect_training(fresh, x, labels.astype(int), order, manifest["train"]["params"])
+    manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options, expect)
     if firmware_options is not None and firmware_options.dataset is not None:
         # the user's samples as the model's input codes: `tinygen verify` trains on them as the build did
         x, y, source = firmware_options.dataset.for_model(model)
@@ -98,6 +110,14 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
     manifest["sources_sha256"] = {rel: _sha256(out / rel) for rel in BUILD_SOURCES if (out / rel).is_file()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def load_trainer(build_dir: Path, manifest: dict) -> tuple[ir.Model, Trainer]:
+    """A build's model and a fresh reference trainer, from its model and scheme files and its manifest."""
+    model = modelfile.load(Path(build_dir) / manifest["model_file"])
+    t = manifest["train"]
+    scheme = load_scheme(str(Path(build_dir) / t["scheme_file"]), model)
+    return model, Trainer(model, scheme, TrainConfig.from_json(t["config"]))
 
 
 # The files the generated C was made from: verify and sim rerun the reference on them, so an edit after the

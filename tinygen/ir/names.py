@@ -3,7 +3,8 @@
 A model's names are data: nothing in them may change the compiled program. Identifiers keep
 the characters `[a-z0-9_]` of the name and, when anything else was there (including upper case,
 which `upper()` would fold), a hash suffix that keeps distinct names distinct. Text reaches C only
-through `c_string` (a quoted literal) or `c_comment` (inside `/* */`).
+through `c_string` (a quoted literal) or `c_comment` (inside `/* */`), a Renode .robot only through
+`robot_arg`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ def c_comment(text: str) -> str:
     while "*/" in s or "/*" in s:
         s = s.replace("*/", "* /").replace("/*", "/ *")
     return s
+
+
+_ROBOT_SPECIAL = "\\$@&%#|"  # Robot Framework's escape, variable, comment and pipe-separator characters
+
+
+def robot_arg(text: str) -> str:
+    """`text` as one Robot Framework argument meaning its UTF-8 bytes as the firmware prints them (Renode's UART
+    tester sees one character per byte): printable ASCII as itself, Robot's special characters and every other
+    byte as `\\xhh`, a space that Robot would drop or take for a separator (at either end, or beside another
+    space) as `${SPACE}`."""
+    raw = str(text).encode("utf-8", "surrogatepass")
+    out = []
+    for i, b in enumerate(raw):
+        if b == 0x20 and (i in (0, len(raw) - 1) or raw[i - 1] == 0x20 or raw[i + 1] == 0x20):
+            out.append("${SPACE}")
+        elif 0x20 <= b < 0x7F and chr(b) not in _ROBOT_SPECIAL:
+            out.append(chr(b))
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out)
 
 
 def layer_symbol(index: int, name: str) -> str:

@@ -60,7 +60,7 @@ class Board:
     sram: list[Region]
     sram_contiguous: bool
     console: dict  # "kind" plus that kind's fields, addresses as ints (see CONSOLE_KINDS)
-    renode: dict  # "platform", "uart", "checked" (where those names were verified in Renode's sources)
+    renode: dict  # "version", "platform", "uart", "sysbus_init", "checked" (see _renode)
     qemu: dict
     early_init: list[RegWrite]
     checkpoint: Checkpoint | None = None  # where trained state persists across resets (--checkpoint-every)
@@ -184,12 +184,36 @@ def _early_init(items) -> list[RegWrite]:
             for i, w in enumerate(items)]
 
 
+_BOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_RENODE_VERSION = re.compile(r"\d+\.\d+\.\d+", re.ASCII)
+_RENODE_PLATFORM = re.compile(r"[\w.-]+(/[\w.-]+)*\.repl", re.ASCII)  # relative to Renode's root, as Renode ships it
+_RENODE_UART = re.compile(r"sysbus\.[A-Za-z_]\w*", re.ASCII)
+_PRINTABLE = re.compile(r"[ -~]+")  # one line of printable ASCII: it goes into the emitted Renode files as is
+
+
+def _lines(r: dict, key: str) -> list[str]:
+    lines = r.get(key, [])
+    if not isinstance(lines, list) or not all(isinstance(s, str) and _PRINTABLE.fullmatch(s) for s in lines):
+        raise _Bad(f"renode.{key} must be a list of one-line strings of printable ASCII")
+    return lines
+
+
 def _renode(r) -> dict:
-    checked = r.get("checked", []) if isinstance(r, dict) else None
-    if not isinstance(checked, list) or not all(isinstance(s, str) for s in checked):
-        raise _Bad("renode.checked must be a list of strings")
-    return {"platform": _get(r, "platform", "renode", str), "uart": _get(r, "uart", "renode", str),
-            "checked": checked}
+    """The Renode platform: its version, stock .repl and UART, the stock sysbus init to keep offline
+    (`sysbus_init`, present only where the stock file fetches an SVD), and where those were checked."""
+    checked = _lines(r, "checked")
+    version, platform, uart = (_get(r, k, "renode", str) for k in ("version", "platform", "uart"))
+    if not _RENODE_VERSION.fullmatch(version):
+        raise _Bad(f"renode.version must be a Renode release such as \"1.15.3\", not {version!r}")
+    if not _RENODE_PLATFORM.fullmatch(platform):
+        raise _Bad(f"renode.platform must be a .repl path such as \"platforms/cpus/stm32f746.repl\", not {platform!r}")
+    if not _RENODE_UART.fullmatch(uart):
+        raise _Bad(f"renode.uart must name a peripheral on the system bus such as \"sysbus.usart1\", not {uart!r}")
+    init = _lines(r, "sysbus_init") if "sysbus_init" in r else None
+    if init == []:
+        raise _Bad("renode.sysbus_init must hold at least one statement (leave it out where the stock platform "
+                   "fetches nothing)")
+    return {"version": version, "platform": platform, "uart": uart, "sysbus_init": init, "checked": checked}
 
 
 def _qemu(q) -> dict:
@@ -250,6 +274,9 @@ def _board(d, stem: str) -> Board:
     if not isinstance(d, dict):
         raise _Bad("the file must hold one JSON object")
     name = _get(d, "name", "", str)
+    if not _BOARD_NAME.fullmatch(name):
+        raise _Bad(f"name {name!r} must be letters, digits, '_', '-' and '.' (it names files and goes into "
+                   "build files and Renode scripts)")
     if name != stem:
         raise _Bad(f"name {name!r} differs from the file name {stem!r}")
     flags = _get(d, "cpu_flags", "", list)

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.project import read_manifest
+from tinygen.codegen.project import load_trainer, read_manifest
 from tinygen.errors import MismatchError, ModelError
 from tinygen.frontends import modelfile
 from tinygen.frontends.inputs import load_int8_array, onehot_targets, real_inputs, training_samples
-from tinygen.ir.scheme import TrainConfig, load_scheme
 from tinygen.reference import forward as reference
-from tinygen.reference.training import Trainer
 from tinygen.verify.compare import compare_forward, compare_training, expect_training
 from tinygen.verify.runner import Program, run
 
@@ -74,13 +72,6 @@ class TrainVerifyResult:
     checksum: int
     source: str
     lr_halvings: list[int]
-
-
-def load_trainer(build_dir: Path, manifest: dict):
-    model = modelfile.load(build_dir / manifest["model_file"])
-    t = manifest["train"]
-    scheme = load_scheme(str(build_dir / t["scheme_file"]), model)
-    return model, Trainer(model, scheme, TrainConfig.from_json(t["config"]))
 
 
 def verify_training(build_dir: Path, steps: int = 20, kernels: str = "portable", progress=None) -> TrainVerifyResult:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, hw_elf_name, qemu_args
+from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, hw_elf_name, qemu_args, renode_files
 from tinygen.codegen.forward import environment
 from tinygen.errors import BuildError, TinygenError
 from tinygen.paths import data_dir
@@ -394,32 +394,74 @@ class Progress:
             self.write(f"{head}{samples}{self.steps:,}{of} training steps {secs}\n")
 
 
-def _renode_run(fw: Path, resc: Path, timeout: float) -> tuple[str, int | None, float]:
-    """Run the .resc headless; poll the UART file backend until `TG exit`, then stop Renode."""
-    log = fw / "renode_uart.log"
-    for stale in fw.glob("renode_uart.log*"):
-        stale.unlink()
+RENODE_ARGS = ("--disable-gui", "--console", "--plain")  # the monitor on stdin/stdout: no telnet port (1234)
+_TG_EXIT = re.compile(r"^TG exit (-?\d+)\s*$", re.M)
+_RENODE_ERROR = "There was an error executing command"  # how Renode's monitor reports a failed command
+
+
+def _monitor_path(path: Path) -> str:
+    """`path` as a path argument of Renode's monitor (spaces escaped, as Renode writes $ORIGIN)."""
+    return "@" + str(Path(path).resolve()).replace(" ", "\\ ")
+
+
+@dataclass
+class RenodeRun:
+    """What one headless Renode run produced."""
+
+    uart: str  # the firmware's console
+    status: int | None  # the firmware's exit status (its `TG exit` line), None when it did not get there
+    seconds: float
+    output: str  # Renode's own monitor and log output
+    renode_status: int | None  # Renode's exit status when it exited by itself before the firmware finished
+
+
+def run_renode(build_dir: Path, board_name: str, timeout: float = 120.0, progress=None) -> RenodeRun:
+    """Run a build's .resc in Renode, headless with the monitor on a pipe (no port: runs can overlap) and the UART
+    going to a file in a fresh temporary folder, until the firmware prints `TG exit`, Renode exits by itself or
+    reports a failed command, or `timeout` seconds pass; then stop Renode. UART lines go to `progress` as they
+    arrive."""
+    board = load_board(board_name)
+    resc = Path(build_dir) / FW_DIR / renode_files(board.name)["resc"]
     t0 = time.monotonic()
-    proc = subprocess.Popen([RENODE, "--disable-gui", "--plain", str(resc)], cwd=fw,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
-    code = None
+    with tempfile.TemporaryDirectory(prefix="tinygen-renode-") as tmp:
+        uart_file, log_file = Path(tmp) / "uart.log", Path(tmp) / "renode.log"
+        with open(log_file, "wb") as log:
+            proc = subprocess.Popen([RENODE, *RENODE_ARGS], cwd=tmp, stdin=subprocess.PIPE, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        status, shown = None, 0
+        try:
+            proc.stdin.write(f"include {_monitor_path(resc)}\n{board.renode['uart']} CreateFileBackend "
+                             f"{_monitor_path(uart_file)} true\nstart\n".encode())
+            proc.stdin.flush()
+            while time.monotonic() - t0 < timeout and proc.poll() is None:
+                uart = uart_file.read_text(errors="replace") if uart_file.is_file() else ""
+                lines = uart[:uart.rfind("\n") + 1].splitlines()
+                for line in lines[shown:] if progress is not None else ():
+                    progress(line)
+                shown = len(lines)
+                m = _TG_EXIT.search(uart)
+                if m or _RENODE_ERROR in log_file.read_text(errors="replace"):
+                    status = int(m.group(1)) if m else None
+                    break
+                time.sleep(0.1)
+        finally:
+            seconds, renode_status = time.monotonic() - t0, proc.poll()
+            _stop_renode(proc)
+        uart = uart_file.read_text(errors="replace") if uart_file.is_file() else ""
+        return RenodeRun(uart, status, seconds, log_file.read_text(errors="replace"), renode_status)
+
+
+def _stop_renode(proc: subprocess.Popen) -> None:
+    """Ask Renode to quit (its monitor's `quit`), and kill its process group if it has not within 10 s."""
     try:
-        while time.monotonic() - t0 < timeout:
-            text = log.read_text(errors="replace") if log.is_file() else ""
-            m = re.search(r"^TG exit (-?\d+)\s*$", text, re.M)
-            if m:
-                code = int(m.group(1))
-                break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    return text, code, time.monotonic() - t0
+        proc.stdin.write(b"quit\n")
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
@@ -435,14 +477,23 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
         machine = f"QEMU {board.qemu['machine']}"
     elif emulator == "renode":
         if shutil.which(RENODE) is None:
-            raise TinygenError(f"{RENODE} is not on PATH; install Renode (https://renode.io) or simulate with "
-                               "--emulator qemu")
+            raise TinygenError(f"{RENODE} is not on PATH; install Renode {board.renode['version']} or newer "
+                               "(https://renode.io) or simulate with --emulator qemu")
         elf = fw / "build" / hw_elf_name(board)
         if not elf.is_file():
             raise BuildError(f"{elf} does not exist: the firmware was not compiled; run `make -C {fw} firmware`")
         check_elf(elf, f"run `make -C {fw} firmware` or rebuild")
-        text, code, secs = _renode_run(fw, fw / f"{board.name}.resc", timeout)
+        repl = renode_files(board.name)["repl"]
+        if not (fw / repl).is_file():
+            raise TinygenError(f"{fw} has no {repl} (it was built by an older tinygen, for another Renode setup); "
+                               "rebuild it with tinygen build")
         machine = f"Renode {board.renode['platform']}"
+        r = run_renode(build_dir, board.name, timeout, progress)
+        if r.status is None and (r.renode_status is not None or _RENODE_ERROR in r.output):
+            how = "a command failed" if r.renode_status is None else f"it exited with status {r.renode_status}"
+            raise BuildError(f"Renode stopped before the firmware finished: {how} (Renode's output: "
+                             f"{_renode_problem(r.output)}; the firmware's last output: {_last_lines(r.uart)})")
+        text, code, secs = r.uart, r.status, r.seconds
     else:
         raise TinygenError(f"unknown emulator {emulator!r}; choose qemu or renode")
     fwrun = parse_output(text)
@@ -455,6 +506,13 @@ def run_firmware(build_dir: Path, board_name: str, emulator: str = "qemu",
         raise BuildError(f"the firmware stopped under {machine} with status {code} before its final line "
                          f"(last output: {_last_lines(text)})")
     return firmware_result(fwrun, emulator, code, secs), machine
+
+
+def _renode_problem(output: str) -> str:
+    """The lines of Renode's output that say what went wrong: from its first failed command or error, else the last."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(_RENODE_ERROR) or "[ERROR]" in ln), None)
+    return " | ".join(lines[at:at + 3]) if at is not None else _last_lines(output)
 
 
 def last_lines(result: RunResult, n: int = 3) -> str:

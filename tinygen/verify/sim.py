@@ -3,7 +3,8 @@
 QEMU (default): the board's mps2 stand-in runs DIR/firmware/build/tinygen-qemu.elf with
 `-icount shift=0` (deterministic: one instruction per ns of virtual time, which the
 firmware counts with SysTick) and semihosting for the exit status. Renode: the emitted
-`<board>.resc` runs the real-map ELF on the board's own platform; the UART goes to a file.
+`<board>.resc` runs the real-map ELF on the board's own platform (the emitted `<board>.repl`, whose
+DWT stand-in counts instructions); the UART goes to a file.
 
 The firmware prints `TG ...` lines (templates/firmware/main.c.j2); the one runner
 (`tinygen.verify.runner.run_firmware`) runs and parses them, and the one compare
@@ -21,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, QEMU_INSTR_PER_TICK, SAMPLES_FILE
-from tinygen.codegen.project import read_manifest
+from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, QEMU_INSTR_PER_TICK, SAMPLES_FILE, renode_files
+from tinygen.codegen.project import load_trainer, read_manifest
 from tinygen.errors import MismatchError, TinygenError
 from tinygen.frontends import modelfile
 from tinygen.reference import forward as reference
 from tinygen.report import loss_trend, table
 from tinygen.targets.boards import load_board
-from tinygen.verify.check import load_trainer
 from tinygen.verify.compare import TrainingExpectation, compare_forward, compare_training, expect_training
 from tinygen.verify.runner import Run, RunResult, last_lines, parse_output, run_firmware
 
@@ -48,6 +48,12 @@ class SimResult:
     samples_source: str
     seconds: float
     result: RunResult | None = None
+
+    @property
+    def unit(self) -> str:
+        """What the counts count: instructions under an emulator (QEMU's SysTick under -icount, or under Renode the
+        DWT stand-in of the emitted .repl), cycles only on hardware."""
+        return "instructions" if self.counter == "instr" or self.emulator == "renode" else "cycles"
 
 
 def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, progress=None,
@@ -107,30 +113,49 @@ def _halvings(steps: list[int]) -> str:
     return f", the learning-rate guard's halvings (at steps {', '.join(map(str, steps))})" if steps else ""
 
 
+def _counted(r: SimResult) -> tuple[str, str]:
+    """How the counts were made, and what the ms column means."""
+    mhz = r.clock_hz / 1e6
+    estimate = (f"the ms column is an estimate (one instruction per cycle at {mhz:g} MHz): emulators count "
+                "instructions, not cycles")
+    if r.counter == "instr":
+        return f"counted to {QEMU_INSTR_PER_TICK} by SysTick under -icount shift=0", estimate
+    if r.emulator == "renode":
+        repl = renode_files(r.board)["repl"]
+        return (f"counted by the DWT stand-in of firmware/{repl} (Renode's executed-instruction count, exact to a "
+                "translation block)", estimate)
+    return "from DWT CYCCNT", f"ms = cycles / {mhz:g} MHz"
+
+
+def _measured(counts: list[int]) -> bool:
+    """Whether the counter counted: a run whose counts are all 0 had none (a .repl without a DWT reads 0)."""
+    return any(counts)
+
+
 def format_report(r: SimResult) -> str:
     mhz = r.clock_hz / 1e6
-    unit = "instructions" if r.counter == "instr" else "cycles"
+    unit = r.unit
     est = f"est. ms @ {mhz:g} MHz"
-    rows = [[s["index"], s["label"], "bit-exact", s["count"], round(s["count"] / r.clock_hz * 1e3, 3)]
-            for s in r.run.samples]
+    counts = [s["count"] for s in r.run.samples]
+    step_counts = [s["count"] for s in r.run.steps]
+    measured = _measured(counts + step_counts)
+
+    def cols(count: int) -> list:
+        return [count, round(count / r.clock_hz * 1e3, 3)] if measured else ["-", "-"]
+    rows = [[s["index"], s["label"], "bit-exact", *cols(s["count"])] for s in r.run.samples]
     lines = [table(["sample", "label", "vs reference", unit, est], rows, "rrlrr")]
     if r.run.steps:
-        rows = [[s["index"], s["sample"], s["label"], s["loss"], f"{s['loss'] / 65536:.4f}", s["count"],
-                 round(s["count"] / r.clock_hz * 1e3, 3)] for s in r.run.steps]
+        rows = [[s["index"], s["sample"], s["label"], s["loss"], f"{s['loss'] / 65536:.4f}", *cols(s["count"])]
+                for s in r.run.steps]
         lines += ["", table(["step", "sample", "label", "loss (Q16)", "loss", unit, est], rows, "rrrrrrr")]
     if len(r.run.steps) >= 2:
-        step_counts = [s["count"] for s in r.run.steps]
-        lines.append(f"{loss_trend([s['loss'] for s in r.run.steps])}; {sum(step_counts) // len(step_counts):,} "
-                     f"{unit} per training step (mean)")
-    counts = [s["count"] for s in r.run.samples]
+        trend = loss_trend([s["loss"] for s in r.run.steps])
+        lines.append(f"{trend}; {sum(step_counts) // len(step_counts):,} {unit} per training step (mean)"
+                     if measured else trend)
     st = r.run.stack
-    if r.counter == "instr":
-        how = f"counted to {QEMU_INSTR_PER_TICK} by SysTick under -icount shift=0"
-        est_note = (f"the ms column is an estimate (one instruction per cycle at {mhz:g} MHz): emulators count "
-                    "instructions, not cycles")
-    else:
-        how = "from DWT CYCCNT"
-        est_note = f"ms = cycles / {mhz:g} MHz"
+    how, est_note = _counted(r)
+    counted = (f"{min(counts):,}..{max(counts):,} {unit} per inference, {how}; " if measured else
+               f"no {unit} counted (the counter read 0 throughout: the platform models no DWT); ")
     lines.append("")
     lines.append(f"sim: {r.machine} (for {r.board}): {len(counts)} of {len(counts)} samples ({r.samples_source}) "
                  f"bit-exact with the reference"
@@ -139,6 +164,6 @@ def format_report(r: SimResult) -> str:
                     if r.run.steps else "")
                  + (f"; the trained state saved to flash after steps "
                     f"{', '.join(str(c['step']) for c in r.run.checkpoints)}" if r.run.checkpoints else "")
-                 + f"; {min(counts):,}..{max(counts):,} {unit} per inference, {how}; stack {st.get('used', 0):,} "
-                 f"of {st.get('size', 0):,} bytes used; {est_note}")
+                 + f"; {counted}stack {st.get('used', 0):,} of {st.get('size', 0):,} bytes used"
+                 + (f"; {est_note}" if measured else ""))
     return "\n".join(lines)
