@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ruff check .
 lint-imports
-# one worker per core (pytest-xdist); a module's tests stay on one worker so its builds are made once
-exec python3 -m pytest -q -p no:cacheprovider -n auto --dist loadscope "$@"
+# one worker per core (pytest-xdist); a module's tests stay on one worker so its builds are made once;
+# the slowest tests listed at the end (the suite has a 20-minute budget)
+exec python3 -m pytest -q -p no:cacheprovider -n auto --dist loadscope --durations=15 "$@"
