@@ -292,12 +292,7 @@ def _avgpool_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, 
     count = min(layer.kernel[0], in_h) * min(layer.kernel[1], in_w)
     lay.dims["inv_count"] = ((1 << 15) + count // 2) // count  # a global pool's round(2^15 / count)
     lay.named.add("in_size")
-    fn = f"{lay.prefix}_backward_s16"
-    em.render(lay, "avgpool_backward_s16", fn=fn, comment=desc)
-    ops = [_grad_op(em, t, i, fn, [gy, ey, mask]) for t in want]
-    for op in ops:
-        op["size"] = f"{lay.prefix.upper()}_IN_SIZE"
-    return ops
+    return _input_gradient_ops(em, lay, i, "avgpool_backward_s16", desc, want, [gy, ey, mask])
 
 
 def _mean_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: str, mask: str) -> list:
@@ -306,9 +301,15 @@ def _mean_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     mult, shift = ir.mean_requant(x, layer.output)  # the forward's multiplier, in reverse
     lay.dims.update(in_c=x.shape[-1], in_size=x.size, mult=mult, shift=shift)
     lay.named.update({"in_size", "mult", "shift"})
+    return _input_gradient_ops(em, lay, i, "mean_backward_s16", desc, want, [gy, ey, mask])
+
+
+def _input_gradient_ops(em: _Emit, lay, i: int, template: str, desc: str, want: list, args: list) -> list:
+    """A one-input layer's backward kernel (`template`, whose dims name IN_SIZE) rendered, and one call of it per
+    wanted gradient."""
     fn = f"{lay.prefix}_backward_s16"
-    em.render(lay, "mean_backward_s16", fn=fn, comment=desc)
-    ops = [_grad_op(em, t, i, fn, [gy, ey, mask]) for t in want]
+    em.render(lay, template, fn=fn, comment=desc)
+    ops = [_grad_op(em, t, i, fn, args) for t in want]
     for op in ops:
         op["size"] = f"{lay.prefix.upper()}_IN_SIZE"
     return ops
