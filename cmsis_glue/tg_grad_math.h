@@ -171,8 +171,9 @@ static inline void tg_grad_truncate(int16_t *g, int32_t n, int32_t by)
 
 /* The last step of the one-pass norm16: values truncated at s = k - 1 rounded by one more bit,
  * ties away from zero, are the exact sums rounded at k (floor((|x| + 2^(k-1)) / 2^k) is
- * floor((floor(|x| / 2^(k-1)) + 1) / 2)); by = k - s is 0 or 1. Halving with ties away from zero
- * is (t + (t > 0)) >> 1: floor((t + 1) / 2) above zero, floor(t / 2) = -floor((|t| + 1) / 2) below. */
+ * floor((floor(|x| / 2^(k-1)) + 1) / 2)); by = k - s is 0 or 1. Halving with ties away from
+ * zero is (t + (t > 0)) >> 1: floor((t + 1) / 2) above zero, floor(t / 2) = -floor((|t| + 1) / 2)
+ * below. */
 static inline void tg_grad_round(int16_t *g, int32_t n, int32_t by)
 {
     if (by == 0) {
