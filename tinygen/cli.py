@@ -286,7 +286,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                 "reordered_tensors": len(trainer.scheme.channel_order or {})},
             "plan": {k: p[k] for k in ("peak_sram_bytes", "budget_bytes", "flash_bytes", "fits")},
             "firmware": {"compiled": bool(fw.get("compiled")), "train_steps": fw.get("train_steps", 0),
-                         "samples": fw.get("samples", 0), "clock": fw.get("clock")},
+                         "samples": fw.get("samples", 0)},
+            "clock": fw.get("clock"),
             "files": {"manifest": str(Path(out) / "tinygen.json"), "plan": str(Path(out) / "plan.json"),
                       "memory_timeline": str(Path(out) / "memory_timeline.svg")}})
         return
@@ -635,8 +636,9 @@ def sim(build_dir, emulator, timeout, profile, as_json):
     if as_json:
         _emit_json("sim", {
             "build_dir": str(build_dir), "bit_exact": True, "emulator": r.emulator, "machine": r.machine,
-            "board": r.board, "clock_hz": r.clock_hz, "clock_source": r.clock_source, "clock": r.run.clock,
-            "counter": r.unit,
+            "board": r.board, "clock_hz": r.clock_hz, "clock_source": r.clock_source,
+            "clock_line": next((ln for ln in r.run.lines if ln.startswith("TG clock ")), None),
+            "clock_fallback": (r.run.clock or {}).get("fallback"), "counter": r.unit,
             "samples_source": r.samples_source,
             "samples": [{"index": s["index"], "label": s["label"], "count": s["count"]} for s in r.run.samples],
             "steps": [{"index": s["index"], "sample": s["sample"], "label": s["label"], "loss_q16": s["loss"],
