@@ -306,12 +306,18 @@ static int tg_clock_bringup(void)
         return tg_clock_fail("RCC_CR.PLL1RDY", TG_NOT_CLEAR);
     }
     /* RM0433 6.8.4: the supply configuration (LDO, as on the NUCLEO-H743ZI) can be written once
-     * after power-on; when SCUEN is already clear it was (e.g. by a bootloader) and stays. */
-    if ((TG_REG32(PWR_CR3) & PWR_CR3_SCUEN) != 0U) {
-        TG_REG32(PWR_CR3) = (TG_REG32(PWR_CR3) & ~PWR_CR3_BYPASS) | PWR_CR3_LDOEN;
+     * after power-on; when SCUEN is already clear it was (e.g. by a bootloader) and stays - and
+     * if that chose an external supply (BYPASS), the regulator's voltage scales are not ours. */
+    const uint32_t supply = TG_REG32(PWR_CR3);
+    if ((supply & PWR_CR3_SCUEN) != 0U) {
+        TG_REG32(PWR_CR3) = (supply & ~PWR_CR3_BYPASS) | PWR_CR3_LDOEN;
         if (!tg_clock_wait(PWR_CSR1, PWR_CSR1_ACTVOSRDY, PWR_CSR1_ACTVOSRDY)) {
             return tg_clock_fail("PWR_CSR1.ACTVOSRDY", TG_NOT_SET);
         }
+    } else if ((supply & PWR_CR3_BYPASS) != 0U) {
+        return tg_clock_fail_value(
+            "PWR_CR3", "read", supply,
+            ": an external core supply (BYPASS) was locked in since power-on");
     }
     /* RM0433 6.6.2: VOS1, then (revision V) VOS0 by SYSCFG_PWRCR.ODEN. */
     TG_REG32(PWR_D3CR) = (TG_REG32(PWR_D3CR) & ~PWR_D3CR_VOS_MASK) | PWR_D3CR_VOS1;
