@@ -27,8 +27,8 @@
  * cycles or more), so the bound is at least 47 ms on the fastest reset clock here (the H7's
  * 64 MHz HSI) and 187 ms on the F7's 16 MHz HSI: far beyond the PLL lock times (DS10916,
  * DS12110: a few hundred us at most), the over-drive and voltage-scaling ready times and the
- * nRF52840's HFXO start-up (0.36 ms typical, PS 5.4), yet short enough that a run on hardware
- * that differs goes on without notice. */
+ * nRF52840's HFXO start-up (0.36 ms typical, PS 5.4). A bit that never comes delays the run by
+ * that many polls (a fraction of a second where a poll takes a few cycles), then it goes on. */
 #define TG_CLOCK_READY_POLLS 1000000
 #define TG_CLOCK_XSTR(x)     #x
 #define TG_CLOCK_STR(x)      TG_CLOCK_XSTR(x)

@@ -258,8 +258,9 @@ HAVE_RENODE = shutil.which("renode") is not None and shutil.which("arm-none-eabi
 #              and PLL1DIVR are not modelled; DBGMCU is not mapped (REV_ID reads 0): the firmware falls back on
 #              the revision check, and with REV_ID 0x2003 assumed (-DTG_TEST_REV_ID) reaches 480 MHz.
 #   nrf52840   TASKS_HFCLKSTART raises EVENTS_HFCLKSTARTED and HFCLKSTAT SRC/STATE: HFXO runs.
-RENODE_CASES = {
+RENODE_CASES = {  # name: (board, extra C flags, what the TG clock line holds, its fallback or None)
     "stm32f746": ("stm32f746", (), "core=216000000", None),
+    "stm32f746-clock-reset": ("stm32f746", "reset", "clock=reset", None),  # `--clock reset`: 16 MHz, untouched
     "stm32f746-odrdy-timeout": ("stm32f746", ("-DTG_TEST_CLOCK_TIMEOUT=0x40007004UL",), "core=16000000",
                                 "PWR_CSR1.ODRDY (not set after 1000000 polls: staying on the reset clock)"),
     "stm32h743": ("stm32h743", (), "core=64000000",
@@ -278,13 +279,13 @@ def test_renode_reaches_the_clock_or_falls_back_saying_so(case, tmp_path):
     from tinygen.zoo.catalog import get_model
 
     name, cflags, want, fallback = RENODE_CASES[case]
-    write_project(get_model("digits-cnn"), load_board(name), tmp_path / "b",
-                  firmware_options=FirmwareOptions(extra_cflags=cflags))
+    opts = FirmwareOptions(clock="reset") if cflags == "reset" else FirmwareOptions(extra_cflags=cflags)
+    write_project(get_model("digits-cnn"), load_board(name), tmp_path / "b", firmware_options=opts)
     r = sim.simulate(tmp_path / "b", emulator="renode", timeout=120)  # bit-exact, or it raises
     line = next(ln for ln in r.run.lines if ln.startswith("TG clock "))
     assert f" {want} " in line + " ", line
     assert (r.run.clock.get("fallback") == fallback) if fallback else "fallback" not in r.run.clock, line
-    assert r.clock_hz == r.run.clock["core"]
+    assert r.clock_hz == r.run.clock["core"] == (16 * MHZ if cflags == "reset" else r.clock_hz)
 
 
 def test_every_board_file_has_a_clock():
