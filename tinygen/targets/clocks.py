@@ -212,7 +212,7 @@ def _f7(c: dict) -> tuple[Setting, Setting, int | None]:
               "overdrive": int(overdrive)}
     notes = {"pllm": f"VCO input = HSI 16 MHz / {pm} = {_fmt(vco_in)}",
              "plln": f"VCO output = {_fmt(vco_in)} x {pn} = {_fmt(vco)}",
-             "pllp": f"SYSCLK = VCO / {pp} = {_fmt(sysclk)}",
+             "pllp": f"SYSCLK = VCO / {pp} = {_fmt(sysclk)} (field: P / 2 - 1)",
              "pllq": f"48 MHz domain = VCO / {pq} = {_fmt(vco // pq)} (unused here)",
              "hpre": f"HCLK = SYSCLK / {ahb} = {_fmt(hclk)}",
              "ppre1": f"APB1 = HCLK / {apb1} = {_fmt(hz['pclk1'])}",
