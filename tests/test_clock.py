@@ -125,7 +125,10 @@ H7_SPOILS = [
     (lambda m: m.update(flash_wait_states=3), "flash_wait_states 3 and flash_wrhighfreq 2 do not fit an AXI clock "
                                               "of 240 MHz at VOS0"),
     (lambda m: m.pop("revision"), "clock.max.vos 0 needs \"revision\": \"V\""),
-    (lambda m: m.update(vos=1), "SYSCLK \\(VCO / DIVP1\\) is 480 MHz, above its maximum 400 MHz"),
+    (lambda m: m.update(vos=1), "wide VCO \\(ref1_ck x DIVN1\\) is 960 MHz, outside 192 MHz..836 MHz "
+                                "\\(DS12110 table 62, revision Y\\)"),
+    (lambda m: (m.update(vos=1), m["pll"].update(n=50), m["dividers"].update(ahb=1)),
+     "HCLK, the AXI/AHB clock \\(CPU / ahb\\) is 400 MHz, above its maximum 200 MHz"),
     (lambda m: m["pll"].update(m=64), "DIVM1\\) is 64, outside 1..63"),
 ]
 

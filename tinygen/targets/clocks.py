@@ -50,10 +50,12 @@ APB_DIV_FIELD = {1: 0x0, 2: 0x4, 4: 0x5, 8: 0x6, 16: 0x7}
 
 # RM0433 8.5.5 / 8.7.11-13: DIVM1 1..63 with ref1_ck 1..16 MHz, in one of four input ranges (PLL1RGE); the wide VCO
 # (VCOSEL 0) takes ref1_ck >= 2 MHz, the medium one (VCOSEL 1) 1..2 MHz; DIVN1 4..512; DIVP1 2..128, even only for
-# PLL1. DS12110 table 62 (PLL characteristics): wide VCO 192..960 MHz, medium VCO 150..420 MHz.
+# PLL1. DS12110 table 62 (PLL characteristics): wide VCO 192..960 MHz on revision V (836 MHz on revision Y, which
+# tinygen assumes unless the setting names revision V), medium VCO 150..420 MHz.
 H7 = {
     "divm": (1, 63), "divn": (4, 512), "divp": (2, 128),
-    "ref": (1 * MHZ, 16 * MHZ), "vco_wide": (192 * MHZ, 960 * MHZ), "vco_medium": (150 * MHZ, 420 * MHZ),
+    "ref": (1 * MHZ, 16 * MHZ), "vco_wide": (192 * MHZ, 960 * MHZ), "vco_wide_rev_y": (192 * MHZ, 836 * MHZ),
+    "vco_medium": (150 * MHZ, 420 * MHZ),
 }
 H7_RGE = ((2 * MHZ, 0), (4 * MHZ, 1), (8 * MHZ, 2), (16 * MHZ, 3))  # ref1_ck upper bound -> PLL1RGE field
 # RM0433 6.6.2 / DS12110 table 23: maxima per voltage scale (CPU = sys_d1cpre_ck; HCLK = AXI/AHB; PCLK = APB1..4).
@@ -255,9 +257,6 @@ def _h7(c: dict) -> tuple[Setting, Setting, int | None]:
     _in(ref, *H7["ref"], "PLL1's input ref1_ck (HSI / DIVM1)", "RM0433 8.5.5")
     rge = next(r for top, r in H7_RGE if ref <= top)
     wide = ref > 2 * MHZ  # RM0433 8.7.12: the medium VCO for ref1_ck 1..2 MHz, the wide one above
-    vco = ref * pn
-    _in(vco, *(H7["vco_wide"] if wide else H7["vco_medium"]),
-        f"PLL1's {'wide' if wide else 'medium'} VCO (ref1_ck x DIVN1)", "DS12110 table 62")
     vos = _int(m, "vos", "clock.max")
     if vos not in H7_VOS:
         raise ClockError(f"clock.max.vos is {vos}; tinygen configures VOS0 (480 MHz, revision V) or VOS1 (400 MHz)")
@@ -269,6 +268,10 @@ def _h7(c: dict) -> tuple[Setting, Setting, int | None]:
             raise ClockError("clock.max.vos 0 needs \"revision\": \"V\" (VOS0 and 480 MHz exist on silicon revision V "
                              "only, RM0433 6.8.6)")
         revision = H7_REV_V
+    vco = ref * pn
+    limits = H7["vco_medium"] if not wide else H7["vco_wide"] if revision else H7["vco_wide_rev_y"]
+    _in(vco, *limits, f"PLL1's {'wide' if wide else 'medium'} VCO (ref1_ck x DIVN1)",
+        "DS12110 table 62" + ("" if revision or not wide else ", revision Y"))
     sysclk = vco // pp
     _in(sysclk, 0, lim["cpu_max"], "SYSCLK (VCO / DIVP1)", f"DS12110 table 23, VOS{vos}")
     d1cpre, hpre = (_div(div, k, "clock.max.dividers", AHB_DIV_FIELD) for k in ("cpu", "ahb"))
