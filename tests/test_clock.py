@@ -205,7 +205,9 @@ def test_long_string_defines_are_laid_out_as_clang_format_does():
 
 def test_build_summary_says_the_qemu_image_skips_the_bring_up():
     text = firmware.describe_clock(load_board("stm32h743"), "max")
-    assert "stm32h743 at 480 MHz" in text and "falling back to the 64 MHz reset clock" in text
+    assert "stm32h743 at 480 MHz" in text and "falling back to the reset clock (64 MHz from hsi)" in text
+    assert "falling back to the reset clock (64 MHz from hfint)" in firmware.describe_clock(load_board("nrf52840"),
+                                                                                           "max")
     assert "the QEMU image skips the bring-up (mps2-an500 has no RCC)" in text
     assert "at 16 MHz" in firmware.describe_clock(load_board("stm32f746"), "reset")
 

@@ -306,9 +306,9 @@ def describe_clock(board: Board, choice: str) -> str:
     how = (f"--clock {choice}: {board.name} at {s.core_hz / 1e6:g} MHz"
            + (f" (SYSCLK {s.hz['sysclk'] / 1e6:g}; {buses} MHz)" if buses else "")
            + f" from {s.source}")
-    if choice == "max" and s.hz != c.reset.hz:
-        how += (f", falling back to the {c.reset.core_hz / 1e6:g} MHz reset clock with a message if a ready bit "
-                "never comes")
+    if choice == "max" and (s.hz, s.source) != (c.reset.hz, c.reset.source):
+        how += (f", falling back to the reset clock ({c.reset.core_hz / 1e6:g} MHz from {c.reset.source}) with a "
+                "message if a ready bit never comes")
     return (f"clock: {how}; the QEMU image skips the bring-up ({board.qemu['machine']} has no RCC), so the "
             "millisecond estimates of its runs use this configured clock")
 
