@@ -211,6 +211,8 @@ static int tg_clock_bringup(void)
 #define RCC_APB4ENR             0x580244F4UL
 #define RCC_CR_HSION            (1UL << 0)
 #define RCC_CR_HSIRDY           (1UL << 2)
+#define RCC_CR_HSIDIV_MASK      (0x3UL << 3) /* 0: HSI = 64 MHz, as the board file assumes */
+#define RCC_CR_HSIDIVF          (1UL << 5)   /* the HSI divider's new value has taken effect */
 #define RCC_CR_PLL1ON           (1UL << 24)
 #define RCC_CR_PLL1RDY          (1UL << 25)
 #define RCC_CFGR_SW_MASK        0x7UL
@@ -304,6 +306,12 @@ static int tg_clock_bringup(void)
     TG_REG32(RCC_CR) &= ~RCC_CR_PLL1ON; /* PLL1's configuration changes only with it off */
     if (!tg_clock_wait(RCC_CR, RCC_CR_PLL1RDY, 0U)) {
         return tg_clock_fail("RCC_CR.PLL1RDY", TG_NOT_CLEAR);
+    }
+    if ((TG_REG32(RCC_CR) & RCC_CR_HSIDIV_MASK) != 0U) { /* divided by earlier code: undo it */
+        TG_REG32(RCC_CR) &= ~RCC_CR_HSIDIV_MASK;
+        if (!tg_clock_wait(RCC_CR, RCC_CR_HSIDIVF, RCC_CR_HSIDIVF)) {
+            return tg_clock_fail("RCC_CR.HSIDIVF", TG_NOT_SET);
+        }
     }
     /* RM0433 6.8.4: the supply configuration (LDO, as on the NUCLEO-H743ZI) can be written once
      * after power-on; when SCUEN is already clear it was (e.g. by a bootloader) and stays - and
