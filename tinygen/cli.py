@@ -169,7 +169,9 @@ def boards(as_json):
         return
     rows = []
     for b in loaded:
-        rows.append([b.name, b.core, b.fpu, f"{b.clock_hz // 1_000_000} MHz", f"{b.sram_bytes // 1024} KB",
+        clock = f"{b.clock_hz / 1e6:g} MHz" + (f" ({b.clock.reset.core_hz / 1e6:g} at reset)"
+                                                 if b.clock.reset.core_hz != b.clock_hz else "")
+        rows.append([b.name, b.core, b.fpu, clock, f"{b.sram_bytes // 1024} KB",
                      f"{b.flash_bytes // 1024} KB", b.renode["platform"], b.qemu["machine"]])
     click.echo(table(["board", "core", "FPU", "clock", "SRAM", "flash", "Renode platform", "QEMU stand-in"],
                      rows, "lllrrrll"))
