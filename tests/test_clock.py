@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,49 @@ def test_long_string_defines_are_laid_out_as_clang_format_does():
     assert multi and lines[0].startswith("#define TG_CLOCK_MAX_LINE ") and all(len(ln) <= 100 for ln in lines)
     assert all(ln.endswith("\\") and len(ln) == 100 for ln in lines[:-1])
     assert "".join(ln.rstrip("\\").strip().strip('"') for ln in lines[1:]) == (" k=0123456789" * 10)
+
+
+HAVE_GCC = shutil.which("arm-none-eabi-gcc") is not None
+
+
+@pytest.mark.skipif(not HAVE_GCC, reason="arm-none-eabi-gcc is not on PATH (apt-get install gcc-arm-none-eabi)")
+@pytest.mark.parametrize("name", ["stm32f746", "stm32h743", "nrf52840"])
+def test_clock_and_console_compile_warning_free_for_every_image_and_choice(name, tmp_path):
+    """tg_clock.c and tg_console.c against each tg_board.h a build can emit (QEMU image and real board,
+    --clock max and reset), as the firmware compiles them: -Wall -Wextra -Werror. Objects only (~0.1 s each)."""
+    from tinygen.paths import data_dir
+    from tinygen.targets import armbuild
+
+    b = load_board(name)
+    glue = Path(__file__).resolve().parents[1] / "cmsis_glue"
+    for clock in ("max", "reset"):
+        inc = tmp_path / clock
+        inc.mkdir()
+        (inc / "tg_board.h").write_text(firmware.board_header(b, "m", FirmwareOptions(clock=clock)))
+        for image in ([], ["-DTG_TARGET_QEMU=1"]):
+            for src in ("tg_clock.c", "tg_console.c"):
+                cmd = ["arm-none-eabi-gcc", *b.cpu_flags, *b.opt_flags, *armbuild.CFLAGS, *image, f"-I{inc}",
+                       f"-I{data_dir('firmware')}", f"-I{glue}", "-c", str(data_dir("firmware") / src),
+                       "-o", str(inc / "x.o")]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                assert r.returncode == 0, f"{name} --clock {clock} {image}: {r.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("clang-format") is None, reason="clang-format is not on PATH")
+@pytest.mark.parametrize("clock", ["max", "reset"])
+def test_every_board_header_is_clang_format_clean(clock, tmp_path):
+    """The clock rows join each preprocessor branch's alignment group (clang-format 14 aligns a branch's macros
+    across blank lines and comments; a multi-line macro ends a group), for both QEMU consoles."""
+    style = f"--style=file:{Path(__file__).resolve().parents[1] / '.clang-format'}"
+    for name in ("stm32f746", "stm32h743", "nrf52840"):
+        for console in ("uart", "semihost"):
+            header = tmp_path / f"{name}-{console}.h"
+            header.write_text(firmware.board_header(load_board(name), "m",
+                                                    FirmwareOptions(clock=clock, qemu_console=console)))
+            assert max(len(ln) for ln in header.read_text().splitlines()) <= 100
+            r = subprocess.run(["clang-format", "--dry-run", "--Werror", style, str(header)], capture_output=True,
+                               text=True)
+            assert r.returncode == 0, f"{header.name}:\n{r.stderr[:1500]}"
 
 
 def test_build_summary_says_the_qemu_image_skips_the_bring_up():

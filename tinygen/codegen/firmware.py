@@ -348,6 +348,16 @@ def usart_brr(board: Board, choice: str) -> int:
     return (hz + c["baud"] // 2) // c["baud"]
 
 
+def board_header(board: Board, model_name: str, opts: FirmwareOptions, checkpoint=None) -> str:
+    """tg_board.h: the board's drivers, console, clock tree and early writes for both images (checkpoint: the rows
+    of checkpoint_defines, when the build saves checkpoints)."""
+    return codegen.environment().get_template("firmware/tg_board.h.j2").render(
+        board=board, model_name=model_name, core_cm7=board.core == "cortex-m7", qemu=board.qemu,
+        qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK, qemu_uart_base=QEMU_UART_BASE,
+        hw_console=hw_console_defines(board, opts.clock), early_init=board.early_init, checkpoint=checkpoint,
+        clock=clock_defines(board, opts.clock), clock_choice=opts.clock, string_define=string_define)
+
+
 # ---- the embedded samples ---------------------------------------------------------------------------------------
 
 def embedded_samples(model: ir.Model, n: int, train: bool = False,
@@ -447,11 +457,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
         ckpt = checkpoint_defines(board, qemu_slot0)
 
     # board header + harness
-    (fw / "tg_board.h").write_text(env.get_template("firmware/tg_board.h.j2").render(
-        board=board, model_name=model.name, core_cm7=board.core == "cortex-m7", qemu=board.qemu,
-        qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK, qemu_uart_base=QEMU_UART_BASE,
-        hw_console=hw_console_defines(board, opts.clock), early_init=board.early_init, checkpoint=ckpt,
-        clock=clock_defines(board, opts.clock), clock_choice=opts.clock, string_define=string_define))
+    (fw / "tg_board.h").write_text(board_header(board, model.name, opts, ckpt))
     (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
         model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps,
         checkpoint_every=opts.checkpoint_every, checkpoint_model_id=model_id(Path(out) / "src")))
