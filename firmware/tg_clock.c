@@ -159,7 +159,7 @@ static int tg_clock_bringup(void)
         return tg_clock_fail("RCC_CR.PLLRDY", TG_NOT_CLEAR);
     }
     TG_REG32(RCC_APB1ENR) |= RCC_APB1ENR_PWREN;
-    (void)TG_REG32(RCC_APB1ENR); /* RM0385 5.2.12: a read-back covers the enable's delay */
+    (void)TG_REG32(RCC_APB1ENR); /* a read-back covers the enable's delay (RM0385 RCC) */
     TG_REG32(PWR_CR1) |= PWR_CR1_VOS_SCALE1;
 
     TG_REG32(RCC_PLLCFGR) =
@@ -256,16 +256,16 @@ static int tg_clock_bringup(void)
 #define PWR_D3CR_VOSRDY          (1UL << 13)
 #define PWR_D3CR_VOS_MASK        (0x3UL << 14)
 #define PWR_D3CR_VOS1            (0x3UL << 14)
-/* RM0433 11.3.5: SYSCFG_PWRCR at 0x5800042C; ODEN over VOS1 gives VOS0. */
+/* RM0433 SYSCFG: SYSCFG_PWRCR at 0x5800042C; ODEN over VOS1 gives VOS0. */
 #define SYSCFG_PWRCR             0x5800042CUL
 #define SYSCFG_PWRCR_ODEN        (1UL << 0)
-/* RM0433 4.9.1: FLASH_ACR at 0x52002000; reset value 0x37 (LATENCY 7, WRHIGHFREQ 3). */
+/* RM0433 FLASH: FLASH_ACR at 0x52002000; reset value 0x37 (LATENCY 7, WRHIGHFREQ 3). */
 #define FLASH_ACR                0x52002000UL
 #define FLASH_ACR_LATENCY        0xFUL
 #define FLASH_ACR_WRHIGHFREQ_POS 4U
 #define FLASH_ACR_FIELDS         (FLASH_ACR_LATENCY | (0x3UL << FLASH_ACR_WRHIGHFREQ_POS))
 #define FLASH_ACR_RESET          0x37UL
-/* RM0433 60.5.8: DBGMCU_IDC at 0x5C001000, REV_ID in bits 31:16 (0x1003 Y, 0x2003 V). */
+/* RM0433 debug support: DBGMCU_IDC at 0x5C001000, REV_ID in bits 31:16 (0x1003 Y, 0x2003 V). */
 #define DBGMCU_IDC               0x5C001000UL
 #define DBGMCU_IDC_REV_ID_POS    16U
 
@@ -313,7 +313,7 @@ static int tg_clock_bringup(void)
             return tg_clock_fail("RCC_CR.HSIDIVF", TG_NOT_SET);
         }
     }
-    /* RM0433 6.8.4: the supply configuration (LDO, as on the NUCLEO-H743ZI) can be written once
+    /* RM0433 PWR: the supply configuration (LDO, as on the NUCLEO-H743ZI) can be written once
      * after power-on; when SCUEN is already clear it was (e.g. by a bootloader) and stays - and
      * if that chose an external supply (BYPASS), the regulator's voltage scales are not ours. */
     const uint32_t supply = TG_REG32(PWR_CR3);
@@ -327,7 +327,7 @@ static int tg_clock_bringup(void)
             "PWR_CR3", "read", supply,
             ": an external core supply (BYPASS) was locked in since power-on");
     }
-    /* RM0433 6.6.2: VOS1, then (revision V) VOS0 by SYSCFG_PWRCR.ODEN. */
+    /* RM0433 PWR (voltage scaling): VOS1, then (revision V) VOS0 by SYSCFG_PWRCR.ODEN. */
     TG_REG32(PWR_D3CR) = (TG_REG32(PWR_D3CR) & ~PWR_D3CR_VOS_MASK) | PWR_D3CR_VOS1;
     if (!tg_clock_wait(PWR_D3CR, PWR_D3CR_VOSRDY, PWR_D3CR_VOSRDY)) {
         return tg_clock_fail("PWR_D3CR.VOSRDY", TG_NOT_SET);
@@ -340,7 +340,7 @@ static int tg_clock_bringup(void)
         return tg_clock_fail("PWR_D3CR.VOSRDY", TG_NOT_SET " (VOS0)");
     }
 #endif
-    /* Wait states for the AXI clock before it rises, checked by reading back (RM0433 4.3.8). */
+    /* Wait states for the AXI clock before it rises, checked by reading back (RM0433 FLASH). */
     TG_REG32(FLASH_ACR) = (TG_REG32(FLASH_ACR) & ~FLASH_ACR_FIELDS) | TG_CLOCK_FLASH_LATENCY |
                           (TG_CLOCK_FLASH_WRHIGHFREQ << FLASH_ACR_WRHIGHFREQ_POS);
     const uint32_t latency = TG_REG32(FLASH_ACR) & FLASH_ACR_LATENCY;

@@ -39,7 +39,7 @@ def test_stm32f746_clock_tree_is_within_rm0385():
     c = board_json("stm32f746")["clock"]
     m = c["max"]
     pll, div = m["pll"], m["dividers"]
-    hsi = 16 * MHZ  # RM0385 5.2.2
+    hsi = 16 * MHZ  # RM0385 RCC: HSI
     assert c["hsi_hz"] == hsi
     assert 2 <= pll["m"] <= 63 and 50 <= pll["n"] <= 432 and pll["p"] in (2, 4, 6, 8) and 2 <= pll["q"] <= 15
     vco_in = hsi / pll["m"]
@@ -65,11 +65,11 @@ def test_stm32h743_clock_tree_is_within_rm0433():
     c = board_json("stm32h743")["clock"]
     m = c["max"]
     pll, div = m["pll"], m["dividers"]
-    hsi = 64 * MHZ  # RM0433 8.5.2, HSIDIV = 1 at reset
+    hsi = 64 * MHZ  # RM0433 RCC: HSI, HSIDIV = 1 at reset
     assert c["hsi_hz"] == hsi
     assert 1 <= pll["m"] <= 63 and 4 <= pll["n"] <= 512 and 2 <= pll["p"] <= 128 and pll["p"] % 2 == 0
     ref = hsi / pll["m"]
-    assert 1 * MHZ <= ref <= 16 * MHZ  # RM0433 8.5.5: ref1_ck 1..16 MHz
+    assert 1 * MHZ <= ref <= 16 * MHZ  # RM0433 RCC: ref1_ck 1..16 MHz
     vco = ref * pll["n"]
     assert ref > 2 * MHZ and 192 * MHZ <= vco <= 960 * MHZ  # DS12110: wide VCO 192..960 MHz, ref1_ck >= 2 MHz
     assert m["vos"] == 0 and m["revision"] == "V"  # VOS0 (480 MHz) exists on revision V only
@@ -77,7 +77,7 @@ def test_stm32h743_clock_tree_is_within_rm0433():
     hclk = cpu / div["ahb"]
     pclks = [hclk / div[f"apb{i}"] for i in range(1, 5)]
     assert cpu <= 480 * MHZ and hclk <= 240 * MHZ and max(pclks) <= 120 * MHZ  # DS12110 VOS0 maxima
-    # RM0433 4.3.8 table 17, VOS0: 4 wait states and WRHIGHFREQ 2 for an AXI clock of 225..240 MHz
+    # RM0433's FLASH wait-state table, VOS0: 4 wait states and WRHIGHFREQ 2 for an AXI clock of 225..240 MHz
     assert 225 * MHZ < hclk <= 240 * MHZ and (m["flash_wait_states"], m["flash_wrhighfreq"]) == (4, 2)
     assert m["hz"] == {"sysclk": vco / pll["p"], "core": cpu, "hclk": hclk,
                        **{f"pclk{i}": p for i, p in enumerate(pclks, 1)}}
@@ -127,7 +127,7 @@ H7_SPOILS = [
                                               "of 240 MHz at VOS0"),
     (lambda m: m.pop("revision"), "clock.max.vos 0 needs \"revision\": \"V\""),
     (lambda m: m.update(vos=1), "wide VCO \\(ref1_ck x DIVN1\\) is 960 MHz, outside 192 MHz..836 MHz "
-                                "\\(DS12110 table 62, revision Y\\)"),
+                                "\\(DS12110 PLL characteristics, revision Y\\)"),
     (lambda m: (m.update(vos=1), m["pll"].update(n=50), m["dividers"].update(ahb=1)),
      "HCLK, the AXI/AHB clock \\(CPU / ahb\\) is 400 MHz, above its maximum 200 MHz"),
     (lambda m: m["pll"].update(m=64), "DIVM1\\) is 64, outside 1..63"),
@@ -147,7 +147,8 @@ def test_a_clock_outside_the_manual_is_one_sentence(tmp_path, board, spoil, mess
 
 
 def test_a_rev_y_h743_at_400_mhz_is_accepted(tmp_path):
-    """The setting the board file's `why` names for revision Y: VOS1, 400 MHz (RM0433 table 17: 2 WS at 200 MHz)."""
+    """The setting the board file's `why` names for revision Y: VOS1, 400 MHz (RM0433's FLASH wait-state table:
+    2 WS at 200 MHz)."""
     d = board_json("stm32h743")
     m = d["clock"]["max"]
     m.update(vos=1, flash_wait_states=2, flash_wrhighfreq=2)

@@ -10,7 +10,7 @@ the firmware prints, `tinygen sim`'s millisecond estimates -- is derived from th
 
 Trees:
   stm32f7  RM0385 (STM32F75x/74x) 5.3 RCC, 4.1.4 over-drive, 3.3.2 flash read latency; DS10916 (STM32F746xx).
-  stm32h7  RM0433 (STM32H742/743/753/750) 8.7 RCC, 6.6-6.8 supply and voltage scaling, 4.3.8 flash latency;
+  stm32h7  RM0433 (STM32H742/743/753/750) 8.7 RCC, PWR (supply, voltage scaling), FLASH (wait states);
            DS12110 (STM32H743xI) for VOS0 (480 MHz) on silicon revision V.
   nrf52    nRF52840 Product Specification v1.7, 5.4 CLOCK: the core always runs at 64 MHz; the HF crystal (HFXO)
            only makes the clock, and so the UART's baud rate, accurate.
@@ -48,31 +48,33 @@ F7_FLASH_WS_MAX = 15  # FLASH_ACR.LATENCY is 4 bits
 AHB_DIV_FIELD = {1: 0x0, 2: 0x8, 4: 0x9, 8: 0xA, 16: 0xB, 64: 0xC, 128: 0xD, 256: 0xE, 512: 0xF}
 APB_DIV_FIELD = {1: 0x0, 2: 0x4, 4: 0x5, 8: 0x6, 16: 0x7}
 
-# RM0433 8.5.5 / 8.7.11-13: DIVM1 1..63 with ref1_ck 1..16 MHz, in one of four input ranges (PLL1RGE); the wide VCO
-# (VCOSEL 0) takes ref1_ck >= 2 MHz, the medium one (VCOSEL 1) 1..2 MHz; DIVN1 4..512; DIVP1 2..128, even only for
-# PLL1. DS12110 table 62 (PLL characteristics): wide VCO 192..960 MHz on revision V (836 MHz on revision Y, which
-# tinygen assumes unless the setting names revision V), medium VCO 150..420 MHz.
+# RM0433 RCC (PLL1; RCC_PLLCKSELR, RCC_PLLCFGR, RCC_PLL1DIVR): DIVM1 1..63 with ref1_ck 1..16 MHz, in one of
+# four input ranges (PLL1RGE); the wide VCO (VCOSEL 0) takes ref1_ck >= 2 MHz, the medium one (VCOSEL 1) 1..2 MHz;
+# DIVN1 4..512; DIVP1 2..128, even only for PLL1. DS12110 (PLL characteristics): wide VCO 192..960 MHz on
+# revision V (836 MHz on revision Y, which tinygen assumes unless the setting names revision V), medium VCO
+# 150..420 MHz.
 H7 = {
     "divm": (1, 63), "divn": (4, 512), "divp": (2, 128),
     "ref": (1 * MHZ, 16 * MHZ), "vco_wide": (192 * MHZ, 960 * MHZ), "vco_wide_rev_y": (192 * MHZ, 836 * MHZ),
     "vco_medium": (150 * MHZ, 420 * MHZ),
 }
 H7_RGE = ((2 * MHZ, 0), (4 * MHZ, 1), (8 * MHZ, 2), (16 * MHZ, 3))  # ref1_ck upper bound -> PLL1RGE field
-# RM0433 6.6.2 / DS12110 table 23: maxima per voltage scale (CPU = sys_d1cpre_ck; HCLK = AXI/AHB; PCLK = APB1..4).
-# VOS0 exists on silicon revision V only (DBGMCU_IDC.REV_ID 0x2003; RM0433 6.8.6, ES0392 2.2.x).
+# RM0433 PWR (voltage scaling) / DS12110 (general operating conditions): maxima per voltage scale
+# (CPU = sys_d1cpre_ck; HCLK = AXI/AHB; PCLK = APB1..4).
+# VOS0 exists on silicon revision V only (DBGMCU_IDC.REV_ID 0x2003).
 H7_VOS = {
     0: {"cpu_max": 480 * MHZ, "hclk_max": 240 * MHZ, "pclk_max": 120 * MHZ},
     1: {"cpu_max": 400 * MHZ, "hclk_max": 200 * MHZ, "pclk_max": 100 * MHZ},
 }
 H7_REV_V = 0x2003
-# RM0433 4.3.8 table 17: flash wait states and programming delay (WRHIGHFREQ) against the AXI clock, per VOS:
+# RM0433's FLASH wait-state table ("FLASH recommended number of wait states and programming delay"): wait states
+# and programming delay (WRHIGHFREQ) against the AXI clock, per VOS:
 # (AXI clock upper bound, LATENCY, WRHIGHFREQ).
 H7_FLASH = {
     0: ((70 * MHZ, 0, 0), (140 * MHZ, 1, 1), (185 * MHZ, 2, 1), (210 * MHZ, 2, 2), (225 * MHZ, 3, 2),
         (240 * MHZ, 4, 2)),
     1: ((70 * MHZ, 0, 0), (140 * MHZ, 1, 1), (185 * MHZ, 2, 1), (210 * MHZ, 2, 2), (225 * MHZ, 3, 2)),
 }
-H7_FLASH_RESET = (7, 3)  # RM0433 4.9.1 FLASH_ACR reset value 0x37: LATENCY 7, WRHIGHFREQ 3
 
 NRF52_HZ = 64 * MHZ  # nRF52840 PS 5.4: HFCLK, from HFINT or HFXO, is always 64 MHz
 
@@ -172,7 +174,7 @@ def _div(d: dict, key: str, where: str, table: dict[int, int]) -> int:
 def _f7(c: dict) -> tuple[Setting, Setting, int | None]:
     hsi = _int(c, "hsi_hz", "clock")
     if hsi != 16 * MHZ:
-        raise ClockError(f"clock.hsi_hz is {hsi}; the STM32F7's HSI runs at 16 MHz (RM0385 5.2.2)")
+        raise ClockError(f"clock.hsi_hz is {hsi}; the STM32F7's HSI runs at 16 MHz (RM0385 RCC)")
     reset = Setting("hsi", _stated(_obj(c, "reset", "clock"), "clock.reset",
                                    {"sysclk": hsi, "core": hsi, "hclk": hsi, "pclk1": hsi, "pclk2": hsi}))
     m = _obj(c, "max", "clock")
@@ -230,7 +232,7 @@ def f7_wait_states(hclk: int) -> int:
 
 
 def h7_flash(vos: int, axi: int) -> tuple[int, int] | None:
-    """RM0433 4.3.8 table 17: (LATENCY, WRHIGHFREQ) for an AXI clock at a voltage scale, None above the table."""
+    """RM0433's FLASH wait-state table: (LATENCY, WRHIGHFREQ) for an AXI clock at a voltage scale, None above it."""
     for top, ws, wr in H7_FLASH[vos]:
         if axi <= top:
             return ws, wr
@@ -240,21 +242,22 @@ def h7_flash(vos: int, axi: int) -> tuple[int, int] | None:
 def _h7(c: dict) -> tuple[Setting, Setting, int | None]:
     hsi = _int(c, "hsi_hz", "clock")
     if hsi != 64 * MHZ:
-        raise ClockError(f"clock.hsi_hz is {hsi}; the STM32H7's HSI runs at 64 MHz at reset (RM0433 8.5.2)")
+        raise ClockError(f"clock.hsi_hz is {hsi}; the STM32H7's HSI runs at 64 MHz at reset (RM0433 RCC)")
     reset_hz = {"sysclk": hsi, "core": hsi, "hclk": hsi, **{f"pclk{i}": hsi for i in range(1, 5)}}
     reset = Setting("hsi", _stated(_obj(c, "reset", "clock"), "clock.reset", reset_hz))
     m = _obj(c, "max", "clock")
     pll, div = _obj(m, "pll", "clock.max"), _obj(m, "dividers", "clock.max")
     pm, pn, pp = (_int(pll, k, "clock.max.pll") for k in ("m", "n", "p"))
-    _in(pm, *H7["divm"], "clock.max.pll.m (DIVM1)", "RM0433 8.7.11")
-    _in(pn, *H7["divn"], "clock.max.pll.n (DIVN1)", "RM0433 8.7.13")
-    _in(pp, *H7["divp"], "clock.max.pll.p (DIVP1)", "RM0433 8.7.13")
+    _in(pm, *H7["divm"], "clock.max.pll.m (DIVM1)", "RM0433 RCC_PLLCKSELR")
+    _in(pn, *H7["divn"], "clock.max.pll.n (DIVN1)", "RM0433 RCC_PLL1DIVR")
+    _in(pp, *H7["divp"], "clock.max.pll.p (DIVP1)", "RM0433 RCC_PLL1DIVR")
     if pp % 2:
-        raise ClockError(f"clock.max.pll.p (DIVP1) is {pp}; PLL1's P divider takes even values only (RM0433 8.7.13)")
+        raise ClockError(f"clock.max.pll.p (DIVP1) is {pp}; PLL1's P divider takes even values only "
+                         "(RM0433 RCC_PLL1DIVR)")
     if hsi % pm:
         raise ClockError(f"clock.max.pll.m (DIVM1) {pm} does not divide the 64 MHz HSI into whole hertz")
     ref = hsi // pm
-    _in(ref, *H7["ref"], "PLL1's input ref1_ck (HSI / DIVM1)", "RM0433 8.5.5")
+    _in(ref, *H7["ref"], "PLL1's input ref1_ck (HSI / DIVM1)", "RM0433 RCC_PLLCKSELR")
     rge = next(r for top, r in H7_RGE if ref <= top)
     wide = ref > 2 * MHZ  # RM0433 8.7.12: the medium VCO for ref1_ck 1..2 MHz, the wide one above
     vos = _int(m, "vos", "clock.max")
@@ -266,29 +269,29 @@ def _h7(c: dict) -> tuple[Setting, Setting, int | None]:
         rev = m.get("revision")
         if rev != "V":
             raise ClockError("clock.max.vos 0 needs \"revision\": \"V\" (VOS0 and 480 MHz exist on silicon revision V "
-                             "only, RM0433 6.8.6)")
+                             "only)")
         revision = H7_REV_V
     vco = ref * pn
     limits = H7["vco_medium"] if not wide else H7["vco_wide"] if revision else H7["vco_wide_rev_y"]
     _in(vco, *limits, f"PLL1's {'wide' if wide else 'medium'} VCO (ref1_ck x DIVN1)",
-        "DS12110 table 62" + ("" if revision or not wide else ", revision Y"))
+        "DS12110 PLL characteristics" + ("" if revision or not wide else ", revision Y"))
     sysclk = vco // pp
-    _in(sysclk, 0, lim["cpu_max"], "SYSCLK (VCO / DIVP1)", f"DS12110 table 23, VOS{vos}")
+    _in(sysclk, 0, lim["cpu_max"], "SYSCLK (VCO / DIVP1)", f"DS12110 operating conditions, VOS{vos}")
     d1cpre, hpre = (_div(div, k, "clock.max.dividers", AHB_DIV_FIELD) for k in ("cpu", "ahb"))
     apbs = [_div(div, f"apb{i}", "clock.max.dividers", APB_DIV_FIELD) for i in range(1, 5)]
     cpu = sysclk // d1cpre
     hclk = cpu // hpre
     hz = {"sysclk": sysclk, "core": cpu, "hclk": hclk, **{f"pclk{i}": hclk // d for i, d in enumerate(apbs, 1)}}
-    _in(cpu, 0, lim["cpu_max"], "the CPU clock (SYSCLK / cpu)", f"DS12110 table 23, VOS{vos}")
-    _in(hclk, 0, lim["hclk_max"], "HCLK, the AXI/AHB clock (CPU / ahb)", f"DS12110 table 23, VOS{vos}")
+    _in(cpu, 0, lim["cpu_max"], "the CPU clock (SYSCLK / cpu)", f"DS12110 operating conditions, VOS{vos}")
+    _in(hclk, 0, lim["hclk_max"], "HCLK, the AXI/AHB clock (CPU / ahb)", f"DS12110 operating conditions, VOS{vos}")
     for i in range(1, 5):
-        _in(hz[f"pclk{i}"], 0, lim["pclk_max"], f"APB{i} (HCLK / apb{i})", f"DS12110 table 23, VOS{vos}")
+        _in(hz[f"pclk{i}"], 0, lim["pclk_max"], f"APB{i} (HCLK / apb{i})", f"DS12110 operating conditions, VOS{vos}")
     ws = _int(m, "flash_wait_states", "clock.max")
     wr = _int(m, "flash_wrhighfreq", "clock.max")
     need = h7_flash(vos, hclk)
     if need is None or ws < need[0] or ws > 15 or wr != need[1]:
         raise ClockError(f"clock.max.flash_wait_states {ws} and flash_wrhighfreq {wr} do not fit an AXI clock of "
-                         f"{_fmt(hclk)} at VOS{vos}: RM0433 4.3.8 table 17 gives "
+                         f"{_fmt(hclk)} at VOS{vos}: RM0433's FLASH wait-state table gives "
                          + (f"LATENCY {need[0]}, WRHIGHFREQ {need[1]}" if need else "no setting"))
     hz = _stated(m, "clock.max", hz)
     fields = {"divm1": pm, "divn1": pn - 1, "divp1": pp - 1, "pll1rge": rge, "pll1vcosel": 0 if wide else 1,
