@@ -113,7 +113,9 @@ static void tg_driver_init(void)
     *moder = (*moder & ~(GPIO_MODE_MASK << mode_shift)) | (GPIO_MODE_ALTERNATE << mode_shift);
 #endif
     TG_REG(USART_CR1) = 0U;
-    TG_REG(USART_BRR) = TG_CONSOLE_BRR;
+    /* The divisor for the kernel clock that runs: the configured one, or the reset clock's when
+     * the clock bring-up fell back (tg_clock.c). */
+    TG_REG(USART_BRR) = tg_clock_configured() ? TG_CONSOLE_BRR : TG_CONSOLE_BRR_RESET;
     TG_REG(USART_CR1) = USART_CR1_UE | USART_CR1_TE; /* TDR writes are ignored until both are set */
 }
 

@@ -43,6 +43,12 @@ void tg_put_u64(uint64_t v);
 void tg_put_hex32(uint32_t v); /* 0x%08x */
 void tg_console_flush(void);
 
+/* ---- clock (tg_clock.c) ----------------------------------------------------------------- */
+/* Prints "TG clock sysclk=... core=... source=... clock=max|reset" and, when the bring-up fell
+ * back to the reset clock, "fallback=<register.bit> (...)"; the QEMU image prints
+ * "TG clock bringup=skipped ...". */
+void tg_clock_report(void);
+
 /* ---- instruction / cycle counter --------------------------------------------------- */
 /* TG_COUNTER_NAME is "instr" (QEMU, SysTick under -icount) or "cycles" (DWT CYCCNT). */
 void tg_counter_init(void);

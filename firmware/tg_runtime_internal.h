@@ -23,6 +23,10 @@ extern uint32_t __tg_stack_top[];
 
 void tg_systick_handler(void);
 
+/* Clock-tree bring-up (tg_clock.c), called by the reset handler after .data/.bss; bounded waits. */
+void tg_clock_init(void);
+int tg_clock_configured(void); /* 1: the configured clock runs (the console's baud divisor) */
+
 /* GCC's -finstrument-functions hooks (tg_profile.c); never instrumented themselves. */
 #define TG_NO_INSTRUMENT __attribute__((no_instrument_function))
 #if defined(TG_PROFILE)

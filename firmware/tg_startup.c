@@ -11,7 +11,9 @@
  *      trapping; on a Cortex-M7 invalidate and enable the I- and D-caches (skipped when
  *      CLIDR reports no cache: QEMU accepts the cache maintenance writes as no-ops);
  *      program MPU region 0 as a no-access guard below the stack.
- *   3. console, counter, main(); tg_exit(main's status).
+ *      Then the clock-tree bring-up (tg_clock.c: the board's configured clock, or the reset
+ *      clock when a ready bit never comes).
+ *   3. console (its baud divisor for the clock that runs), counter, main(); tg_exit(main's status).
  *
  * Memory layout symbols come from the generated linker script (templates/firmware/link.ld.j2).
  */
@@ -206,6 +208,7 @@ void tg_reset_c(void)
 {
     tg_board_early_init();
     tg_init_memory();
+    tg_clock_init(); /* the board's configured clock, or the reset clock and the reason */
     TG_SCB->VTOR = (uint32_t)(uintptr_t)tg_vectors;
     TG_SCB->SHCSR |= TG_SCB_SHCSR_MEMFAULTENA | TG_SCB_SHCSR_BUSFAULTENA | TG_SCB_SHCSR_USGFAULTENA;
     TG_SCB->CCR |= TG_SCB_CCR_DIV_0_TRP;

@@ -250,9 +250,12 @@ def test_flash_overflow_on_a_tiny_board(model, tmp_path):
 def test_sim_qemu_bit_exact(builds, board):
     code, out, err = run("sim", builds[board], "--timeout", "60")
     assert code == 0, err
-    assert "bit-exact with the reference" in out and "est. ms" in out and "estimate" in out
-    counts = [s["count"] for s in sim.simulate(builds[board]).run.samples]
-    assert all(c > 10_000 for c in counts)
+    assert "bit-exact with the reference" in out and "est. ms" in out and "estimate from instruction counts" in out
+    r = sim.simulate(builds[board])
+    assert all(s["count"] > 10_000 for s in r.run.samples)
+    # the stand-in has no RCC: the QEMU image skips the bring-up; estimates at the real image's configured clock
+    assert r.run.clock == {"bringup": "skipped", "board_core": load_board(board).clock_hz, "clock": "max"}
+    assert r.clock_hz == load_board(board).clock_hz and "bring-up skipped" in out
 
 
 @needs_qemu
@@ -329,6 +332,7 @@ def test_cli_build_then_sim(tmp_path):
     if code != 0 and "digits-cnn" in err:
         pytest.skip(f"the zoo's digits-cnn is unavailable: {err.strip()}")
     assert code == 0, err
+    assert "clock: --clock max: stm32f746 at 216 MHz" in out and "the QEMU image skips the bring-up" in out
     if not (HAVE_GCC and HAVE_QEMU):
         pytest.skip("arm-none-eabi-gcc or qemu-system-arm is not on PATH")
     code, out, err = run("sim", tmp_path / "d")
@@ -598,7 +602,9 @@ BAD_BOARDS = [
     (lambda d: d["renode"].update(sysbus_init=["Tag <0x0, 0x3> \"x\"\nApplySVD @https://x"]),
      "renode.sysbus_init must be a list of one-line strings"),
     (lambda d: d["renode"].update(platform="platforms/cpus/x.repl\nstart"), "renode.platform must be a .repl path"),
-    (lambda d: d.pop("clock_hz"), "clock_hz is missing"),
+    (lambda d: d.pop("clock"), "clock is missing"),
+    (lambda d: d.update(clock_hz=216_000_000), "clock_hz is replaced by the clock object"),
+    (lambda d: d["console"].update(kernel_clock="pclk9"), "console.kernel_clock 'pclk9' is not a clock of the board"),
     (lambda d: d.update(opt_flags=["-O3", "-o/tmp/x"]), "opt_flags holds '-o/tmp/x', which is not an optimisation"),
     (lambda d: d.update(opt_flags=[]), "opt_flags must be a non-empty list of strings"),
 ]

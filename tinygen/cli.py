@@ -15,7 +15,7 @@ from tinygen.bench import speed, transfer, transfer128
 from tinygen.bench.suites import auto_fit, gradient_filter, master_bits, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.bench.transfer128 import TASKS128
-from tinygen.codegen.firmware import FirmwareOptions
+from tinygen.codegen.firmware import FirmwareOptions, describe_clock
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import load_dataset, training_samples
@@ -169,7 +169,9 @@ def boards(as_json):
         return
     rows = []
     for b in loaded:
-        rows.append([b.name, b.core, b.fpu, f"{b.clock_hz // 1_000_000} MHz", f"{b.sram_bytes // 1024} KB",
+        clock = f"{b.clock_hz / 1e6:g} MHz" + (f" ({b.clock.reset.core_hz / 1e6:g} at reset)"
+                                                 if b.clock.reset.core_hz != b.clock_hz else "")
+        rows.append([b.name, b.core, b.fpu, clock, f"{b.sram_bytes // 1024} KB",
                      f"{b.flash_bytes // 1024} KB", b.renode["platform"], b.qemu["machine"]])
     click.echo(table(["board", "core", "FPU", "clock", "SRAM", "flash", "Renode platform", "QEMU stand-in"],
                      rows, "lllrrrll"))
@@ -234,11 +236,15 @@ def _board_json(b) -> dict:
 @click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
               help="Save the trained state to the board's two flash slots every N steps and resume from the newest "
                    "complete one at boot (0: off).")
+@click.option("--clock", type=click.Choice(["max", "reset"]), default="max", show_default=True,
+              help="max: the firmware brings the board up to the clock its board file configures (216 MHz F746, "
+                   "480 MHz H743), falling back to the reset clock with a message; reset: it leaves the clocks as "
+                   "it finds them (when your own code sets them).")
 @JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
           momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, dataset_path, steps,
-          checkpoint_every, as_json):
+          checkpoint_every, clock, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
@@ -265,7 +271,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw_train = trainer is not None and trainer.config.loss == "ce"
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
-                                      checkpoint_every=checkpoint_every, dataset=dataset), expect_training)
+                                      checkpoint_every=checkpoint_every, dataset=dataset, clock=clock),
+                      expect_training)
 
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
@@ -282,6 +289,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
             "plan": {k: p[k] for k in ("peak_sram_bytes", "budget_bytes", "flash_bytes", "fits")},
             "firmware": {"compiled": bool(fw.get("compiled")), "train_steps": fw.get("train_steps", 0),
                          "samples": fw.get("samples", 0)},
+            "clock": fw.get("clock"),
             "files": {"manifest": str(Path(out) / "tinygen.json"), "plan": str(Path(out) / "plan.json"),
                       "memory_timeline": str(Path(out) / "memory_timeline.svg")}})
         return
@@ -296,6 +304,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw = m.get("firmware") or {}
     if fw.get("samples"):
         click.echo(f"firmware: {fw['samples_source']} embedded ({fw['samples_why']})")
+    click.echo(describe_clock(b, clock))
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
@@ -629,7 +638,9 @@ def sim(build_dir, emulator, timeout, profile, as_json):
     if as_json:
         _emit_json("sim", {
             "build_dir": str(build_dir), "bit_exact": True, "emulator": r.emulator, "machine": r.machine,
-            "board": r.board, "clock_hz": r.clock_hz, "counter": r.unit,
+            "board": r.board, "clock_hz": r.clock_hz, "clock_source": r.clock_source,
+            "clock_line": next((ln for ln in r.run.lines if ln.startswith("TG clock ")), None),
+            "clock_fallback": (r.run.clock or {}).get("fallback"), "counter": r.unit,
             "samples_source": r.samples_source,
             "samples": [{"index": s["index"], "label": s["label"], "count": s["count"]} for s in r.run.samples],
             "steps": [{"index": s["index"], "sample": s["sample"], "label": s["label"], "loss_q16": s["loss"],

@@ -140,7 +140,9 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list], str]:
                     f"{row['step_instructions'] / row['clock_hz'] * 1e3:.0f}",
                     f"{te[0] / 1e6:.1f} / {te[1] / 1e6:.1f}" if te and row["filter_r"] == 1 else "",
                     paper or ""])
-    note = ("est. ms = instructions / clock (one instruction per cycle): emulators count instructions, not cycles. "
+    note = ("est. ms = instructions / the core clock the firmware configures (the board file's clock.max), one "
+            "instruction per cycle: an estimate from instruction counts, for emulators count instructions, not "
+            "cycles. "
             "TinyEngine: MIT's generated code for MCUNet-5fps 49kb, -Ofast, on the same QEMU -icount shift=0; "
             "paper ms: Lin et al. 2022 on a real STM32F746 (cycles, ~100 KB schemes)")
     return headers, out, note

@@ -41,10 +41,12 @@ from tinygen.codegen.cstyle import c_array
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import Dataset, real_inputs_labelled, training_samples
 from tinygen.ir import model as ir
+from tinygen.ir.names import c_comment, c_string
 from tinygen.paths import data_dir
 from tinygen.reference import forward as reference
 from tinygen.targets import armbuild
 from tinygen.targets.boards import Board, Region
+from tinygen.targets.clocks import CHOICES as CLOCK_CHOICES
 
 FW_DIR = "firmware"
 SAMPLES_FILE = "samples.npz"
@@ -81,6 +83,7 @@ class FirmwareOptions:
     extra_cflags: tuple[str, ...] = ()  # e.g. ("-DTG_TEST_STACK_OVERFLOW",) in tests
     checkpoint_every: int = 0  # training builds: save the trained state to the board's flash slots every N steps
     dataset: Dataset | None = None  # --dataset: the user's samples, embedded instead of the bundled ones
+    clock: str = "max"  # --clock: "max" brings the board up to its configured clock, "reset" leaves it alone
 
 
 # ---- memory maps ---------------------------------------------------------------------------------------------
@@ -218,11 +221,104 @@ def checkpoint_defines(board: Board, qemu_slot0: int) -> tuple[list, list, list]
     return qemu, real, both
 
 
+# ---- the clock tree -----------------------------------------------------------------------------------------------
+
+CLOCK_TREE_MACROS = {"stm32f7": "TG_CLOCK_STM32F7", "stm32h7": "TG_CLOCK_STM32H7", "nrf52": "TG_CLOCK_NRF52"}
+_HEX_CLOCK_FIELDS = ("hpre", "ppre1", "ppre2", "d1cpre", "d1ppre", "d2ppre1", "d2ppre2", "d3ppre")
+
+
+def check_clock_choice(choice: str) -> str:
+    if choice not in CLOCK_CHOICES:
+        raise TinygenError(f"--clock must be one of {', '.join(CLOCK_CHOICES)}, not {choice!r}")
+    return choice
+
+
+C_COLUMNS = 100  # .clang-format's ColumnLimit
+
+
+def string_define(name: str, text: str, width: int | None) -> tuple[str, bool]:
+    """`#define NAME "text"` as clang-format lays it out, and whether it took several lines: on one line, the name
+    padded to `width` (the alignment group it joins; None after a multi-line macro, which ends a group), when that
+    fits in C_COLUMNS, else the string on continuation lines of adjacent literals split at spaces, each backslash
+    in the last column."""
+    one = f"#define {name.ljust(width or 0)} {c_string(text)}"
+    if len(one) <= C_COLUMNS:
+        return one, False
+    pieces, cur = [], ""
+    for word in text.split(" "):
+        trial = f"{cur} {word}" if cur else word
+        if cur and len(c_string(" " + trial)) + 4 > C_COLUMNS - 6:
+            pieces.append(cur)
+            trial = word
+        cur = trial
+    pieces.append(cur)
+    literals = [c_string((" " if text.startswith(" ") or i else "") + p) for i, p in enumerate(pieces)]
+    lines = [f"#define {name}", *(f"    {lit}" for lit in literals)]
+    return "\n".join(ln.ljust(C_COLUMNS - 1) + "\\" if i < len(lines) - 1 else ln
+                     for i, ln in enumerate(lines)), True
+
+
+@dataclass
+class ClockDefines:
+    """tg_board.h's clock rows: the QEMU image's, the real board's register fields (name, value, what it gives),
+    its other rows, and the two TG clock line tails (name, text: see string_define)."""
+
+    qemu: list[tuple[str, str]]
+    fields: list[tuple[str, str, str]]
+    real: list[tuple[str, str]]
+    lines: list[tuple[str, str]]
+
+
+def clock_defines(board: Board, choice: str) -> ClockDefines:
+    """tg_board.h's rows for firmware/tg_clock.c: the tree's register fields with what each gives (from the
+    board file's "clock", tinygen.targets.clocks) and the TG clock lines it prints."""
+    c = board.clock
+    s = c.setting(check_clock_choice(choice))
+    qemu = [("TG_CLOCK_SKIPPED", "1"),
+            ("TG_CLOCK_SKIPPED_LINE", c_string(f" bringup=skipped board_core={s.core_hz} clock={choice}"))]
+    fields, real = [], []
+    if choice == "max":
+        real.append((CLOCK_TREE_MACROS[c.tree], "1"))
+        for key, value in s.fields.items():
+            text = f"0x{value:X}U" if key in _HEX_CLOCK_FIELDS else f"{value}U"
+            fields.append((f"TG_CLOCK_{key.upper()}", text, c_comment(s.notes[key])))
+        if c.revision is not None:
+            fields.append(("TG_CLOCK_REV_ID", f"0x{c.revision:04X}U", "DBGMCU_IDC.REV_ID the setting needs"))
+    real.append(("TG_CLOCK_CHOICE", c_string(choice)))
+    lines = [("TG_CLOCK_MAX_LINE", c.line("max")), ("TG_CLOCK_RESET_LINE", c.line("reset"))]
+    return ClockDefines(qemu, fields, real, lines)
+
+
+def clock_summary(board: Board, choice: str) -> dict:
+    """The manifest's record of the build's clock: the choice, the frequencies the real-board image configures
+    and the reset ones it falls back to."""
+    c = board.clock
+    return {"choice": choice, "tree": c.tree, "core_hz": c.setting(choice).core_hz, "hz": dict(c.setting(choice).hz),
+            "source": c.setting(choice).source, "reset_hz": dict(c.reset.hz),
+            "qemu": "skipped: the mps2 stand-in has no RCC"}
+
+
+def describe_clock(board: Board, choice: str) -> str:
+    """One line for `tinygen build`: the clock the firmware runs at on the board, and QEMU's skip."""
+    c = board.clock
+    s = c.setting(choice)
+    buses = ", ".join(f"{k} {v / 1e6:g}" for k, v in s.hz.items() if k not in ("sysclk", "core"))
+    how = (f"--clock {choice}: {board.name} at {s.core_hz / 1e6:g} MHz"
+           + (f" (SYSCLK {s.hz['sysclk'] / 1e6:g}; {buses} MHz)" if buses else "")
+           + f" from {s.source}")
+    if choice == "max" and (s.hz, s.source) != (c.reset.hz, c.reset.source):
+        how += (f", falling back to the reset clock ({c.reset.core_hz / 1e6:g} MHz from {c.reset.source}) with a "
+                "message if a ready bit never comes")
+    return (f"clock: {how}; the QEMU image skips the bring-up ({board.qemu['machine']} has no RCC), so the "
+            "millisecond estimates of its runs use this configured clock")
+
+
 # ---- consoles on the real boards -------------------------------------------------------------------------------
 
-def hw_console_defines(board: Board) -> list[tuple[str, str]]:
+def hw_console_defines(board: Board, clock: str = "max") -> list[tuple[str, str]]:
     """The real board's console as (macro, value) rows for tg_board.h, from the board file's "console" object
-    (checked by tinygen.targets.boards; firmware/README.md lists its fields)."""
+    (checked by tinygen.targets.boards; firmware/README.md lists its fields). An STM32 USART's baud divisor comes
+    from its kernel clock in the configured setting, and in the reset one for a bring-up that falls back."""
     c = board.console
     kind = c["kind"]
     if kind == "semihost":
@@ -232,7 +328,8 @@ def hw_console_defines(board: Board) -> list[tuple[str, str]]:
                            "(known: stm32_usart, nrf_uarte, cmsdk_uart, semihost)")
     rows = [(f"TG_CONSOLE_{kind.upper()}", "1"), ("TG_CONSOLE_BASE", f"0x{c['base']:08X}UL")]
     if kind == "stm32_usart":
-        rows.append(("TG_CONSOLE_BRR", f"{(c['clock_hz'] + c['baud'] // 2) // c['baud']}U"))
+        rows += [("TG_CONSOLE_BRR", f"{usart_brr(board, clock)}U"),
+                 ("TG_CONSOLE_BRR_RESET", f"{usart_brr(board, 'reset')}U")]
         if "rcc_reg" in c:
             rows += [("TG_CONSOLE_RCC_REG", f"0x{c['rcc_reg']:08X}UL"), ("TG_CONSOLE_RCC_BIT", f"{c['rcc_bit']}U"),
                      ("TG_CONSOLE_GPIO_RCC_REG", f"0x{c['gpio_rcc_reg']:08X}UL"),
@@ -242,6 +339,23 @@ def hw_console_defines(board: Board) -> list[tuple[str, str]]:
     elif kind == "nrf_uarte":
         rows.append(("TG_CONSOLE_TX_PIN", f"{c['tx_pin']}U"))
     return rows
+
+
+def usart_brr(board: Board, choice: str) -> int:
+    """USART_BRR for the console's baud rate from its kernel clock (16x oversampling: clock / baud, rounded)."""
+    c = board.console
+    hz = board.clock.setting(choice).hz[c["kernel_clock"]]
+    return (hz + c["baud"] // 2) // c["baud"]
+
+
+def board_header(board: Board, model_name: str, opts: FirmwareOptions, checkpoint=None) -> str:
+    """tg_board.h: the board's drivers, console, clock tree and early writes for both images (checkpoint: the rows
+    of checkpoint_defines, when the build saves checkpoints)."""
+    return codegen.environment().get_template("firmware/tg_board.h.j2").render(
+        board=board, model_name=model_name, core_cm7=board.core == "cortex-m7", qemu=board.qemu,
+        qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK, qemu_uart_base=QEMU_UART_BASE,
+        hw_console=hw_console_defines(board, opts.clock), early_init=board.early_init, checkpoint=checkpoint,
+        clock=clock_defines(board, opts.clock), clock_choice=opts.clock, string_define=string_define)
 
 
 # ---- the embedded samples ---------------------------------------------------------------------------------------
@@ -343,10 +457,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
         ckpt = checkpoint_defines(board, qemu_slot0)
 
     # board header + harness
-    (fw / "tg_board.h").write_text(env.get_template("firmware/tg_board.h.j2").render(
-        board=board, model_name=model.name, core_cm7=board.core == "cortex-m7", qemu=board.qemu,
-        qemu_console=opts.qemu_console, instr_per_tick=QEMU_INSTR_PER_TICK, qemu_uart_base=QEMU_UART_BASE,
-        hw_console=hw_console_defines(board), early_init=board.early_init, checkpoint=ckpt))
+    (fw / "tg_board.h").write_text(board_header(board, model.name, opts, ckpt))
     (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
         model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps,
         checkpoint_every=opts.checkpoint_every, checkpoint_model_id=model_id(Path(out) / "src")))
@@ -385,6 +496,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
         "checkpoint_every": opts.checkpoint_every,
         "arena_bytes": arena,
         "extra_cflags": list(opts.extra_cflags),
+        "clock": clock_summary(board, opts.clock),
         "qemu": {"machine": board.qemu["machine"], "cpu": board.qemu["cpu"], "elf": f"{FW_DIR}/build/{QEMU_ELF}",
                  "linker_script": f"{FW_DIR}/{qemu_ld}", "args": qemu_args(board)},
         "hw": {"elf": f"{FW_DIR}/build/{hw_elf}", "linker_script": f"{FW_DIR}/{hw_ld}",
@@ -413,11 +525,12 @@ def renode_files(board_name: str) -> dict[str, str]:
 def robot_lines(model_name: str, board: Board, labels: list[int], crcs: list[str], training, opts: FirmwareOptions,
                 ) -> list[str]:
     """Every `TG` line the real-board image prints, in order, as the start the .robot requires of it (the counts
-    that follow vary): each sample's CRC, each step's loss, the learning-rate guard's halvings, the checkpoints
-    saved and the trained parameters' checksum, as the reference `training` has them (templates/firmware/main.c.j2).
-    """
+    that follow vary): the clock line, each sample's CRC, each step's loss, the learning-rate guard's halvings, the
+    checkpoints saved and the trained parameters' checksum, as the reference `training` has them
+    (templates/firmware/main.c.j2)."""
     n = len(labels)
-    lines = [f"TG start model={model_name} board={board.name} "]
+    # the clock line's numbers differ where the bring-up falls back (tg_clock.c): its start only
+    lines = [f"TG start model={model_name} board={board.name} ", "TG clock sysclk="]
     lines += [f"TG sample {i} label={labels[i]} crc={crcs[i]} " for i in range(n)]
     if opts.train:
         halved, seq = set(training.lr_halvings or ()), 0

@@ -14,17 +14,18 @@ from pathlib import Path
 
 from tinygen.errors import TinygenError
 from tinygen.paths import data_dir
+from tinygen.targets.clocks import Clock, ClockError, parse_clock
 
 # Console fields with register addresses (hex strings in the file, ints after loading) and plain integers.
 _HEX_FIELDS = ("base", "rcc_reg", "gpio_rcc_reg", "gpio_base")
-_INT_RANGES = {"clock_hz": (1, 2**32 - 1), "baud": (1, 10_000_000), "rcc_bit": (0, 31), "gpio_rcc_bit": (0, 31),
+_INT_RANGES = {"baud": (1, 10_000_000), "rcc_bit": (0, 31), "gpio_rcc_bit": (0, 31),
                "tx_pin": (0, 47), "tx_af": (0, 15)}
-_TEXT_FIELDS = ("name", "reference")
+_TEXT_FIELDS = ("name", "reference", "kernel_clock")
 # An STM32 USART's bring-up from reset (peripheral clock, TX pin routing): all of these or none.
 STM32_BRINGUP = ("rcc_reg", "rcc_bit", "gpio_rcc_reg", "gpio_rcc_bit", "gpio_base", "tx_pin", "tx_af")
 # The console kinds firmware/tg_console.c has a driver for, and the fields each requires.
 CONSOLE_KINDS = {
-    "stm32_usart": ("base", "clock_hz", "baud"),
+    "stm32_usart": ("base", "kernel_clock", "baud"),
     "nrf_uarte": ("base", "baud", "tx_pin"),
     "cmsdk_uart": ("base",),
     "semihost": (),
@@ -55,7 +56,7 @@ class Board:
     core: str
     cpu_flags: list[str]
     fpu: str
-    clock_hz: int
+    clock: Clock  # the clock tree: reset and maximum settings, every frequency derived (tinygen.targets.clocks)
     flash: list[Region]
     sram: list[Region]
     sram_contiguous: bool
@@ -65,6 +66,11 @@ class Board:
     early_init: list[RegWrite]
     checkpoint: Checkpoint | None = None  # where trained state persists across resets (--checkpoint-every)
     opt_flags: list[str] = field(default_factory=lambda: ["-O2"])  # compiler optimisation, chosen by measurement
+
+    @property
+    def clock_hz(self) -> int:
+        """The core clock at the board's maximum rated setting (what `--clock max` configures)."""
+        return self.clock.max.core_hz
 
     @property
     def sram_bytes(self) -> int:
@@ -144,7 +150,7 @@ def _regions(items, where: str) -> list[Region]:
             for i, d in enumerate(items)]
 
 
-def _console(c) -> dict:
+def _console(c, clock: Clock | None = None) -> dict:
     kind = _get(c, "kind", "console", str)
     if kind not in CONSOLE_KINDS:
         raise _Bad(f"console.kind {kind!r} has no driver in firmware/tg_console.c "
@@ -170,6 +176,9 @@ def _console(c) -> dict:
             out[key] = _int(value, f"console.{key}", *_INT_RANGES[key])
         else:
             out[key] = _get(c, key, "console", str)
+    if "kernel_clock" in out and clock is not None and out["kernel_clock"] not in clock.max.hz:
+        raise _Bad(f"console.kernel_clock {out['kernel_clock']!r} is not a clock of the board's tree (its clocks: "
+                   f"{', '.join(k for k in clock.max.hz if k != 'core')})")
     if kind == "nrf_uarte" and out["baud"] != NRF_UARTE_BAUD:
         raise _Bad(f"console.baud must be {NRF_UARTE_BAUD} for an nrf_uarte console (the rate its driver sets)")
     return out
@@ -284,10 +293,17 @@ def _board(d, stem: str) -> Board:
         raise _Bad("cpu_flags must be a list of strings")
     mem = _get(d, "memory", "", dict)
     flash = _regions(_get(mem, "flash", "memory", list), "memory.flash")
+    if "clock_hz" in d:
+        raise _Bad("clock_hz is replaced by the clock object (the clock tree's dividers and the frequencies they "
+                   "give, see boards/stm32f746.json)")
+    try:
+        clock = parse_clock(_get(d, "clock", "", dict))
+    except ClockError as exc:
+        raise _Bad(str(exc)) from None
     return Board(name, _get(d, "description", "", str), _get(d, "core", "", str), list(flags),
-                 _get(d, "fpu", "", str), _int(_get(d, "clock_hz", "", int), "clock_hz", 1, 2**32 - 1),
+                 _get(d, "fpu", "", str), clock,
                  flash, _regions(_get(mem, "sram", "memory", list), "memory.sram"),
-                 _get(mem, "sram_contiguous", "memory", bool), _console(_get(d, "console", "", dict)),
+                 _get(mem, "sram_contiguous", "memory", bool), _console(_get(d, "console", "", dict), clock),
                  _renode(_get(d, "renode", "", dict)), _qemu(_get(d, "qemu", "", dict)),
                  _early_init(d.get("early_init", [])),
                  _checkpoint(d["checkpoint"], flash) if "checkpoint" in d else None, _opt_flags(d))

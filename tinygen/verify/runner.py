@@ -87,6 +87,7 @@ class Run:
 
     lines: list[str]
     start: dict = field(default_factory=dict)
+    clock: dict | None = None  # the `TG clock` line: sysclk, core, ... source, clock, fallback (firmware/tg_clock.c)
     samples: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     lr_halvings: list[int] = field(default_factory=list)  # steps whose update the learning-rate guard halved
@@ -259,6 +260,14 @@ def _record_line(fw: Run, kind: str, kv: dict) -> None:
             fw.checkpoints.append(record)
 
 
+def _clock_line(line: str, kv: dict) -> dict:
+    """A `TG clock` line: frequencies as ints, the words as text, and the fallback's reason (the parenthesis)."""
+    out = {k: int(v) if v.isdigit() else v for k, v in kv.items()}
+    if "fallback" in out:
+        out["fallback"] = line[line.index("fallback=") + len("fallback="):].strip()
+    return out
+
+
 def parse_output(text: str) -> Run:
     """Parse the firmware's `TG ...` lines (other lines, e.g. QEMU's own messages, are kept but ignored)."""
     lines = [ln.rstrip("\r") for ln in text.splitlines()]
@@ -271,6 +280,8 @@ def parse_output(text: str) -> Run:
         kv = _kv(ln)
         if kind == "start":
             fw.start = kv
+        elif kind == "clock":
+            fw.clock = _clock_line(ln, kv)
         elif kind == "sample" and len(words) > 2 and words[2].isdigit():
             s = {"index": int(words[2]), "label": int(kv.get("label", "-1")), "crc": _num(kv.get("crc", "0x0")),
                  "ok": kv.get("ok") == "1", "count": _num(kv.get("instr", kv.get("cycles", "0")))}

@@ -32,7 +32,7 @@ from tinygen.targets.boards import load_board
 from tinygen.verify.compare import TrainingExpectation, compare_forward, compare_training, expect_training
 from tinygen.verify.runner import Run, RunResult, last_lines, parse_output, run_firmware
 
-__all__ = ["Run", "SimResult", "format_report", "parse_output", "simulate"]
+__all__ = ["Run", "SimResult", "format_report", "parse_output", "run_clock", "simulate"]
 
 TRAIN_EXPECTED = "train_expected.json"
 
@@ -48,6 +48,7 @@ class SimResult:
     samples_source: str
     seconds: float
     result: RunResult | None = None
+    clock_source: str = "the board file"  # where clock_hz comes from (see run_clock)
 
     @property
     def unit(self) -> str:
@@ -82,8 +83,25 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, pr
         raise MismatchError(f"the firmware exited with status {result.exit_status} although its outputs match the "
                             f"reference (last output: {last_lines(result)})")
     counter = result.firmware.start.get("counter", "instr")
-    return SimResult(emulator, machine, board.name, board.clock_hz, counter, result.firmware,
-                     fwinfo.get("samples_source", ""), result.seconds, result)
+    clock_hz, clock_source = run_clock(result.firmware, fwinfo, board.clock_hz)
+    return SimResult(emulator, machine, board.name, clock_hz, counter, result.firmware,
+                     fwinfo.get("samples_source", ""), result.seconds, result, clock_source)
+
+
+def run_clock(run: Run, fwinfo: dict, board_hz: int) -> tuple[int, str]:
+    """The core clock a run's millisecond estimates use, and where it comes from: the `TG clock` line's core
+    clock where the firmware brought the clock tree up (Renode, hardware; the reset clock where it fell back), the
+    real-board image's configured clock where the QEMU image skipped the bring-up, else (an older build) the
+    board file's maximum."""
+    clock = run.clock or {}
+    if isinstance(clock.get("core"), int):
+        fell = ", the reset clock its bring-up fell back to" if "fallback" in clock else ""
+        return clock["core"], f"the core clock the firmware reported{fell}"
+    if isinstance(clock.get("board_core"), int):
+        return clock["board_core"], (f"the real-board image's configured core clock, --clock "
+                                     f"{clock.get('clock', 'max')}; this image skipped the bring-up")
+    built = (fwinfo.get("clock") or {}).get("core_hz")
+    return (built, "the build's configured clock") if built else (board_hz, "the board file's maximum clock")
 
 
 def _training_reference(build_dir: Path, manifest: dict, result: RunResult) -> TrainingExpectation:
@@ -116,20 +134,32 @@ def _halvings(steps: list[int]) -> str:
 def _counted(r: SimResult) -> tuple[str, str]:
     """How the counts were made, and what the ms column means."""
     mhz = r.clock_hz / 1e6
-    estimate = (f"the ms column is an estimate (one instruction per cycle at {mhz:g} MHz): emulators count "
-                "instructions, not cycles")
+    estimate = (f"the ms column is an estimate from instruction counts (one instruction per cycle at {mhz:g} MHz, "
+                f"{r.clock_source}): emulators count instructions, not cycles")
     if r.counter == "instr":
         return f"counted to {QEMU_INSTR_PER_TICK} by SysTick under -icount shift=0", estimate
     if r.emulator == "renode":
         repl = renode_files(r.board)["repl"]
         return (f"counted by the DWT stand-in of firmware/{repl} (Renode's executed-instruction count, exact to a "
                 "translation block)", estimate)
-    return "from DWT CYCCNT", f"ms = cycles / {mhz:g} MHz"
+    return "from DWT CYCCNT", f"ms = cycles / {mhz:g} MHz ({r.clock_source})"
 
 
 def _measured(counts: list[int]) -> bool:
     """Whether the counter counted: a run whose counts are all 0 had none (a .repl without a DWT reads 0)."""
     return any(counts)
+
+
+def _clock_text(clock: dict) -> str:
+    """The `TG clock` line for the report: what the core ran at, or why the bring-up did not run or fell back."""
+    if "board_core" in clock:
+        return (f"bring-up skipped (the stand-in has no RCC); the real-board image configures "
+                f"{clock['board_core'] / 1e6:g} MHz (--clock {clock.get('clock', 'max')})")
+    buses = ", ".join(f"{k} {v / 1e6:g}" for k, v in clock.items()
+                      if isinstance(v, int) and k not in ("core", "flash_ws"))
+    text = (f"core {clock.get('core', 0) / 1e6:g} MHz ({buses} MHz) from {clock.get('source', '?')}, "
+            f"--clock {clock.get('clock', '?')}")
+    return text + (f"; the bring-up fell back: {clock['fallback']}" if "fallback" in clock else "")
 
 
 def format_report(r: SimResult) -> str:
@@ -154,6 +184,8 @@ def format_report(r: SimResult) -> str:
                      if measured else trend)
     st = r.run.stack
     how, est_note = _counted(r)
+    if r.run.clock is not None:
+        lines.append(f"clock: {_clock_text(r.run.clock)}")
     counted = (f"{min(counts):,}..{max(counts):,} {unit} per inference, {how}; " if measured else
                f"no {unit} counted (the counter read 0 throughout: the platform models no DWT); ")
     lines.append("")
