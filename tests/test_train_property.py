@@ -222,9 +222,9 @@ def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
     (4, 6, 5, 1, 0, 1, 1), (5, 12, 3, 2, 1, 1, 1), (3, 4, 16, 1, 2, 1, 1),  # 1x1 (the first: a channel tail)
     (4, 8, 8, 1, 3, 3, 1), (5, 6, 6, 2, 4, 3, 2), (6, 4, 4, 1, 5, 5, 2)])  # depthwise (cout = cmid)
 def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed, k, stride, kernels):
-    """A 1x1 or depthwise input gradient keeps its sums in a scratch where the plan has room (one pass; here
-    the wide input of the first layer leaves room), or laid over its own gradient, and computes them twice
-    where it has no room: all equal the reference."""
+    """A 1x1 or depthwise input gradient keeps its sums in a scratch where the plan has room (here the wide
+    input of the first layer leaves room), or laid over its own gradient, and where it has no room keeps them
+    truncated in the gradient itself, rounded once at the end (numerics §2.1): all equal the reference."""
     import tinygen.codegen.training as codegen_training
     from tinygen.planning.schedule import plan_training
     from tinygen.reference.training import Trainer
