@@ -39,17 +39,21 @@ def test_host_c_training_predicts_what_the_reference_predicts():
 
 
 def test_a_partial_mnist128_run_replaces_only_its_own_rows(tmp_path):
-    """`tinygen bench transfer --task mnist128 --only LABEL` updates that label's rows in the saved JSON and
-    keeps the others (a full run writes the file whole)."""
+    """`tinygen bench transfer --task mnist128 --only LABEL` (or `--int-only`) updates its own rows in the saved
+    JSON - those of its updates and methods - and keeps the others (a full run writes the file whole)."""
     import json
 
     from tinygen.bench import transfer128
 
-    def rows(update, acc):
-        return [{"model": "m", "update": update, "seed": s, "accuracy": acc} for s in range(2)]
+    def rows(update, acc, methods=("int", "float")):
+        return [{"model": "m", "update": update, "method": m, "seed": s, "accuracy": acc} for s in range(2)
+                for m in methods]
     transfer128.save(rows("a", 0.5) + rows("b", 0.5), "mnist128", tmp_path)
     path = transfer128.save(rows("b", 0.9), "mnist128", tmp_path, merge=True)
-    got = {(r["update"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
-    assert got == {("a", 0.5), ("b", 0.9)}
+    got = {(r["update"], r["method"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
+    assert got == {("a", "int", 0.5), ("a", "float", 0.5), ("b", "int", 0.9), ("b", "float", 0.9)}
+    path = transfer128.save(rows("a", 0.7, ("int",)), "mnist128", tmp_path, merge=True)  # --int-only
+    got = {(r["update"], r["method"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
+    assert got == {("a", "int", 0.7), ("a", "float", 0.5), ("b", "int", 0.9), ("b", "float", 0.9)}
     transfer128.save(rows("c", 0.1), "mnist128", tmp_path)
     assert {r["update"] for r in json.loads(path.read_text())["results"]} == {"c"}

@@ -526,7 +526,8 @@ def bench_selection(task, budgets, seeds, out):
 @click.option("--rounding", type=click.Choice(ROUNDINGS), default=None,
               help="mnist128: the integer runs' rounding of weight updates (stochastic: saved as "
                    "transfer_mnist128_stochastic.json). Default: as for build.")
-@click.option("--int-only", is_flag=True, help="mnist128: only the integer runs (float SGD does not round).")
+@click.option("--int-only", is_flag=True,
+              help="mnist128: only the integer runs (float SGD does not round); the saved JSON keeps its float rows.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
 def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, halve_every, master_bits, rounding,
@@ -547,9 +548,10 @@ def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, hal
                                     master_bits=master_bits, methods=("int",) if int_only else ("int", "float"))
         headers, rows = transfer128.summary(results)
         click.echo(table(headers, rows, "llrrrrl"))
-        path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, bool(labels),
+        merge = bool(labels) or int_only
+        path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, merge,
                                 master_bits)
-        click.echo(f"saved {path}" + (" (the other rows kept)" if labels else ""))
+        click.echo(f"saved {path}" + (" (the other rows kept)" if merge else ""))
 
 
 @bench.command("master-bits")

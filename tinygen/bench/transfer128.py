@@ -281,15 +281,16 @@ def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0, r
          merge: bool = False, master_bits: int = TrainConfig.frac_bits) -> Path:
     """`transfer_<task>.json`; `_halve<N>`, `_stochastic` and `_mb<B>` are added to the name for runs with the
     learning rate halving, with stochastic rounding and with another trained-weight storage than the default.
-    With `merge` (a run of some rows, `--only`), the file's rows of other (model, update) pairs are kept and
-    these replace their own."""
+    With `merge` (a run of some rows, `--only`, or of one method, `--int-only`), the file's rows of other
+    (model, update, method) triples are kept and these replace their own."""
     out.mkdir(parents=True, exist_ok=True)
     tags = ((f"_halve{halve_every}" if halve_every else "") + ("" if rounding == "nearest" else f"_{rounding}")
             + ("" if master_bits == TrainConfig.frac_bits else f"_mb{master_bits}"))
     path = out / f"transfer_{task_name}{tags}.json"
     if merge and path.exists():
-        mine = {(r["model"], r["update"]) for r in results}
-        kept = [r for r in json.loads(path.read_text())["results"] if (r["model"], r["update"]) not in mine]
+        mine = {(r["model"], r["update"], r["method"]) for r in results}
+        kept = [r for r in json.loads(path.read_text())["results"]
+                if (r["model"], r["update"], r["method"]) not in mine]
         results = kept + results
     path.write_text(json.dumps({"task": TASKS128[task_name].__dict__, "results": results}, indent=1) + "\n")
     return path

@@ -13,6 +13,7 @@ member keeps its own lifetime, so other buffers reuse a member's bytes once it i
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 
@@ -32,6 +33,10 @@ class Buffer:
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
+
+
+def _offset(b: Buffer) -> int:
+    return b.offset
 
 
 def _align(x: int, a: int) -> int:
@@ -71,40 +76,46 @@ def _envelope(members: list[Buffer]) -> Buffer:
 
 
 def _place_group(members: list[Buffer], placed: list[Buffer], align: int) -> int:
-    """The lowest anchor offset at which no member meets a placed, simultaneously live buffer."""
-    lo = min(m.rel for m in members)
+    """The lowest aligned anchor offset at which no member meets a placed, simultaneously live buffer:
+    from the lowest, each conflict found moves the anchor just past that buffer (every anchor in
+    between meets it too), until none is left."""
     conflicts = [(m, [p for p in placed if p.overlaps_in_time(m)]) for m in members]
-    cands = sorted({_align(-lo, align)} | {_align(p.offset + p.size - m.rel, align) for m, ps in conflicts for p in ps})
-    for anchor in cands:
-        if anchor + lo < 0:
-            continue
-        if all(anchor + m.rel + m.size <= p.offset or p.offset + p.size <= anchor + m.rel
-               for m, ps in conflicts for p in ps):
-            return anchor
-    raise AssertionError("unreachable: the highest candidate is past every placed buffer")
+    anchor = _align(-min(m.rel for m in members), align)
+    moved = True
+    while moved:
+        moved = False
+        for m, ps in conflicts:
+            for p in ps:
+                if anchor + m.rel < p.offset + p.size and p.offset < anchor + m.rel + m.size:
+                    anchor, moved = _align(p.offset + p.size - m.rel, align), True
+    return anchor
 
 
 def plan_greedy_by_size(buffers: list[Buffer], align: int = 8, order=ORDERS["greedy-by-size"]) -> int:
     """Assign `offset` to every buffer in place; return the arena size in bytes."""
-    placed: list[Buffer] = []
+    placed: list[Buffer] = []  # kept in offset order, so a buffer's live neighbours come sorted
     groups = _groups(buffers)
     units = {name: (_envelope(ms) if len(ms) > 1 else ms[0]) for name, ms in groups.items()}
     for name in sorted(units, key=lambda n: order(units[n])):
         members = groups[name]
         if len(members) == 1:
             buf = members[0]
-            live = sorted((p for p in placed if p.overlaps_in_time(buf)), key=lambda p: p.offset)
+            first, last, size = buf.first, buf.last, buf.size
             offset = 0
-            for p in live:
-                if offset + buf.size <= p.offset:
-                    break
-                offset = max(offset, _align(p.offset + p.size, align))
+            for p in placed:
+                if p.first <= last and first <= p.last:  # live at the same time
+                    if offset + size <= p.offset:
+                        break
+                    end = p.offset + p.size
+                    if end > offset:  # offset is aligned: the max of the two (_align, inlined: hot)
+                        offset = (end + align - 1) // align * align
             buf.offset = offset
         else:
             anchor = _place_group(members, placed, align)
             for m in members:
                 m.offset = anchor + m.rel
-        placed.extend(members)
+        for m in members:
+            bisect.insort(placed, m, key=_offset)
     return _align(max((b.offset + b.size for b in buffers), default=0), align)
 
 
