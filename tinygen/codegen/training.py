@@ -245,8 +245,8 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
             em.state[f"{p}_b_{kind}"] = ("int32_t", layer.bias.size)
     if u.bias:
         lay.dims["b_limit"] = bias_limit(layer)
-        lay.dims["b_sr_base"] = layer.weight.size  # a bias's noise index: after every weight's
-        lay.named.update(("b_limit", "b_sr_base"))
+        lay.dims["b_sr_index"] = layer.weight.size  # the biases' noise index: after every weight's
+        lay.named.update(("b_limit", "b_sr_index"))
     fn = f"{p}_update_s8"
     em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **ctx, bias=u.bias,
               n_sel=len(u.channels), n_chan=ir.selectable_channels(layer),

@@ -438,7 +438,7 @@ class Trainer:
                 record[f"db:{name}"] = total
             # always rounded stochastically: a step moves a bias by a few codes, less after halvings (§6.2)
             fine = mul_q31(total, tl.b_mult, tl.b_shift + e_acc - lr_shift + SR_BITS)
-            delta = round_stochastic(fine, sr_noise(key, layer.weight.size + np.arange(cout)))
+            delta = round_stochastic(fine, sr_noise(key, layer.weight.size))  # one noise for the layer's biases
             delta = self._accumulate(self.b_accum, name, delta)
             if delta is not None:
                 v = self._momentum(self.b_velocity, name, delta)
