@@ -14,6 +14,7 @@ member keeps its own lifetime, so other buffers reuse a member's bytes once it i
 from __future__ import annotations
 
 import bisect
+import operator
 from dataclasses import dataclass
 
 
@@ -33,10 +34,6 @@ class Buffer:
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
-
-
-def _offset(b: Buffer) -> int:
-    return b.offset
 
 
 def _align(x: int, a: int) -> int:
@@ -106,16 +103,15 @@ def plan_greedy_by_size(buffers: list[Buffer], align: int = 8, order=ORDERS["gre
                 if p.first <= last and first <= p.last:  # live at the same time
                     if offset + size <= p.offset:
                         break
-                    end = p.offset + p.size
-                    if end > offset:  # offset is aligned: the max of the two (_align, inlined: hot)
-                        offset = (end + align - 1) // align * align
+                    if p.offset + p.size > offset:  # offset is aligned: the max of the two
+                        offset = _align(p.offset + p.size, align)
             buf.offset = offset
         else:
             anchor = _place_group(members, placed, align)
             for m in members:
                 m.offset = anchor + m.rel
         for m in members:
-            bisect.insort(placed, m, key=_offset)
+            bisect.insort(placed, m, key=operator.attrgetter("offset"))
     return _align(max((b.offset + b.size for b in buffers), default=0), align)
 
 
