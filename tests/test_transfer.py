@@ -45,15 +45,20 @@ def test_a_partial_mnist128_run_replaces_only_its_own_rows(tmp_path):
 
     from tinygen.bench import transfer128
 
-    def rows(update, acc, methods=("int", "float")):
-        return [{"model": "m", "update": update, "method": m, "seed": s, "accuracy": acc} for s in range(2)
-                for m in methods]
+    def rows(update, acc, methods=("int", "float"), scheme="s"):
+        return [{"model": "m", "update": update, "method": m, "seed": s, "accuracy": acc, "scheme": scheme}
+                for s in range(2) for m in methods]
     transfer128.save(rows("a", 0.5) + rows("b", 0.5), "mnist128", tmp_path)
-    path = transfer128.save(rows("b", 0.9), "mnist128", tmp_path, merge=True)
+    path, dropped = transfer128.save(rows("b", 0.9), "mnist128", tmp_path, merge=True)
     got = {(r["update"], r["method"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
     assert got == {("a", "int", 0.5), ("a", "float", 0.5), ("b", "int", 0.9), ("b", "float", 0.9)}
-    path = transfer128.save(rows("a", 0.7, ("int",)), "mnist128", tmp_path, merge=True)  # --int-only
+    assert dropped == []
+    path, dropped = transfer128.save(rows("a", 0.7, ("int",)), "mnist128", tmp_path, merge=True)  # --int-only
     got = {(r["update"], r["method"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
     assert got == {("a", "int", 0.7), ("a", "float", 0.5), ("b", "int", 0.9), ("b", "float", 0.9)}
+    # `auto` chose another scheme this time: its float rows no longer describe the same training
+    path, dropped = transfer128.save(rows("b", 0.8, ("int",), scheme="t"), "mnist128", tmp_path, merge=True)
+    got = {(r["update"], r["method"], r["accuracy"]) for r in json.loads(path.read_text())["results"]}
+    assert got == {("a", "int", 0.7), ("a", "float", 0.5), ("b", "int", 0.8)} and dropped == [("m", "b")]
     transfer128.save(rows("c", 0.1), "mnist128", tmp_path)
     assert {r["update"] for r in json.loads(path.read_text())["results"]} == {"c"}

@@ -527,7 +527,8 @@ def bench_selection(task, budgets, seeds, out):
               help="mnist128: the integer runs' rounding of weight updates (stochastic: saved as "
                    "transfer_mnist128_stochastic.json). Default: as for build.")
 @click.option("--int-only", is_flag=True,
-              help="mnist128: only the integer runs (float SGD does not round); the saved JSON keeps its float rows.")
+              help="mnist128: only the integer runs (float SGD does not round); the saved JSON keeps its float rows "
+                   "of the same schemes (those of an `auto` that now chooses another scheme are dropped).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
 def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, halve_every, master_bits, rounding,
@@ -549,9 +550,12 @@ def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, hal
         headers, rows = transfer128.summary(results)
         click.echo(table(headers, rows, "llrrrrl"))
         merge = bool(labels) or int_only
-        path = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, merge,
-                                master_bits)
+        path, dropped = transfer128.save(results, task, Path(out or "bench-results"), halve_every, rounding, merge,
+                                         master_bits)
         click.echo(f"saved {path}" + (" (the other rows kept)" if merge else ""))
+        for model_name, label in dropped:
+            click.echo(f"{model_name} {label}: the saved rows of its other method trained another scheme and were "
+                       f"dropped; run it again with --only '{label}' (without --int-only) to compare")
 
 
 @bench.command("master-bits")

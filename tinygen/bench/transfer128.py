@@ -132,10 +132,12 @@ def cache_prefixes(task_name: str, model_name: str, tails: list[ir.Model], jobs:
                           for i, s in enumerate(("train", "test"))})
 
 
-def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Scheme, int]]:
+def candidates(task_name: str, model_name: str, log=print, labels: list[str] | None = None
+               ) -> dict[str, tuple[Scheme, int]]:
     """label -> (scheme, planned peak SRAM): head only, each MIT scheme, and at each MIT scheme's SRAM
-    the deepest last-K and `--update auto`, and `auto` at the default board's SRAM. Selection and probe
-    see the first training images only (as a build does), never the test images."""
+    the deepest last-K and `--update auto`, and `auto` at the default board's SRAM (with `labels`, only the
+    `auto` selections among them run: they take minutes). Selection and probe see the first training images
+    only (as a build does), never the test images."""
     task = TASKS128[task_name]
     model, xtr, ytr, _, _ = start(task_name, model_name)
     cfg = TrainConfig(lr=task.lr)
@@ -153,9 +155,12 @@ def candidates(task_name: str, model_name: str, log=print) -> dict[str, tuple[Sc
         out[f"MIT {key}"] = (mit.scheme, budget)
         lk = auto_last_k(model, cfg, budget)
         out[f"last-K @{key}"] = (lk[0].scheme, lk[1].total)
-        _auto(out, key, model_name, model, xtr[:n], ytr[:n], budget, cfg, log)
+        if not labels or f"auto @{key}" in labels:
+            _auto(out, key, model_name, model, xtr[:n], ytr[:n], budget, cfg, log)
     # what `tinygen build --board stm32f746 --model M --classes 10` chooses (its budget: the board's SRAM)
-    _auto(out, DEFAULT_BOARD, model_name, model, xtr[:n], ytr[:n], sram_budget(load_board(DEFAULT_BOARD)), cfg, log)
+    if not labels or f"auto @{DEFAULT_BOARD}" in labels:
+        _auto(out, DEFAULT_BOARD, model_name, model, xtr[:n], ytr[:n], sram_budget(load_board(DEFAULT_BOARD)), cfg,
+              log)
     return out
 
 
@@ -225,7 +230,7 @@ def bench(task_name: str, seeds: int = 3, models: tuple[str, ...] | None = None,
     peaks = {}
     for model_name in models or task.models:
         t0 = time.perf_counter()
-        cands = candidates(task_name, model_name, log)
+        cands = candidates(task_name, model_name, log, labels)
         tails = []
         for label, (scheme, peak) in cands.items():
             if labels and label not in labels:
@@ -278,19 +283,25 @@ def summary(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def save(results: list[dict], task_name: str, out: Path, halve_every: int = 0, rounding: str = "nearest",
-         merge: bool = False, master_bits: int = TrainConfig.frac_bits) -> Path:
+         merge: bool = False, master_bits: int = TrainConfig.frac_bits) -> tuple[Path, list[tuple[str, str]]]:
     """`transfer_<task>.json`; `_halve<N>`, `_stochastic` and `_mb<B>` are added to the name for runs with the
     learning rate halving, with stochastic rounding and with another trained-weight storage than the default.
     With `merge` (a run of some rows, `--only`, or of one method, `--int-only`), the file's rows of other
-    (model, update, method) triples are kept and these replace their own."""
+    (model, update, method) triples are kept and these replace their own; a kept row of an update this run
+    trained with another scheme (`auto` chose differently) is dropped, so a row never compares two schemes.
+    Returns the path and the (model, update) pairs whose kept rows were dropped."""
     out.mkdir(parents=True, exist_ok=True)
     tags = ((f"_halve{halve_every}" if halve_every else "") + ("" if rounding == "nearest" else f"_{rounding}")
             + ("" if master_bits == TrainConfig.frac_bits else f"_mb{master_bits}"))
     path = out / f"transfer_{task_name}{tags}.json"
+    dropped = []
     if merge and path.exists():
         mine = {(r["model"], r["update"], r["method"]) for r in results}
+        schemes = {(r["model"], r["update"]): r.get("scheme") for r in results}
         kept = [r for r in json.loads(path.read_text())["results"]
                 if (r["model"], r["update"], r["method"]) not in mine]
-        results = kept + results
+        dropped = sorted({(r["model"], r["update"]) for r in kept
+                          if schemes.get((r["model"], r["update"]), r.get("scheme")) != r.get("scheme")})
+        results = [r for r in kept if (r["model"], r["update"]) not in dropped] + results
     path.write_text(json.dumps({"task": TASKS128[task_name].__dict__, "results": results}, indent=1) + "\n")
-    return path
+    return path, dropped

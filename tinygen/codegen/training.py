@@ -234,7 +234,7 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
         if frac.bits:
             em.state[f"{p}_frac"] = (frac.ctype, frac.count(part))
         em.record(lay, "rec_dw", "dw:" + layer.name)
-    if stochastic:
+    if stochastic or u.bias:  # the bias update always rounds stochastically (numerics §6.2)
         lay.dims["sr_salt"] = f"0x{fnv1a32(layer.name.encode()):08X}U"
     for key, arr in (("w_mult", tl.w_mult), ("w_shift", tl.w_shift), ("b_mult", tl.b_mult), ("b_shift", tl.b_shift)):
         em.const_arrays[f"{p}_{key}"] = arr.astype(np.int32)
@@ -245,7 +245,8 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
             em.state[f"{p}_b_{kind}"] = ("int32_t", layer.bias.size)
     if u.bias:
         lay.dims["b_limit"] = bias_limit(layer)
-        lay.named.add("b_limit")
+        lay.dims["b_sr_index"] = layer.weight.size  # the biases' noise index: after every weight's
+        lay.named.update(("b_limit", "b_sr_index"))
     fn = f"{p}_update_s8"
     em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **ctx, bias=u.bias,
               n_sel=len(u.channels), n_chan=ir.selectable_channels(layer),
@@ -256,7 +257,7 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
               lr_shift=cfg.lr_varies, saved=sv.mode if sv else "tensor",
               saved_ctype=sv.ctype if sv else "int8_t", stochastic=stochastic,
               quad_oc=_quad_oc_update(lay.dims, bool(u.channels), ir.is_depthwise(layer), sv.mode if sv else "tensor"))
-    args = [gacc, e_acc] + (["(uint32_t)tg_step"] if stochastic else [])
+    args = [gacc, e_acc] + (["(uint32_t)tg_step"] if stochastic or u.bias else [])
     if u.channels:  # a bias-only update does not read the input
         x_saved = em.act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
         args.insert(0, x_saved)

@@ -406,6 +406,7 @@ class Trainer:
         cout = layer.weight.shape[0]
         groups = geom["groups"]
         kh, kw = k
+        key = sr_key(self.step_count, fnv1a32(name.encode()))  # this step's rounding noise (§6.2)
         if tl.update.channels:
             out_h, out_w = (1, 1) if isinstance(layer, ir.FullyConnected) else layer.output.shape[:2]
             xs = x.astype(np.int64) - x_info.zero_point
@@ -420,7 +421,6 @@ class Trainer:
                 record[f"dw:{name}"] = d
             shift = tl.w_shift[:, None, None, None] + e_acc + F - lr_shift
             if self.config.rounding == "stochastic":  # SR_BITS more bits, then floor with noise (§6.2)
-                key = sr_key(self.step_count, fnv1a32(name.encode()))
                 fine = mul_q31(d, tl.w_mult[:, None, None, None], shift + SR_BITS)
                 delta = round_stochastic(fine, sr_noise(key, np.arange(d.size).reshape(d.shape)))
             else:
@@ -436,7 +436,10 @@ class Trainer:
             total = (gacc * counts).reshape(-1, cout).sum(axis=0)
             if record is not None:
                 record[f"db:{name}"] = total
-            delta = self._accumulate(self.b_accum, name, mul_q31(total, tl.b_mult, tl.b_shift + e_acc - lr_shift))
+            # always rounded stochastically: a step moves a bias by a few codes, less after halvings (§6.2)
+            fine = mul_q31(total, tl.b_mult, tl.b_shift + e_acc - lr_shift + SR_BITS)
+            delta = round_stochastic(fine, sr_noise(key, layer.weight.size))  # one noise for the layer's biases
+            delta = self._accumulate(self.b_accum, name, delta)
             if delta is not None:
                 v = self._momentum(self.b_velocity, name, delta)
                 lim = bias_limit(layer)
