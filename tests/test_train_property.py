@@ -14,6 +14,7 @@ from train_harness import train_c_vs_reference
 from tinygen.errors import ModelError
 from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
+from tinygen.ir.gradmath import SR_BITS
 from tinygen.ir.scheme import MASTER_BITS, ROUNDINGS, LayerUpdate, Scheme, TrainConfig
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -216,6 +217,31 @@ def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
             t.step(x[i], int(y[i]))
         moved[rounding] = sum(int(np.count_nonzero(t.master[n] != start[n])) for n in start)
     assert moved["nearest"] == 0 and moved["stochastic"] > 0
+
+
+def test_bias_updates_below_half_a_code_still_move_the_biases(kernels, monkeypatch):
+    """Biases round stochastically in every configuration (numerics §6.2): at a learning rate whose every bias
+    update is below half a code - nearest rounding would move none - some biases move; the C equals the
+    reference."""
+    import tinygen.reference.training as training
+    from tinygen.frontends.inputs import training_samples
+    from tinygen.zoo.catalog import get_model
+
+    model = get_model("digits-cnn")
+    x, y, _ = training_samples(model, 6)
+    scheme = Scheme({layer.name: LayerUpdate([], True) for layer in model.layers
+                     if layer.op in ("conv2d", "fully_connected")})
+    config = TrainConfig(lr=1e-4, lr_guard=0)  # rounding "nearest": for the weights, none of which train here
+    train_c_vs_reference(model, scheme, config, x, y, 6, kernels)
+    fine = []  # every bias update with its SR_BITS more fraction bits, before the noise
+    real = training.round_stochastic
+    monkeypatch.setattr(training, "round_stochastic", lambda f, noise: (fine.append(f), real(f, noise))[1])
+    t = training.Trainer(model, scheme, config)
+    start = {n: b.copy() for n, b in t.bias.items()}
+    for i in range(6):
+        t.step(x[i], int(y[i]))
+    assert max(int(np.abs(f).max()) for f in fine) < 1 << (SR_BITS - 1)  # below half a code, every one
+    assert sum(int(np.count_nonzero(t.bias[n] != start[n])) for n in start) > 0
 
 
 @pytest.mark.parametrize("h, cmid, cout, r, seed, k, stride", [

@@ -155,16 +155,17 @@ def candidates(task_name: str, model_name: str, log=print, labels: list[str] | N
         out[f"MIT {key}"] = (mit.scheme, budget)
         lk = auto_last_k(model, cfg, budget)
         out[f"last-K @{key}"] = (lk[0].scheme, lk[1].total)
-        if not labels or f"auto @{key}" in labels:
-            _auto(out, key, model_name, model, xtr[:n], ytr[:n], budget, cfg, log)
+        _auto(out, key, model_name, model, xtr[:n], ytr[:n], budget, cfg, log, labels)
     # what `tinygen build --board stm32f746 --model M --classes 10` chooses (its budget: the board's SRAM)
-    if not labels or f"auto @{DEFAULT_BOARD}" in labels:
-        _auto(out, DEFAULT_BOARD, model_name, model, xtr[:n], ytr[:n], sram_budget(load_board(DEFAULT_BOARD)), cfg,
-              log)
+    _auto(out, DEFAULT_BOARD, model_name, model, xtr[:n], ytr[:n], sram_budget(load_board(DEFAULT_BOARD)), cfg, log,
+          labels)
     return out
 
 
-def _auto(out: dict, key: str, model_name: str, model: ir.Model, x, y, budget: int, cfg: TrainConfig, log) -> None:
+def _auto(out: dict, key: str, model_name: str, model: ir.Model, x, y, budget: int, cfg: TrainConfig, log,
+          labels: list[str] | None) -> None:
+    if labels and f"auto @{key}" not in labels:  # not asked for: a selection takes minutes
+        return
     t0 = time.perf_counter()
     choices = choose(model, x, y, budget, cfg)
     if choices:
