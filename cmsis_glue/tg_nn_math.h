@@ -97,24 +97,41 @@ TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
     return (x * 2 + (1 << exponent) + (x >> 31)) >> (exponent + 1);
 }
 
-/* tg_requantize where the build proved |val| < 2^29 and shift in [-30, 0] (codegen/forward.py,
- * small_requant): the doubling high multiply is then the rounded high word of (2 * val) *
- * multiplier, one SMMULR on a core with the DSP extension: (2ab + 2^31) >> 32 is
- * (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the rounding divide is
- * tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes SMMULR's definition in
- * C, the portable set tg_doubling_high_mult. */
-TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift)
+/* tg_requantize29 is tg_requantize where the build proved |val| < 2^29 and shift in [-30, 0]
+ * (codegen/forward.py, requantize_for). Its doubling high multiply (tg_high29) is then the rounded
+ * high word of (2 * val) * multiplier, one SMMULR on a core with the DSP extension:
+ * (2ab + 2^31) >> 32 is (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the
+ * rounding divide is tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes
+ * SMMULR's definition in C, the portable set tg_doubling_high_mult. */
+TG_INLINE int32_t tg_high29(int32_t val, int32_t multiplier)
 {
 #if defined(__ARM_FEATURE_DSP) && !defined(TG_PORTABLE_KERNELS)
     int32_t high;
     __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(val * 2), "r"(multiplier));
+    return high;
 #elif defined(TG_DSP_PORTABLE) && !defined(TG_PORTABLE_KERNELS)
     const int64_t product = (int64_t)(val * 2) * multiplier + ((int64_t)1 << 31);
-    const int32_t high = (int32_t)(product >> 32);
+    return (int32_t)(product >> 32);
 #else
-    const int32_t high = tg_doubling_high_mult(val, multiplier);
+    return tg_doubling_high_mult(val, multiplier);
 #endif
-    return tg_divide_by_power_of_two_small(high, -shift);
+}
+
+TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift)
+{
+    return tg_divide_by_power_of_two_small(tg_high29(val, multiplier), -shift);
+}
+
+/* tg_requantize29(val, multiplier, shift) + offset, where the build also proved (1 + 2 |offset|) 2^e <= 2^30 - 2
+ * for e = -shift (codegen/forward.py, requantize_for): offset 2^(e+1) added to the rounding divide's numerator
+ * adds exactly offset to its quotient (floor((n + k 2^(e+1)) / 2^(e+1)) = floor(n / 2^(e+1)) + k), and the
+ * numerator stays inside int32 (|2h + (h >> 31)| <= 2^30 + 1). The same bits, one addition fewer an output:
+ * (1 + 2 offset) 2^e is one constant per channel. */
+TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_t shift, int32_t offset)
+{
+    const int32_t high = tg_high29(val, multiplier);
+    const int32_t exponent = -shift;
+    return (high * 2 + (1 + 2 * offset) * (1 << exponent) + (high >> 31)) >> (exponent + 1);
 }
 
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the

@@ -33,8 +33,8 @@ int main(int argc, char **argv) {{
     (void)argc;
     FILE *f = fopen(argv[1], "rb");
     FILE *g = fopen(argv[2], "wb");
-    {ctype} v[3];
-    while (fread(v, sizeof v[0], 3, f) == 3) {{
+    {ctype} v[{n_in}];
+    while (fread(v, sizeof v[0], {n_in}, f) == {n_in}) {{
         {ctype} r[{n_out}];
 {body}
         fwrite(r, sizeof r[0], {n_out}, g);
@@ -47,14 +47,14 @@ int main(int argc, char **argv) {{
 CTYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 
 
-def c_driver(workdir: Path, header: str, body: str, dtype, n_out: int, cflags: tuple[str, ...] = ()):
-    """Compile a small C program that reads rows v[0..2] of `dtype` from argv[1], computes r[0..n_out-1]
+def c_driver(workdir: Path, header: str, body: str, dtype, n_out: int, cflags: tuple[str, ...] = (), n_in: int = 3):
+    """Compile a small C program that reads rows v[0..n_in-1] of `dtype` from argv[1], computes r[0..n_out-1]
     with `body` (statements using the functions of `header`) and writes them to argv[2] (project
     flags and `cflags`, sanitizers on); returns run(rows) -> int64 array of shape (rows, n_out).
 
     (Not generated model code: a direct probe of cmsis_glue's helpers, so it compiles on its own.)"""
     workdir = Path(workdir)
-    source = DRIVER.format(header=header, ctype=CTYPE[np.dtype(dtype)], n_out=n_out, body=body)
+    source = DRIVER.format(header=header, ctype=CTYPE[np.dtype(dtype)], n_in=n_in, n_out=n_out, body=body)
     (workdir / "drv.c").write_text(source)
     exe = compile_host([workdir / "drv.c"], [data_dir("cmsis_glue")], workdir / "drv",
                        extra=["-Wno-missing-prototypes", *cflags])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from c_harness import c_driver
 
+from tinygen.codegen.forward import FOLD_LIMIT, requantize_for
 from tinygen.ir import quant
 
 C_BODY = """
@@ -117,6 +118,34 @@ def test_small_requantization_equals_the_general_one(tmp_path, kernels):
     got = run(v)
     assert np.array_equal(got[:, 0], quant.requantize(vals, mults, shifts))
     assert np.array_equal(got[:, 1], quant.divide_by_power_of_two(vals, -shifts))
+
+
+@pytest.mark.parametrize("kernels", ["portable", "dsp"])
+def test_offset_folded_requantization_is_requantization_plus_offset(tmp_path, kernels):
+    """tg_requantize29_offset (the output zero point folded into the rounding divide) gives the general
+    requantization plus the offset wherever codegen.forward.requantize_for chooses it: every offset of int8's
+    range at every exponent its bound allows, at the rounding edges and the ends of |acc| < 2^29."""
+    body = """
+        r[0] = tg_requantize29_offset(v[0], v[1], v[2], v[3]);"""
+    flags = ("-DTG_PORTABLE_KERNELS",) if kernels == "portable" else ("-DTG_DSP_PORTABLE",)
+    run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 1, flags, n_in=4)
+    rng = np.random.default_rng(11)
+    lim = 2**29 - 1
+    offsets = np.arange(-128, 128)
+    # the largest exponent requantize_for folds at for each offset
+    top = np.array([max(e for e in range(31) if (1 + 2 * abs(int(o))) << e <= FOLD_LIMIT) for o in offsets])
+    d = _divide_cases()
+    d = d[(np.abs(d[:, 0]) < 2**29) & (d[:, 1] <= top.min())]
+    n = 30000
+    off = np.concatenate([rng.choice(offsets, len(d)), rng.choice(offsets, n), np.repeat([-128, 127, -1, 1], 6)])
+    e_max = top[off - offsets[0]]
+    e = np.concatenate([d[:, 1], rng.integers(0, e_max[len(d):len(d) + n] + 1), e_max[len(d) + n:]])
+    vals = np.concatenate([d[:, 0], rng.integers(-lim, lim + 1, n), np.tile([lim, -lim, 0, 1, -1, lim - 1], 4)])
+    mults = np.concatenate([rng.integers(2**30, 2**31, len(d)), rng.integers(0, 2**31, n), np.full(24, 2**31 - 1)])
+    assert all(requantize_for(1, np.array([-int(x)]), int(o)) == "tg_requantize29_offset"
+               for x, o in zip(e_max, off, strict=True) if o)  # an offset of 0 is not folded: nothing to add
+    got = run(np.stack([vals, mults, -e, off], axis=1))
+    assert np.array_equal(got[:, 0], quant.requantize(vals, mults, -e) + off)
 
 
 def test_rounding_is_half_away_from_zero():

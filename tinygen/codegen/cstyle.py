@@ -10,6 +10,7 @@ them Jinja globals (and `expr` a test) for every template.
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import jinja2
@@ -230,17 +231,39 @@ def signature(head: str, params: list[str], lead: str = "", tail: str = "") -> s
 
 def break_assignments(text: str) -> str:
     """`text` with each statement longer than the column limit broken after its `=`, the value indented
-    4 more, as clang-format does when the value then fits."""
+    4 more, as clang-format does when the value then fits; where it does not and the value is one call, its
+    arguments bin-packed after the open parenthesis instead (clang-format's layout then)."""
     out = []
     for line in text.split("\n"):
         at = line.find(" = ")
         pad = len(line) - len(line.lstrip())
         comment = line.lstrip().startswith(("/*", "*"))
-        if len(line) > COLUMN_LIMIT and at > 0 and not comment and pad + 4 + len(line) - at - 3 <= COLUMN_LIMIT:
+        if len(line) <= COLUMN_LIMIT or at <= 0 or comment:
+            out.append(line)
+        elif pad + 4 + len(line) - at - 3 <= COLUMN_LIMIT:
             out += [line[:at + 2], " " * (pad + 4) + line[at + 3:]]
         else:
-            out.append(line)
+            out += _break_call(line, at + 3) or [line]
     return "\n".join(out)
+
+
+def _break_call(line: str, start: int) -> list[str] | None:
+    """`line`'s value from `start`, a call `f(a, b, ...);` with no nested parentheses, as clang-format lays it
+    out when it does not fit: as many arguments a line as fit, each line after the first aligned after `(`."""
+    m = re.match(r"[A-Za-z_]\w*\(([^()]*)\);$", line[start:])
+    if not m:
+        return None
+    head = line[:start + line[start:].index("(") + 1]
+    args = m.group(1).split(", ")
+    lines, cur = [], head
+    for k, a in enumerate(args):
+        piece = a + ("," if k < len(args) - 1 else ");")
+        if cur.strip() and not cur.endswith("(") and len(cur) + 1 + len(piece) > COLUMN_LIMIT:
+            lines.append(cur)
+            cur = " " * len(head) + piece
+        else:
+            cur += (" " if not cur.endswith("(") and cur.strip() else "") + piece
+    return lines + [cur]
 
 
 def table(head: str, items: list) -> str:

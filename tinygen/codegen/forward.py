@@ -55,25 +55,30 @@ class LayerCode:
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 SMALL_ACC = ir.SMALL_ACC  # tg_requantize29's bound on |acc|
 SMALL_SHIFT_MIN = -30  # ... and on the right shift e = -shift (2^e itself an int32)
+FOLD_LIMIT = 2**30 - 2  # tg_requantize29_offset: (1 + 2|offset|) 2^e within it keeps its numerator in int32
 
 
-def requantize_for(bound: int, shift) -> str:
+def requantize_for(bound: int, shift, offset: int = 0) -> str:
     """The requantization for accumulators below `bound` in magnitude with these shifts (one per channel, or
-    one): `tg_requantize29` (one SMMULR for the doubling high multiply, a three-operation rounding divide) where
-    bound < SMALL_ACC and every shift is in [SMALL_SHIFT_MIN, 0], else `tg_requantize_r` where no shift is
-    positive, else the general `tg_requantize`; each gives `tg_requantize`'s bits (docs/numerics.md §1.1)."""
+    one), whose result gets `offset` added: `tg_requantize29` (one SMMULR for the doubling high multiply, a
+    three-operation rounding divide) where bound < SMALL_ACC and every shift is in [SMALL_SHIFT_MIN, 0] — as
+    `tg_requantize29_offset`, the offset folded into the divide, where the offset is not 0 and every channel
+    has (1 + 2|offset|) 2^-shift <= 2^30 - 2 — else `tg_requantize_r` where no shift is positive, else the
+    general `tg_requantize`; each gives `tg_requantize`'s bits plus the offset (docs/numerics.md §1.1).
+    Templates call it through `kernels/common.j2`'s `requantized`."""
     shift = np.atleast_1d(shift)
     if bound < SMALL_ACC and bool(((shift <= 0) & (shift >= SMALL_SHIFT_MIN)).all()):
-        return "tg_requantize29"
+        folds = offset and (1 + 2 * abs(int(offset))) << int(-shift.min()) <= FOLD_LIMIT
+        return "tg_requantize29_offset" if folds else "tg_requantize29"
     return "tg_requantize_r" if bool((shift <= 0).all()) else "tg_requantize"
 
 
 def requantize_fn(layer, shift: np.ndarray, bias: np.ndarray | None = None) -> str:
     """A conv's or FC's requantization: its accumulators are K products of at most 255 * 128 plus its largest
     |bias| (`bias`, default the layer's; for a layer whose bias trains, the largest it may grow to,
-    `reference.training.bias_limit`)."""
+    `reference.training.bias_limit`), plus its output zero point."""
     bias = layer.bias if bias is None else bias
-    return requantize_for(ir.acc_bound(int(np.prod(layer.weight.shape[1:])), bias), shift)
+    return requantize_for(ir.acc_bound(int(np.prod(layer.weight.shape[1:])), bias), shift, layer.output.zero_point)
 
 
 def saturated_bias(layer, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -124,15 +129,15 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
     return ("depthwise_conv_s8" if depthwise else "convolve_s8"), ctx, arrays
 
 
-def add_requantize_fns(p: dict) -> tuple[str, str, str]:
+def add_requantize_fns(p: dict, out_offset: int) -> tuple[str, str, str]:
     """The requantization of each input and of the sum of an ADD (`ir.add_requant`'s parameters): an input
     is (x + offset) * 2^LEFT_SHIFT with |x + offset| <= 255, and each rescaled input is no larger where its
     multiplier is below one and its shift at most 0 (the 32-bit cases), so their sum is below
-    2 * 255 * 2^LEFT_SHIFT."""
+    2 * 255 * 2^LEFT_SHIFT; the sum's result gets the output zero point `out_offset` added."""
     scaled = 255 << p["left_shift"]
     first, second = requantize_for(scaled, p["in1_shift"]), requantize_for(scaled, p["in2_shift"])
     small_in = first == second == "tg_requantize29"
-    return first, second, requantize_for(2 * scaled if small_in else SMALL_ACC, p["out_shift"])
+    return first, second, requantize_for(2 * scaled if small_in else SMALL_ACC, p["out_shift"], out_offset)
 
 
 def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
@@ -179,7 +184,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         p = ir.add_requant(x, b, out)
         ctx = dict(size=out.size, in1_offset=-x.zero_point, in2_offset=-b.zero_point, output_offset=out.zero_point,
                    act_min=layer.act_min, act_max=layer.act_max, **p)
-        ctx["requantize1"], ctx["requantize2"], ctx["requantize"] = add_requantize_fns(p)
+        ctx["requantize1"], ctx["requantize2"], ctx["requantize"] = add_requantize_fns(p, out.zero_point)
     elif isinstance(layer, ir.Pool):
         template = "avgpool_s8" if isinstance(layer, ir.AvgPool) else "maxpool_s8"
         h, w, c = x.shape
@@ -192,7 +197,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         h, w, c = x.shape
         ctx = dict(in_hw=h * w, in_c=c, input_offset=-x.zero_point, output_offset=out.zero_point, out_mult=mult,
                    out_shift=shift, act_min=layer.act_min, act_max=layer.act_max,
-                   requantize=requantize_for(255 * h * w, shift))  # |sum of (x - z_x)| <= 255 H W
+                   requantize=requantize_for(255 * h * w, shift, out.zero_point))  # |sum of (x - z_x)| <= 255 H W
     elif isinstance(layer, ir.Reshape):
         return None
     else:
