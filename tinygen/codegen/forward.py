@@ -147,10 +147,10 @@ def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
 
 
 def im2col_filter(weight: np.ndarray) -> np.ndarray:
-    """A filter (O, KH, KW, I) as int16 rows in the im2col column's order, each zero-padded to an even
-    length: the operand pairs SMLAD reads (kernels/convolve_im2col_s8)."""
+    """A filter (O, KH, KW, I) as int16 rows in the im2col column's order, each zero-padded to a multiple of
+    four: the operand pairs SMLAD reads, two words (one LDRD) at a time (kernels/convolve_im2col_s8)."""
     rows = weight.reshape(weight.shape[0], -1)
-    out = np.zeros((rows.shape[0], rows.shape[1] + rows.shape[1] % 2), np.int16)
+    out = np.zeros((rows.shape[0], -(-rows.shape[1] // 4) * 4), np.int16)
     out[:, :rows.shape[1]] = rows
     return out.reshape(-1)
 
