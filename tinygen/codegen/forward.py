@@ -26,7 +26,7 @@ from tinygen.ir import quant
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol, robot_arg
 from tinygen.paths import data_dir
 from tinygen.planning.fusion import pixel_pairs, ring_columns, taps_in_fours
-from tinygen.planning.schedule import forward_ops, plan_forward
+from tinygen.planning.schedule import ALIGN, forward_ops, plan_forward
 
 
 def environment() -> jinja2.Environment:
@@ -233,6 +233,13 @@ def _im2col(code: LayerCode) -> bool:
             and not ctx["split_k"] and f"{ctx['symbol']}_weight" in code.arrays)
 
 
+def aligned_rows(model: ir.Model, layer: ir.Layer, row_bytes: int) -> bool:
+    """Whether a kernel may read `layer`'s input rows of `row_bytes` with word-aligned reads (tg_read_2x32): the
+    input is an arena tensor (every one starts at a multiple of `schedule.ALIGN`, an overlapped input a multiple
+    of 8 after its output: `fusion.overlap_offset`), not the caller's model input, and rows are whole words."""
+    return layer.inputs[0] != model.input.name and row_bytes % 4 == 0 and ALIGN % 4 == 0
+
+
 def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
                    customize=None):
     """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
@@ -262,6 +269,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
             code.template = "pointwise_depthwise_fused_s8"
             code.context["pw"] = pw.context
+            # the 1x1 part reads its input pixels two words at a time where they are whole, aligned words
+            code.context["aligned_reads"] = aligned_rows(model, pw.layer, pw.context["in_c"])
             code.context["ring_left"], _, code.context["ring_right"] = ring_columns(layer, pw.layer.output.shape[1])
             code.arrays.update(pw.arrays)
             code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]
