@@ -38,8 +38,9 @@ TG_INLINE int32_t tg_read_s8x4(const int8_t *p)
     return v;
 }
 
-/* Two words (eight int8 or four int16 values) from an address the build proved word-aligned: one LDRD on
- * Armv7E-M, which faults on an unaligned address (codegen/forward.py, `aligned_reads`). */
+/* Two words (eight int8 or four int16 values) from an address the build proved word-aligned:
+ * one LDRD on Armv7E-M, which faults on an unaligned address (codegen/forward.py,
+ * aligned_rows; the im2col columns and const tables are 8-aligned). */
 TG_INLINE void tg_read_2x32(const void *p, int32_t *lo, int32_t *hi)
 {
     int32_t v[2];
