@@ -38,6 +38,24 @@ TG_INLINE int32_t tg_read_s8x4(const int8_t *p)
     return v;
 }
 
+/* Two words (eight int8 or four int16 values) from an address the build proved word-aligned:
+ * one LDRD on Armv7E-M, which faults on an unaligned address (codegen/forward.py,
+ * aligned_rows; the im2col columns and const tables are 8-aligned). */
+TG_INLINE void tg_read_2x32(const void *p, int32_t *lo, int32_t *hi)
+{
+    int32_t v[2];
+    memcpy(v, __builtin_assume_aligned(p, 4), sizeof(v));
+    *lo = v[0];
+    *hi = v[1];
+}
+
+/* Two words to an address the build proved word-aligned: one STRD on Armv7E-M. */
+TG_INLINE void tg_write_2x32(void *p, int32_t lo, int32_t hi)
+{
+    const int32_t v[2] = {lo, hi};
+    memcpy(__builtin_assume_aligned(p, 4), v, sizeof(v));
+}
+
 /* Two int16 values from any address. */
 TG_INLINE int32_t tg_read_s16x2(const int16_t *p)
 {

@@ -122,12 +122,14 @@ TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift
     return tg_divide_by_power_of_two_small(tg_high29(val, multiplier), -shift);
 }
 
-/* tg_requantize29(val, multiplier, shift) + offset, where the build also proved (1 + 2 |offset|) 2^e <= 2^30 - 2
- * for e = -shift (codegen/forward.py, requantize_for): offset 2^(e+1) added to the rounding divide's numerator
- * adds exactly offset to its quotient (floor((n + k 2^(e+1)) / 2^(e+1)) = floor(n / 2^(e+1)) + k), and the
- * numerator stays inside int32 (|2h + (h >> 31)| <= 2^30 + 1). The same bits, one addition fewer an output:
+/* tg_requantize29(val, multiplier, shift) + offset, where the build also proved
+ * (1 + 2 |offset|) 2^e <= 2^30 - 2 for e = -shift (codegen/forward.py, requantize_for):
+ * offset 2^(e+1) added to the rounding divide's numerator adds exactly offset to its quotient
+ * (floor((n + k 2^(e+1)) / 2^(e+1)) = floor(n / 2^(e+1)) + k), and the numerator stays inside
+ * int32 (|2h + (h >> 31)| <= 2^30 + 1). The same bits, one addition fewer an output:
  * (1 + 2 offset) 2^e is one constant per channel. */
-TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_t shift, int32_t offset)
+TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_t shift,
+                                         int32_t offset)
 {
     const int32_t high = tg_high29(val, multiplier);
     const int32_t exponent = -shift;

@@ -201,3 +201,41 @@ def test_saturated_bias_keeps_every_output_and_mask():
         new_out = quant.requantize(new[c].astype(np.int64) + dots, mult[c], shift[c]) - 5
         assert np.array_equal(np.clip(old_out, -128, 127), np.clip(new_out, -128, 127))
         assert np.array_equal((old_out >= -128) & (old_out <= 127), (new_out >= -128) & (new_out <= 127))
+
+
+def test_constant_channels_keep_every_output_and_mask():
+    """codegen.forward.constant_channels: a channel whose requantized output is the same for every input it can
+    reach (zero or tiny weights under a bias near 2^30, in range or saturated) gets multiplier 2^30, a shift of
+    at most 21 and a bias under 2^29 with the same output and clamp mask at every reachable accumulator; the
+    others keep their own; the new numbers meet tg_requantize29_offset's bounds."""
+    from types import SimpleNamespace
+
+    from tinygen.codegen.forward import constant_channels
+
+    rng = np.random.default_rng(6)
+    w = rng.integers(-128, 128, (6, 3, 3, 1)).astype(np.int8)
+    w[0] = 0  # exactly the bias
+    w[1] = 0
+    w[1, 0, 0, 0] = 3  # tiny weights: a sum of at most 3 * 255
+    bias = np.array([2**30, -(2**30) + 77, 1000, -(2**30), 2**30 - 5, 5 * 10**8], dtype=np.int32)
+    mult = np.array([2**30 + 12345, 2**30, 2**30 + 7, 2**31 - 1, 2**30, 2**30], dtype=np.int64)
+    shift = np.array([-26, -28, -9, -8, -27, -29], dtype=np.int64)
+    z_x, z = -128, -128
+    layer = SimpleNamespace(weight=w, bias=bias, act_min=-128, act_max=127, output=SimpleNamespace(zero_point=z))
+    x = SimpleNamespace(zero_point=z_x)
+    new_b, new_m, new_s, changed = constant_channels(layer, x, bias, mult, shift)
+    moved = (new_b != bias) | (new_m != mult) | (new_s != shift)
+    assert changed and list(np.flatnonzero(moved)) == [0, 1, 3, 4, 5]  # 3 saturated below; 2 varies
+    flat = w.reshape(6, -1).astype(np.int64)
+    for c in range(6):
+        lo, hi = -128 - z_x, 127 - z_x  # x + INPUT_OFFSET
+        s_min = np.where(flat[c] > 0, flat[c] * lo, flat[c] * hi).sum()
+        s_max = np.where(flat[c] > 0, flat[c] * hi, flat[c] * lo).sum()
+        s = np.concatenate([rng.integers(s_min, s_max + 1, 4000), [s_min, s_max, 0]])
+        old = quant.requantize(bias[c].astype(np.int64) + s, mult[c], shift[c]) + z
+        new = quant.requantize(new_b[c].astype(np.int64) + s, new_m[c], new_s[c]) + z
+        assert np.array_equal(np.clip(old, -128, 127), np.clip(new, -128, 127))
+        assert np.array_equal((old >= -128) & (old <= 127), (new >= -128) & (new <= 127))
+        if moved[c]:
+            assert abs(int(new_b[c])) + max(-s_min, s_max) < 2**29 and -21 <= new_s[c] <= 0
+            assert requantize_for(1, new_s[c:c + 1], z) == "tg_requantize29_offset"

@@ -366,7 +366,9 @@ def c_array(name: str, arr: np.ndarray, const: bool = True) -> str:
     # INT32_MIN (stdint.h) because -2147483648 is not an int literal
     items = [("INT32_MIN," if v == -(2**31) and ctype == "int32_t" else f"{v},") for v in vals]
     body = "\n    ".join(_column_layout(items, COLUMN_LIMIT - 4))
-    return f"{'const ' if const else ''}{ctype} {name}[{len(vals)}] = {{\n    {body}\n}};\n"
+    # a const table 8-aligned: kernels read some two words at a time (LDRD needs word alignment, tg_read_2x32)
+    head = f"const {ctype} {name}[{len(vals)}] __attribute__((aligned(8)))" if const else f"{ctype} {name}[{len(vals)}]"
+    return f"{head} = {{\n    {body}\n}};\n"
 
 
 def register(env: jinja2.Environment) -> None:

@@ -26,7 +26,7 @@ from tinygen.ir import quant
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol, robot_arg
 from tinygen.paths import data_dir
 from tinygen.planning.fusion import pixel_pairs, ring_columns, taps_in_fours
-from tinygen.planning.schedule import forward_ops, plan_forward
+from tinygen.planning.schedule import ALIGN, forward_ops, plan_forward
 
 
 def environment() -> jinja2.Environment:
@@ -110,6 +110,55 @@ def saturated_bias(layer, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.where(np.abs(new) < np.abs(b), new, b).astype(layer.bias.dtype)
 
 
+def constant_channels(layer, x: ir.TensorInfo, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray):
+    """The forward's (bias, mult, shift) with every channel whose output is the same for every input
+    re-expressed in small numbers: MIT's models carry channels with |bias| near 2^30 (zero or tiny weights),
+    whose accumulators need the 64-bit-safe requantization and whose shifts keep the output zero point out of
+    the rounding divide. Over the accumulators a channel can reach (its bias plus the sums its weights make of
+    inputs x + INPUT_OFFSET in [-128 - z_x, 127 - z_x], padding's 0 included; |s| <= R) the requantization is
+    monotone, so its output plus z clipped to one past each end of the clamp (what decides the output and the
+    clamp mask) is one value c + z where the two ends agree. Such a channel gets multiplier 2^30, shift -e and
+    bias c 2^(e+1), e the least exponent with ceil(R / 2) < 2^(e-1): the doubling high multiply by 2^30 rounds
+    (bias + s) / 2 to c 2^e + s2 with |s2| <= ceil(R / 2), and the divide by 2^e rounds that to c
+    (docs/numerics.md §1.1). Returns the three arrays and whether any channel changed; only the forward reads
+    them (the backward keeps the layer's own multipliers), and only for weights and a bias that do not train."""
+    w = layer.weight.reshape(layer.weight.shape[0], -1).astype(np.int64)
+    lo, hi = -128 - x.zero_point, 127 - x.zero_point
+    s_min = np.where(w > 0, w * lo, w * hi).sum(axis=1)
+    s_max = np.where(w > 0, w * hi, w * lo).sum(axis=1)
+    b = bias.astype(np.int64)
+    ends = np.stack([np.clip(b + s_min, INT32_MIN, INT32_MAX), np.clip(b + s_max, INT32_MIN, INT32_MAX)])
+    z = layer.output.zero_point
+    # the output plus z, clipped to one past each end of the clamp: what decides the output and the mask
+    c = np.clip(quant.requantize(ends, np.stack([mult, mult]), np.stack([shift, shift])) + z,
+                layer.act_min - 1, layer.act_max + 1)
+    reach = np.maximum(-s_min, s_max)
+    new_b, new_m, new_s = b.copy(), mult.astype(np.int64).copy(), shift.astype(np.int64).copy()
+    for ch in np.flatnonzero(c[0] == c[1]):
+        e = 1
+        while -(-int(reach[ch]) // 2) >= 2 ** (e - 1):
+            e += 1
+        cc = int(c[0, ch]) - z
+        small = (cc * 2 ** (e + 1), 2**30, -e)
+        if e <= -SMALL_SHIFT_MIN and abs(small[0]) + int(reach[ch]) < SMALL_ACC:
+            new_b[ch], new_m[ch], new_s[ch] = small
+    changed = not (np.array_equal(new_b, b) and np.array_equal(new_s, shift) and np.array_equal(new_m, mult))
+    return new_b.astype(bias.dtype), new_m, new_s, changed
+
+
+def _requant_arrays(layer, x: ir.TensorInfo, prefix: str, mult: np.ndarray, shift: np.ndarray):
+    """A conv's or FC's constant tables for its forward kernel, with the bias and shift the kernel uses: the
+    saturated channels' bias (`saturated_bias`), then the constant channels re-expressed (`constant_channels`)
+    in tables of the forward's own (`_fwd_mult`, `_fwd_shift`) where any changed: the layer's `_mult` and
+    `_shift` stay its own, for the backward. A layer that trains takes back its own (codegen/training.py)."""
+    bias = saturated_bias(layer, mult, shift)
+    bias, fmult, fshift, changed = constant_channels(layer, x, bias, mult, shift)
+    key = "_fwd" if changed else ""
+    arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": bias,
+              f"{prefix}{key}_mult": fmult.astype(np.int32), f"{prefix}{key}_shift": fshift.astype(np.int32)}
+    return arrays, bias, fshift
+
+
 def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str, dict, dict]:
     mult, shift = ir.conv_requant(layer, x)
     h, w, cin = x.shape
@@ -117,9 +166,7 @@ def _conv_context(layer: ir.Conv2D, x: ir.TensorInfo, prefix: str) -> tuple[str,
     kh, kw = layer.kernel
     pt, pb, pl, pr = layer.padding
     depthwise = ir.is_depthwise(layer)
-    bias = saturated_bias(layer, mult, shift)
-    arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": bias,
-              f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
+    arrays, bias, shift = _requant_arrays(layer, x, prefix, mult, shift)
     ctx = dict(in_h=h, in_w=w, in_c=cin, out_h=oh, out_w=ow, out_c=cout, kh=kh, kw=kw, cg=cin // layer.groups,
                groups=layer.groups, ch_mult=cout // cin, stride_h=layer.stride[0], stride_w=layer.stride[1],
                pad_top=pt, pad_left=pl, dil_h=layer.dilation[0], dil_w=layer.dilation[1],
@@ -147,10 +194,10 @@ def offset_sums(weight: np.ndarray, input_offset: int) -> np.ndarray:
 
 
 def im2col_filter(weight: np.ndarray) -> np.ndarray:
-    """A filter (O, KH, KW, I) as int16 rows in the im2col column's order, each zero-padded to an even
-    length: the operand pairs SMLAD reads (kernels/convolve_im2col_s8)."""
+    """A filter (O, KH, KW, I) as int16 rows in the im2col column's order, each zero-padded to a multiple of
+    four: the operand pairs SMLAD reads, two words (one LDRD) at a time (kernels/convolve_im2col_s8)."""
     rows = weight.reshape(weight.shape[0], -1)
-    out = np.zeros((rows.shape[0], rows.shape[1] + rows.shape[1] % 2), np.int16)
+    out = np.zeros((rows.shape[0], -(-rows.shape[1] // 4) * 4), np.int16)
     out[:, :rows.shape[1]] = rows
     return out.reshape(-1)
 
@@ -171,10 +218,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         template, ctx, arrays = _conv_context(layer, x, prefix)
         desc += f", {layer.kind(x.shape[-1])} {layer.kernel[0]}x{layer.kernel[1]} stride {layer.stride[0]}"
     elif isinstance(layer, ir.FullyConnected):
-        mult, shift = ir.conv_requant(layer, x)
-        bias = saturated_bias(layer, mult, shift)
-        arrays = {f"{prefix}_weight": layer.weight, f"{prefix}_bias": bias,
-                  f"{prefix}_mult": mult.astype(np.int32), f"{prefix}_shift": shift.astype(np.int32)}
+        arrays, bias, shift = _requant_arrays(layer, x, prefix, *ir.conv_requant(layer, x))
         template = "fully_connected_s8"
         ctx = dict(in_size=x.size, out_c=out.size, input_offset=-x.zero_point, output_offset=out.zero_point,
                    act_min=layer.act_min, act_max=layer.act_max, requantize=requantize_fn(layer, shift, bias))
@@ -206,8 +250,9 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
     ctx.update(fn=fn, symbol=prefix, comment=desc, mask=False, split_k=0, overlap=False, offset_sums=None,
                offset_folded=False)
     for key in ("weight", "bias", "mult", "shift"):
-        if f"{prefix}_{key}" in arrays:
-            ctx[key] = f"{prefix}_{key}"
+        for name in (f"{prefix}_{key}", f"{prefix}_fwd_{key}"):
+            if name in arrays:
+                ctx[key] = name
     return LayerCode(index, layer, fn, template, ctx, arrays)
 
 
@@ -231,6 +276,13 @@ def _im2col(code: LayerCode) -> bool:
     ctx = code.context
     return (ctx["groups"] == 1 and ctx["kh"] * ctx["kw"] > 1 and ctx["in_c"] % 4 != 0
             and not ctx["split_k"] and f"{ctx['symbol']}_weight" in code.arrays)
+
+
+def aligned_rows(model: ir.Model, layer: ir.Layer, row_bytes: int) -> bool:
+    """Whether a kernel may read `layer`'s input rows of `row_bytes` with word-aligned reads (tg_read_2x32): the
+    input is an arena tensor (every one starts at a multiple of `schedule.ALIGN`, an overlapped input a multiple
+    of 8 after its output: `fusion.overlap_offset`), not the caller's model input, and rows are whole words."""
+    return layer.inputs[0] != model.input.name and row_bytes % 4 == 0 and ALIGN % 4 == 0
 
 
 def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
@@ -262,6 +314,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
             code.template = "pointwise_depthwise_fused_s8"
             code.context["pw"] = pw.context
+            # the 1x1 part reads its input pixels two words at a time where they are whole, aligned words
+            code.context["aligned_reads"] = aligned_rows(model, pw.layer, pw.context["in_c"])
             code.context["ring_left"], _, code.context["ring_right"] = ring_columns(layer, pw.layer.output.shape[1])
             code.arrays.update(pw.arrays)
             code.context["comment"] = pw.context["comment"] + "; " + code.context["comment"]

@@ -392,9 +392,14 @@ def _forward(em: _Emit) -> tuple[list, list]:
         32 bits only if its bias can grow no further than that allows (`bias_limit`, `requantize_fn`)."""
         prefix = layer_symbol(code.index, code.layer.name)
         if code.layer.name in trainer.trained:
+            # its own multipliers too: a channel constant for the frozen weights (`constant_channels`) need not be
+            mult, shift = ir.conv_requant(code.layer, em.model.tensors()[code.layer.inputs[0]])
+            for key, arr in (("mult", mult), ("shift", shift)):
+                code.arrays.pop(f"{prefix}_fwd_{key}", None)
+                code.arrays[f"{prefix}_{key}"] = arr.astype(np.int32)
+                code.context[key] = f"{prefix}_{key}"
             grown = np.array([bias_limit(code.layer)], dtype=np.int64)
-            code.context.update(requantize=requantize_fn(code.layer, code.arrays[f"{prefix}_shift"], grown),
-                                bias_trained=True)
+            code.context.update(requantize=requantize_fn(code.layer, shift, grown), bias_trained=True)
             code.arrays[f"{prefix}_bias"] = code.layer.bias
         st = em.stores.get(code.layer.name)
         if st is None:
