@@ -533,7 +533,7 @@ def test_forward_build_embeds_the_labels_of_its_own_images(model, builds):
             assert len(same) > 0, name
             assert set(y_all[same].tolist()) == {int(label)}, (name, label, y_all[same])
         c = (build / "firmware" / "tg_dataset.c").read_text()
-        body = re.search(r"tg_samples_label\[\d+\] = \{([^}]*)\}", c).group(1)
+        body = re.search(r"tg_samples_label\[\d+\][^=]*= \{([^}]*)\}", c).group(1)
         assert [int(v) for v in body.replace(",", " ").split()] == s["labels"].tolist(), name
 
 
