@@ -91,10 +91,20 @@ TG_INLINE int32_t tg_requantize_r(int32_t val, int32_t multiplier, int32_t shift
  * compare: floor((2x + 2^e - (x < 0)) / 2^(e+1)). For x >= 0 it is floor((x + 2^(e-1)) / 2^e)
  * (and x itself at e = 0); for x < 0 the numerator is one more than the even 2x + 2^e - 2, which
  * no multiple of 2^(e+1) lies between, so it is floor((x + 2^(e-1) - 1) / 2^e): ties away from
- * zero either way. The bounds keep 2x + 2^e inside int32. */
+ * zero either way. The bounds keep 2x + 2^e inside int32.
+ * With `offset` (tg_requantize29_offset), the quotient plus offset where the build also proved
+ * (1 + 2 |offset|) 2^e <= 2^30 - 2 (codegen/forward.py, requantize_for): offset 2^(e+1) added to
+ * the numerator adds exactly offset to the quotient (floor((n + k 2^(e+1)) / 2^(e+1)) =
+ * floor(n / 2^(e+1)) + k) and the numerator stays inside int32 (|2x + (x >> 31)| <= 2^30 + 1):
+ * one addition fewer an output, as (1 + 2 offset) 2^e is one constant per channel. */
+TG_INLINE int32_t tg_divide_by_power_of_two_small_plus(int32_t x, int32_t exponent, int32_t offset)
+{
+    return (x * 2 + (1 + 2 * offset) * (1 << exponent) + (x >> 31)) >> (exponent + 1);
+}
+
 TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
 {
-    return (x * 2 + (1 << exponent) + (x >> 31)) >> (exponent + 1);
+    return tg_divide_by_power_of_two_small_plus(x, exponent, 0);
 }
 
 /* tg_requantize29 is tg_requantize where the build proved |val| < 2^29 and shift in [-30, 0]
@@ -122,18 +132,12 @@ TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift
     return tg_divide_by_power_of_two_small(tg_high29(val, multiplier), -shift);
 }
 
-/* tg_requantize29(val, multiplier, shift) + offset, where the build also proved
- * (1 + 2 |offset|) 2^e <= 2^30 - 2 for e = -shift (codegen/forward.py, requantize_for):
- * offset 2^(e+1) added to the rounding divide's numerator adds exactly offset to its quotient
- * (floor((n + k 2^(e+1)) / 2^(e+1)) = floor(n / 2^(e+1)) + k), and the numerator stays inside
- * int32 (|2h + (h >> 31)| <= 2^30 + 1). The same bits, one addition fewer an output:
- * (1 + 2 offset) 2^e is one constant per channel. */
+/* tg_requantize29(val, multiplier, shift) + offset, the offset folded into the rounding divide
+ * (tg_divide_by_power_of_two_small_plus; the same bound). */
 TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_t shift,
                                          int32_t offset)
 {
-    const int32_t high = tg_high29(val, multiplier);
-    const int32_t exponent = -shift;
-    return (high * 2 + (1 + 2 * offset) * (1 << exponent) + (high >> 31)) >> (exponent + 1);
+    return tg_divide_by_power_of_two_small_plus(tg_high29(val, multiplier), -shift, offset);
 }
 
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the

@@ -258,11 +258,13 @@ def _break_call(line: str, start: int) -> list[str] | None:
     lines, cur = [], head
     for k, a in enumerate(args):
         piece = a + ("," if k < len(args) - 1 else ");")
-        if cur.strip() and not cur.endswith("(") and len(cur) + 1 + len(piece) > COLUMN_LIMIT:
+        if cur == head:
+            cur += piece
+        elif len(cur) + 1 + len(piece) > COLUMN_LIMIT:
             lines.append(cur)
             cur = " " * len(head) + piece
         else:
-            cur += (" " if not cur.endswith("(") and cur.strip() else "") + piece
+            cur += " " + piece
     return lines + [cur]
 
 

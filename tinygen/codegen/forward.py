@@ -135,9 +135,7 @@ def constant_channels(layer, x: ir.TensorInfo, bias: np.ndarray, mult: np.ndarra
     reach = np.maximum(-s_min, s_max)
     new_b, new_m, new_s = b.copy(), mult.astype(np.int64).copy(), shift.astype(np.int64).copy()
     for ch in np.flatnonzero(c[0] == c[1]):
-        e = 1
-        while -(-int(reach[ch]) // 2) >= 2 ** (e - 1):
-            e += 1
+        e = (-(-int(reach[ch]) // 2)).bit_length() + 1  # the least e with ceil(R / 2) < 2^(e-1)
         cc = int(c[0, ch]) - z
         small = (cc * 2 ** (e + 1), 2**30, -e)
         if e <= -SMALL_SHIFT_MIN and abs(small[0]) + int(reach[ch]) < SMALL_ACC:
