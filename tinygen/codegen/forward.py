@@ -268,6 +268,27 @@ def _tiled_1x1(ctx: dict) -> bool:
             and ctx["out_h"] * ctx["out_w"] >= 2 and (ctx["out_h"], ctx["out_w"]) == (ctx["in_h"], ctx["in_w"]))
 
 
+# a 1x1 conv's weight rows widened to int16 on the stack (tg_widen_s8x4) take at most this many bytes
+WIDENED_BYTES_MAX = 2560
+# ... and are widened only where at least this many pixel pairs read each row: widening a row costs about
+# 1.25 instructions a weight, every pixel pair reading it widened saves one (two SXTB16 a word, two words)
+WIDENED_PIXEL_PAIRS_MIN = 3
+
+
+def widened_rows(ctx: dict) -> str | None:
+    """How kernels/convolve_1x1_s8's DSP path widens its weights: "rows" (channels outer: each channel pair's
+    two rows, once for every pixel), "all" (pixels outer, the overlapped kernel: every row once, where they fit
+    WIDENED_BYTES_MAX) or None (each pixel pair widens the weight words it reads, as before)."""
+    quads = ctx["in_c"] // 4 if not ctx["split_k"] else ctx["split_k"] // 4 + (ctx["in_c"] - ctx["split_k"]) // 4
+    pairs = ctx["out_h"] * ctx["out_w"] // 2
+    if not quads or pairs < WIDENED_PIXEL_PAIRS_MIN:
+        return None
+    if not ctx["overlap"]:
+        return "rows" if 2 * 8 * quads <= WIDENED_BYTES_MAX else None
+    fits = 8 * quads * ctx["out_c"] <= WIDENED_BYTES_MAX
+    return "all" if fits and not ctx["split_k"] else None
+
+
 def _im2col(code: LayerCode) -> bool:
     """An ungrouped k x k conv whose input channels do not fill words (the 3-channel stem) and whose
     weights are build-time constants: kernels/convolve_im2col_s8 computes it from int16 columns."""
@@ -323,6 +344,7 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         code.context["dw_pixel_pairs"] = code.context["dw_taps_in_fours"] and pixel_pairs(layer)
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
+            code.context["widened"] = widened_rows(code.context)
             if code.context["input_offset"] and f"{code.context['symbol']}_weight" in code.arrays:
                 # the weights are constant (none train): INPUT_OFFSET * sum(w) of each channel at build time, in
                 # the bias itself where that is constant too (no flash for it), else in a table of its own
