@@ -342,6 +342,9 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         # the depthwise taps read four at a time (the DSP path): planning.fusion.taps_in_fours
         code.context["dw_taps_in_fours"] = bool(f and f.kind in ("inplace_dw", "pw_dw") and taps_in_fours(layer))
         code.context["dw_pixel_pairs"] = code.context["dw_taps_in_fours"] and pixel_pairs(layer)
+        # ... as doubled halfwords where the requantization's doubling can take 2 acc (tg_requantize29_x2)
+        code.context["dw_doubled"] = (code.context["dw_taps_in_fours"]
+                                      and code.context.get("requantize", "").startswith("tg_requantize29"))
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
             code.context["widened"] = widened_rows(code.context)
