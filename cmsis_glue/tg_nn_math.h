@@ -159,6 +159,17 @@ TG_INLINE int32_t tg_requantize29_x2_offset(int32_t val2, int32_t multiplier, in
     return tg_divide_by_power_of_two_small_plus(tg_high29_x2(val2, multiplier), -shift, offset);
 }
 
+/* tg_requantize29_offset (and tg_requantize29: offset 0) with a channel's constants derived at build time
+ * (codegen/forward.py, requant_table): channel[0] the multiplier, channel[1] the rounding divide's addend
+ * (1 + 2 offset) 2^e and channel[2] its shift e + 1, e = -shift. The same expression on the same values,
+ * so the same bits; a kernel that requantizes channel after channel for each pixel (the 1x1 kernel)
+ * loads three words where it derived two of them every time. */
+TG_INLINE int32_t tg_requantize29_channel(int32_t val, const int32_t *channel)
+{
+    const int32_t high = tg_high29(val, channel[0]);
+    return (high * 2 + channel[1] + (high >> 31)) >> channel[2];
+}
+
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the
  * core saturates (Armv7-M and later: SSAT), one instruction; lo and hi are the kernels' named
  * constants, so the test folds at compile time. The portable kernel set keeps the plain C. */
