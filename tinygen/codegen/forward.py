@@ -284,8 +284,8 @@ def widened_rows(ctx: dict) -> str | None:
     if not quads or pairs < WIDENED_PIXEL_PAIRS_MIN:
         return None
     if not ctx["overlap"]:
-        return "rows" if 2 * 8 * quads <= WIDENED_BYTES_MAX else None
-    fits = 8 * quads * ctx["out_c"] <= WIDENED_BYTES_MAX
+        return "rows" if 16 * quads <= WIDENED_BYTES_MAX else None  # two rows of 4 int16 a quad
+    fits = 16 * quads * ((ctx["out_c"] + 1) // 2) <= WIDENED_BYTES_MAX  # channel pairs, the odd last one too
     return "all" if fits and not ctx["split_k"] else None
 
 
