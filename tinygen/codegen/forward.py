@@ -299,12 +299,20 @@ def requant_table(mult: np.ndarray, shift: np.ndarray, offset: int) -> np.ndarra
     return table.astype(np.int32).reshape(-1)
 
 
+# the requantization table costs 12 B of flash a channel and saves about one instruction an output: kept to 1x1
+# convs of at least this many pixels (MCUNet-5fps: 10.7 of its 32 KB, 82% of its 0.17 M instructions; all of it
+# pushed the 1000-class --update fisher build past the F746's 1 MB of flash)
+REQUANT_TABLE_PIXELS_MIN = 256
+
+
 def _channel_inner_requant(code: LayerCode) -> None:
     """A 1x1 kernel requantizes channel after channel for each pixel: it reads its channels' constants from one
-    table (`requant_table`) where its requantization is tg_requantize29(_offset). (Measured: the im2col stem
-    the same way takes 0.13 M instructions more on MCUNet-5fps, its registers spill.)"""
+    table (`requant_table`) where its requantization is tg_requantize29(_offset) and it has at least
+    REQUANT_TABLE_PIXELS_MIN pixels. (Measured: the im2col stem the same way takes 0.13 M instructions more on
+    MCUNet-5fps, its registers spill.)"""
     ctx = code.context
-    if not ctx["requantize"].startswith("tg_requantize29"):
+    if (not ctx["requantize"].startswith("tg_requantize29")
+            or ctx["out_h"] * ctx["out_w"] < REQUANT_TABLE_PIXELS_MIN):
         return
     folded = ctx["requantize"] == "tg_requantize29_offset"
     name = f"{ctx['symbol']}_requant"
