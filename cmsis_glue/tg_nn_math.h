@@ -112,19 +112,24 @@ TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
  * high word of (2 * val) * multiplier, one SMMULR on a core with the DSP extension:
  * (2ab + 2^31) >> 32 is (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the
  * rounding divide is tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes
- * SMMULR's definition in C, the portable set tg_doubling_high_mult. */
-TG_INLINE int32_t tg_high29(int32_t val, int32_t multiplier)
+ * SMMULR's definition in C, the portable set tg_doubling_high_mult. tg_high29_x2 takes 2 * val itself. */
+TG_INLINE int32_t tg_high29_x2(int32_t val2, int32_t multiplier)
 {
 #if defined(__ARM_FEATURE_DSP) && !defined(TG_PORTABLE_KERNELS)
     int32_t high;
-    __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(val * 2), "r"(multiplier));
+    __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(val2), "r"(multiplier));
     return high;
 #elif defined(TG_DSP_PORTABLE) && !defined(TG_PORTABLE_KERNELS)
-    const int64_t product = (int64_t)(val * 2) * multiplier + ((int64_t)1 << 31);
+    const int64_t product = (int64_t)val2 * multiplier + ((int64_t)1 << 31);
     return (int32_t)(product >> 32);
 #else
-    return tg_doubling_high_mult(val, multiplier);
+    return tg_doubling_high_mult(val2 / 2, multiplier);
 #endif
+}
+
+TG_INLINE int32_t tg_high29(int32_t val, int32_t multiplier)
+{
+    return tg_high29_x2(val * 2, multiplier);
 }
 
 TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift)
@@ -138,6 +143,31 @@ TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_
                                          int32_t offset)
 {
     return tg_divide_by_power_of_two_small_plus(tg_high29(val, multiplier), -shift, offset);
+}
+
+/* tg_requantize29 and tg_requantize29_offset of val from val2 = 2 * val, which a kernel whose weights it
+ * widens to halfwords itself forms at no cost (the depthwise ring kernels double their taps and bias,
+ * docs/numerics.md §1.1): the same bits, the doubling left out. */
+TG_INLINE int32_t tg_requantize29_x2(int32_t val2, int32_t multiplier, int32_t shift)
+{
+    return tg_divide_by_power_of_two_small(tg_high29_x2(val2, multiplier), -shift);
+}
+
+TG_INLINE int32_t tg_requantize29_x2_offset(int32_t val2, int32_t multiplier, int32_t shift,
+                                            int32_t offset)
+{
+    return tg_divide_by_power_of_two_small_plus(tg_high29_x2(val2, multiplier), -shift, offset);
+}
+
+/* tg_requantize29_offset (and tg_requantize29: offset 0) with a channel's constants derived at build time
+ * (codegen/forward.py, requant_table): channel[0] the multiplier, channel[1] the rounding divide's addend
+ * (1 + 2 offset) 2^e and channel[2] its shift e + 1, e = -shift. The same expression on the same values,
+ * so the same bits; a kernel that requantizes channel after channel for each pixel (the 1x1 kernel)
+ * loads three words where it derived two of them every time. */
+TG_INLINE int32_t tg_requantize29_channel(int32_t val, const int32_t *channel)
+{
+    const int32_t high = tg_high29(val, channel[0]);
+    return (high * 2 + channel[1] + (high >> 31)) >> channel[2];
 }
 
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the

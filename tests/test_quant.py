@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from c_harness import c_driver
 
-from tinygen.codegen.forward import FOLD_LIMIT, requantize_for
+from tinygen.codegen.forward import FOLD_LIMIT, requant_table, requantize_for
 from tinygen.ir import quant
 
 C_BODY = """
@@ -124,7 +124,8 @@ def test_small_requantization_equals_the_general_one(tmp_path, kernels):
 def test_offset_folded_requantization_is_requantization_plus_offset(tmp_path, kernels):
     """tg_requantize29_offset (the output zero point folded into the rounding divide) gives the general
     requantization plus the offset wherever codegen.forward.requantize_for chooses it: every offset of int8's
-    range at every exponent its bound allows, at the rounding edges and the ends of |acc| < 2^29."""
+    range at every exponent its bound allows, at the rounding edges and the ends of |acc| < 2^29; so does
+    tg_requantize29_channel from codegen.forward.requant_table's constants."""
     body = """
         r[0] = tg_requantize29_offset(v[0], v[1], v[2], v[3]);"""
     flags = ("-DTG_PORTABLE_KERNELS",) if kernels == "portable" else ("-DTG_DSP_PORTABLE",)
@@ -145,6 +146,15 @@ def test_offset_folded_requantization_is_requantization_plus_offset(tmp_path, ke
     assert all(requantize_for(1, np.array([-int(x)]), int(o)) == "tg_requantize29_offset"
                for x, o in zip(e_max, off, strict=True) if o)  # an offset of 0 is not folded: nothing to add
     got = run(np.stack([vals, mults, -e, off], axis=1))
+    assert np.array_equal(got[:, 0], quant.requantize(vals, mults, -e) + off)
+    # the same with each channel's constants from the build-time table (tg_requantize29_channel, the 1x1 kernel)
+    body = """
+        const int32_t channel[3] = {v[1], v[2], v[3]};
+        r[0] = tg_requantize29_channel(v[0], channel);"""
+    (tmp_path / "table").mkdir()
+    run = c_driver(tmp_path / "table", "tg_nn_math.h", body.rstrip("\n"), np.int32, 1, flags, n_in=4)
+    table = np.stack([requant_table(m, np.array([-x]), int(o)) for m, x, o in zip(mults, e, off, strict=True)])
+    got = run(np.concatenate([vals[:, None], table], axis=1))
     assert np.array_equal(got[:, 0], quant.requantize(vals, mults, -e) + off)
 
 

@@ -195,6 +195,23 @@ def test_gradient_accumulation_matches_reference(accumulate, momentum, seed, r, 
     train_c_vs_reference(model, _scheme(model, rng, r, trained), config, x, y, 9, kernels)
 
 
+@pytest.mark.parametrize("trained", [5, 8])
+def test_partly_trained_pointwise_widens_both_parts(trained, kernels):
+    """A 1x1 conv trained on the first 5 (8) of its 10 input channels whose input lives on (a residual add), so
+    it runs channels outer: the DSP path widens each channel pair's trained and frozen rows into one scratch,
+    each part with (without) a tail of channels past its last four (codegen.forward.widened_rows)."""
+    rng = np.random.default_rng(trained)
+    b = ModelBuilder("p", (4, 4, 10), 0.02, 3)
+    wt, bt, st_ = _w(rng, (10, 1, 1, 10), 0.03)
+    y = b.conv2d(b.input, wt, bt, st_, 0.03, -4, padding="valid", act="relu", name="layer")
+    x = b.add(b.input, y, 0.04, 2, name="res")
+    _head(b, x, rng, 4)
+    model = b.build()
+    scheme = Scheme({"layer": LayerUpdate(list(range(trained)), True), "head": LayerUpdate(list(range(10)), True)})
+    x = rng.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
+    train_c_vs_reference(model, scheme, TrainConfig(lr=0.05), x, rng.integers(0, 4, size=STEPS), STEPS, kernels)
+
+
 def test_stochastic_rounding_keeps_updates_below_one_master_step(kernels):
     """At a learning rate whose updates are all below half a master step, nearest rounding leaves every
     trained weight where it was while stochastic rounding moves some of them (in expectation by the true

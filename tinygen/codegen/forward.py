@@ -246,7 +246,7 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         raise TypeError(layer.op)
     fn = f"{prefix}_{template}"
     ctx.update(fn=fn, symbol=prefix, comment=desc, mask=False, split_k=0, overlap=False, offset_sums=None,
-               offset_folded=False)
+               offset_folded=False, requant=None, requant_folded=False)
     for key in ("weight", "bias", "mult", "shift"):
         for name in (f"{prefix}_{key}", f"{prefix}_fwd_{key}"):
             if name in arrays:
@@ -266,6 +266,59 @@ def _tiled_1x1(ctx: dict) -> bool:
     return (geometry == (1, 1, 1, 1, 1, False) and ctx["out_c"] >= 2
             and (not ctx["overlap"] or ctx["out_c"] <= STAGED_CHANNELS_MAX)
             and ctx["out_h"] * ctx["out_w"] >= 2 and (ctx["out_h"], ctx["out_w"]) == (ctx["in_h"], ctx["in_w"]))
+
+
+# a 1x1 conv's weight rows widened to int16 on the stack (tg_widen_s8x4) take at most this many bytes
+WIDENED_BYTES_MAX = 2560
+# ... and are widened only where at least this many pixel pairs read each row: widening a row costs about
+# 1.25 instructions a weight, every pixel pair reading it widened saves one (two SXTB16 a word, two words)
+WIDENED_PIXEL_PAIRS_MIN = 3
+
+
+def widened_rows(ctx: dict) -> str | None:
+    """How kernels/convolve_1x1_s8's DSP path widens its weights: "rows" (channels outer: each channel pair's
+    two rows, once for every pixel), "all" (pixels outer, the overlapped kernel: every row once, where they fit
+    WIDENED_BYTES_MAX) or None (each pixel pair widens the weight words it reads, as before)."""
+    quads = ctx["in_c"] // 4 if not ctx["split_k"] else ctx["split_k"] // 4 + (ctx["in_c"] - ctx["split_k"]) // 4
+    pairs = ctx["out_h"] * ctx["out_w"] // 2
+    if not quads or pairs < WIDENED_PIXEL_PAIRS_MIN:
+        return None
+    if not ctx["overlap"]:
+        return "rows" if 16 * quads <= WIDENED_BYTES_MAX else None  # two rows of 4 int16 a quad
+    fits = 16 * quads * ((ctx["out_c"] + 1) // 2) <= WIDENED_BYTES_MAX  # channel pairs, the odd last one too
+    return "all" if fits and not ctx["split_k"] else None
+
+
+def requant_table(mult: np.ndarray, shift: np.ndarray, offset: int) -> np.ndarray:
+    """(mult, round, rshift) of each output channel, flat int32, for tg_requantize29_channel: the rounding
+    divide's addend (1 + 2 offset) 2^e and shift e + 1 (e = -shift) that tg_requantize29_offset derives at run
+    time; offset 0 where the requantization does not fold it (tg_requantize29). Every value fits int32: e <= 30
+    and, folded, (1 + 2 |offset|) 2^e <= FOLD_LIMIT (`requantize_for`)."""
+    e = -np.atleast_1d(shift).astype(np.int64)
+    table = np.stack([np.atleast_1d(mult).astype(np.int64), (1 + 2 * offset) << e, e + 1], axis=1)
+    return table.astype(np.int32).reshape(-1)
+
+
+# the requantization table costs 12 B of flash a channel and saves about one instruction an output: kept to 1x1
+# convs of at least this many pixels (MCUNet-5fps: 10.7 of its 32 KB, 82% of its 0.17 M instructions; all of it
+# pushed the 1000-class --update fisher build past the F746's 1 MB of flash)
+REQUANT_TABLE_PIXELS_MIN = 256
+
+
+def _channel_inner_requant(code: LayerCode) -> None:
+    """A 1x1 kernel requantizes channel after channel for each pixel: it reads its channels' constants from one
+    table (`requant_table`) where its requantization is tg_requantize29(_offset) and it has at least
+    REQUANT_TABLE_PIXELS_MIN pixels. (Measured: the im2col stem the same way takes 0.13 M instructions more on
+    MCUNet-5fps, its registers spill.)"""
+    ctx = code.context
+    if (not ctx["requantize"].startswith("tg_requantize29")
+            or ctx["out_h"] * ctx["out_w"] < REQUANT_TABLE_PIXELS_MIN):
+        return
+    folded = ctx["requantize"] == "tg_requantize29_offset"
+    name = f"{ctx['symbol']}_requant"
+    code.arrays[name] = requant_table(code.arrays[ctx["mult"]], code.arrays[ctx["shift"]],
+                                      ctx["output_offset"] if folded else 0)
+    ctx.update(requant=name, requant_folded=folded)
 
 
 def _im2col(code: LayerCode) -> bool:
@@ -321,8 +374,13 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         # the depthwise taps read four at a time (the DSP path): planning.fusion.taps_in_fours
         code.context["dw_taps_in_fours"] = bool(f and f.kind in ("inplace_dw", "pw_dw") and taps_in_fours(layer))
         code.context["dw_pixel_pairs"] = code.context["dw_taps_in_fours"] and pixel_pairs(layer)
+        # ... as doubled halfwords where the requantization's doubling can take 2 acc (tg_requantize29_x2)
+        code.context["dw_doubled"] = (code.context["dw_taps_in_fours"]
+                                      and code.context.get("requantize", "").startswith("tg_requantize29"))
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
+            code.context["widened"] = widened_rows(code.context)
+            _channel_inner_requant(code)
             if code.context["input_offset"] and f"{code.context['symbol']}_weight" in code.arrays:
                 # the weights are constant (none train): INPUT_OFFSET * sum(w) of each channel at build time, in
                 # the bias itself where that is constant too (no flash for it), else in a table of its own
