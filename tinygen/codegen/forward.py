@@ -268,7 +268,7 @@ def _tiled_1x1(ctx: dict) -> bool:
             and ctx["out_h"] * ctx["out_w"] >= 2 and (ctx["out_h"], ctx["out_w"]) == (ctx["in_h"], ctx["in_w"]))
 
 
-# a 1x1 conv's weight rows widened to int16 on the stack (tg_widen_s8x4) take at most this many bytes
+# a 1x1 conv's weight rows widened to int16 on the stack (tg_widen_s8x4_pair) take at most this many bytes
 WIDENED_BYTES_MAX = 2560
 # ... and are widened only where at least this many pixel pairs read each row: widening a row costs about
 # 1.25 instructions a weight, every pixel pair reading it widened saves one (two SXTB16 a word, two words)
@@ -300,8 +300,9 @@ def requant_table(mult: np.ndarray, shift: np.ndarray, offset: int) -> np.ndarra
 
 
 # the requantization table costs 12 B of flash a channel and saves about one instruction an output: kept to 1x1
-# convs of at least this many pixels (MCUNet-5fps: 10.7 of its 32 KB, 82% of its 0.17 M instructions; all of it
-# pushed the 1000-class --update fisher build past the F746's 1 MB of flash)
+# convs of at least this many pixels (MCUNet-5fps 49kb: 1 KB of tables, 0.13 of the 0.17 M instructions per
+# inference a table for every 1x1 conv saves; that one, 32 KB, pushed the 1000-class --update fisher build 13.5 KB
+# past the F746's 1 MB of flash)
 REQUANT_TABLE_PIXELS_MIN = 256
 
 
