@@ -209,11 +209,12 @@ TG_INLINE int32_t tg_pack_hi(int32_t a, int32_t b)
 
 #endif
 
-/* `quads` words of int8 values widened to int16 pairs in SXTB16 order, a quad every 8 halfwords: each
- * four bytes (b0, b1, b2, b3) of src become the halfwords (b0, b2, b1, b3) at dst[8 q], the order in which
- * a kernel's SXTB16 gives the values they meet. A 1x1 kernel widens an output channel pair's weight rows
- * once, interleaved quad by quad (the second row at dst + 4), and reads them by word pairs for every
- * pixel: two SXTB16 fewer a word each time, one pointer for both rows. dst is word-aligned. */
+/* `quads` words of int8 values widened to int16 pairs in SXTB16 order, a quad every 8 halfwords:
+ * each four bytes (b0, b1, b2, b3) of src become the halfwords (b0, b2, b1, b3) at dst[8 q], the
+ * order in which a kernel's SXTB16 gives the values they meet. A 1x1 kernel widens an output
+ * channel pair's weight rows once, interleaved quad by quad (the second row at dst + 4), and reads
+ * them by word pairs for every pixel: two SXTB16 fewer a word each time, one pointer for both
+ * rows. dst is word-aligned. */
 TG_INLINE void tg_widen_s8x4_pair(const int8_t *src, int16_t *dst, int32_t quads)
 {
     for (int32_t q = 0; q < quads; q++) {

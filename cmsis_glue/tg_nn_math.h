@@ -112,7 +112,8 @@ TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
  * high word of (2 * val) * multiplier, one SMMULR on a core with the DSP extension:
  * (2ab + 2^31) >> 32 is (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the
  * rounding divide is tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes
- * SMMULR's definition in C, the portable set tg_doubling_high_mult. tg_high29_x2 takes 2 * val itself. */
+ * SMMULR's definition in C, the portable set tg_doubling_high_mult. tg_high29_x2 takes 2 * val
+ * itself. */
 TG_INLINE int32_t tg_high29_x2(int32_t val2, int32_t multiplier)
 {
 #if defined(__ARM_FEATURE_DSP) && !defined(TG_PORTABLE_KERNELS)
@@ -145,9 +146,9 @@ TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_
     return tg_divide_by_power_of_two_small_plus(tg_high29(val, multiplier), -shift, offset);
 }
 
-/* tg_requantize29 and tg_requantize29_offset of val from val2 = 2 * val, which a kernel whose weights it
- * widens to halfwords itself forms at no cost (the depthwise ring kernels double their taps and bias,
- * docs/numerics.md §1.1): the same bits, the doubling left out. */
+/* tg_requantize29 and tg_requantize29_offset of val from val2 = 2 * val, which a kernel whose
+ * weights it widens to halfwords itself forms at no cost (the depthwise ring kernels double their
+ * taps and bias, docs/numerics.md §1.1): the same bits, the doubling left out. */
 TG_INLINE int32_t tg_requantize29_x2(int32_t val2, int32_t multiplier, int32_t shift)
 {
     return tg_divide_by_power_of_two_small(tg_high29_x2(val2, multiplier), -shift);
@@ -159,11 +160,12 @@ TG_INLINE int32_t tg_requantize29_x2_offset(int32_t val2, int32_t multiplier, in
     return tg_divide_by_power_of_two_small_plus(tg_high29_x2(val2, multiplier), -shift, offset);
 }
 
-/* tg_requantize29_offset (and tg_requantize29: offset 0) with a channel's constants derived at build time
- * (codegen/forward.py, requant_table): channel[0] the multiplier, channel[1] the rounding divide's addend
- * (1 + 2 offset) 2^e and channel[2] its shift e + 1, e = -shift. The same expression on the same values,
- * so the same bits; a kernel that requantizes channel after channel for each pixel (the 1x1 kernel)
- * loads three words where it derived two of them every time. */
+/* tg_requantize29_offset (and tg_requantize29: offset 0) with a channel's constants derived at
+ * build time (codegen/forward.py, requant_table): channel[0] the multiplier, channel[1] the
+ * rounding divide's addend (1 + 2 offset) 2^e and channel[2] its shift e + 1, e = -shift. The
+ * same expression on the same values, so the same bits; a kernel that requantizes channel after
+ * channel for each pixel (the 1x1 kernel) loads three words where it derived two of them every
+ * time. */
 TG_INLINE int32_t tg_requantize29_channel(int32_t val, const int32_t *channel)
 {
     const int32_t high = tg_high29(val, channel[0]);

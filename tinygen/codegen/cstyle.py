@@ -243,8 +243,17 @@ def break_assignments(text: str) -> str:
         elif pad + 4 + len(line) - at - 3 <= COLUMN_LIMIT:
             out += [line[:at + 2], " " * (pad + 4) + line[at + 3:]]
         else:
-            out += _break_call(line, at + 3) or [line]
+            out += _break_call(line, at + 3) or _break_sum(line, at + 3) or [line]
     return "\n".join(out)
+
+
+def _break_sum(line: str, start: int) -> list[str] | None:
+    """`line`'s value from `start`, `f(...) + x;`, as clang-format lays it out when it does not fit after the
+    `=` either: broken after the `+`, `x` aligned with the value's start."""
+    m = re.match(r"(.*\)) \+ (\w+);$", line[start:])
+    if not m or start + len(m.group(1)) + 2 > COLUMN_LIMIT:
+        return None
+    return [line[:start] + m.group(1) + " +", " " * start + m.group(2) + ";"]
 
 
 def _break_call(line: str, start: int) -> list[str] | None:
