@@ -264,7 +264,7 @@ def test_bias_updates_below_half_a_code_still_move_the_biases(kernels, monkeypat
 @pytest.mark.parametrize("h, cmid, cout, r, seed, k, stride", [
     (4, 6, 5, 1, 0, 1, 1), (5, 12, 3, 2, 1, 1, 1), (3, 4, 16, 1, 2, 1, 1),  # 1x1 (the first: a channel tail)
     (4, 8, 8, 1, 3, 3, 1), (5, 6, 6, 2, 4, 3, 2), (6, 4, 4, 1, 5, 5, 2)])  # depthwise (cout = cmid)
-def test_one_and_two_pass_input_gradients_match_reference(h, cmid, cout, r, seed, k, stride, kernels):
+def test_input_gradient_sums_in_scratch_overlay_or_gradient_match_reference(h, cmid, cout, r, seed, k, stride, kernels):
     """A 1x1 or depthwise input gradient keeps its sums in a scratch where the plan has room (here the wide
     input of the first layer leaves room), or laid over its own gradient, and where it has no room keeps them
     truncated in the gradient itself, rounded once at the end (numerics §2.1): all equal the reference."""
