@@ -87,6 +87,13 @@ TG_INLINE int32_t tg_requantize_r(int32_t val, int32_t multiplier, int32_t shift
     return tg_divide_by_power_of_two(tg_doubling_high_mult(val, multiplier), -shift);
 }
 
+/* (2x + addend + (x < 0 ? -1 : 0)) >> rshift: the rounding divide below with its addend and
+ * shift given (derived per call, or from a build-time table: tg_requantize29_channel). */
+TG_INLINE int32_t tg_round_shift_small(int32_t x, int32_t addend, int32_t rshift)
+{
+    return (x * 2 + addend + (x >> 31)) >> rshift;
+}
+
 /* tg_divide_by_power_of_two for |x| < 2^29 and exponent in [0, 30], with one more bit and no
  * compare: floor((2x + 2^e - (x < 0)) / 2^(e+1)). For x >= 0 it is floor((x + 2^(e-1)) / 2^e)
  * (and x itself at e = 0); for x < 0 the numerator is one more than the even 2x + 2^e - 2, which
@@ -99,7 +106,7 @@ TG_INLINE int32_t tg_requantize_r(int32_t val, int32_t multiplier, int32_t shift
  * one addition fewer an output, as (1 + 2 offset) 2^e is one constant per channel. */
 TG_INLINE int32_t tg_divide_by_power_of_two_small_plus(int32_t x, int32_t exponent, int32_t offset)
 {
-    return (x * 2 + (1 + 2 * offset) * (1 << exponent) + (x >> 31)) >> (exponent + 1);
+    return tg_round_shift_small(x, (1 + 2 * offset) * (1 << exponent), exponent + 1);
 }
 
 TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
@@ -108,8 +115,8 @@ TG_INLINE int32_t tg_divide_by_power_of_two_small(int32_t x, int32_t exponent)
 }
 
 /* tg_requantize29 is tg_requantize where the build proved |val| < 2^29 and shift in [-30, 0]
- * (codegen/forward.py, requantize_for). Its doubling high multiply (tg_high29) is then the rounded
- * high word of (2 * val) * multiplier, one SMMULR on a core with the DSP extension:
+ * (codegen/forward.py, requantize_for). Its doubling high multiply (tg_high29_x2) is then the
+ * rounded high word of (2 * val) * multiplier, one SMMULR on a core with the DSP extension:
  * (2ab + 2^31) >> 32 is (ab + 2^30) >> 31, the same bits; its magnitude stays under 2^29, so the
  * rounding divide is tg_divide_by_power_of_two_small. The host's "dsp" kernel set computes
  * SMMULR's definition in C, the portable set tg_doubling_high_mult. tg_high29_x2 takes 2 * val
@@ -128,24 +135,6 @@ TG_INLINE int32_t tg_high29_x2(int32_t val2, int32_t multiplier)
 #endif
 }
 
-TG_INLINE int32_t tg_high29(int32_t val, int32_t multiplier)
-{
-    return tg_high29_x2(val * 2, multiplier);
-}
-
-TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift)
-{
-    return tg_divide_by_power_of_two_small(tg_high29(val, multiplier), -shift);
-}
-
-/* tg_requantize29(val, multiplier, shift) + offset, the offset folded into the rounding divide
- * (tg_divide_by_power_of_two_small_plus; the same bound). */
-TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_t shift,
-                                         int32_t offset)
-{
-    return tg_divide_by_power_of_two_small_plus(tg_high29(val, multiplier), -shift, offset);
-}
-
 /* tg_requantize29 and tg_requantize29_offset of val from val2 = 2 * val, which a kernel whose
  * weights it widens to halfwords itself forms at no cost (the depthwise ring kernels double their
  * taps and bias, docs/numerics.md §1.1): the same bits, the doubling left out. */
@@ -160,6 +149,19 @@ TG_INLINE int32_t tg_requantize29_x2_offset(int32_t val2, int32_t multiplier, in
     return tg_divide_by_power_of_two_small_plus(tg_high29_x2(val2, multiplier), -shift, offset);
 }
 
+TG_INLINE int32_t tg_requantize29(int32_t val, int32_t multiplier, int32_t shift)
+{
+    return tg_requantize29_x2(val * 2, multiplier, shift);
+}
+
+/* tg_requantize29(val, multiplier, shift) + offset, the offset folded into the rounding divide
+ * (tg_divide_by_power_of_two_small_plus; the same bound). */
+TG_INLINE int32_t tg_requantize29_offset(int32_t val, int32_t multiplier, int32_t shift,
+                                         int32_t offset)
+{
+    return tg_requantize29_x2_offset(val * 2, multiplier, shift, offset);
+}
+
 /* tg_requantize29_offset (and tg_requantize29: offset 0) with a channel's constants derived at
  * build time (codegen/forward.py, requant_table): channel[0] the multiplier, channel[1] the
  * rounding divide's addend (1 + 2 offset) 2^e and channel[2] its shift e + 1, e = -shift. The
@@ -168,8 +170,7 @@ TG_INLINE int32_t tg_requantize29_x2_offset(int32_t val2, int32_t multiplier, in
  * time. */
 TG_INLINE int32_t tg_requantize29_channel(int32_t val, const int32_t *channel)
 {
-    const int32_t high = tg_high29(val, channel[0]);
-    return (high * 2 + channel[1] + (high >> 31)) >> channel[2];
+    return tg_round_shift_small(tg_high29_x2(val * 2, channel[0]), channel[1], channel[2]);
 }
 
 /* v clamped to [lo, hi]. Where the range is all of int8 (every layer of the MIT models) and the

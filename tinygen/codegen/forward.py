@@ -73,6 +73,12 @@ def requantize_for(bound: int, shift, offset: int = 0) -> str:
     return "tg_requantize_r" if bool((shift <= 0).all()) else "tg_requantize"
 
 
+def small_requantize(fn: str) -> bool:
+    """Whether `requantize_for` chose a 32-bit form (tg_requantize29, _offset): the accumulators are under
+    2^29, so a kernel may form 2 acc (tg_requantize29_x2) or read the constants from a table."""
+    return fn.startswith("tg_requantize29")
+
+
 def requantize_fn(layer, shift: np.ndarray, bias: np.ndarray | None = None) -> str:
     """A conv's or FC's requantization: its accumulators are K products of at most 255 * 128 plus its largest
     |bias| (`bias`, default the layer's; for a layer whose bias trains, the largest it may grow to,
@@ -312,8 +318,7 @@ def _channel_inner_requant(code: LayerCode) -> None:
     REQUANT_TABLE_PIXELS_MIN pixels. (Measured: the im2col stem the same way takes 0.13 M instructions more on
     MCUNet-5fps, its registers spill.)"""
     ctx = code.context
-    if (not ctx["requantize"].startswith("tg_requantize29")
-            or ctx["out_h"] * ctx["out_w"] < REQUANT_TABLE_PIXELS_MIN):
+    if not small_requantize(ctx["requantize"]) or ctx["out_h"] * ctx["out_w"] < REQUANT_TABLE_PIXELS_MIN:
         return
     folded = ctx["requantize"] == "tg_requantize29_offset"
     name = f"{ctx['symbol']}_requant"
@@ -377,7 +382,7 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         code.context["dw_pixel_pairs"] = code.context["dw_taps_in_fours"] and pixel_pairs(layer)
         # ... as doubled halfwords where the requantization's doubling can take 2 acc (tg_requantize29_x2)
         code.context["dw_doubled"] = (code.context["dw_taps_in_fours"]
-                                      and code.context.get("requantize", "").startswith("tg_requantize29"))
+                                      and small_requantize(code.context.get("requantize", "")))
         if code.template == "convolve_s8" and _tiled_1x1(code.context):
             code.template = "convolve_1x1_s8"
             code.context["widened"] = widened_rows(code.context)
