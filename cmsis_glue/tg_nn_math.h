@@ -19,6 +19,7 @@
 #define TG_NN_MATH_H
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__ARM_FEATURE_SAT) && !defined(TG_PORTABLE_KERNELS)
 #include <arm_acle.h>
@@ -192,6 +193,16 @@ TG_INLINE int8_t tg_clamp_s8(int32_t v, int32_t lo, int32_t hi)
 TG_INLINE int32_t tg_rounded_average(int32_t total, int32_t count)
 {
     return total > 0 ? (total + count / 2) / count : (total - count / 2) / count;
+}
+
+/* `rows` rows of `row_bytes` bytes from `src` to `dst`, whose rows start `src_stride` and `dst_stride`
+ * bytes apart: a window of an NHWC map copied out of it or into it (the patch stage, planning/patches.py). */
+static inline void tg_copy_window(int8_t *dst, int32_t dst_stride, const int8_t *src, int32_t src_stride,
+                                  int32_t rows, int32_t row_bytes)
+{
+    for (int32_t r = 0; r < rows; r++) {
+        memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)row_bytes);
+    }
 }
 
 #endif /* TG_NN_MATH_H */

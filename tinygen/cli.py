@@ -29,7 +29,15 @@ from tinygen.ir.scheme import (
     default_rounding,
     parse_update,
 )
-from tinygen.planning.memory import auto_last_k, check_fits, describe, sram_budget
+from tinygen.planning.memory import (
+    MAX_PATCHES,
+    PATCHES_A_SIDE,
+    auto_last_k,
+    check_fits,
+    choose_patch_stage,
+    describe,
+    sram_budget,
+)
 from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
 from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
@@ -120,6 +128,53 @@ MASTER_BITS_OPTION = click.option(
     "--master-bits", type=click.IntRange(0, 16), default=TrainConfig.frac_bits, show_default=True,
     help="Bits of each trained weight's master below its int8 view: 8 (2 B per weight in SRAM), 4 (1.5 B: the "
          "fraction in nibbles) or 0 (1 B: the int8 weight updated in place, stochastic rounding); docs/numerics.md.")
+PATCH_OPTIONS = (
+    click.option("--patches", default="0", show_default=True, metavar="N|auto",
+                 help="Run the initial stage patch by patch (MCUNetV2): its output split into N x N windows, the "
+                      "halos recomputed, so its large maps never exist whole (the same outputs). auto: the planner "
+                      "chooses the stage and N (2-4) with the least peak SRAM; 0: whole tensors."),
+    click.option("--patch-stage", default=None, metavar="LAYER",
+                 help="With --patches N: the stage's last layer, whose output exists whole (`tinygen plan` lists "
+                      "the layers; default: the planner's choice for N)."),
+)
+
+
+def patch_options(fn):
+    for option in reversed(PATCH_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _patch_sides(patches: str, patch_stage: str | None) -> tuple[int, ...] | None:
+    """The patches a side the options allow the planner (None: whole tensors)."""
+    if patches == "auto":
+        if patch_stage is not None:
+            raise TinygenError("--patch-stage goes with --patches N, not auto; give a number of patches a side")
+        return PATCHES_A_SIDE
+    if not patches.isdigit() or int(patches) > MAX_PATCHES:
+        raise TinygenError(f"--patches {patches!r}: use a number of patches a side (0 to {MAX_PATCHES}) or auto")
+    if int(patches) == 0:
+        if patch_stage is not None:
+            raise TinygenError("--patch-stage needs --patches N (or auto) as well")
+        return None
+    return (int(patches),)
+
+
+def _apply_patches(model, sides, patch_stage: str | None, trainer=None, say=None) -> None:
+    """Carry the patch stage the options ask for with the model (every plan of it then agrees): the one named, or
+    the planner's choice for the training step (or inference), which it then describes."""
+    if sides is None:
+        model.patch_stage = None
+    elif patch_stage is not None:
+        model.patch_stage = (patch_stage, sides[0])
+    else:
+        model.patch_stage = choose_patch_stage(model, trainer, sides)
+        if say is not None:
+            chosen = model.patch_stage
+            say("patch stage: none lowers the peak" if chosen is None
+                else f"patch stage: to {chosen[0]}, {chosen[1]}x{chosen[1]} patches (the least peak SRAM)")
+
+
 JSON_OPTION = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON object on stdout instead of text (README: --json).")
 JSON_SCHEMA = 1  # bumped when a key changes meaning or goes away (README: --json)
@@ -240,27 +295,32 @@ def _board_json(b) -> dict:
               help="max: the firmware brings the board up to the clock its board file configures (216 MHz F746, "
                    "480 MHz H743), falling back to the reset clock with a message; reset: it leaves the clocks as "
                    "it finds them (when your own code sets them).")
+@patch_options
 @JSON_OPTION
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
           momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, dataset_path, steps,
-          checkpoint_every, clock, as_json):
+          checkpoint_every, clock, patches, patch_stage, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
         raise TinygenError(f"--checkpoint-every {checkpoint_every} needs a firmware that trains with --loss ce and a "
                            f"multiple of --accumulate ({accumulate}); change one of them")
     _check_out(out)
+    sides = _patch_sides(patches, patch_stage)
     b = load_board(board)
     dataset = load_dataset(dataset_path) if dataset_path else None
     model = resolve_model(model_spec, classes, dataset.images() if dataset is not None else None)
     budget = sram_budget(b, budget_kb)
     if dataset is not None:
         dataset.for_model(model, 1)  # its shape and labels fit the model: say so before selecting
+    if train:
+        _apply_patches(model, sides, patch_stage)  # the selection counts the stage (and trains nothing in it)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
                               accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits, dataset)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
+    _apply_patches(model, sides, patch_stage, trainer, say)  # for the step as chosen
     check_fits(model, trainer, b, budget)
     if trainer is not None:
         say(f"update scheme: {describe(trainer.scheme)}")
@@ -365,20 +425,25 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
               help="Also write the memory timeline picture (SVG) to this file.")
 @click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
               help="As for build: count the board's two checkpoint slots in flash.")
+@patch_options
 @friendly
 def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum,
-         master_bits, no_train, as_json, svg, checkpoint_every):
+         master_bits, no_train, as_json, svg, checkpoint_every, patches, patch_stage):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     if svg is not None and not svg.parent.is_dir():
         raise TinygenError(f"--svg {svg}: the folder {svg.parent} does not exist; create it or choose another path")
 
+    sides = _patch_sides(patches, patch_stage)
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
+    if not no_train:
+        _apply_patches(model, sides, patch_stage)  # the selection counts the stage (and trains nothing in it)
     trainer = _choose_trainer(model, budget, not no_train, update, filter_r, DEFAULT_LR, momentum, 0,
                               macs_budget=macs_budget, reorder=reorder_channels, master_bits=master_bits)
     if trainer is not None:
         model = trainer.model
+    _apply_patches(model, sides, patch_stage, trainer, lambda line: click.echo(line, err=True))
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     if svg is not None:
         svg.write_text(timeline_svg(p))  # its folder was checked before the slow steps

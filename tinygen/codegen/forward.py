@@ -21,12 +21,13 @@ import numpy as np
 
 from tinygen.codegen import cstyle
 from tinygen.codegen.cstyle import CTYPES, break_assignments, c_array
+from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir import quant
 from tinygen.ir.names import c_comment, c_ident, c_string, layer_symbol, robot_arg
 from tinygen.paths import data_dir
 from tinygen.planning.fusion import pixel_pairs, ring_columns, taps_in_fours
-from tinygen.planning.schedule import ALIGN, forward_ops, plan_forward
+from tinygen.planning.schedule import ALIGN, forward_ops, patch_stage, plan_forward
 
 
 def environment() -> jinja2.Environment:
@@ -246,6 +247,10 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         ctx = dict(in_hw=h * w, in_c=c, input_offset=-x.zero_point, output_offset=out.zero_point, out_mult=mult,
                    out_shift=shift, act_min=layer.act_min, act_max=layer.act_max,
                    requantize=requantize_for(255 * h * w, shift, out.zero_point))  # |sum of (x - z_x)| <= 255 H W
+    elif isinstance(layer, ir.Crop):
+        template = "crop_s8"
+        ctx = dict(in_w=x.shape[1], channels=x.shape[2], origin_y=layer.origin[0], origin_x=layer.origin[1],
+                   out_h=out.shape[0], out_w=out.shape[1])
     elif isinstance(layer, ir.Reshape):
         return None
     else:
@@ -343,16 +348,26 @@ def aligned_rows(model: ir.Model, layer: ir.Layer, row_bytes: int) -> bool:
 
 
 def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf, masked=frozenset(),
-                   customize=None):
-    """Kernels, calls and constant arrays of the forward schedule. `buf(kind, name)` names a buffer
-    (kind "act" for a tensor, "plane" for a fused kernel's plane, "mask" for a clamp mask); layers whose
+                   customize=None, symbols: dict[str, int] | None = None, suffix: str = ""):
+    """Kernels, calls and constant arrays of the forward schedule, one of each per call. `buf(kind, name)` names
+    a buffer (kind "act" for a tensor, "plane" for a fused kernel's plane, "mask" for a clamp mask); layers whose
     output is in `masked` also write their 1-bit clamp mask. `customize(code)` may adjust a layer's
-    context and arrays before it is rendered (trained layers move weights to SRAM)."""
+    context and arrays before it is rendered (trained layers move weights to SRAM). `symbols` (a layer's name ->
+    the index its C names carry) and `suffix` (after each kernel's name) serve a patch class, whose kernels share
+    the whole model's tables."""
     tensors = model.tensors()
     kernels, calls, codes = [], [], []
     for _, i, f in forward_ops(model, fusions):
         layer = model.layers[i]
-        code = layer_code(i, layer, tensors)
+        if f and f.kind == "patch":
+            code = patch_stage_code(model, f, env, buf)
+            kernels.append(code.kernel_c)
+            calls.append(dict(fn=code.fn, args=["input", buf("act", layer.output.name)],
+                              comment=code.context["comment"]))
+            codes.append(code)
+            continue
+        sym = i if symbols is None else symbols[layer.name]
+        code = layer_code(sym, layer, tensors)
         if code is None:
             continue
         mask = layer.output.name in masked
@@ -368,7 +383,8 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         elif f and f.kind == "overlap":
             code.context.update(overlap=True, overlap_offset=f.offset)  # input and output share bytes
         elif f and f.kind == "pw_dw":
-            pw = layer_code(f.pointwise, model.layers[f.pointwise], tensors)
+            pw_layer = model.layers[f.pointwise]
+            pw = layer_code(f.pointwise if symbols is None else symbols[pw_layer.name], pw_layer, tensors)
             code.template = "pointwise_depthwise_fused_s8"
             code.context["pw"] = pw.context
             # the 1x1 part reads its input pixels two words at a time where they are whole, aligned words
@@ -402,7 +418,7 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             code.template = "convolve_im2col_s8"
             code.context["weight16"] = f"{code.context['symbol']}_weight16"
             code.arrays[code.context["weight16"]] = im2col_filter(layer.weight)
-        code.fn = code.context["fn"] = f"{layer_symbol(i, layer.name)}_{code.template}"
+        code.fn = code.context["fn"] = f"{layer_symbol(sym, layer.name)}_{code.template}{suffix}"
         if mask:
             args.append(buf("mask", layer.output.name))
         code.kernel_c = break_assignments(env.get_template(f"kernels/{code.template}.c.j2").render(**code.context))
@@ -410,6 +426,51 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
         calls.append(dict(fn=code.fn, args=args, comment=code.context["comment"]))
         codes.append(code)
     return kernels, calls, codes
+
+
+def patch_stage_code(model: ir.Model, f, env: jinja2.Environment, buf) -> LayerCode:
+    """The patch stage's C (templates/patch_stage.c.j2): each class's kernels (named `_p<class>`, reading the
+    whole model's tables) and a function running them on its buffers, laid in the stage's plane by the class's
+    own plan; a table of the patches' windows; the function copying each patch's input window out of the
+    caller's input, running its class and copying its output window into the stage output."""
+    stage, plans = f.stage.stage, f.stage.plans
+    base = buf("plane", f"plane_l{f.layer}")
+    index = {layer.name: i for i, layer in enumerate(model.layers)}
+    classes, arrays = [], {}
+    for c, (cls, plan) in enumerate(zip(stage.classes, plans, strict=True)):
+        # a crop's C names carry the index of the layer reading it
+        symbols, following = {}, None
+        for layer in reversed(cls.model.layers):
+            following = index.get(layer.name, following)
+            symbols[layer.name] = following
+
+        def cbuf(kind, t, c=c, plan=plan, cls=cls, symbols=symbols):
+            t = plan.alias.get(t, t)
+            if t.startswith("plane_l"):  # a fused kernel's plane, named for the whole model's layer index
+                t = f"plane_l{symbols[cls.model.layers[int(t.removeprefix('plane_l'))].name]}"
+            return f"TG_P{c}_{c_ident(t)}"
+        kernels, calls, codes = render_forward(cls.model, plan.fusions, env, cbuf, symbols=symbols, suffix=f"_p{c}")
+        for code in codes:
+            for name, arr in code.arrays.items():
+                if name in arrays and not np.array_equal(arrays[name], arr):
+                    raise TinygenError(f"patch class {c} of the stage ending at {stage.spec.end!r} needs its own "
+                                       f"{name}; use fewer patches")
+                arrays[name] = arr
+        macros = [(cbuf("act", name), b.offset, b.size) for name, b in sorted(plan.buffers.items(),
+                                                                                key=lambda kv: kv[1].offset)]
+        first, last = cls.model.input, cls.model.output
+        classes.append(dict(kernels=kernels, calls=calls, macros=macros, patches=cls.patches,
+                            input=cbuf("act", first.name), output=cbuf("act", last.name),
+                            in_h=first.shape[0], in_w=first.shape[1], out_h=last.shape[0], out_w=last.shape[1]))
+    out = model.layers[stage.last].output
+    n = stage.spec.n
+    comment = (f"layers 0..{stage.last} ('{model.layers[0].name}'..'{stage.spec.end}'), patch by patch: {n}x{n} "
+               f"windows of the {'x'.join(map(str, out.shape))} output, {len(classes)} classes; "
+               f"{stage.macs:,} MACs ({stage.whole_macs:,} whole)")
+    ctx = dict(fn="tg_patch_stage", comment=comment, base=base, classes=classes, windows=stage.windows,
+               in_w=model.input.shape[1], in_c=model.input.shape[2], out_w=out.shape[1], out_c=out.shape[2])
+    text = break_assignments(env.get_template("patch_stage.c.j2").render(**ctx))
+    return LayerCode(stage.last, model.layers[stage.last], "tg_patch_stage", "patch_stage", ctx, arrays, text)
 
 
 def directives_at_column_0(text: str) -> str:
@@ -453,7 +514,8 @@ def generate_forward(model: ir.Model, src_dir: Path) -> dict:
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
                buffers=buffers, kernels=kernels, calls=calls,
-               input_buf=buf("act", model.input.name), output_buf=buf("act", model.output.name),
+               input_buf=None if patch_stage(plan.fusions) else buf("act", model.input.name),
+               output_buf=buf("act", model.output.name),
                input_zero_point=tensors[model.input.name].zero_point)
     write_sources(env, src_dir, ctx, arrays)
     weight_bytes = int(sum(a.nbytes for a in arrays.values()))

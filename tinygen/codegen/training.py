@@ -28,7 +28,7 @@ from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
 from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
-from tinygen.planning.schedule import TrainPlan, plan_training
+from tinygen.planning.schedule import TrainPlan, patch_stage, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import LN2_Q16, LOG2_TABLE, LR_SHIFT_MAX, WEIGHT_LIMIT, Trainer, bias_limit
 
@@ -475,7 +475,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     ctx = dict(model=model, input_size=model.input.size, output_size=model.output.size,
                input_shape=model.input.shape, output_shape=model.output.shape, arena_size=plan.arena_size,
                buffers=buffers, kernels=fwd_kernels, train_kernels=[loss_kernel] + layer_blocks, calls=fwd_calls,
-               input_buf=em.act(model.input.name), output_buf=em.act(out_root), train=True, loss_fn=loss_fn,
+               input_buf=None if patch_stage(plan.fusions) else em.act(model.input.name),
+               output_buf=em.act(out_root), train=True, loss_fn=loss_fn,
                grad_out=plan.ptr(f"grad_{out_groot}"), e_out=f"e_{c_ident(out_groot)}", steps=steps,
                lr_halve_every=cfg.lr_halve_every, lr_shift=cfg.lr_varies, lr_shift_max=LR_SHIFT_MAX,
                guard=trainer.guard if cfg.lr_guard else None, guard_max=LR_GUARD_MAX_HALVINGS,

@@ -206,6 +206,16 @@ class Reshape(Layer):
     op = "reshape"
 
 
+@dataclass
+class Crop(Layer):
+    """The window of its input whose top-left pixel is `origin` (row, column), as large as its output: what one
+    consumer reads of a tensor that a patch of the initial stage computes wider for another
+    (`planning.patches`). Made by the planner, never read from a model file."""
+
+    origin: tuple[int, int] = (0, 0)
+    op = "crop"
+
+
 LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Mean, Reshape)}
 
 
@@ -230,6 +240,9 @@ class Model:
     input: TensorInfo
     layers: list[Layer] = field(default_factory=list)
     input_transform: InputTransform = field(default_factory=InputTransform)
+    # how the model runs, carried with it so that every plan of it agrees: (the last layer of the initial stage
+    # that runs patch by patch, patches a side) or None (planning/patches.py); not part of the model file
+    patch_stage: tuple[str, int] | None = None
 
     @property
     def output(self) -> TensorInfo:

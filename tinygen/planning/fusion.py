@@ -25,7 +25,7 @@ are bit-identical; the tests compare them with the reference as usual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -80,11 +80,17 @@ def writes_behind_ring(layer: ir.Conv2D, in_shape: tuple) -> bool:
 
 @dataclass(frozen=True)
 class Fusion:
-    kind: str  # "inplace_dw" | "pw_dw" | "overlap"
-    layer: int  # the index of the layer that carries the call (the depthwise one, or the overlapped conv)
+    kind: str  # "inplace_dw" | "pw_dw" | "overlap" | "patch"
+    layer: int  # the index of the layer carrying the call (the depthwise, the overlapped conv, the stage's last)
     pointwise: int = -1  # for pw_dw: the 1x1 conv's index
-    plane: int = 0  # bytes of the one-channel plane buffer
+    plane: int = 0  # bytes of the one-channel plane buffer (for patch: of the patches' own arena)
     offset: int = 0  # for overlap: the input's position after the output's start, in bytes
+    stage: object = field(default=None, compare=False, repr=False)  # for patch: schedule.PatchPlan
+
+    def covers(self) -> range:
+        """The layers whose work this call does."""
+        first = {"pw_dw": self.pointwise, "patch": 0}.get(self.kind, self.layer)
+        return range(first, self.layer + 1)
 
 
 def _is_dw1(layer) -> bool:

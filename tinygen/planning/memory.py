@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import Scheme, TrainConfig, last_k_scheme, weighted_layers
+from tinygen.planning.patches import stage_ends
 from tinygen.planning.schedule import plan_forward, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import Trainer
@@ -54,6 +55,46 @@ def training_sram(model: ir.Model, trainer) -> SramEstimate:
 
 def inference_sram(model: ir.Model) -> SramEstimate:
     return SramEstimate(plan_forward(model).arena_size, 0)
+
+
+PATCHES_A_SIDE = (2, 3, 4)  # what `choose_patch_stage` tries by default
+MAX_PATCHES = 64  # patches a side a build may ask for
+PATCH_PEAK_SLACK = 1024  # ... and how far above the least peak it takes fewer recomputed MACs
+
+
+def choose_patch_stage(model: ir.Model, trainer=None, sides: tuple[int, ...] = PATCHES_A_SIDE,
+                       log=None) -> tuple[str, int] | None:
+    """The patch stage (`ir.Model.patch_stage`) with the least planned peak, for a training step with `trainer`
+    or for inference: over every stage end before the first layer that trains or passes a gradient (`stage_ends`)
+    and `sides` patches a side; of those within PATCH_PEAK_SLACK bytes of the least, the fewest MACs. None where
+    no stage lowers the peak. Leaves `model.patch_stage` as it found it."""
+    was = model.patch_stage
+    frozen_before = None
+    if trainer is not None:
+        frozen_before = min(i for i, layer in enumerate(model.layers)
+                            if layer.name in trainer.trained or layer.output.name in trainer.needs_grad)
+    tried = []
+    try:
+        model.patch_stage = None
+        whole = (inference_sram(model) if trainer is None else training_sram(model, trainer)).total
+        for last in stage_ends(model, frozen_before):
+            for n in sides:
+                model.patch_stage = (model.layers[last].name, n)
+                try:
+                    fusions = plan_forward(model).fusions
+                    est = inference_sram(model) if trainer is None else training_sram(model, trainer)
+                except TinygenError:  # too many patches for this output
+                    continue
+                macs = next(f.stage.stage.macs for f in fusions.values() if f.kind == "patch")
+                tried.append((est.total, macs, model.patch_stage))
+                if log:
+                    log(f"  patch stage to {model.patch_stage[0]}, {n}x{n}: peak {est.total:,} B, {macs:,} MACs")
+    finally:
+        model.patch_stage = was
+    least = min((t[0] for t in tried), default=whole)
+    if least >= whole:
+        return None
+    return min((t for t in tried if t[0] <= least + PATCH_PEAK_SLACK), key=lambda t: (t[1], t[0]))[2]
 
 
 def sram_budget(board: Board, budget_kb: float | None = None) -> int:

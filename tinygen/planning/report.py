@@ -10,7 +10,7 @@ import numpy as np
 from tinygen.ir import model as ir
 from tinygen.planning.arena import lower_bound
 from tinygen.planning.memory import RUNTIME_RESERVE, trained_state_bytes
-from tinygen.planning.schedule import MASK_BITS, plan_forward, plan_training
+from tinygen.planning.schedule import MASK_BITS, patch_stage, plan_forward, plan_training
 from tinygen.planning.weight_store import weight_store
 from tinygen.report import table
 
@@ -47,6 +47,8 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
         buffers, arena, strategy = tp.buffers, tp.arena_size, tp.strategy
         trained = trained_state_bytes(trainer)
     bound = lower_bound(list(buffers.values()))
+    stage = patch_stage((fp if trainer is None else tp).fusions)
+    patched = stage_summary(stage.stage.stage, stage.plane) if stage else None
     layers = []
     flash = CODE_ALLOWANCE
     for layer in model.layers:
@@ -59,7 +61,8 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
             n_chan = ir.selectable_channels(layer)
         r = tl.update.filter_r if tl else 1
         sv = tp.saved.get(layer.name) if trainer else None
-        fwd = ir.layer_macs(layer)
+        fwd = patched["layer_macs"][layer.name] if patched and layer.name in patched["layer_macs"] \
+            else ir.layer_macs(layer)
         bwd = layer_backward_macs(layer, trainer) if trainer is not None else 0
         grad = 2 * layer.output.size if on_path else 0
         layers.append({
@@ -71,6 +74,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
             "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,
             "mask_bytes": -(-layer.output.size // MASK_BITS) if on_path else 0,
             "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
+            "patches": patched["patches"] if patched and layer.name in patched["layer_macs"] else None,
         })
     ckpt = board.checkpoint.bytes if checkpoint and board.checkpoint is not None else 0
     flash += ckpt
@@ -86,9 +90,22 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
         "board_flash_bytes": board.flash_bytes,
         "budget_bytes": budget, "fits": peak <= budget and flash <= board.flash_bytes,
         "layers": layers,
+        "patch_stage": None if patched is None else {k: v for k, v in patched.items() if k != "layer_macs"},
         "buffers": [{"name": b.name, "offset": b.offset, "size": b.size, "first": b.first, "last": b.last}
                     for b in sorted(buffers.values(), key=lambda b: b.offset)],
     }
+
+
+def stage_summary(stage, plane: int) -> dict:
+    """The patch stage as the plan reports it: its end, patches a side, classes, the plane its patches use, its
+    MACs run patch by patch and whole, and each layer's MACs patch by patch (halos recomputed)."""
+    per_layer: dict[str, int] = {}
+    for _, _, c in stage.windows:
+        for layer in stage.classes[c].model.layers:
+            if not isinstance(layer, ir.Crop):
+                per_layer[layer.name] = per_layer.get(layer.name, 0) + ir.layer_macs(layer)
+    return {"end": stage.spec.end, "patches": stage.spec.n, "classes": len(stage.classes), "layers": stage.last + 1,
+            "plane_bytes": plane, "macs": stage.macs, "whole_macs": stage.whole_macs, "layer_macs": per_layer}
 
 
 def plan_table(plan: dict) -> str:
@@ -96,7 +113,8 @@ def plan_table(plan: dict) -> str:
     for L in plan["layers"]:
         trained = (f"{L['trained_channels']}/{L['channels']}" if L["trained_channels"] else "-") \
             if L["channels"] else ""
-        rows.append([L["name"], L["op"], "x".join(map(str, L["output"])), trained, "yes" if L["bias"] else "",
+        op = L["op"] + (f" ({L['patches']}x{L['patches']})" if L.get("patches") else "")
+        rows.append([L["name"], op, "x".join(map(str, L["output"])), trained, "yes" if L["bias"] else "",
                      L["filter_r"] or "", L["trained_sram_bytes"], L["saved_bytes"], L["saved_form"] or "",
                      L["mask_bytes"],
                      L["gradient_bytes"], L["macs_forward"], L["macs_backward"]])
@@ -111,7 +129,13 @@ def plan_table(plan: dict) -> str:
               f"{plan['board']}; flash {plan['flash_bytes'] / kb:.1f} KB of {plan['board_flash_bytes'] / kb:.0f} KB"
               + (f" (checkpoint slots {plan['checkpoint_bytes'] / kb:.0f} KB)" if plan.get("checkpoint_bytes") else "")
               + f"; {'fits' if plan['fits'] else 'DOES NOT FIT'}")
-    return t + "\n\n" + totals
+    ps = plan.get("patch_stage")
+    stage = "" if not ps else (
+        f"patch stage: layers 0..{ps['layers'] - 1} (to {ps['end']}) run in {ps['patches']}x{ps['patches']} patches "
+        f"of their output ({ps['classes']} classes, {ps['plane_bytes']:,} B of arena while they run): "
+        f"{ps['macs']:,} MACs, {ps['whole_macs']:,} whole (+{100 * (ps['macs'] / ps['whole_macs'] - 1):.1f}% "
+        "recomputed halos); the model input is read window by window from the caller's buffer\n")
+    return t + "\n\n" + stage + totals
 
 
 def timeline_svg(plan: dict) -> str:

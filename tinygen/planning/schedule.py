@@ -15,6 +15,7 @@ from tinygen.ir.names import c_ident
 from tinygen.planning.arena import Buffer, pin, plan_best
 from tinygen.planning.backward import one_pass_sums_bytes
 from tinygen.planning.fusion import Fusion, plan_fusions, prune_overlaps
+from tinygen.planning.patches import PatchSpec, PatchStage, plan_patch_stage
 from tinygen.planning.saved_input import SavedInput, saved_input
 from tinygen.planning.weight_store import weight_store
 from tinygen.reference.training import Trainer
@@ -35,14 +36,46 @@ class ForwardPlan:
         return self.buffers[self.alias.get(tensor, tensor)].offset
 
 
+@dataclass
+class PatchPlan:
+    """The patch stage (`planning.patches`) and the forward plan of each of its classes, laid in one buffer."""
+
+    stage: PatchStage
+    plans: list[ForwardPlan]
+
+
+def patch_fusion(model: ir.Model, spec: PatchSpec) -> Fusion:
+    """The stage's call: carried by its last layer, its patches' buffers in a plane as large as the largest class's
+    arena."""
+    stage = plan_patch_stage(model, spec)
+    plans = [plan_forward(c.model) for c in stage.classes]
+    return Fusion("patch", stage.last, plane=max(p.arena_size for p in plans), stage=PatchPlan(stage, plans))
+
+
+def with_patches(fusions: dict, model: ir.Model) -> dict:
+    """`fusions` with the model's patch stage (`ir.Model.patch_stage`) in place of every fusion touching its layers."""
+    if model.patch_stage is None:
+        return fusions
+    f = patch_fusion(model, PatchSpec(*model.patch_stage))
+    kept = {k: g for k, g in fusions.items() if min(g.covers()) > f.layer}
+    return {**kept, f.layer: f}
+
+
+def patch_stage(fusions: dict) -> Fusion | None:
+    return next((f for f in fusions.values() if f.kind == "patch"), None)
+
+
 def forward_ops(model: ir.Model, fusions: dict) -> list[tuple[int, int, Fusion | None]]:
     """The forward schedule as (step, layer index, fusion): layer i runs at step i+1; a pointwise
-    conv fused into the following depthwise runs inside that layer's step."""
-    fused_pw = {f.pointwise for f in fusions.values() if f.kind == "pw_dw"}
-    return [(i + 1, i, fusions.get(i)) for i in range(len(model.layers)) if i not in fused_pw]
+    conv fused into the following depthwise runs inside that layer's step, the patch stage in its last layer's."""
+    covered = {i for f in fusions.values() for i in f.covers() if i != f.layer}
+    return [(i + 1, i, fusions.get(i)) for i in range(len(model.layers)) if i not in covered]
 
 
 def op_inputs(model: ir.Model, i: int, fusion: Fusion | None) -> list[str]:
+    """The arena tensors an op reads (the patch stage reads the caller's input, window by window)."""
+    if fusion and fusion.kind == "patch":
+        return []
     return model.layers[fusion.pointwise].inputs if fusion and fusion.kind == "pw_dw" else model.layers[i].inputs
 
 
@@ -50,11 +83,16 @@ def place_forward(model: ir.Model, fusions: dict, need, alias: dict[str, str], p
     """Declare the forward pass's buffers through `need(name, size, first, last)`; fills `alias`
     (reshape outputs and in-place outputs share their input's buffer); `pin(member, anchor, rel)`
     fixes an overlapped convolution's input buffer relative to its output's."""
-    need(model.input.name, model.input.size, 0, 0)
+    if patch_stage(fusions) is None:
+        need(model.input.name, model.input.size, 0, 0)
     for step, i, f in forward_ops(model, fusions):
         layer = model.layers[i]
         for t in op_inputs(model, i, f):
             need(alias.get(t, t), 0, step, step)
+        if f and f.kind == "patch":
+            need(layer.output.name, layer.output.size, step, step)
+            need(f"plane_l{i}", f.plane, step, step)
+            continue
         if isinstance(layer, ir.Reshape):
             alias[layer.output.name] = alias.get(layer.inputs[0], layer.inputs[0])
             continue
@@ -75,7 +113,8 @@ def plan_forward(model: ir.Model, align: int = 8, fusions: dict | None = None,
     """Lifetimes: step 0 writes the input; layer i runs at step i+1; the output (and every tensor in
     `keep`, saved for a backward pass) lives to the end."""
     if fusions is None:
-        fusions = prune_overlaps(plan_fusions(model), lambda fs: plan_forward(model, align, fs).arena_size)
+        fusions = prune_overlaps(with_patches(plan_fusions(model), model),
+                                 lambda fs: plan_forward(model, align, fs).arena_size)
     alias: dict[str, str] = {}
     buffers: dict[str, Buffer] = {}
 
@@ -259,6 +298,7 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
     bytes (the arena's size is the same either way: what estimates need leaves it out); "overlay" lays it
     over the gradient wherever the grid allows, even where a buffer of its own would fit (tests)."""
     _check_reshapes(model, trainer)
+    _check_frozen_stage(model, trainer)
     sched = TrainSchedule(len(model.layers))
     b = _Buffers()
     alias: dict[str, str] = {}
@@ -268,7 +308,7 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
     if fusions is None:
         # which overlaps pay is a question about the forward pass (they move forward buffers only):
         # asked of the forward plan with the saved tensors kept, a fraction of the cost of whole steps
-        fusions = prune_overlaps(plan_fusions(model, keep, trainer.needs_grad, copied),
+        fusions = prune_overlaps(with_patches(plan_fusions(model, keep, trainer.needs_grad, copied), model),
                                  lambda fs: plan_forward(model, ALIGN, fs, frozenset(keep)).arena_size)
     place_forward(model, fusions, lambda n, size, first, last: b.need(f"act_{n}", size, first, last), alias,
                   lambda m, a, rel: pin(b.bufs, f"act_{m}", f"act_{a}", rel))
@@ -284,6 +324,19 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
         chosen, overlaid, (size, strategy) = set(), set(), plan_best(list(b.bufs.values()), ALIGN)
     return TrainPlan(b.bufs, b.ctype, size, alias, galias, saved=saved, contributions=contributions,
                      fusions=fusions, strategy=strategy, one_pass=chosen, overlaid=overlaid)
+
+
+def _check_frozen_stage(model: ir.Model, trainer: Trainer) -> None:
+    """A patch stage holds no tensor whole but its output: none of its layers may train or pass a gradient (the
+    published schemes freeze the initial stage; a build that trains there ends the stage before the layer)."""
+    if model.patch_stage is None:
+        return
+    end = model.patch_stage[0]
+    names = [layer.name for layer in model.layers]
+    for layer in model.layers[:names.index(end) + 1 if end in names else 0]:
+        if layer.name in trainer.trained or layer.output.name in trainer.needs_grad:
+            raise TinygenError(f"layer {layer.name!r} trains or passes a gradient, so it cannot run patch by patch; "
+                               f"end the patch stage before it, not at {end!r}")
 
 
 def saved_inputs(model: ir.Model, trainer: Trainer) -> dict[str, SavedInput]:

@@ -152,6 +152,9 @@ def run_layer(layer: ir.Layer, ins: list[np.ndarray], tensors: dict[str, ir.Tens
                        clamp).reshape(out.shape)
     if isinstance(layer, ir.Reshape):
         return ins[0].reshape(out.shape)
+    if isinstance(layer, ir.Crop):
+        (y, x), (h, w) = layer.origin, out.shape[:2]
+        return ins[0][y:y + h, x:x + w]
     raise TypeError(layer.op)
 
 

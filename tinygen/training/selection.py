@@ -310,7 +310,10 @@ def _trial(model: ir.Model, scheme: Scheme, config: TrainConfig, budget: int, ma
         tr = Trainer(model, scheme, config)
     except Exception:  # noqa: BLE001 - unreachable by gradients (max pool): not a candidate
         return None
-    est = training_sram(model, tr)
+    try:
+        est = training_sram(model, tr)
+    except TinygenError:  # it trains a layer of the model's patch stage: not a candidate
+        return None
     if est.total > budget or (macs_budget is not None and backward_macs(model, tr) > macs_budget):
         return None
     return tr, est
