@@ -1,5 +1,6 @@
 """The generated C reads like hand-written C: for three real builds (the digits CNN trained, MbV2-w0.35
-and MCUNet-5fps with their published 49kb schemes; 8, 4 and 0 master bits) every emitted .c/.h under
+and MCUNet-5fps with their published 49kb schemes; 8, 4 and 0 master bits; MCUNet's initial stage patch by
+patch) every emitted .c/.h under
 src/, host/ and firmware/ has no arithmetic on identity constants (`+ 0`, `- 0`, `* 1`, `/ 1`, `% 1`,
 also through a named constant of that value), no `for` loop of one iteration, no line over 100 characters, and is
 `clang-format --dry-run --Werror` clean with the committed style. Each check reports every offending
@@ -36,7 +37,8 @@ BUILDS = {
                                 "--master-bits", "4"],  # the nibble-packed master fractions
     "mcunet-5fps": lambda root: ["--model", "mcunet-5fps", "--classes", "10", "--update",
                                  f"{root}/{SCHEMES}#mcunet/49kb", "--samples", "2",
-                                 "--master-bits", "0"],  # in-place int8 weights, the stochastic rounding kernels
+                                 "--master-bits", "0",  # in-place int8 weights, the stochastic rounding kernels
+                                 "--patches", "2", "--patch-stage", "b3_pw2"],  # the patch stage's C
 }
 
 

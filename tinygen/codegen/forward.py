@@ -405,14 +405,16 @@ def render_forward(model: ir.Model, fusions: dict, env: jinja2.Environment, buf,
             _channel_inner_requant(code)
             if code.context["input_offset"] and f"{code.context['symbol']}_weight" in code.arrays:
                 # the weights are constant (none train): INPUT_OFFSET * sum(w) of each channel at build time, in
-                # the bias itself where that is constant too (no flash for it), else in a table of its own
+                # the bias itself where that is constant too (in its place: no flash for it; named apart, as a
+                # patch class whose window is one pixel keeps the plain bias), else in a table of its own
                 sums = offset_sums(layer.weight, code.context["input_offset"])
                 if code.context.get("bias_trained"):
                     code.context["offset_sums"] = f"{code.context['symbol']}_offset_sum"
                     code.arrays[code.context["offset_sums"]] = sums
                 else:
-                    bias = f"{code.context['symbol']}_bias"
-                    code.arrays[bias] = (code.arrays[bias].astype(np.int64) + sums).astype(np.int32)
+                    bias = code.arrays.pop(f"{code.context['symbol']}_bias")
+                    code.context["bias"] = f"{code.context['symbol']}_folded_bias"
+                    code.arrays[code.context["bias"]] = (bias.astype(np.int64) + sums).astype(np.int32)
                     code.context["offset_folded"] = True
         elif code.template == "convolve_s8" and _im2col(code):
             code.template = "convolve_im2col_s8"

@@ -6,7 +6,8 @@ its consumers read (their receptive field, clipped to the map), the halo recompu
 patch runs the stage's own layers on small tensors: each conv padded only where the map ends (so a patch's
 convs are ordinary padded convs and every kernel and fusion applies), a `Crop` where one consumer reads less
 of a tensor than another (a residual add beside a 3x3 conv). Patches whose windows have the same geometry form
-a class, generated once (at most 3 x 3 classes: first, middle and last row and column). The model input is
+a class, generated once (3 x 3 classes, first, middle and last row and column, where the halo is smaller than a
+patch). The model input is
 read window by window from the caller's buffer, as MCUNetV2 reads (or decodes) its image, so it needs no arena
 bytes; the stage output is whole. The values are those of whole-tensor execution: the same sums over the same
 inputs, the padding skipped as before; the tests compare with the reference as usual.
