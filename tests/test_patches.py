@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from c_harness import run_generated_forward
 from click.testing import CliRunner
 
 from tinygen.cli import main
@@ -17,8 +18,6 @@ from tinygen.planning.memory import choose_patch_stage, inference_sram
 from tinygen.planning.patches import PatchSpec, plan_patch_stage, stage_ends
 from tinygen.reference.forward import run_model
 from tinygen.zoo.catalog import get_model, list_models
-
-from c_harness import run_generated_forward
 
 ZOO = [e.name for e in list_models()]
 SMALL = ("digits-cnn", "mnist-cnn", "mbv2-w0.35-r32")
