@@ -300,6 +300,37 @@ def test_input_gradient_sums_in_scratch_overlay_or_gradient_match_reference(h, c
             train_c_vs_reference(model, scheme, config, xs, labels, STEPS, kernels)
 
 
+@pytest.mark.parametrize("h, c, k, dil, pad, bias, seed", [
+    (12, 8, 3, 1, "same", True, 0), (10, 6, 5, 1, "same", False, 1), (12, 8, 3, 2, "same", True, 2),
+    (11, 8, 3, 1, "valid_top", True, 3)])
+def test_depthwise_input_gradient_in_place_matches_reference(h, c, k, dil, pad, bias, seed, kernels):
+    """A frozen or bias-only depthwise conv of stride 1 writes its input gradient over its own output gradient,
+    block of channels by block (the bias update first, the largest |sum| from a first pass over G_acc whole):
+    the same values as the other kernels, over 20 steps."""
+    from tinygen.planning.schedule import plan_training
+    from tinygen.reference.training import Trainer
+
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder("p", (h, h, 3), 0.02, 3)
+    wt, bt, st_ = _w(rng, (c, 1, 1, 3), 0.02)
+    x = b.conv2d(b.input, wt, bt, st_, 0.03, -5, padding="valid", act="relu6", name="below")
+    wt, bt, st_ = _w(rng, (c, k, k, 1), 0.03)
+    span = dil * (k - 1)
+    padding = (span // 2, span - span // 2, span // 2, span - span // 2) if pad == "same" else (0, span, 1, span - 1)
+    x = b.conv2d(x, wt, bt, st_, 0.05, 4, groups=c, dilation=dil, padding=padding, name="layer")
+    _head(b, x, rng, 4)
+    model = b.build()
+    layers = {"below": LayerUpdate([0, 1], True, 1),
+              "head": LayerUpdate(list(range(ir.selectable_channels(model.layers[-1]))), True, 1)}
+    if bias:
+        layers["layer"] = LayerUpdate([], True, 1)
+    scheme, config = Scheme(layers), TrainConfig(lr=0.05, rounding="stochastic")
+    assert 1 in plan_training(model, Trainer(model, scheme, config), one_pass=True).in_place  # "layer"
+    steps = 20
+    xs = rng.integers(-128, 128, size=(steps,) + tuple(model.input.shape)).astype(np.int8)
+    train_c_vs_reference(model, scheme, config, xs, rng.integers(0, 4, size=steps), steps, kernels)
+
+
 @pytest.mark.parametrize("out_scale", [0.05, 0.0002])
 def test_grad_output_with_multipliers_below_and_above_one(out_scale, kernels):
     """The output gradient's multiplier path in int32 (every forward multiplier below one, the usual case)

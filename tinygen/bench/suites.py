@@ -22,6 +22,7 @@ from tinygen.planning.memory import (
     RUNTIME_RESERVE,
     auto_last_k,
     check_fits,
+    choose_patch_stage,
     sram_budget,
     trained_state_bytes,
     training_sram,
@@ -116,10 +117,22 @@ PAPER_KB = {"mbv2-w0.35": (141, 335), "proxyless-w0.3": (135, 326), "mcunet-5fps
 SCHEME_KEYS = {"mbv2-w0.35": "mbv2", "proxyless-w0.3": "proxyless", "mcunet-5fps": "mcunet"}
 
 
+PAPER_PATCHES = (2,)  # the paper ran its initial stage in 2x2 patches (section 3.1)
+# (master bits, patch stage): today's default, the smaller storages, and the paper's own setting (the int8
+# weights updated in place, the initial stage in 2x2 patches where the planner finds one that lowers the peak)
+MEMORY_CONFIGS = tuple((bits, False) for bits in MASTER_BITS) + ((0, True),)
+
+
+def _config_label(bits: int, patches: bool) -> str:
+    return f"{bits} bits" + (", 2x2 patch stage" if patches else "")
+
+
 def _linked_sram(args) -> int:
-    """The linked F746 training firmware's SRAM (.data + .bss + arena + stack) for one scheme and storage."""
-    name, spec, bits = args
+    """The linked F746 training firmware's SRAM (.data + .bss + arena + stack) for one scheme, storage and patch
+    stage."""
+    name, spec, bits, stage = args
     model = get_model(name, classes=10)
+    model.patch_stage = stage
     trainer = Trainer(model, load_scheme(spec, model), TrainConfig(frac_bits=bits))
     with tempfile.TemporaryDirectory(prefix="tinygen-memory-") as tmp:
         m = write_project(model, load_board("stm32f746"), Path(tmp) / "b", trainer,
@@ -131,8 +144,9 @@ def _linked_sram(args) -> int:
 
 
 def memory(out: Path | None, log=print, elf: bool = True, jobs: int | None = None) -> dict:
-    """tinygen's planned peak SRAM for the MIT models with each published scheme and each trained-weight storage
-    (`--master-bits` 8, 4, 0), beside the linked firmware's (with `elf`) and the paper's."""
+    """tinygen's planned peak SRAM for the MIT models with each published scheme, each trained-weight storage
+    (`--master-bits` 8, 4, 0) and the paper's own setting (0 bits and a 2x2 patch stage), beside the linked
+    firmware's (with `elf`) and the paper's."""
 
     root = shared_dir()
     if root is None:
@@ -142,38 +156,49 @@ def memory(out: Path | None, log=print, elf: bool = True, jobs: int | None = Non
     schemes = json.loads(path.read_text())
     cases = [(name, key, f"{path}#{SCHEME_KEYS[name]}/{key}")
              for name in PAPER_KB for key in schemes[SCHEME_KEYS[name]]]
+    plans, work = {}, []
+    for done, (name, key, spec) in enumerate(cases, 1):
+        model = get_model(name, classes=10)
+        scheme = load_scheme(spec, model)
+        for bits, patches in MEMORY_CONFIGS:
+            trainer = Trainer(model, scheme, TrainConfig(frac_bits=bits))
+            model.patch_stage = choose_patch_stage(model, trainer, PAPER_PATCHES) if patches else None
+            plans[(name, key, bits, patches)] = (build_plan(model, trainer, board, sram_budget(board)),
+                                                 model.patch_stage)
+            work.append((name, spec, bits, model.patch_stage))
+        log(f"  [{done}/{len(cases)}] {name} {key} planned")
     linked = {}
     if elf:
-        work = [(name, spec, bits) for name, _, spec in cases for bits in MASTER_BITS]
         log(f"linking {len(work)} training firmwares for the {board.name} on {jobs or os.cpu_count()} processes ...")
         with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
             for done, (args, sram) in enumerate(zip(work, pool.map(_linked_sram, work), strict=True), 1):
                 linked[args] = sram
-                log(f"  [{done}/{len(work)}] {args[0]} {args[1].rsplit('/', 1)[-1]}, {args[2]} bits: {sram:,} B linked")
+                log(f"  [{done}/{len(work)}] {args[0]} {args[1].rsplit('/', 1)[-1]}, {args[2]} bits, patch stage "
+                    f"{args[3]}: {sram:,} B linked")
     rows, payload = [], []
     for name, key, spec in cases:
         reorder_kb, sparse_kb = PAPER_KB[name]
-        model = get_model(name, classes=10)
-        scheme = load_scheme(spec, model)
-        peaks = []
-        for bits in MASTER_BITS:
-            p = build_plan(model, Trainer(model, scheme, TrainConfig(frac_bits=bits)), board, sram_budget(board))
+        cells = []
+        for bits, patches in MEMORY_CONFIGS:
+            p, stage = plans[(name, key, bits, patches)]
             facts = {k: p[k] for k in ("peak_sram_bytes", "arena_bytes", "arena_lower_bound_bytes",
                                        "trained_state_bytes", "runtime_reserve_bytes", "flash_bytes", "fits")}
-            payload.append({"model": name, "scheme": key, "master_bits": bits, "paper_kb_sparse_reorder": reorder_kb,
-                            "paper_kb_sparse": sparse_kb, **facts, "linked_sram_bytes": linked.get((name, spec, bits))})
-            peaks.append(p)
-        peak_kb = [f"{p['peak_sram_bytes'] / 1024:.1f}" for p in peaks]
-        if elf:  # the linked ELF's in brackets
-            peak_kb = [f"{k} ({linked[(name, spec, b)] / 1024:.1f})" for k, b in zip(peak_kb, MASTER_BITS, strict=True)]
-        rows.append([name, key, f"{peaks[0]['arena_bytes'] / 1024:.1f}",
-                     *[f"{p['trained_state_bytes'] / 1024:.1f}" for p in peaks], *peak_kb, reorder_kb, sparse_kb])
-    log(table(["model", "scheme", "arena KB", *[f"trained state KB, {b} bits" for b in MASTER_BITS],
-               *[f"peak KB, {b} bits" + (" (linked)" if elf else "") for b in MASTER_BITS],
-               "paper sparse+reorder KB", "paper sparse KB"], rows, "ll" + "r" * (1 + 2 * len(MASTER_BITS) + 2)))
+            got = linked.get((name, spec, bits, stage))
+            payload.append({"model": name, "scheme": key, "master_bits": bits, "patch_stage": stage,
+                            "patch_macs": p["patch_stage"] and p["patch_stage"]["macs"],
+                            "paper_kb_sparse_reorder": reorder_kb, "paper_kb_sparse": sparse_kb, **facts,
+                            "linked_sram_bytes": got})
+            cells.append(f"{p['peak_sram_bytes'] / 1024:.1f}" + (f" ({got / 1024:.1f})" if got else ""))
+        first, paper = plans[(name, key, 8, False)][0], plans[(name, key, 0, True)][0]
+        rows.append([name, key, f"{first['arena_bytes'] / 1024:.1f}", f"{paper['arena_bytes'] / 1024:.1f}", *cells,
+                     reorder_kb, sparse_kb])
+    labels = [_config_label(b, p) for b, p in MEMORY_CONFIGS]
+    log(table(["model", "scheme", "arena KB", "arena KB, patch stage",
+               *[f"peak KB, {c}" + (" (linked)" if elf else "") for c in labels],
+               "paper sparse+reorder KB", "paper sparse KB"], rows, "ll" + "r" * (2 + len(labels) + 2)))
     log(f"peak = arena (activations, masks, gradients, planes) + trained weights and optimizer state + the "
         f"{RUNTIME_RESERVE // 1024} KB stack/runtime allowance (planned); linked = the ELF's .data + .bss + arena + "
-        "stack; master bits: `--master-bits`")
+        "stack; master bits: `--master-bits`; patch stage: `--patches 2`, the stage the planner chooses")
     saved = _save(out, "memory", {"rows": payload})
     log(f"saved {saved}")
     return {"rows": payload}

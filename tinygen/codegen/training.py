@@ -26,7 +26,7 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
-from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
+from tinygen.planning.backward import geometry, in_place_block, input_gradient_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, patch_stage, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
@@ -165,7 +165,21 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
         lay.named.add("mask_row")
     em.render(lay, "conv_grad_output_s16", fn=ops[0]["fn"], comment=f"{desc}: grad output", **ctx,
               channel_major=channel_major, **narrow_multiply(mult, shift))
-    if want:
+    update_first = i in em.plan.in_place  # the input gradient overwrites G_acc: a bias update reads it first
+    if tl and update_first:
+        ops.append(_conv_update(em, i, layer, desc, ctx, gy, e_acc))
+    if want and update_first:
+        fn = f"{p}_backward_input_s16"
+        dims["ip_blk"] = in_place_block(layer, trainer)
+        dims["ip_blks"] = dims["in_c"] // dims["ip_blk"]
+        dims["taps"] = dims["kh"] * dims["kw"]
+        lay.named.update(("ip_blk", "ip_blks"))
+        em.render(lay, "conv_backward_input_dw_inplace_s16", fn=fn, comment=f"{desc}: input gradient, in place",
+                  **ctx)
+        ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc, em.plan.ptr(f"block_l{i}")]))
+        ops[-1]["size"] = f"{p.upper()}_IN_SIZE"
+        lay.named.add("in_size")
+    elif want:
         fn = f"{p}_backward_input_s16"
         extra = []  # the one-pass kernel's scratch for its sums
         found = input_gradient_blocks(layer, dims, ctx["split_k"])
@@ -199,7 +213,7 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
         ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc] + extra))
         ops[-1]["size"] = f"{p.upper()}_IN_SIZE"
         lay.named.add("in_size")
-    if tl:
+    if tl and not update_first:
         ops.append(_conv_update(em, i, layer, desc, ctx, gy, e_acc))
     return ops
 

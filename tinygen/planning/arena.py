@@ -43,10 +43,12 @@ def _align(x: int, a: int) -> int:
 ORDERS = {
     # TFLite Micro's GreedyMemoryPlanner order
     "greedy-by-size": lambda b: (-b.size, b.first, b.name),
-    # alternatives searched by plan_best: long-lived first, area first, conflict-heavy first
+    # alternatives searched by plan_best: long-lived first, area first, earliest first
     "greedy-by-lifetime": lambda b: (-(b.last - b.first), -b.size, b.name),
     "greedy-by-area": lambda b: (-b.size * (b.last - b.first + 1), b.name),
     "greedy-by-start": lambda b: (b.first, -b.size, b.name),
+    # short-lived first: the gradients of a backward pass written over each other (pinned pairs) fill around them
+    "greedy-by-short-lifetime": lambda b: (b.last - b.first, -b.size, b.name),
 }
 
 

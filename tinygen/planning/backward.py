@@ -97,3 +97,26 @@ def one_pass_sums_bytes(layer, tensors, split_k: int, r: int) -> int | None:
     if found[0] == "depthwise":
         return 4 * geo["in_h"] * geo["in_w"] * geo["in_c"] if sums_fit_int32(geo["kh"] * geo["kw"]) else None
     return 4 * -(-geo["in_h"] // r) * -(-geo["in_w"] // r) * geo["in_c"] if sums_fit_int32(geo["out_c"]) else None
+
+
+IN_PLACE_BLOCK_BYTES = 1024  # most bytes of G_acc an in-place depthwise input gradient copies out at a time
+
+
+def in_place_block(layer, trainer) -> int | None:
+    """Channels a block of the depthwise input gradient written over its own output gradient
+    (templates/train/conv_backward_input_dw_inplace_s16.c.j2): the most that divide the channels and whose G_acc
+    fits IN_PLACE_BLOCK_BYTES; None where it cannot run in place: not a depthwise conv with one output per
+    channel and stride 1 whose output is as large as its input, weights that train (their update, after the
+    input gradient, reads G_acc; a bias update goes first), a filtered gradient, sums that may not fit int32, or
+    one block holding every channel (no bytes saved)."""
+    if not (ir.is_depthwise(layer, 1) and layer.stride == (1, 1)):
+        return None
+    tl = trainer.trained.get(layer.name)
+    if tl is not None and (tl.update.channels or tl.update.filter_r != 1):
+        return None
+    x = trainer.model.tensors()[layer.inputs[0]]
+    if tuple(x.shape) != tuple(layer.output.shape) or not sums_fit_int32(layer.kernel[0] * layer.kernel[1]):
+        return None
+    h, w, c = layer.output.shape
+    block = max((b for b in range(1, c + 1) if c % b == 0 and 2 * h * w * b <= IN_PLACE_BLOCK_BYTES), default=1)
+    return block if block < c else None

@@ -13,7 +13,7 @@ from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_ident
 from tinygen.planning.arena import Buffer, pin, plan_best
-from tinygen.planning.backward import one_pass_sums_bytes
+from tinygen.planning.backward import in_place_block, one_pass_sums_bytes
 from tinygen.planning.fusion import Fusion, plan_fusions, prune_overlaps
 from tinygen.planning.patches import PatchSpec, PatchStage, plan_patch_stage
 from tinygen.planning.saved_input import SavedInput, saved_input
@@ -164,6 +164,7 @@ class TrainPlan:
     strategy: str = ""  # which arena ordering won
     one_pass: set[int] = field(default_factory=set)  # layers whose input gradient keeps its sums (sums_l<i>)
     overlaid: set[int] = field(default_factory=set)  # of those, the ones whose sums overlay their own gradient
+    in_place: set[int] = field(default_factory=set)  # depthwise input gradients over their output gradient
 
     def ptr(self, name: str) -> str:
         return f"TG_{c_ident(name).upper()}"
@@ -246,8 +247,29 @@ def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], 
     return contributions
 
 
+def _place_in_place(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]], galias: dict[str, str],
+                    sched: TrainSchedule, b: _Buffers) -> set[int]:
+    """The depthwise input gradients written over their own output gradient (`backward.in_place_block`): where a
+    layer is its input gradient's only writer, that gradient's buffer is pinned on the output gradient's, and
+    the block of G_acc the kernel copies out lives through the layer's backward. Returns those layers."""
+    chosen = set()
+    for t, writers in contributions.items():
+        i = writers[0]
+        layer = model.layers[i]
+        block = in_place_block(layer, trainer) if len(writers) == 1 else None
+        y = galias.get(layer.output.name, layer.output.name)
+        if block is None or b.bufs[f"grad_{t}"].anchor is not None or f"grad_{y}" not in b.bufs:
+            continue
+        anchor = b.bufs[f"grad_{y}"]
+        pin(b.bufs, f"grad_{t}", anchor.anchor or anchor.name, anchor.rel)
+        h, w = layer.output.shape[:2]
+        b.need(f"block_l{i}", 2 * h * w * block, sched.bwd(i), sched.bwd(i), "int16_t")
+        chosen.add(i)
+    return chosen
+
+
 def _place_one_pass_sums(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]],
-                         sched: TrainSchedule, b: _Buffers, overlay_first: bool = False
+                         sched: TrainSchedule, b: _Buffers, in_place: set[int], overlay_first: bool = False
                          ) -> tuple[set[int], set[int], int, str]:
     """Give the 1x1 and depthwise input gradients an int32 scratch for their sums (`backward.py`) where it
     costs no arena bytes, the most MACs first: a buffer of its own, or else — where the sums are one per
@@ -264,7 +286,7 @@ def _place_one_pass_sums(model: ir.Model, trainer: Trainer, contributions: dict[
     cands = []
     for i in sorted(dest):
         layer = model.layers[i]
-        if not isinstance(layer, (ir.Conv2D, ir.FullyConnected)):
+        if not isinstance(layer, (ir.Conv2D, ir.FullyConnected)) or i in in_place:  # in place: no scratch
             continue
         tl = trainer.trained.get(layer.name)
         store = weight_store(layer, tl.update.channels) if tl and tl.update.channels else None
@@ -317,13 +339,14 @@ def plan_training(model: ir.Model, trainer: Trainer, fusions: dict | None = None
     _place_saved(model, saved, alias, sched, b)
     galias = _gradient_aliases(model)
     contributions = _place_gradients(model, trainer, galias, sched, b)
+    in_place = _place_in_place(model, trainer, contributions, galias, sched, b)
     if one_pass:
-        chosen, overlaid, size, strategy = _place_one_pass_sums(model, trainer, contributions, sched, b,
+        chosen, overlaid, size, strategy = _place_one_pass_sums(model, trainer, contributions, sched, b, in_place,
                                                                 overlay_first=one_pass == "overlay")
     else:
         chosen, overlaid, (size, strategy) = set(), set(), plan_best(list(b.bufs.values()), ALIGN)
     return TrainPlan(b.bufs, b.ctype, size, alias, galias, saved=saved, contributions=contributions,
-                     fusions=fusions, strategy=strategy, one_pass=chosen, overlaid=overlaid)
+                     fusions=fusions, strategy=strategy, one_pass=chosen, overlaid=overlaid, in_place=in_place)
 
 
 def _check_frozen_stage(model: ir.Model, trainer: Trainer) -> None:
