@@ -140,13 +140,19 @@ def _footprint(members: list[Buffer]) -> int:
     return total
 
 
-def lower_bound(buffers: list[Buffer]) -> int:
-    """The largest total size of buffers live at one step (no plan can beat it); a pinned group
+def peak_steps(buffers: list[Buffer]) -> tuple[int, set[int]]:
+    """The largest total size of buffers live at one step, and the steps where it is reached; a pinned group
     counts the bytes its live members cover together."""
-    steps = {s for b in buffers for s in (b.first, b.last)}
+    steps = sorted({s for b in buffers for s in (b.first, b.last)})
     groups = _groups(buffers)
-    return max((sum(_footprint([m for m in ms if m.first <= s <= m.last]) for ms in groups.values())
-                for s in steps), default=0)
+    live = {s: sum(_footprint([m for m in ms if m.first <= s <= m.last]) for ms in groups.values()) for s in steps}
+    top = max(live.values(), default=0)
+    return top, {s for s, v in live.items() if v == top}
+
+
+def lower_bound(buffers: list[Buffer]) -> int:
+    """The largest total size of buffers live at one step: no plan can beat it."""
+    return peak_steps(buffers)[0]
 
 
 def check_no_overlap(buffers: list[Buffer]) -> None:

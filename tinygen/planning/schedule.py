@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.names import c_ident
-from tinygen.planning.arena import Buffer, pin, plan_best
+from tinygen.planning.arena import Buffer, peak_steps, pin, plan_best
 from tinygen.planning.backward import in_place_block, one_pass_sums_bytes
 from tinygen.planning.fusion import Fusion, plan_fusions, prune_overlaps
 from tinygen.planning.patches import PatchSpec, PatchStage, plan_patch_stage
@@ -249,20 +249,29 @@ def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], 
 
 def _place_in_place(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]], galias: dict[str, str],
                     sched: TrainSchedule, b: _Buffers) -> set[int]:
-    """The depthwise input gradients written over their own output gradient (`backward.in_place_block`): where a
-    layer is its input gradient's only writer, that gradient's buffer is pinned on the output gradient's, and
-    the block of G_acc the kernel copies out lives through the layer's backward. Returns those layers."""
-    chosen = set()
+    """The depthwise input gradients written over their own output gradient (`backward.in_place_block`), where
+    that lowers the peak: while the step with the most live bytes is the backward of a layer that can, that
+    layer's input gradient buffer is pinned on its output gradient's, and the block of G_acc the kernel copies
+    out lives through its backward (the kernel takes two passes: not worth it elsewhere). A layer must be its
+    input gradient's only writer. Returns those layers."""
+    cands = {}
     for t, writers in contributions.items():
         i = writers[0]
         layer = model.layers[i]
         block = in_place_block(layer, trainer) if len(writers) == 1 else None
         y = galias.get(layer.output.name, layer.output.name)
-        if block is None or b.bufs[f"grad_{t}"].anchor is not None or f"grad_{y}" not in b.bufs:
-            continue
+        if block is not None and b.bufs[f"grad_{t}"].anchor is None and f"grad_{y}" in b.bufs:
+            cands[sched.bwd(i)] = (i, t, y, block)
+    chosen = set()
+    while cands:
+        _, steps = peak_steps(list(b.bufs.values()))
+        at = next((s for s in sorted(steps) if s in cands), None)
+        if at is None:
+            break
+        i, t, y, block = cands.pop(at)
         anchor = b.bufs[f"grad_{y}"]
         pin(b.bufs, f"grad_{t}", anchor.anchor or anchor.name, anchor.rel)
-        h, w = layer.output.shape[:2]
+        h, w = model.layers[i].output.shape[:2]
         b.need(f"block_l{i}", 2 * h * w * block, sched.bwd(i), sched.bwd(i), "int16_t")
         chosen.add(i)
     return chosen
