@@ -132,7 +132,8 @@ PATCH_OPTIONS = (
     click.option("--patches", default="0", show_default=True, metavar="N|auto",
                  help="Run the initial stage patch by patch (MCUNetV2): its output split into N x N windows, the "
                       "halos recomputed, so its large maps never exist whole (the same outputs). auto: the planner "
-                      "chooses the stage and N (2-4) with the least peak SRAM; 0: whole tensors."),
+                      "chooses the stage and N (2-4): the fewest recomputed MACs that fit the budget (none where "
+                      "whole tensors fit), a selection planning with the least peak; 0: whole tensors."),
     click.option("--patch-stage", default=None, metavar="LAYER",
                  help="With --patches N: the stage's last layer, whose output exists whole (`tinygen plan` lists "
                       "the layers; default: the planner's choice for N)."),
@@ -160,19 +161,20 @@ def _patch_sides(patches: str, patch_stage: str | None) -> tuple[int, ...] | Non
     return (int(patches),)
 
 
-def _apply_patches(model, sides, patch_stage: str | None, trainer=None, say=None) -> None:
+def _apply_patches(model, sides, patch_stage: str | None, trainer=None, budget=None, say=None) -> None:
     """Carry the patch stage the options ask for with the model (every plan of it then agrees): the one named, or
-    the planner's choice for the training step (or inference), which it then describes."""
+    the planner's choice (`choose_patch_stage`: without a budget the least peak, which a selection then plans
+    with; with one, the fewest recomputed MACs that fit it), which it then describes."""
     if sides is None:
         model.patch_stage = None
     elif patch_stage is not None:
         model.patch_stage = (patch_stage, sides[0])
     else:
-        model.patch_stage = choose_patch_stage(model, trainer, sides)
+        model.patch_stage = choose_patch_stage(model, trainer, sides, budget)
         if say is not None:
             chosen = model.patch_stage
-            say("patch stage: none lowers the peak" if chosen is None
-                else f"patch stage: to {chosen[0]}, {chosen[1]}x{chosen[1]} patches (the least peak SRAM)")
+            say("patch stage: none (whole tensors fit the budget, or no stage lowers the peak)" if chosen is None
+                else f"patch stage: to {chosen[0]}, {chosen[1]}x{chosen[1]} patches")
 
 
 JSON_OPTION = click.option("--json", "as_json", is_flag=True,
@@ -320,7 +322,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                               accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits, dataset)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
-    _apply_patches(model, sides, patch_stage, trainer, say)  # for the step as chosen
+    _apply_patches(model, sides, patch_stage, trainer, budget, say)  # for the step as chosen
     check_fits(model, trainer, b, budget)
     if trainer is not None:
         say(f"update scheme: {describe(trainer.scheme)}")
@@ -443,7 +445,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
                               macs_budget=macs_budget, reorder=reorder_channels, master_bits=master_bits)
     if trainer is not None:
         model = trainer.model
-    _apply_patches(model, sides, patch_stage, trainer, lambda line: click.echo(line, err=True))
+    _apply_patches(model, sides, patch_stage, trainer, budget, lambda line: click.echo(line, err=True))
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     if svg is not None:
         svg.write_text(timeline_svg(p))  # its folder was checked before the slow steps
@@ -548,8 +550,9 @@ def bench_gradients(models, samples, rs, out):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
 def bench_memory(no_elf, jobs, out):
-    """Planned peak SRAM of the MIT models with their published schemes and 8, 4 and 0 master bits, beside the
-    linked firmware's and the paper's figures."""
+    """Planned peak SRAM of the MIT models with their published schemes and 8, 4 and 0 master bits, and the
+    paper's own setting (0 bits, a 2x2 patch stage), beside the linked firmware's and the paper's figures; and of
+    inference, whole and with a patch stage."""
 
     memory(out, log=click.echo, elf=not no_elf, jobs=jobs)
 

@@ -133,13 +133,14 @@ def _linked_sram(args) -> int:
     name, spec, bits, stage = args
     model = get_model(name, classes=10)
     model.patch_stage = stage
-    trainer = Trainer(model, load_scheme(spec, model), TrainConfig(frac_bits=bits))
+    trainer = None if spec is None else Trainer(model, load_scheme(spec, model), TrainConfig(frac_bits=bits))
     with tempfile.TemporaryDirectory(prefix="tinygen-memory-") as tmp:
         m = write_project(model, load_board("stm32f746"), Path(tmp) / "b", trainer,
-                          FirmwareOptions(samples=1, train=True, train_steps=1))
+                          FirmwareOptions(samples=1, train=trainer is not None, train_steps=int(trainer is not None)))
     fw = m.get("firmware", {})
     if not fw.get("compiled"):
-        raise TinygenError(f"the {name} {spec.rsplit('#', 1)[-1]} firmware did not link: {fw.get('reason', '?')}")
+        what = "inference" if spec is None else spec.rsplit("#", 1)[-1]
+        raise TinygenError(f"the {name} {what} firmware did not link: {fw.get('reason', '?')}")
     return fw["hw"]["sizes"]["sram_bytes"]
 
 
@@ -167,6 +168,13 @@ def memory(out: Path | None, log=print, elf: bool = True, jobs: int | None = Non
                                                  model.patch_stage)
             work.append((name, spec, bits, model.patch_stage))
         log(f"  [{done}/{len(cases)}] {name} {key} planned")
+    inference = {}
+    for name in PAPER_KB:  # inference only: whole tensors, and the 2x2 stage with the least peak
+        model = get_model(name, classes=10)
+        for stage in (None, choose_patch_stage(model, None, PAPER_PATCHES)):
+            model.patch_stage = stage
+            inference[(name, stage)] = build_plan(model, None, board, sram_budget(board))
+            work.append((name, None, 0, stage))
     linked = {}
     if elf:
         log(f"linking {len(work)} training firmwares for the {board.name} on {jobs or os.cpu_count()} processes ...")
@@ -199,7 +207,26 @@ def memory(out: Path | None, log=print, elf: bool = True, jobs: int | None = Non
     log(f"peak = arena (activations, masks, gradients, planes) + trained weights and optimizer state + the "
         f"{RUNTIME_RESERVE // 1024} KB stack/runtime allowance (planned); linked = the ELF's .data + .bss + arena + "
         "stack; master bits: `--master-bits`; patch stage: `--patches 2`, the stage the planner chooses")
-    saved = _save(out, "memory", {"rows": payload})
+    inf_rows, inf_payload = [], []
+    for name in PAPER_KB:
+        (whole_key, whole), (stage_key, patched) = [(k, p) for k, p in inference.items() if k[0] == name]
+        ps = patched["patch_stage"]
+        got = [linked.get((name, None, 0, k[1])) for k in (whole_key, stage_key)]
+        inf_payload.append({"model": name, "patch_stage": stage_key[1], "peak_sram_bytes": whole["peak_sram_bytes"],
+                            "patched_peak_sram_bytes": patched["peak_sram_bytes"], "linked_sram_bytes": got[0],
+                            "patched_linked_sram_bytes": got[1], "stage_macs": ps["macs"],
+                            "stage_whole_macs": ps["whole_macs"],
+                            "model_macs": sum(la["macs_forward"] for la in whole["layers"])})
+        cells = [f"{p['peak_sram_bytes'] / 1024:.1f}" + (f" ({g / 1024:.1f})" if g else "")
+                 for p, g in zip((whole, patched), got, strict=True)]
+        extra = ps["macs"] - ps["whole_macs"]
+        inf_rows.append([name, *cells, f"{ps['end']}, {ps['patches']}x{ps['patches']}",
+                         f"{ps['whole_macs']:,} -> {ps['macs']:,}",
+                         f"+{100 * extra / inf_payload[-1]['model_macs']:.1f}%"])
+    log(table(["model (inference)", "peak KB, whole" + (" (linked)" if elf else ""),
+               "peak KB, patch stage" + (" (linked)" if elf else ""), "stage", "stage MACs", "model MACs"],
+              inf_rows, "lrrlrr"))
+    saved = _save(out, "memory", {"rows": payload, "inference": inf_payload})
     log(f"saved {saved}")
     return {"rows": payload}
 

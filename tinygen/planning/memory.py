@@ -63,37 +63,42 @@ PATCH_PEAK_SLACK = 1024  # ... and how far above the least peak it takes fewer r
 
 
 def choose_patch_stage(model: ir.Model, trainer=None, sides: tuple[int, ...] = PATCHES_A_SIDE,
-                       log=None) -> tuple[str, int] | None:
-    """The patch stage (`ir.Model.patch_stage`) with the least planned peak, for a training step with `trainer`
-    or for inference: over every stage end before the first layer that trains or passes a gradient (`stage_ends`)
-    and `sides` patches a side; of those within PATCH_PEAK_SLACK bytes of the least, the fewest MACs. None where
-    no stage lowers the peak. Leaves `model.patch_stage` as it found it."""
+                       budget: int | None = None, log=None) -> tuple[str, int] | None:
+    """A patch stage (`ir.Model.patch_stage`) for a training step with `trainer`, or for inference, over every
+    stage end before the first layer that trains or passes a gradient (`stage_ends`) and `sides` patches a side.
+    With a `budget`: of the plans that fit it (whole tensors among them), the one that recomputes the fewest
+    MACs (None: whole tensors fit); else, or where none fits, the least planned peak (of those within
+    PATCH_PEAK_SLACK bytes of it, the fewest MACs; None where no stage lowers the peak). Leaves
+    `model.patch_stage` as it found it."""
     was = model.patch_stage
     frozen_before = None
     if trainer is not None:
         frozen_before = min(i for i, layer in enumerate(model.layers)
                             if layer.name in trainer.trained or layer.output.name in trainer.needs_grad)
-    tried = []
+
+    def peak() -> int:
+        return (inference_sram(model) if trainer is None else training_sram(model, trainer)).total
     try:
         model.patch_stage = None
-        whole = (inference_sram(model) if trainer is None else training_sram(model, trainer)).total
+        tried = [(peak(), 0, None)]  # (peak, MACs recomputed, stage)
         for last in stage_ends(model, frozen_before):
             for n in sides:
                 model.patch_stage = (model.layers[last].name, n)
                 try:
-                    fusions = plan_forward(model).fusions
-                    est = inference_sram(model) if trainer is None else training_sram(model, trainer)
+                    stage = next(f.stage.stage for f in plan_forward(model).fusions.values() if f.kind == "patch")
+                    total = peak()
                 except TinygenError:  # too many patches for this output
                     continue
-                macs = next(f.stage.stage.macs for f in fusions.values() if f.kind == "patch")
-                tried.append((est.total, macs, model.patch_stage))
+                tried.append((total, stage.macs - stage.whole_macs, model.patch_stage))
                 if log:
-                    log(f"  patch stage to {model.patch_stage[0]}, {n}x{n}: peak {est.total:,} B, {macs:,} MACs")
+                    log(f"  patch stage to {model.patch_stage[0]}, {n}x{n}: peak {total:,} B, "
+                        f"{stage.macs - stage.whole_macs:,} MACs recomputed")
     finally:
         model.patch_stage = was
-    least = min((t[0] for t in tried), default=whole)
-    if least >= whole:
-        return None
+    fitting = [t for t in tried if budget is not None and t[0] <= budget]
+    if fitting:
+        return min(fitting, key=lambda t: (t[1], t[0]))[2]
+    least = min(t[0] for t in tried)
     return min((t for t in tried if t[0] <= least + PATCH_PEAK_SLACK), key=lambda t: (t[1], t[0]))[2]
 
 
