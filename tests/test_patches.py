@@ -122,3 +122,18 @@ def test_plan_shows_the_stage_and_its_recomputed_macs():
     assert r.exit_code == 0, r.output
     assert "patch stage: layers 0.." in r.stdout and "recomputed halos" in r.stdout
     assert "(2x2)" in r.stdout
+
+
+def test_auto_takes_the_fewest_recomputed_macs_that_fit_the_budget():
+    """--patches auto: under a budget the whole-tensor plan misses, the stage that fits with the fewest MACs
+    recomputed; with room to spare, nothing recomputed."""
+    base = ["plan", "--board", "stm32f746", "--model", "mbv2-w0.5-r64", "--no-train", "--json"]
+    import json
+
+    tight = json.loads(_cli(*base, "--patches", "auto", "--budget-kb", "30").stdout)
+    assert tight["fits"] and tight["peak_sram_bytes"] <= 30 * 1024
+    assert tight["patch_stage"]["macs"] > tight["patch_stage"]["whole_macs"]
+    roomy = json.loads(_cli(*base, "--patches", "auto").stdout)
+    assert roomy["patch_stage"] is None or roomy["patch_stage"]["macs"] == roomy["patch_stage"]["whole_macs"]
+    least = json.loads(_cli(*base, "--patches", "2").stdout)
+    assert least["peak_sram_bytes"] <= tight["peak_sram_bytes"]

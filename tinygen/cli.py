@@ -136,7 +136,7 @@ PATCH_OPTIONS = (
                       "whole tensors fit), a selection planning with the least peak; 0: whole tensors."),
     click.option("--patch-stage", default=None, metavar="LAYER",
                  help="With --patches N: the stage's last layer, whose output exists whole (`tinygen plan` lists "
-                      "the layers; default: the planner's choice for N)."),
+                      "the layers; default: the end of least peak SRAM for N)."),
 )
 
 
@@ -161,16 +161,17 @@ def _patch_sides(patches: str, patch_stage: str | None) -> tuple[int, ...] | Non
     return (int(patches),)
 
 
-def _apply_patches(model, sides, patch_stage: str | None, trainer=None, budget=None, say=None) -> None:
+def _apply_patches(model, patches: str, patch_stage: str | None, trainer=None, budget=None, say=None) -> None:
     """Carry the patch stage the options ask for with the model (every plan of it then agrees): the one named, or
     the planner's choice (`choose_patch_stage`: without a budget the least peak, which a selection then plans
-    with; with one, the fewest recomputed MACs that fit it), which it then describes."""
+    with; with one, for --patches auto, the fewest recomputed MACs that fit it), which it then describes."""
+    sides = _patch_sides(patches, patch_stage)
     if sides is None:
         model.patch_stage = None
     elif patch_stage is not None:
         model.patch_stage = (patch_stage, sides[0])
-    else:
-        model.patch_stage = choose_patch_stage(model, trainer, sides, budget)
+    else:  # --patches N: the end of least peak for N; auto: as above
+        model.patch_stage = choose_patch_stage(model, trainer, sides, budget if patches == "auto" else None)
         if say is not None:
             chosen = model.patch_stage
             say("patch stage: none (whole tensors fit the budget, or no stage lowers the peak)" if chosen is None
@@ -309,7 +310,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
         raise TinygenError(f"--checkpoint-every {checkpoint_every} needs a firmware that trains with --loss ce and a "
                            f"multiple of --accumulate ({accumulate}); change one of them")
     _check_out(out)
-    sides = _patch_sides(patches, patch_stage)
+    _patch_sides(patches, patch_stage)  # bad options fail before the slow steps
     b = load_board(board)
     dataset = load_dataset(dataset_path) if dataset_path else None
     model = resolve_model(model_spec, classes, dataset.images() if dataset is not None else None)
@@ -317,12 +318,12 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     if dataset is not None:
         dataset.for_model(model, 1)  # its shape and labels fit the model: say so before selecting
     if train:
-        _apply_patches(model, sides, patch_stage)  # the selection counts the stage (and trains nothing in it)
+        _apply_patches(model, patches, patch_stage)  # the selection counts the stage (and trains nothing in it)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
                               accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits, dataset)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
-    _apply_patches(model, sides, patch_stage, trainer, budget, say)  # for the step as chosen
+    _apply_patches(model, patches, patch_stage, trainer, budget, say)  # for the step as chosen
     check_fits(model, trainer, b, budget)
     if trainer is not None:
         say(f"update scheme: {describe(trainer.scheme)}")
@@ -435,17 +436,17 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     if svg is not None and not svg.parent.is_dir():
         raise TinygenError(f"--svg {svg}: the folder {svg.parent} does not exist; create it or choose another path")
 
-    sides = _patch_sides(patches, patch_stage)
+    _patch_sides(patches, patch_stage)  # bad options fail before the slow steps
     b = load_board(board)
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     if not no_train:
-        _apply_patches(model, sides, patch_stage)  # the selection counts the stage (and trains nothing in it)
+        _apply_patches(model, patches, patch_stage)  # the selection counts the stage (and trains nothing in it)
     trainer = _choose_trainer(model, budget, not no_train, update, filter_r, DEFAULT_LR, momentum, 0,
                               macs_budget=macs_budget, reorder=reorder_channels, master_bits=master_bits)
     if trainer is not None:
         model = trainer.model
-    _apply_patches(model, sides, patch_stage, trainer, budget, lambda line: click.echo(line, err=True))
+    _apply_patches(model, patches, patch_stage, trainer, budget, lambda line: click.echo(line, err=True))
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     if svg is not None:
         svg.write_text(timeline_svg(p))  # its folder was checked before the slow steps
