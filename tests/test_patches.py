@@ -7,6 +7,8 @@ in one sentence."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from c_harness import run_generated_forward
@@ -128,8 +130,6 @@ def test_auto_takes_the_fewest_recomputed_macs_that_fit_the_budget():
     """--patches auto: under a budget the whole-tensor plan misses, the stage that fits with the fewest MACs
     recomputed; with room to spare, nothing recomputed."""
     base = ["plan", "--board", "stm32f746", "--model", "mbv2-w0.5-r64", "--no-train", "--json"]
-    import json
-
     tight = json.loads(_cli(*base, "--patches", "auto", "--budget-kb", "30").stdout)
     assert tight["fits"] and tight["peak_sram_bytes"] <= 30 * 1024
     assert tight["patch_stage"]["macs"] > tight["patch_stage"]["whole_macs"]
