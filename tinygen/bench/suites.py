@@ -181,8 +181,8 @@ def memory(out: Path | None, log=print, elf: bool = True, jobs: int | None = Non
         with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
             for done, (args, sram) in enumerate(zip(work, pool.map(_linked_sram, work), strict=True), 1):
                 linked[args] = sram
-                log(f"  [{done}/{len(work)}] {args[0]} {args[1].rsplit('/', 1)[-1]}, {args[2]} bits, patch stage "
-                    f"{args[3]}: {sram:,} B linked")
+                what = "inference" if args[1] is None else f"{args[1].rsplit('/', 1)[-1]}, {args[2]} bits"
+                log(f"  [{done}/{len(work)}] {args[0]} {what}, patch stage {args[3]}: {sram:,} B linked")
     rows, payload = [], []
     for name, key, spec in cases:
         reorder_kb, sparse_kb = PAPER_KB[name]
