@@ -195,10 +195,11 @@ TG_INLINE int32_t tg_rounded_average(int32_t total, int32_t count)
     return total > 0 ? (total + count / 2) / count : (total - count / 2) / count;
 }
 
-/* `rows` rows of `row_bytes` bytes from `src` to `dst`, whose rows start `src_stride` and `dst_stride`
- * bytes apart: a window of an NHWC map copied out of it or into it (the patch stage, planning/patches.py). */
-static inline void tg_copy_window(int8_t *dst, int32_t dst_stride, const int8_t *src, int32_t src_stride,
-                                  int32_t rows, int32_t row_bytes)
+/* `rows` rows of `row_bytes` bytes from `src` to `dst`, whose rows start `src_stride` and
+ * `dst_stride` bytes apart: a window of an NHWC map copied out of it or into it (the patch
+ * stage, planning/patches.py). */
+static inline void tg_copy_window(int8_t *dst, int32_t dst_stride, const int8_t *src,
+                                  int32_t src_stride, int32_t rows, int32_t row_bytes)
 {
     for (int32_t r = 0; r < rows; r++) {
         memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)row_bytes);

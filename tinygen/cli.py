@@ -367,6 +367,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw = m.get("firmware") or {}
     if fw.get("samples"):
         click.echo(f"firmware: {fw['samples_source']} embedded ({fw['samples_why']})")
+    if fw.get("size_fallback"):
+        click.echo(f"firmware: {fw['size_fallback']}")
     click.echo(describe_clock(b, clock))
 
 

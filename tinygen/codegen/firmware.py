@@ -507,8 +507,19 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
         jobs = [armbuild.ElfJob("qemu", fw / qemu_ld, fw / "build" / QEMU_ELF, ["TG_TARGET_QEMU=1"], qemu.describe()),
                 armbuild.ElfJob(board.name, fw / hw_ld, fw / "build" / hw_elf, [], real.describe())]
         common, target = _split(sources)
-        armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
-                              board.opt_flags)
+        info["opt_flags"] = list(board.opt_flags)
+        try:
+            armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
+                                  board.opt_flags)
+        except armbuild.LinkOverflowError as exc:
+            if exc.kinds != {"flash"}:
+                raise
+            # the unrolled kernels' code is what grows with the board's speed flags: built for size, or refused
+            armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
+                                  armbuild.SIZE_OPT_FLAGS)
+            info["opt_flags"] = list(armbuild.SIZE_OPT_FLAGS)
+            info["size_fallback"] = (f"the image did not fit the flash with {' '.join(board.opt_flags)} ({exc}); "
+                                     f"built with {' '.join(armbuild.SIZE_OPT_FLAGS)} instead (smaller code, slower)")
         info["compiled"] = True
         info["qemu"]["sizes"] = armbuild.elf_sizes(fw / "build" / QEMU_ELF)
         info["hw"]["sizes"] = armbuild.elf_sizes(fw / "build" / hw_elf)
@@ -598,5 +609,6 @@ def build_profile_elf(out: Path, board: Board, info: dict) -> Path:
     job = armbuild.ElfJob("qemu", fw / ld, elf, ["TG_TARGET_QEMU=1"], layout.describe())
     common, target = _split(_sources(out))
     armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, [job],
-                          [*info.get("extra_cflags", []), *PROFILE_CFLAGS], board.opt_flags, obj_dir=PROFILE_OBJ_DIR)
+                          [*info.get("extra_cflags", []), *PROFILE_CFLAGS], info.get("opt_flags", board.opt_flags),
+                          obj_dir=PROFILE_OBJ_DIR)
     return elf

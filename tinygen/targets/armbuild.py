@@ -33,7 +33,16 @@ LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--
 
 
 class LinkOverflowError(BuildError):
-    """The firmware does not fit the board: a memory region overflowed at link time."""
+    """The firmware does not fit the board: a memory region overflowed at link time. `kinds`: what the overflowed
+    regions are ("flash", "sram", ...: the first word of their descriptions)."""
+
+    def __init__(self, message: str, kinds: frozenset[str] = frozenset()):
+        super().__init__(message)
+        self.kinds = kinds
+
+
+# the flags a firmware whose code does not fit the flash at the board's `opt_flags` is built with instead
+SIZE_OPT_FLAGS = ["-Os"]
 
 
 @dataclass
@@ -139,8 +148,9 @@ def _explain_failure(job: ElfJob, text: str) -> BuildError:
             if r in first and first[r] in SECTION_ROLES:
                 what += f" ({SECTION_ROLES[first[r]]})"
             parts.append(f"region {r} ({job.regions.get(r, 'memory')}{what}) overflowed by {n:,} bytes")
+        kinds = frozenset(job.regions.get(r, "memory").split(",")[0].split()[0] for r in overflows)
         return LinkOverflowError(f"the firmware does not fit when linking {job.elf.name}: {' and '.join(parts)}; "
-                                 "choose a smaller model or input, or a board with more memory")
+                                 "choose a smaller model or input, or a board with more memory", kinds)
     m = _ASSERT.search(text)
     if m:
         return BuildError(f"linking {job.elf.name} failed a layout check: {m.group(1).strip()}")
