@@ -26,7 +26,7 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
-from tinygen.planning.backward import geometry, in_place_block, input_gradient_blocks, sums_fit_int32
+from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, patch_stage, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
@@ -170,7 +170,7 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
         ops.append(_conv_update(em, i, layer, desc, ctx, gy, e_acc))
     if want and update_first:
         fn = f"{p}_backward_input_s16"
-        dims["ip_blk"] = in_place_block(layer, trainer)
+        dims["ip_blk"] = em.plan.in_place[i]
         dims["ip_blks"] = dims["in_c"] // dims["ip_blk"]
         dims["taps"] = dims["kh"] * dims["kw"]
         lay.named.update(("ip_blk", "ip_blks"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from tinygen.errors import TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import Scheme, TrainConfig, last_k_scheme, weighted_layers
-from tinygen.planning.patches import stage_ends
+from tinygen.planning.patches import PatchSpec, plan_patch_stage, stage_ends
 from tinygen.planning.schedule import plan_forward, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import Trainer
@@ -85,7 +85,7 @@ def choose_patch_stage(model: ir.Model, trainer=None, sides: tuple[int, ...] = P
             for n in sides:
                 model.patch_stage = (model.layers[last].name, n)
                 try:
-                    stage = next(f.stage.stage for f in plan_forward(model).fusions.values() if f.kind == "patch")
+                    stage = plan_patch_stage(model, PatchSpec(*model.patch_stage))
                     total = peak()
                 except TinygenError:  # too many patches for this output
                     continue

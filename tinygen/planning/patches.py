@@ -47,10 +47,6 @@ class PatchStage:
     macs: int  # forward MACs of the stage run patch by patch (halos recomputed)
     whole_macs: int  # ... and run whole
 
-    @property
-    def output(self) -> ir.TensorInfo:
-        return self.classes[0].model.layers[-1].output  # renamed to the stage output's name in every class
-
 
 def _splits(size: int, n: int) -> list[tuple[int, int]]:
     bounds = [i * size // n for i in range(n + 1)]

@@ -164,7 +164,8 @@ class TrainPlan:
     strategy: str = ""  # which arena ordering won
     one_pass: set[int] = field(default_factory=set)  # layers whose input gradient keeps its sums (sums_l<i>)
     overlaid: set[int] = field(default_factory=set)  # of those, the ones whose sums overlay their own gradient
-    in_place: set[int] = field(default_factory=set)  # depthwise input gradients over their output gradient
+    in_place: dict[int, int] = field(default_factory=dict)  # depthwise input gradients over their output
+    # gradient: layer -> channels a block (`backward.in_place_block`)
 
     def ptr(self, name: str) -> str:
         return f"TG_{c_ident(name).upper()}"
@@ -248,12 +249,12 @@ def _place_gradients(model: ir.Model, trainer: Trainer, galias: dict[str, str], 
 
 
 def _place_in_place(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]], galias: dict[str, str],
-                    sched: TrainSchedule, b: _Buffers) -> set[int]:
+                    sched: TrainSchedule, b: _Buffers) -> dict[int, int]:
     """The depthwise input gradients written over their own output gradient (`backward.in_place_block`), where
     that lowers the peak: while the step with the most live bytes is the backward of a layer that can, that
     layer's input gradient buffer is pinned on its output gradient's, and the block of G_acc the kernel copies
     out lives through its backward (the kernel takes two passes: not worth it elsewhere). A layer must be its
-    input gradient's only writer. Returns those layers."""
+    input gradient's only writer. Returns those layers with their blocks' channels."""
     cands = {}
     for t, writers in contributions.items():
         i = writers[0]
@@ -262,7 +263,7 @@ def _place_in_place(model: ir.Model, trainer: Trainer, contributions: dict[str, 
         y = galias.get(layer.output.name, layer.output.name)
         if block is not None and b.bufs[f"grad_{t}"].anchor is None and f"grad_{y}" in b.bufs:
             cands[sched.bwd(i)] = (i, t, y, block)
-    chosen = set()
+    chosen = {}
     while cands:
         _, steps = peak_steps(list(b.bufs.values()))
         at = next((s for s in sorted(steps) if s in cands), None)
@@ -273,12 +274,12 @@ def _place_in_place(model: ir.Model, trainer: Trainer, contributions: dict[str, 
         pin(b.bufs, f"grad_{t}", anchor.anchor or anchor.name, anchor.rel)
         h, w = model.layers[i].output.shape[:2]
         b.need(f"block_l{i}", 2 * h * w * block, sched.bwd(i), sched.bwd(i), "int16_t")
-        chosen.add(i)
+        chosen[i] = block
     return chosen
 
 
 def _place_one_pass_sums(model: ir.Model, trainer: Trainer, contributions: dict[str, list[int]],
-                         sched: TrainSchedule, b: _Buffers, in_place: set[int], overlay_first: bool = False
+                         sched: TrainSchedule, b: _Buffers, in_place: dict[int, int], overlay_first: bool = False
                          ) -> tuple[set[int], set[int], int, str]:
     """Give the 1x1 and depthwise input gradients an int32 scratch for their sums (`backward.py`) where it
     costs no arena bytes, the most MACs first: a buffer of its own, or else — where the sums are one per
