@@ -206,4 +206,74 @@ static inline void tg_copy_window(int8_t *dst, int32_t dst_stride, const int8_t 
     }
 }
 
+/* TFLite Micro's int8 softmax in gemmlowp's fixed point (reference_ops::Softmax; the Python half is
+ * tinygen/ir/quant.py, docs/numerics.md §1.4). A Qk value is an int32 r meaning r / 2^(31 - k).
+ * Every product is tg_doubling_high_mult: gemmlowp's saturating version differs only where both
+ * operands are INT32_MIN, and one operand of each product here is a positive constant or >= 0. */
+#define TG_Q0_EXP_MINUS_ONE_EIGHTH 1895147668 /* exp(-1/8) */
+#define TG_Q0_ONE_THIRD            715827883
+#define TG_Q0_ONE_EIGHTH           (1 << 28)
+#define TG_Q2_ONE                  (1 << 29)
+#define TG_Q2_48_OVER_17           1515870810
+#define TG_Q2_MINUS_32_OVER_17     (-1010580540)
+#define TG_Q5_ONE_QUARTER          (1 << 24)
+#define TG_Q5_FRACTION_BITS        26
+
+/* x * 2^n saturated to int32, n in [1, 30] (gemmlowp's SaturatingRoundingMultiplyByPOT<n>). */
+TG_INLINE int32_t tg_saturating_shift_left(int32_t x, int32_t n)
+{
+    const int32_t limit = (int32_t)((1U << (31 - n)) - 1U);
+    if (x > limit) {
+        return INT32_MAX;
+    }
+    if (x < -limit) {
+        return INT32_MIN;
+    }
+    return (int32_t)((uint32_t)x << n);
+}
+
+/* exp(a) of a Q0 a in [-1/4, 0): gemmlowp's Taylor expansion around -1/8 to x^4, x = a + 1/8. */
+TG_INLINE int32_t tg_exp_quarter_interval(int32_t a)
+{
+    const int32_t x = a + TG_Q0_ONE_EIGHTH;
+    const int32_t x2 = tg_doubling_high_mult(x, x);
+    const int32_t x3 = tg_doubling_high_mult(x2, x);
+    const int32_t x4 = tg_doubling_high_mult(x2, x2);
+    const int32_t x4_over_4 = tg_divide_by_power_of_two(x4, 2);
+    /* x^4 / 24 + x^3 / 6 + x^2 / 2 */
+    const int32_t terms = tg_doubling_high_mult(x4_over_4 + x3, TG_Q0_ONE_THIRD) + x2;
+    const int32_t poly = tg_divide_by_power_of_two(terms, 1);
+    return TG_Q0_EXP_MINUS_ONE_EIGHTH + tg_doubling_high_mult(TG_Q0_EXP_MINUS_ONE_EIGHTH, x + poly);
+}
+
+/* exp(a) of a Q5 a <= 0, in Q0 (gemmlowp's exp_on_negative_values): exp of a mod 1/4 from the
+ * expansion, times exp(-2^k) for each bit 2^k (k = -2..4) of the rest; exp(0) is INT32_MAX. */
+TG_INLINE int32_t tg_exp_on_negative_values(int32_t a)
+{
+    static const int32_t exp_minus_pot[7] = {1672461947, 1302514674, 790015084, 290630308,
+                                             39332535,   720401,     242};
+    const int32_t a_mod = (a & (TG_Q5_ONE_QUARTER - 1)) - TG_Q5_ONE_QUARTER;
+    const int32_t remainder = a_mod - a;
+    int32_t result = tg_exp_quarter_interval(tg_saturating_shift_left(a_mod, 5));
+    for (int32_t k = 0; k < 7; k++) {
+        if (remainder & (1 << (TG_Q5_FRACTION_BITS - 2 + k))) {
+            result = tg_doubling_high_mult(result, exp_minus_pot[k]);
+        }
+    }
+    return a == 0 ? INT32_MAX : result;
+}
+
+/* 1 / (1 + a) of a Q0 a in [0, 1), in Q0 (gemmlowp's one_over_one_plus_x_for_x_in_0_1): three
+ * Newton-Raphson steps in Q2 from 48/17 - 32/17 d, d = (1 + a) / 2 rounded half up. */
+TG_INLINE int32_t tg_one_over_one_plus_x(int32_t a)
+{
+    const int32_t half_denominator = (int32_t)(((int64_t)a + INT32_MAX + 1) / 2);
+    int32_t x = TG_Q2_48_OVER_17 + tg_doubling_high_mult(half_denominator, TG_Q2_MINUS_32_OVER_17);
+    for (int32_t i = 0; i < 3; i++) {
+        const int32_t one_minus = TG_Q2_ONE - tg_doubling_high_mult(half_denominator, x);
+        x += tg_saturating_shift_left(tg_doubling_high_mult(x, one_minus), 2);
+    }
+    return tg_saturating_shift_left(x, 1);
+}
+
 #endif /* TG_NN_MATH_H */

@@ -249,3 +249,24 @@ def test_constant_channels_keep_every_output_and_mask():
         if moved[c]:
             assert abs(int(new_b[c])) + max(-s_min, s_max) < 2**29 and -21 <= new_s[c] <= 0
             assert requantize_for(1, new_s[c:c + 1], z) == "tg_requantize29_offset"
+
+
+def test_softmax_fixed_point_c_equals_python(tmp_path):
+    """TFLite's softmax primitives in gemmlowp's fixed point (tg_exp_on_negative_values,
+    tg_one_over_one_plus_x), C against Python over their whole input ranges' edges and random values: a
+    Q5 exponent in [-31 2^26, 0] (the deepest a softmax reaches) and a Q0 fraction in [0, 1)."""
+    body = """
+        r[0] = tg_exp_on_negative_values(v[0]);
+        r[1] = tg_one_over_one_plus_x(v[1]);"""
+    run = c_driver(tmp_path, "tg_nn_math.h", body.rstrip("\n"), np.int32, 2, n_in=2)
+    rng = np.random.default_rng(11)
+    deepest = 31 << 26
+    a = np.concatenate([[0, -1, -(1 << 24), -(1 << 24) - 1, -deepest, -(1 << 26)],
+                        -rng.integers(0, deepest + 1, 20000), -rng.integers(0, 1 << 24, 2000)])
+    f = np.concatenate([[0, 1, (1 << 31) - 1, 1 << 30], rng.integers(0, 1 << 31, len(a) - 4)])
+    got = run(np.stack([a, f], axis=1))
+    assert np.array_equal(got[:, 0], quant.exp_on_negative_values(a))
+    assert np.array_equal(got[:, 1], quant.one_over_one_plus_x(f))
+    # and they are exp and 1 / (1 + x): within a few units of 2^-31 (a test of the transcription's constants)
+    assert np.abs(got[:, 0] / 2**31 - np.exp(a / 2**26)).max() < 1e-6
+    assert np.abs(got[:, 1] / 2**31 - 1 / (1 + f / 2**31)).max() < 1e-6

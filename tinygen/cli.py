@@ -19,6 +19,7 @@ from tinygen.codegen.firmware import FirmwareOptions, describe_clock
 from tinygen.codegen.project import check_out_dir, read_manifest, write_project
 from tinygen.errors import TinygenError
 from tinygen.frontends.inputs import load_dataset, training_samples
+from tinygen.ir import model as ir
 from tinygen.ir.scheme import (
     DEFAULT_LR,
     LR_GUARD_MAX_HALVINGS,
@@ -318,6 +319,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     if dataset is not None:
         dataset.for_model(model, 1)  # its shape and labels fit the model: say so before selecting
     if train:
+        model = ir.logits(model)  # a final softmax: the firmware trains on the logits and outputs them
         _apply_patches(model, patches, patch_stage)  # the selection counts the stage (and trains nothing in it)
     trainer = _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss,
                               accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits, dataset)
@@ -443,6 +445,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
     model = resolve_model(model_spec, classes)
     budget = sram_budget(b, budget_kb)
     if not no_train:
+        model = ir.logits(model)
         _apply_patches(model, patches, patch_stage)  # the selection counts the stage (and trains nothing in it)
     trainer = _choose_trainer(model, budget, not no_train, update, filter_r, DEFAULT_LR, momentum, 0,
                               macs_budget=macs_budget, reorder=reorder_channels, master_bits=master_bits)

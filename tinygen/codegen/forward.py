@@ -247,6 +247,11 @@ def layer_code(index: int, layer: ir.Layer, tensors: dict[str, ir.TensorInfo]) -
         ctx = dict(in_hw=h * w, in_c=c, input_offset=-x.zero_point, output_offset=out.zero_point, out_mult=mult,
                    out_shift=shift, act_min=layer.act_min, act_max=layer.act_max,
                    requantize=requantize_for(255 * h * w, shift, out.zero_point))  # |sum of (x - z_x)| <= 255 H W
+    elif isinstance(layer, ir.Softmax):
+        template = "softmax_s8"
+        mult, left_shift, diff_min = quant.softmax_params(layer.beta, x.scale)
+        ctx = dict(classes=out.size, input_mult=mult, input_left_shift=left_shift, diff_min=diff_min,
+                   sum_bits=quant.SOFTMAX_SUM_BITS, prob_shift=31 - 8, output_offset=out.zero_point)
     elif isinstance(layer, ir.Crop):
         template = "crop_s8"
         ctx = dict(in_w=x.shape[1], channels=x.shape[2], origin_y=layer.origin[0], origin_x=layer.origin[1],

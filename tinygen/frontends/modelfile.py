@@ -50,6 +50,8 @@ def to_json(model: ir.Model, npz_name: str) -> tuple[dict, dict[str, np.ndarray]
             d.update(act_min=layer.act_min, act_max=layer.act_max)
         if getattr(layer, "f32_scale_product", False):  # optional: other files stay as they were
             d["f32_scale_product"] = True
+        if isinstance(layer, ir.Softmax):
+            d["beta"] = layer.beta
         layers.append(d)
     doc = {"format": FORMAT, "version": VERSION, "name": model.name, "arrays": npz_name,
            "input": _tensor_json(model.input)}
@@ -152,6 +154,8 @@ def _layer_keys(layer: ir.Layer) -> tuple[str, ...]:
         keys += ACT_KEYS
     if isinstance(layer, ir.FullyConnected):
         keys += ("f32_scale_product",)
+    if isinstance(layer, ir.Softmax):
+        keys += ("beta",)
     return keys
 
 
@@ -227,6 +231,8 @@ def load(path: str | Path) -> ir.Model:
             if hasattr(layer, "act_min"):
                 layer.act_min = r.field(d, "act_min", int, where) if "act_min" in d else -128
                 layer.act_max = r.field(d, "act_max", int, where) if "act_max" in d else 127
+            if cls is ir.Softmax:
+                layer.beta = r.field(d, "beta", float, where) if "beta" in d else 1.0
             if cls is ir.FullyConnected and "f32_scale_product" in d:
                 layer.f32_scale_product = r.field(d, "f32_scale_product", bool, where)
             model.layers.append(layer)

@@ -28,8 +28,8 @@ How the graph maps onto the IR, and where the numbers come from (TFLite Micro's 
   dropped with it.
 * PAD of the spatial axes with the zero point, read only by a VALID convolution, becomes that
   convolution's padding (the converter's form of asymmetric SAME padding).
-* SOFTMAX as the last op is dropped: the model's output is the logits (training needs them;
-  the class is their argmax either way). `TfliteModel.softmax` says whether it was there.
+* SOFTMAX as the last op: `ir.Softmax` (TFLite Micro's int8 softmax, its beta); a build that trains
+  drops it and trains on the logits (`ir.logits`).
 * Anything else (other ops, a MEAN over other axes, float or int16 tensors, several subgraphs) is refused
   with one sentence naming the operator and the tensor.
 """
@@ -138,10 +138,15 @@ def _shape_only(f: _File, ops: list) -> set[int]:
 
 
 class TfliteModel:
-    """The IR model of a .tflite file and what the import dropped (`softmax`: a final SOFTMAX)."""
+    """The IR model of a .tflite file; `tensors` maps each weighted layer's name to the file's (weight, bias)
+    tensor indices (bias -1 where the file has none): where `tinygen export` writes trained values back."""
 
-    def __init__(self, model: ir.Model, softmax: bool):
-        self.model, self.softmax = model, softmax
+    def __init__(self, model: ir.Model, tensors: dict[str, tuple[int, int]]):
+        self.model, self.tensors = model, tensors
+
+    @property
+    def softmax(self) -> bool:
+        return isinstance(self.model.layers[-1], ir.Softmax)
 
 
 def _padding(code: int, h: int, w: int, kh: int, kw: int, stride, dilation) -> tuple[int, ...]:
@@ -163,17 +168,17 @@ def load_tflite(path: str | Path, name: str | None = None) -> TfliteModel:
 
 
 SUPPORTED = ("CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN (over height and "
-             "width), RESHAPE, SQUEEZE, PAD (folded into a convolution), a final SOFTMAX, QUANTIZE/DEQUANTIZE at the "
+             "width), RESHAPE, SQUEEZE, PAD (folded into a convolution), SOFTMAX (last), QUANTIZE/DEQUANTIZE at the "
              "ends")
 
 
-def _ends(f: _File, ops: list, dropped: set[int]) -> tuple[int, int, bool]:
-    """(input tensor, output tensor, softmax dropped): a QUANTIZE after the input and a DEQUANTIZE or a SOFTMAX
-    before the output are dropped."""
+def _ends(f: _File, ops: list, dropped: set[int]) -> tuple[int, int]:
+    """(input tensor, output tensor): a QUANTIZE after the input and a DEQUANTIZE before the output are
+    dropped."""
     g = f.graph
     if g.InputsLength() != 1 or g.OutputsLength() != 1:
         f.fail(f"has {g.InputsLength()} inputs and {g.OutputsLength()} outputs; tinygen imports one of each")
-    first, last, softmax = int(g.Inputs(0)), int(g.Outputs(0)), False
+    first, last = int(g.Inputs(0)), int(g.Outputs(0))
     if ops and ops[0][1] == "QUANTIZE" and int(ops[0][2].Inputs(0)) == first:
         dropped.add(0)
         first = int(ops[0][2].Outputs(0))
@@ -184,11 +189,8 @@ def _ends(f: _File, ops: list, dropped: set[int]) -> tuple[int, int, bool]:
             dropped.add(k)
             last = int(op.Inputs(0))
             continue
-        if opname == "SOFTMAX" and int(op.Outputs(0)) == last:
-            dropped.add(k)
-            last, softmax = int(op.Inputs(0)), True
         break
-    return first, last, softmax
+    return first, last
 
 
 class _Importer:
@@ -198,6 +200,7 @@ class _Importer:
         self.f, self.b, self.users = f, b, users
         self.names = {first: b.input}
         self.pads: dict[int, tuple[int, tuple[int, int, int, int]]] = {}  # PAD output -> (its input, pads)
+        self.tensors: dict[str, tuple[int, int]] = {}  # weighted layer -> (weight tensor, bias tensor or -1)
 
     def src(self, t: int, what: str) -> str:
         if t not in self.names:
@@ -214,7 +217,8 @@ class _Importer:
                        "tinygen imports fully int8-quantized models")
         handler = {"CONV_2D": self.weighted, "DEPTHWISE_CONV_2D": self.weighted, "FULLY_CONNECTED": self.weighted,
                    "ADD": self.add, "AVERAGE_POOL_2D": self.pool, "MAX_POOL_2D": self.pool, "MEAN": self.mean,
-                   "RESHAPE": self.reshape, "SQUEEZE": self.reshape, "PAD": self.pad}.get(opname)
+                   "RESHAPE": self.reshape, "SQUEEZE": self.reshape, "PAD": self.pad,
+                   "SOFTMAX": self.softmax}.get(opname)
         if handler is None:
             f.fail(f"uses operator {k} {opname} (output {f.tensor_name(out) if out >= 0 else '?'!r}), which tinygen "
                    f"does not import; supported: {SUPPORTED}")
@@ -260,6 +264,15 @@ class _Importer:
         if (1, *b.shape(name)) != f.shape(out):
             f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {[1, *b.shape(name)]}")
         return name
+
+    def softmax(self, k, opname, op, what, out) -> str:
+        f, b = self.f, self.b
+        x = self.src(int(op.Inputs(0)), what)
+        opts = f.options(op, f.tflite.SoftmaxOptions)
+        if len(b.shape(x)) != 1 or f.activation_quant(out) != (ir.SOFTMAX_SCALE, ir.SOFTMAX_ZERO_POINT):
+            f.fail(f"{what}: tinygen imports an int8 SOFTMAX of a vector of logits to scale 1/256 and zero point "
+                   f"{ir.SOFTMAX_ZERO_POINT}, as the converter writes it")
+        return b.softmax(x, float(np.float32(opts.Beta())) if opts else 1.0, name=f"softmax_{k}")
 
     def reshape(self, k, opname, op, what, out) -> str:
         shape = self.f.shape(out)
@@ -341,8 +354,8 @@ class _Importer:
             if b.shape(name) != f.shape(out)[1:]:
                 f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {list(b.shape(name))}")
         _clamp(f, b, what, act)
+        self.tensors[name] = (w_index, int(op.Inputs(2)) if has_bias else -1)
         return name
-
 
 
 def _load(path: Path, name: str | None) -> TfliteModel:
@@ -350,7 +363,7 @@ def _load(path: Path, name: str | None) -> TfliteModel:
     g = f.graph
     ops = [(k, f.op_name(g.Operators(k)), g.Operators(k)) for k in range(g.OperatorsLength())]
     dropped = _shape_only(f, ops)
-    first, last, softmax = _ends(f, ops, dropped)
+    first, last = _ends(f, ops, dropped)
     shape = f.shape(first)
     if f.type(first) != INT8 or len(shape) not in (2, 4) or shape[0] != 1:
         f.fail(f"input {f.tensor_name(first)!r} is {TYPE_NAMES.get(f.type(first), 'of another type')} of shape "
@@ -369,7 +382,7 @@ def _load(path: Path, name: str | None) -> TfliteModel:
         f.fail(f"output {f.tensor_name(last)!r} is not computed by a supported operator")
     if not b.model.layers or imp.names[last] != b.model.layers[-1].output.name:
         f.fail(f"output {f.tensor_name(last)!r} is not the last operator's; tinygen imports one chain to one output")
-    return TfliteModel(b.build(), softmax)
+    return TfliteModel(b.build(), imp.tensors)
 
 
 def _clamp(f: _File, b: ModelBuilder, what: str, act: str | None) -> None:

@@ -129,6 +129,12 @@ class ModelBuilder:
         out = ir.TensorInfo(name, (1, 1, c) if keep_dims else (c,), float(out_scale), int(out_zero_point))
         return self._add(ir.Mean(name, [x], out))
 
+    def softmax(self, x, beta=1.0, name=None) -> str:
+        """TFLite's int8 softmax of a logits vector (output scale 1/256, zero point -128)."""
+        name = self._name("softmax", name)
+        out = ir.TensorInfo(name, self.shape(x), ir.SOFTMAX_SCALE, ir.SOFTMAX_ZERO_POINT)
+        return self._add(ir.Softmax(name, [x], out, beta=float(beta)))
+
     def reshape(self, x, shape, name=None) -> str:
         name = self._name("reshape", name)
         src = self.info(x)

@@ -15,7 +15,7 @@ import numpy as np
 
 from tinygen.errors import ModelError
 from tinygen.ir.names import name_problem
-from tinygen.ir.quant import quantize_multiplier
+from tinygen.ir.quant import SOFTMAX_SUM_BITS, quantize_multiplier, softmax_params
 
 ACT_NAMES = ("none", "relu", "relu6")
 
@@ -202,6 +202,15 @@ class Mean(Layer):
 
 
 @dataclass
+class Softmax(Layer):
+    """TFLite's int8 SOFTMAX of a vector of logits (`quant.softmax_s8`): output scale 1/256, zero point -128. A
+    model may end in one; training works on its input, the logits (`logits`)."""
+
+    beta: float = 1.0
+    op = "softmax"
+
+
+@dataclass
 class Reshape(Layer):
     op = "reshape"
 
@@ -216,9 +225,14 @@ class Crop(Layer):
     op = "crop"
 
 
-LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Mean, Reshape)}
+LAYER_TYPES = {cls.op: cls for cls in (Conv2D, FullyConnected, Add, AvgPool, MaxPool, Mean, Softmax, Reshape)}
 
 
+SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256, -128  # TFLite's int8 softmax output
+# TFLite's last step divides by 2^(b + 23), b the sum of exponentials' bits above 2^19 (one, in Q12): at most
+# 31 only while the sum stays below 2^28, which n classes of up to 2^19 each guarantee for n <= 511; beyond,
+# TFLite's shift is undefined in C (docs/numerics.md §1.4)
+SOFTMAX_MAX_CLASSES = (1 << (28 - (31 - SOFTMAX_SUM_BITS))) - 1
 MAX_DIM = 1 << 15  # any shape, kernel, stride, padding or dilation value
 MAX_ELEMENTS = 1 << 24  # elements of one tensor
 
@@ -284,7 +298,7 @@ class Model:
                 total += layer_macs(layer)
             elif isinstance(layer, Pool):
                 total += layer.output.size * layer.kernel[0] * layer.kernel[1]
-            elif isinstance(layer, (Add, Mean)):
+            elif isinstance(layer, (Add, Mean, Softmax)):
                 total += tensors[layer.inputs[0]].size
         return total
 
@@ -307,6 +321,8 @@ class Model:
             _check_tensor(layer.output, where)
             ins = [seen[t] for t in layer.inputs]
             _validate_layer(layer, ins, where)
+            _need(not isinstance(layer, Softmax) or layer is self.layers[-1],
+                  f"{where}: a softmax must be the model's last layer")
             seen[layer.output.name] = layer.output
         return self
 
@@ -325,6 +341,13 @@ def tail(model: Model, keep: set[str]) -> Model:
             info = model.tensors()[t]
             return Model(f"{model.name}-from-{t}", info, list(model.layers[start:]))
     raise AssertionError("unreachable: the whole model reads only its input")
+
+
+def logits(model: Model) -> Model:
+    """The model without a final softmax (training's loss reads the logits); the model itself otherwise."""
+    if not isinstance(model.layers[-1], Softmax):
+        return model
+    return Model(model.name, model.input, list(model.layers[:-1]), model.input_transform, model.patch_stage)
 
 
 def _check_name(name, what: str) -> None:
@@ -471,6 +494,20 @@ def _validate_layer(layer: Layer, ins: list[TensorInfo], where: str) -> None:
         _need(h * w * 255 << max(shift, 0) < 2**31,
               f"{where}: the sum of {h * w} inputs, shifted left by {max(shift, 0)}, can overflow int32; use a "
               "smaller map or a smaller ratio of input to output scale")
+    elif isinstance(layer, Softmax):
+        _need(len(ins) == 1 and len(ins[0].shape) == 1 and tuple(out.shape) == tuple(ins[0].shape),
+              f"{where}: softmax takes a vector of logits to a vector of the same length")
+        _need(out.size <= SOFTMAX_MAX_CLASSES, f"{where}: a softmax of {out.size} classes; TFLite's int8 sum of "
+              f"exponentials holds at most {SOFTMAX_MAX_CLASSES}")
+        _need((out.scale, out.zero_point) == (SOFTMAX_SCALE, SOFTMAX_ZERO_POINT),
+              f"{where}: output scale {out.scale!r} and zero point {out.zero_point}; TFLite's int8 softmax writes "
+              f"scale 1/256 and zero point {SOFTMAX_ZERO_POINT}")
+        _need(isinstance(layer.beta, float) and math.isfinite(layer.beta) and layer.beta > 0,
+              f"{where}: beta {layer.beta!r} must be a finite number > 0")
+        try:
+            softmax_params(layer.beta, ins[0].scale)
+        except ValueError as exc:
+            raise ModelError(f"{where}: {exc}; check the logits' scale") from None
     elif isinstance(layer, Reshape):
         _need(len(ins) == 1 and ins[0].size == out.size,
               f"{where}: reshape must keep the element count ({ins[0].size} -> {out.size})")

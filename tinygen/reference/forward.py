@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinygen.ir import model as ir
-from tinygen.ir.quant import requantize, rounded_average, saturate
+from tinygen.ir.quant import requantize, rounded_average, saturate, softmax_params, softmax_s8
 
 
 def _pad_hw(x: np.ndarray, pad_top: int, pad_left: int, need_h: int, need_w: int, value=0) -> np.ndarray:
@@ -150,6 +150,8 @@ def run_layer(layer: ir.Layer, ins: list[np.ndarray], tensors: dict[str, ir.Tens
         mult, shift = ir.mean_requant(xi, out)
         return mean_s8(ins[0], -xi.zero_point, out.zero_point, mult, shift, layer.act_min, layer.act_max,
                        clamp).reshape(out.shape)
+    if isinstance(layer, ir.Softmax):
+        return softmax_s8(ins[0], *softmax_params(layer.beta, xi.scale)).astype(np.int8)
     if isinstance(layer, ir.Reshape):
         return ins[0].reshape(out.shape)
     if isinstance(layer, ir.Crop):

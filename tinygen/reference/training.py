@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinygen.errors import TinygenError
+from tinygen.errors import ModelError, TinygenError
 from tinygen.ir import model as ir
 from tinygen.ir.gradmath import (
     SR_BITS,
@@ -172,6 +172,8 @@ class LrGuard:
 
 class Trainer:
     def __init__(self, model: ir.Model, scheme: Scheme, config: TrainConfig | None = None):
+        if isinstance(model.layers[-1], ir.Softmax):  # the loss takes logits; callers train `ir.logits(model)`
+            raise ModelError(f"{model.name} ends in a softmax; training works on its logits (ir.logits)")
         self.model = model
         self.scheme = scheme
         self.config = (config or TrainConfig()).check()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -337,7 +338,8 @@ def replace_head(model: ir.Model, classes: int, calib_x: np.ndarray | None = Non
     HEAD_HEADROOM (2 bits) of room; without it the saturating int8 view caps the head and integer
     training trails float SGD by ~4 points on that task (README, Results)."""
 
-    model = copy.deepcopy(model)
+    softmax = model.layers[-1] if isinstance(model.layers[-1], ir.Softmax) else None  # kept, over the new logits
+    model = copy.deepcopy(ir.logits(model))
     fc = model.layers[-1]
     if not isinstance(fc, ir.FullyConnected):
         raise ModelError(f"{model.name}: the last layer is not fully connected; cannot replace the classifier")
@@ -355,6 +357,9 @@ def replace_head(model: ir.Model, classes: int, calib_x: np.ndarray | None = Non
     s_y, z_y = ptq.choose_qparams(logits.min() * HEAD_HEADROOM, logits.max() * HEAD_HEADROOM)
     out = ir.TensorInfo(fc.output.name, (classes,), s_y, z_y)
     model.layers[-1] = ir.FullyConnected(fc.name, list(fc.inputs), out, weight=w_q, bias=b_q, w_scales=s_w)
+    if softmax is not None:
+        probs = dataclasses.replace(softmax.output, shape=(classes,))
+        model.layers.append(dataclasses.replace(softmax, inputs=[out.name], output=probs))
     return model.validate()
 
 
