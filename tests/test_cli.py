@@ -107,10 +107,10 @@ def test_tampered_shape_in_json(model_file, tmp_path):
 
 def test_unsupported_op(model_file, tmp_path):
     doc = json.loads(model_file.read_text())
-    doc["layers"][3]["op"] = "softmax"
+    doc["layers"][3]["op"] = "lstm"
     model_file.write_text(json.dumps(doc))
     assert_one_sentence_error(*run("build", "--board", "stm32f746", "--model", model_file, "--out", tmp_path / "b"),
-                              "unsupported op 'softmax'")
+                              "unsupported op 'lstm'")
 
 
 def test_pickle_with_foreign_class_is_refused(tmp_path):

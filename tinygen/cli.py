@@ -46,6 +46,7 @@ from tinygen.targets.boards import board_names, load_board
 from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
 from tinygen.verify.compare import expect_training
+from tinygen.verify.export import export as export_trained
 from tinygen.verify.profile import format_profile, run_profile
 from tinygen.verify.runner import KERNEL_IMPLS, Progress
 from tinygen.verify.sim import format_report, simulate
@@ -295,6 +296,10 @@ def _board_json(b) -> dict:
 @click.option("--checkpoint-every", type=click.IntRange(min=0, max=MAX_STEPS), default=0, show_default=True,
               help="Save the trained state to the board's two flash slots every N steps and resume from the newest "
                    "complete one at boot (0: off).")
+@click.option("--dump-trained", is_flag=True, default=False,
+              help="After training, the firmware runs every embedded sample again and prints its trained "
+                   "parameters (framed, CRC-32); tinygen sim checks and saves them and tinygen export writes the "
+                   "trained model.")
 @click.option("--clock", type=click.Choice(["max", "reset"]), default="max", show_default=True,
               help="max: the firmware brings the board up to the clock its board file configures (216 MHz F746, "
                    "480 MHz H743), falling back to the reset clock with a message; reset: it leaves the clocks as "
@@ -304,12 +309,14 @@ def _board_json(b) -> dict:
 @friendly
 def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
           momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, dataset_path, steps,
-          checkpoint_every, clock, patches, patch_stage, as_json):
+          checkpoint_every, dump_trained, clock, patches, patch_stage, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
     say = functools.partial(click.echo, err=as_json)  # with --json, stdout holds only the JSON object
     if checkpoint_every and (not train or loss != "ce" or checkpoint_every % accumulate):
         raise TinygenError(f"--checkpoint-every {checkpoint_every} needs a firmware that trains with --loss ce and a "
                            f"multiple of --accumulate ({accumulate}); change one of them")
+    if dump_trained and (not train or loss != "ce"):
+        raise TinygenError("--dump-trained needs a firmware that trains (--loss ce); drop it or train")
     _check_out(out)
     _patch_sides(patches, patch_stage)  # bad options fail before the slow steps
     b = load_board(board)
@@ -318,6 +325,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     budget = sram_budget(b, budget_kb)
     if dataset is not None:
         dataset.for_model(model, 1)  # its shape and labels fit the model: say so before selecting
+    softmax = model.layers[-1] if train and isinstance(model.layers[-1], ir.Softmax) else None
     if train:
         model = ir.logits(model)  # a final softmax: the firmware trains on the logits and outputs them
         _apply_patches(model, patches, patch_stage)  # the selection counts the stage (and trains nothing in it)
@@ -334,10 +342,12 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                 "(the same function; the order is recorded in model/scheme.json)")
 
     fw_train = trainer is not None and trainer.config.loss == "ce"
+    tflite = Path(model_spec) if Path(model_spec).suffix == ".tflite" else None
     m = write_project(model, b, out, trainer,
                       FirmwareOptions(samples=samples, train=fw_train, train_steps=steps if fw_train else 0,
-                                      checkpoint_every=checkpoint_every, dataset=dataset, clock=clock),
-                      expect_training)
+                                      checkpoint_every=checkpoint_every, dataset=dataset, clock=clock,
+                                      dump_trained=dump_trained),
+                      expect_training, tflite, softmax)
 
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
@@ -729,7 +739,7 @@ def sim(build_dir, emulator, timeout, profile, as_json):
             "checkpoints": r.run.checkpoints,
             "stalled_since": stall_start(losses) if losses else None, "stack": r.run.stack,
             "seconds": round(r.seconds, 3), "loss_curve": None if curve is None else str(curve),
-            "profile": _profile_json(build_dir, timeout, r) if profile else None})
+            "trained": r.trained, "profile": _profile_json(build_dir, timeout, r) if profile else None})
         return
     click.echo(format_report(r))
     if curve is not None:
@@ -737,6 +747,18 @@ def sim(build_dir, emulator, timeout, profile, as_json):
     if profile:
         click.echo("")
         click.echo(format_profile(_run_profile(build_dir, timeout), _plain_counts(r)))
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="model.json (a tinygen model file, its .npz beside it) or trained.tflite (a build from a .tflite: "
+                   "that file with the trained weights and biases).")
+@friendly
+def export(build_dir, out):
+    """Write BUILD_DIR's model with the parameters its firmware trained (saved by tinygen sim of a build made
+    with --dump-trained)."""
+    click.echo(export_trained(build_dir, out))
 
 
 def _run_profile(build_dir, timeout):

@@ -84,6 +84,7 @@ class FirmwareOptions:
     checkpoint_every: int = 0  # training builds: save the trained state to the board's flash slots every N steps
     dataset: Dataset | None = None  # --dataset: the user's samples, embedded instead of the bundled ones
     clock: str = "max"  # --clock: "max" brings the board up to its configured clock, "reset" leaves it alone
+    dump_trained: bool = False  # training builds: after training, infer every sample and dump the parameters
 
 
 # ---- memory maps ---------------------------------------------------------------------------------------------
@@ -460,7 +461,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
     (fw / "tg_board.h").write_text(board_header(board, model.name, opts, ckpt))
     (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
         model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps,
-        checkpoint_every=opts.checkpoint_every, checkpoint_model_id=model_id(Path(out) / "src")))
+        checkpoint_every=opts.checkpoint_every, checkpoint_model_id=model_id(Path(out) / "src"),
+        dump_trained=opts.train and opts.dump_trained))
 
     # linker scripts
     hw_ld, qemu_ld = f"link_{board.name}.ld", "link_qemu.ld"
@@ -488,6 +490,7 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
     info = {
         "dir": FW_DIR,
         "train_steps": opts.train_steps if opts.train else 0,
+        "dump_trained": opts.train and opts.dump_trained,
         "samples": n,
         "samples_source": source,
         "samples_why": _samples_why(model, opts, n),

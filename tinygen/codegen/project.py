@@ -31,7 +31,9 @@ from tinygen.targets.boards import Board
 from tinygen.targets.hostbuild import HOST_CFLAGS, host_cc
 
 MANIFEST = "tinygen.json"
-GENERATED = ("model", "src", "cmsis_glue", "host", "firmware", "Makefile", "plan.json", "memory_timeline.svg", MANIFEST)
+TRAINED_FILE = "trained.npz"  # `tinygen sim` of a --dump-trained firmware: its trained parameters, checked
+GENERATED = ("model", "src", "cmsis_glue", "host", "firmware", "Makefile", "plan.json", "memory_timeline.svg",
+             TRAINED_FILE, MANIFEST)
 
 
 def check_out_dir(out: Path) -> None:
@@ -45,13 +47,17 @@ def check_out_dir(out: Path) -> None:
 DATASET_FILE = "model/dataset.npz"
 
 
+SOURCE_TFLITE = "model/source.tflite"  # the .tflite a build was made from: `tinygen export` writes into a copy
+
+
 def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmware_options=None,
-                  expect_training=None) -> dict:
+                  expect_training=None, tflite: Path | None = None, softmax: ir.Softmax | None = None) -> dict:
     """Generate the project; with a `reference.training.Trainer`, the training step too. Rebuilding into
     an earlier build's directory first removes what that build generated (nothing else).
     `expect_training` (`tinygen.verify.compare.expect_training`, passed in by the layer above) replays the
     firmware's training steps on the reference, so that its .robot holds every loss and the checksum; without
-    it, a training firmware's .robot fails at once saying why."""
+    it, a training firmware's .robot fails at once saying why. `tflite`: the .tflite file the model came from (kept
+    in the build); `softmax`: the final softmax a training build dropped (recorded, so an export restores it)."""
     out = Path(out)
     check_out_dir(out)
     for name in GENERATED if (out / MANIFEST).is_file() else ():
@@ -86,6 +92,11 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
         "arena_bytes": facts["arena_bytes"],
         "weight_bytes": facts.get("weight_bytes", facts.get("const_bytes")),
     }
+    if tflite is not None:
+        shutil.copyfile(tflite, out / SOURCE_TFLITE)
+        manifest["source_tflite"] = SOURCE_TFLITE
+    if softmax is not None:
+        manifest["dropped_softmax"] = {"name": softmax.name, "beta": softmax.beta}
     if trainer is not None:
         manifest["train"] = {"scheme_file": "model/scheme.json", "config": trainer.config.to_json(),
                              "trained_layers": len(trainer.trained), "trained_bytes": facts["trained_bytes"],

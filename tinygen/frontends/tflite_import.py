@@ -138,10 +138,10 @@ def _shape_only(f: _File, ops: list) -> set[int]:
 
 
 class TfliteModel:
-    """The IR model of a .tflite file; `tensors` maps each weighted layer's name to the file's (weight, bias)
-    tensor indices (bias -1 where the file has none): where `tinygen export` writes trained values back."""
+    """The IR model of a .tflite file; `tensors` maps each weighted layer's name to its operator's index and the
+    file's weight and bias tensor indices (bias -1 where the file has none): where `write_trained` writes."""
 
-    def __init__(self, model: ir.Model, tensors: dict[str, tuple[int, int]]):
+    def __init__(self, model: ir.Model, tensors: dict[str, tuple[int, int, int]]):
         self.model, self.tensors = model, tensors
 
     @property
@@ -200,7 +200,7 @@ class _Importer:
         self.f, self.b, self.users = f, b, users
         self.names = {first: b.input}
         self.pads: dict[int, tuple[int, tuple[int, int, int, int]]] = {}  # PAD output -> (its input, pads)
-        self.tensors: dict[str, tuple[int, int]] = {}  # weighted layer -> (weight tensor, bias tensor or -1)
+        self.tensors: dict[str, tuple[int, int, int]] = {}  # weighted layer -> (operator, weight, bias or -1)
 
     def src(self, t: int, what: str) -> str:
         if t not in self.names:
@@ -354,7 +354,7 @@ class _Importer:
             if b.shape(name) != f.shape(out)[1:]:
                 f.fail(f"{what}: output shape {list(f.shape(out))} differs from the computed {list(b.shape(name))}")
         _clamp(f, b, what, act)
-        self.tensors[name] = (w_index, int(op.Inputs(2)) if has_bias else -1)
+        self.tensors[name] = (k, w_index, int(op.Inputs(2)) if has_bias else -1)
         return name
 
 
@@ -391,3 +391,79 @@ def _clamp(f: _File, b: ModelBuilder, what: str, act: str | None) -> None:
         f.fail(f"{what} has a fused activation tinygen does not import (it folds NONE, RELU and RELU6)")
     layer = b.model.layers[-1]
     layer.act_min, layer.act_max = ir.activation_range(act, layer.output, float32=True)
+
+
+
+TFLITE_ALIGN = 16  # the converter's alignment of constant buffers (the schema's force_align)
+
+
+def _schema():
+    """TFLite's schema with FlatBuffers' object API (unpack, edit, pack), as the tflite-micro package ships it."""
+    try:
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+    except ImportError:
+        raise ModelError("writing a .tflite needs the tflite-micro package (pip install 'tinygen[tflite]'); or "
+                         "export to a model file (.json)") from None
+    return schema
+
+
+def _aligned_buffer(schema, data: bytes):
+    """A BufferT whose bytes pack 16-byte aligned, as the converter writes them (TFLite Micro reads int32 biases
+    in place)."""
+    class Aligned(schema.BufferT):
+        def Pack(self, builder):
+            builder.StartVector(1, len(data), TFLITE_ALIGN)
+            builder.head = builder.head - len(data)
+            builder.Bytes[builder.head:builder.head + len(data)] = data
+            vector = builder.EndVector()
+            schema.BufferStart(builder)
+            schema.BufferAddData(builder, vector)
+            return schema.BufferEnd(builder)
+    return Aligned()
+
+
+def write_trained(source: str | Path, out: str | Path, values: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """The .tflite `source` with the weights and biases of the layers in `values` (IR layer name -> (IR-layout int8
+    weight, int32 bias), as `load_tflite` named and laid them out) in place of its own: the same graph, tensors
+    and quantization, new numbers (each written tensor gets a buffer of its own: the converter shares one among
+    equal constants). A layer without a bias tensor gets one (int32, scale s_x s_w[c], zero point 0). A layer
+    the file does not have, or of another shape (a replaced head), is one ModelError sentence."""
+    import flatbuffers
+
+    source = Path(source)
+    imported = load_tflite(source)
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(source.read_bytes()), 0)
+    graph = model.subgraphs[0]
+
+    def constant(index: int, arr: np.ndarray) -> None:
+        model.buffers.append(_aligned_buffer(schema, np.ascontiguousarray(arr).tobytes()))
+        graph.tensors[index].buffer = len(model.buffers) - 1
+
+    tensors = imported.model.tensors()
+    for name, (weight, bias) in values.items():
+        if name not in imported.tensors or imported.model.layer(name).weight.shape != weight.shape:
+            raise ModelError(f"{source} has no layer {name!r} of weight shape {list(weight.shape)} (the build "
+                             "replaced it, e.g. a fresh --classes head); export to a model file (.json) instead")
+        k, w_index, b_index = imported.tensors[name]
+        layer, op = imported.model.layer(name), graph.operators[k]
+        code = model.operatorCodes[op.opcodeIndex]
+        depthwise = max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEPTHWISE_CONV_2D
+        constant(w_index, weight.transpose(3, 1, 2, 0) if depthwise else weight)  # back to the file's layout
+        if b_index < 0:
+            q = schema.QuantizationParametersT()
+            q.scale = (np.float32(tensors[layer.inputs[0]].scale) * layer.w_scales).astype(np.float32)
+            q.zeroPoint = np.zeros(bias.size, np.int64)
+            t = schema.TensorT()
+            t.shape, t.type, t.name, t.quantization = np.array([bias.size], np.int32), INT32, f"{name}/bias", q
+            graph.tensors.append(t)
+            b_index = len(graph.tensors) - 1
+            op.inputs = np.array([*op.inputs[:2], b_index], np.int32)
+        constant(b_index, bias.astype("<i4"))
+    used = {t.buffer for t in graph.tensors} | {m.buffer for m in model.metadata or ()}
+    for i, buf in enumerate(model.buffers):
+        if i not in used:  # a buffer only the written tensors read: its old numbers go
+            buf.data = None
+    builder = flatbuffers.Builder(source.stat().st_size + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    Path(out).write_bytes(bytes(builder.Output()))

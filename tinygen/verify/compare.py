@@ -64,23 +64,39 @@ class TrainingExpectation:
     lr_halvings: list[int] | None = None  # steps whose update the learning-rate guard halved
 
 
+def _trained_layers(trainer: Trainer):
+    """(layer, C name prefix, weight store or None where only the bias trains) of each trained layer."""
+    for i, layer in enumerate(trainer.model.layers):
+        if layer.name in trainer.trained:
+            channels = trainer.trained[layer.name].update.channels
+            yield layer, layer_symbol(i, layer.name), weight_store(layer, channels) if channels else None
+
+
 def reference_params(trainer: Trainer) -> dict[str, bytes]:
     """The reference's trained state under the C names (little-endian bytes, as both targets store them)."""
     out = {}
-    for i, layer in enumerate(trainer.model.layers):
-        if layer.name not in trainer.trained:
-            continue
-        prefix = layer_symbol(i, layer.name)
+    for layer, prefix, st in _trained_layers(trainer):
         out[f"{prefix}_bias"] = trainer.bias[layer.name].astype("<i4").tobytes()
-        channels = trainer.trained[layer.name].update.channels
-        if channels:
-            st = weight_store(layer, channels)
+        if st is not None:
             F = trainer.config.frac_bits
             out[f"{prefix}_weight_t"] = np.ascontiguousarray(st.trained_part(trainer.weights[layer.name])).astype(
                 np.int8).tobytes()
             if F:
                 frac = fraction_of(trainer.master[layer.name], F)
                 out[f"{prefix}_frac"] = FracStore(F).pack(np.ascontiguousarray(st.trained_part(frac)))
+    return out
+
+
+def trained_values(trainer: Trainer, params: dict[str, bytes]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The inverse of `reference_params`: each trained layer's int8 weights (the model's, the trained part
+    replaced by the int8 view in `params`) and int32 bias, from the C-named bytes a device reported."""
+    out = {}
+    for layer, prefix, st in _trained_layers(trainer):
+        weight = layer.weight.copy()
+        if st is not None:
+            part = st.trained_part(weight)
+            part[...] = np.frombuffer(params[f"{prefix}_weight_t"], np.int8).reshape(part.shape)
+        out[layer.name] = (weight, np.frombuffer(params[f"{prefix}_bias"], "<i4").astype(np.int32))
     return out
 
 

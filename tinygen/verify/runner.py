@@ -94,6 +94,8 @@ class Run:
     resume: dict | None = None  # {"step", "seq"}: the checkpoint restored at boot
     checkpoints: list[dict] = field(default_factory=list)  # {"step", "seq", "slot"} of each checkpoint saved
     params_crc: int | None = None
+    trained: list[dict] = field(default_factory=list)  # --dump-trained: {"index", "crc", "out"?} after training
+    dumps: dict[str, dict] = field(default_factory=dict)  # --dump-trained: name -> {"bytes", "crc", "hex": [...]}
     stack: dict = field(default_factory=dict)
     done: dict | None = None
     exit_status: int | None = None
@@ -244,10 +246,31 @@ def _num(v: str) -> int:
     return int(v, 16) if v.startswith("0x") else int(v)
 
 
-def _record_line(fw: Run, kind: str, kv: dict) -> None:
-    """A `TG resume` / `TG checkpoint` line (checkpointing builds) or a `TG profile` line (firmware/tg_profile.c:
-    one function's span under one root, or the count of spans dropped)."""
-    if kind == "profile" and "fn" in kv:
+def _after_training(fw: Run, words: list[str], kv: dict) -> dict | None:
+    """A --dump-trained firmware's `TG trained sample I ...` line, or its `TG dump NAME ...` line: returned, the
+    frame that the `TG hex` lines after it fill."""
+    if words[1] == "trained" and len(words) > 3 and words[3].isdigit():
+        t = {"index": int(words[3]), "crc": _num(kv.get("crc", "0x0"))}
+        if "out" in kv:
+            t["out"] = [int(v) for v in kv["out"].split(",")]
+        fw.trained.append(t)
+    elif words[1] == "dump" and len(words) > 2 and kv.get("bytes", "").isdigit() and "crc" in kv:
+        fw.dumps[words[2]] = {"bytes": int(kv["bytes"]), "crc": _num(kv["crc"]), "hex": []}
+        return fw.dumps[words[2]]
+    return None
+
+
+def _record_line(fw: Run, kind: str, kv: dict, words: list[str]) -> None:
+    """A `TG lr halved` line (the learning-rate guard), the `TG params` checksum, a `TG resume` / `TG checkpoint`
+    line (checkpointing builds) or a `TG profile` line (firmware/tg_profile.c: one function's span under one root,
+    or the count of spans dropped)."""
+    if kind == "lr":
+        if len(words) > 2 and words[2] == "halved" and kv.get("step", "").isdigit():
+            fw.lr_halvings.append(int(kv["step"]))
+    elif kind == "params":
+        if "checksum" in kv or "crc" in kv:
+            fw.params_crc = _num(kv.get("checksum", kv.get("crc", "0")))
+    elif kind == "profile" and "fn" in kv:
         fw.profile.append({"fn": _num(kv["fn"]), "root": _num(kv["root"]), "calls": int(kv["calls"]),
                            "count": _num(kv.get("instr", kv.get("cycles", "0")))})
     elif kind == "profile" and "dropped" in kv:
@@ -272,12 +295,17 @@ def parse_output(text: str) -> Run:
     """Parse the firmware's `TG ...` lines (other lines, e.g. QEMU's own messages, are kept but ignored)."""
     lines = [ln.rstrip("\r") for ln in text.splitlines()]
     fw = Run(lines)
+    dump = None  # the frame the `TG hex` lines belong to
     for ln in lines:
         if not ln.startswith("TG "):
             continue
         words = ln.split()
         kind = words[1] if len(words) > 1 else ""
         kv = _kv(ln)
+        if kind == "hex" and dump is not None and len(words) == 3:
+            dump["hex"].append(words[2])
+            continue
+        dump = None
         if kind == "start":
             fw.start = kv
         elif kind == "clock":
@@ -292,12 +320,10 @@ def parse_output(text: str) -> Run:
             fw.steps.append({"index": int(words[2]), "sample": int(kv.get("sample", "-1")),
                              "label": int(kv.get("label", "-1")), "loss": int(kv.get("loss", "0")),
                              "count": _num(kv.get("instr", kv.get("cycles", "0")))})
-        elif kind == "lr" and len(words) > 2 and words[2] == "halved" and kv.get("step", "").isdigit():
-            fw.lr_halvings.append(int(kv["step"]))
-        elif kind in ("resume", "checkpoint", "profile"):
-            _record_line(fw, kind, kv)
-        elif kind == "params" and ("checksum" in kv or "crc" in kv):
-            fw.params_crc = _num(kv.get("checksum", kv.get("crc", "0")))
+        elif kind in ("trained", "dump"):
+            dump = _after_training(fw, words, kv)
+        elif kind in ("lr", "params", "resume", "checkpoint", "profile"):
+            _record_line(fw, kind, kv, words)
         elif kind == "stack":
             fw.stack = {k: int(v) for k, v in kv.items()}
         elif kind == "done":

@@ -17,13 +17,14 @@ build provides one) and every loss and the checksum of the trained parameters mu
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tinygen.codegen.firmware import FW_DIR, QEMU_ELF, QEMU_INSTR_PER_TICK, SAMPLES_FILE, renode_files
-from tinygen.codegen.project import load_trainer, read_manifest
+from tinygen.codegen.project import TRAINED_FILE, load_trainer, read_manifest
 from tinygen.errors import MismatchError, TinygenError
 from tinygen.frontends import modelfile
 from tinygen.reference import forward as reference
@@ -49,6 +50,7 @@ class SimResult:
     seconds: float
     result: RunResult | None = None
     clock_source: str = "the board file"  # where clock_hz comes from (see run_clock)
+    trained: str | None = None  # --dump-trained: what the dump held and where it was saved
 
     @property
     def unit(self) -> str:
@@ -77,15 +79,58 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, pr
     with np.load(fw / SAMPLES_FILE) as z:
         x = z["x"]
     compare_forward(result, reference.run_batch(model, x), who="the firmware")
+    trained = None
     if result.losses or fwinfo.get("train"):
-        compare_training(result, _training_reference(build_dir, manifest, result), who="the firmware")
+        expect, trainer = _training_reference(build_dir, manifest, result)
+        compare_training(result, expect, who="the firmware")
+        if fwinfo.get("dump_trained"):
+            trained = _save_trained(build_dir, manifest, result, expect, trainer, x)
     if result.exit_status != 0:
         raise MismatchError(f"the firmware exited with status {result.exit_status} although its outputs match the "
                             f"reference (last output: {last_lines(result)})")
     counter = result.firmware.start.get("counter", "instr")
     clock_hz, clock_source = run_clock(result.firmware, fwinfo, board.clock_hz)
     return SimResult(emulator, machine, board.name, clock_hz, counter, result.firmware,
-                     fwinfo.get("samples_source", ""), result.seconds, result, clock_source)
+                     fwinfo.get("samples_source", ""), result.seconds, result, clock_source, trained)
+
+
+def _save_trained(build_dir: Path, manifest: dict, result: RunResult, expect: TrainingExpectation, trainer,
+                  x: np.ndarray) -> str:
+    """Check a --dump-trained firmware's dump and save it to DIR/trained.npz (what `tinygen export` reads): every
+    trained parameter's frame (its size and CRC-32) and bytes, equal to the reference's; every sample's outputs
+    after training, equal to the reference's trained model (saved as the firmware printed them, or where it printed
+    only their CRC-32, as the reference's: the same bits)."""
+    if trainer is None:
+        raise TinygenError(f"{build_dir} checks its training against {TRAIN_EXPECTED}, which has no trained values; "
+                           "rebuild without it to save the dump")
+    fw, names, params = result.firmware, manifest["train"]["params"], {}
+    for name in names:
+        d = fw.dumps.get(name)
+        if d is None:
+            raise MismatchError(f"the firmware dumped no {name} after training (last output: {last_lines(result)})")
+        try:
+            data = bytes.fromhex("".join(d["hex"]))
+        except ValueError:
+            data = b""
+        if len(data) != d["bytes"] or zlib.crc32(data) != d["crc"]:
+            raise MismatchError(f"the firmware's dump of {name} is damaged in transit ({len(data)} of {d['bytes']} "
+                                f"bytes, CRC-32 0x{zlib.crc32(data):08x}, framed 0x{d['crc']:08x}); run sim again")
+        if data != expect.params[name]:
+            raise MismatchError(f"the firmware's trained {name} differs from the reference's")
+        params[name] = np.frombuffer(data, np.uint8)
+    want = reference.run_batch(trainer.trained_model(), x)
+    if len(fw.trained) != len(x):
+        raise MismatchError(f"the firmware reported {len(fw.trained)} of {len(x)} samples after training "
+                            f"(last output: {last_lines(result)})")
+    after = RunResult("firmware", outputs=[np.array(t["out"], np.int64) if "out" in t else None for t in fw.trained],
+                      crcs=[t["crc"] for t in fw.trained])
+    compare_forward(after, want, who="the firmware after training")
+    printed = all(out is not None for out in after.outputs)  # else each output's CRC-32 matched the reference's
+    outputs = np.stack(after.outputs) if printed else want.reshape(len(x), -1)
+    np.savez(build_dir / TRAINED_FILE, x=x, outputs=outputs.astype(np.int8), **params)
+    return (f"after training: {len(x)} samples' outputs and the {len(names)} trained parameters "
+            f"({sum(p.size for p in params.values()):,} B, each framed with its CRC-32) equal the reference's; "
+            f"saved to {build_dir / TRAINED_FILE} (tinygen export)")
 
 
 def run_clock(run: Run, fwinfo: dict, board_hz: int) -> tuple[int, str]:
@@ -104,8 +149,9 @@ def run_clock(run: Run, fwinfo: dict, board_hz: int) -> tuple[int, str]:
     return (built, "the build's configured clock") if built else (board_hz, "the board file's maximum clock")
 
 
-def _training_reference(build_dir: Path, manifest: dict, result: RunResult) -> TrainingExpectation:
-    """What the reference says the firmware's training steps must report.
+def _training_reference(build_dir: Path, manifest: dict, result: RunResult) -> tuple[TrainingExpectation, object]:
+    """What the reference says the firmware's training steps must report, and the reference trainer after them
+    (None where firmware/train_expected.json stands in).
 
     firmware/train_expected.json ({"losses": [...], "params_checksum": "0x...", optionally "lr_halvings":
     [steps]}) wins when present;
@@ -116,14 +162,14 @@ def _training_reference(build_dir: Path, manifest: dict, result: RunResult) -> T
         v = exp.get("params_checksum")
         halved = exp.get("lr_halvings")
         return TrainingExpectation([int(x) for x in exp.get("losses", [])], int(v, 0) if isinstance(v, str) else v,
-                                   lr_halvings=None if halved is None else [int(s) for s in halved])
+                                   lr_halvings=None if halved is None else [int(s) for s in halved]), None
     if "train" not in manifest:
         raise TinygenError(f"the firmware trained but {build_dir} has no training reference (no 'train' in its "
                            f"manifest and no {path}); rebuild with tinygen build")
     _, trainer = load_trainer(build_dir, manifest)
     with np.load(build_dir / FW_DIR / SAMPLES_FILE) as z:
         x, labels = z["x"], z["labels"]
-    return expect_training(trainer, x, labels.astype(int), result.step_samples, manifest["train"]["params"])
+    return expect_training(trainer, x, labels.astype(int), result.step_samples, manifest["train"]["params"]), trainer
 
 
 def _halvings(steps: list[int]) -> str:
@@ -198,4 +244,6 @@ def format_report(r: SimResult) -> str:
                     f"{', '.join(str(c['step']) for c in r.run.checkpoints)}" if r.run.checkpoints else "")
                  + f"; {counted}stack {st.get('used', 0):,} of {st.get('size', 0):,} bytes used"
                  + (f"; {est_note}" if measured else ""))
+    if r.trained:
+        lines.append(r.trained)
     return "\n".join(lines)
