@@ -108,8 +108,9 @@ def test_softmax_the_validator_refuses_is_one_sentence():
     model(511).validate()
 
 
-@pytest.mark.parametrize("name", NETWORKS[:3])
+@pytest.mark.parametrize("name", IMPORTED)
 def test_generated_c_equals_reference(name, tmp_path):
+    """Every fixture, each operator alone and the networks: the generated C equals the reference."""
     model = load_tflite(FIXTURES / name).model
     x = _inputs(model, 1)
     assert np.array_equal(run_generated_forward(model, x, tmp_path, "dsp"), reference.run_batch(model, x))
@@ -197,11 +198,14 @@ def test_network_with_mean_trains_bit_exact(kernels):
     assert result["steps"] == 12 and result["gradient_values"] > 0
 
 
-def test_imported_network_trains_bit_exact():
-    """The MobileNetV2-style block from the converter trains its last two layers for 12 steps in generated C
-    on the host exactly as the reference does."""
-    model = load_tflite(FIXTURES / "net_mbv2_block.tflite").model
-    scheme = parse_update("last-2", model, 1)
+@pytest.mark.parametrize("name, update", [("net_mbv2_block.tflite", "last-2"), ("net_ds_cnn.tflite", "last-2"),
+                                          ("net_image_cnn.tflite", "last-1")])
+def test_imported_network_trains_bit_exact(name, update):
+    """The MobileNetV2-style block, the DS-CNN (on its logits: the softmax dropped) and the image CNN (its dense
+    layer: a max pool before it, whose gradient tinygen does not compute) from the converter train for 12 steps
+    in generated C on the host exactly as the reference does."""
+    model = ir.logits(load_tflite(FIXTURES / name).model)
+    scheme = parse_update(update, model, 1)
     x = _inputs(model, 2)
     labels = np.random.default_rng(2).integers(0, model.output.size, size=SAMPLES)
     train_c_vs_reference(model, scheme, TrainConfig(lr=0.01), x, labels, 12, "dsp")
