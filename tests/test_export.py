@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from file_oracles import tflm_outputs
 
 from tinygen.cli import main
 from tinygen.codegen.firmware import QEMU_ELF
@@ -28,15 +29,7 @@ needs_arm = pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil
 
 
 def _tflm(path: Path, x: np.ndarray) -> np.ndarray:
-    runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
-                                  reason="the TFLite Micro interpreter (pip install tflite-micro) is not installed")
-    interp = runtime.Interpreter.from_bytes(path.read_bytes())
-    out = []
-    for sample in x:
-        interp.set_input(sample[None], 0)
-        interp.invoke()
-        out.append(interp.get_output(0)[0].copy().reshape(-1))
-    return np.stack(out)
+    return tflm_outputs(path, x).reshape(len(x), -1)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from c_harness import run_generated_forward
 from click.testing import CliRunner
+from file_oracles import mutants
 
 from tinygen.cli import main
 from tinygen.errors import ModelError
@@ -85,17 +86,6 @@ def test_build_quantizes_and_trains_on_the_dataset_in_qemu(tmp_path):
     assert "20 training steps: every loss and the trained-parameter checksum" in r.stdout
 
 
-def _mutants(data: bytes) -> list[bytes]:
-    rng = np.random.default_rng(9)
-    out = [data[:n] for n in (0, 3, 20, len(data) // 3, len(data) - 1)]
-    for _ in range(30):
-        b = bytearray(data)
-        for pos in rng.integers(0, len(b), size=3):
-            b[pos] ^= 1 << int(rng.integers(0, 8))
-        out.append(bytes(b))
-    return out
-
-
 def test_bad_onnx_files_are_one_sentence(tmp_path):
     """Truncated and bit-flipped copies either still import as a valid model or are refused with one ModelError
     sentence; an unsupported node is named; weights in an external file are refused (nothing is read from
@@ -104,7 +94,7 @@ def test_bad_onnx_files_are_one_sentence(tmp_path):
 
     data = (FIXTURES / "onnx_cnn.onnx").read_bytes()
     refused = 0
-    for i, mutant in enumerate(_mutants(data)):
+    for i, mutant in enumerate(mutants(data, 9, (0, 3, 20, len(data) // 3, len(data) - 1), 30)):
         path = tmp_path / f"m{i}.onnx"
         path.write_bytes(mutant)
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from c_harness import run_generated_forward
+from file_oracles import mutants, tflm_outputs
 from train_harness import train_c_vs_reference
 
 from tinygen.errors import ModelError
@@ -32,18 +33,6 @@ def _inputs(model: ir.Model, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(-128, 128, size=(SAMPLES, *model.input.shape)).astype(np.int8)
 
 
-def _tflm(path: Path, x: np.ndarray) -> np.ndarray:
-    runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
-                                  reason="the TFLite Micro interpreter (pip install tflite-micro) is not installed")
-    interp = runtime.Interpreter.from_bytes(path.read_bytes())
-    out = []
-    for sample in x:
-        interp.set_input(sample[None], 0)
-        interp.invoke()
-        out.append(interp.get_output(0)[0].copy())
-    return np.stack(out)
-
-
 def test_fixtures_cover_every_operator():
     assert len(IMPORTED) >= 12, IMPORTED
     assert set(NETWORKS) <= set(IMPORTED)
@@ -57,7 +46,7 @@ def test_reference_equals_tflite_micro(name):
     assert imported.softmax == (name in SOFTMAX)
     x = _inputs(imported.model)
     ref = reference.run_batch(imported.model, x)
-    got = _tflm(path, x)
+    got = tflm_outputs(path, x)
     assert np.array_equal(ref.reshape(got.shape), got), f"{np.sum(ref.reshape(got.shape) != got)} elements differ"
 
 
@@ -82,7 +71,7 @@ def test_softmax_equals_tflm_at_patched_logit_scales(tmp_path):
         patched.write_bytes(data.replace(w_bytes, w.tobytes()).replace(s_bytes, s.tobytes()))
         model = load_tflite(patched).model
         ref = reference.run_batch(model, x)
-        assert np.array_equal(ref, _tflm(patched, x)), f"weight scales {w}, logit scale {s}"
+        assert np.array_equal(ref, tflm_outputs(patched, x)), f"weight scales {w}, logit scale {s}"
         cut += int((ref == -128).sum())
         if i % 6 == 0:
             for kernels in ("dsp", "portable"):
@@ -173,7 +162,7 @@ def test_mean_equals_tflm_at_patched_output_scales(tmp_path):
         patched = tmp_path / "patched.tflite"
         patched.write_bytes(data.replace(scale_bytes, s.tobytes()))
         ref = reference.run_batch(load_tflite(patched).model, x).reshape(len(x), -1)
-        assert np.array_equal(ref, _tflm(patched, x).reshape(len(x), -1)), f"output scale {s}"
+        assert np.array_equal(ref, tflm_outputs(patched, x).reshape(len(x), -1)), f"output scale {s}"
         mult, shift = quantize_multiplier(xi.scale / (float(s) * n))
         one_rule += np.array_equal(np.clip(requantize(sums, mult, shift) + out.zero_point, -128, 127), ref)
     assert one_rule < 50, one_rule
@@ -259,23 +248,12 @@ def test_unsupported_operator_is_one_sentence(tmp_path):
     assert "\n" not in str(exc.value)
 
 
-def _mutants(data: bytes) -> list[bytes]:
-    rng = np.random.default_rng(7)
-    out = [data[:n] for n in (0, 4, 8, 16, len(data) // 3, len(data) // 2, len(data) - 1)]
-    for _ in range(40):
-        b = bytearray(data)
-        for pos in rng.integers(0, len(b), size=3):
-            b[pos] ^= 1 << int(rng.integers(0, 8))
-        out.append(bytes(b))
-    return out
-
-
 def test_corrupted_files_load_or_fail_with_one_sentence(tmp_path):
     """Truncated and bit-flipped copies of a network: each either still imports as a valid model or is
     refused with one ModelError sentence; no other exception escapes."""
     data = (FIXTURES / "net_mbv2_block.tflite").read_bytes()
     refused = 0
-    for i, mutant in enumerate(_mutants(data)):
+    for i, mutant in enumerate(mutants(data, 7, (0, 4, 8, 16, len(data) // 3, len(data) // 2, len(data) - 1), 40)):
         path = tmp_path / f"m{i}.tflite"
         path.write_bytes(mutant)
         try:
@@ -314,7 +292,7 @@ def test_verify_inputs_and_expected_outputs_from_tflite_micro(tmp_path):
     model = load_tflite(path).model
     x = _inputs(model, 3)
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", _tflm(path, x).astype(np.int8))
+    np.save(tmp_path / "y.npy", tflm_outputs(path, x).astype(np.int8))
     r = runner.invoke(main, ["verify", str(out), "--inputs", str(tmp_path / "x.npy"), "--expect",
                              str(tmp_path / "y.npy")])
     assert r.exit_code == 0, r.output
