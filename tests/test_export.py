@@ -76,6 +76,25 @@ def test_tflm_on_the_exported_tflite_equals_the_firmware_after_training(trained_
 
 
 @needs_arm
+def test_round_trip_without_softmax_equals_the_firmware_directly(tmp_path):
+    """net_image_cnn.tflite (no softmax: the firmware's outputs are the model's), trained 20 steps under QEMU by the
+    default selection: TFLite Micro on the exported file prints exactly what the firmware printed after training."""
+    runner = CliRunner()
+    out = tmp_path / "b"
+    r = runner.invoke(main, ["build", "--board", "nrf52840", "--model", str(FIXTURES / "net_image_cnn.tflite"),
+                             "--samples", "8", "--dump-trained", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["sim", str(out), "--timeout", "600"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["export", str(out), "--out", str(tmp_path / "trained.tflite")])
+    assert r.exit_code == 0, r.output
+    with np.load(out / TRAINED_FILE) as z:
+        x, printed = z["x"], z["outputs"]
+    assert np.array_equal(_tflm(tmp_path / "trained.tflite", x), printed)
+    assert not np.array_equal(_tflm(FIXTURES / "net_image_cnn.tflite", x), printed)
+
+
+@needs_arm
 def test_a_damaged_dump_is_refused(trained_build):
     """One hex digit of the dump changed in transit: the frame's CRC-32 catches it; a parameter left out: named."""
     manifest = read_manifest(trained_build)
