@@ -23,6 +23,7 @@ import numpy as np
 
 from tinygen.errors import ModelError
 from tinygen.frontends.arrays import check_file
+from tinygen.frontends.inputs import real_float_inputs
 from tinygen.ir import model as ir
 from tinygen.zoo import floatnn as F
 from tinygen.zoo import ptq
@@ -295,8 +296,6 @@ def _load_float(path: Path) -> tuple[F.Net, bool]:
 def load_onnx(path: str | Path, calib_x: np.ndarray | None = None) -> ir.Model:
     """The int8 model of a float ONNX file: tinygen's PTQ calibrated on `calib_x` (float inputs N x H x W x C as the
     model takes them; default: bundled images of the input's shape), a final Softmax as `ir.Softmax`."""
-    from tinygen.frontends.inputs import real_float_inputs
-
     net, softmax = load_onnx_float(path)
     if calib_x is None:
         calib_x, _ = real_float_inputs(net.input_shape, CALIBRATION_SAMPLES, split="train")
