@@ -189,6 +189,11 @@ TG_INLINE int8_t tg_clamp_s8(int32_t v, int32_t lo, int32_t hi)
     return (int8_t)(v < lo ? lo : v);
 }
 
+TG_INLINE int32_t tg_min_i32(int32_t a, int32_t b)
+{
+    return a < b ? a : b;
+}
+
 /* CMSIS-NN average pool rounding: total / count, ties away from zero. */
 TG_INLINE int32_t tg_rounded_average(int32_t total, int32_t count)
 {

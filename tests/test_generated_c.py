@@ -31,10 +31,12 @@ STYLE = Path(__file__).resolve().parent.parent / ".clang-format"
 SCHEMES = "models/mit-tiny-training/sparse_schemes.json"
 BUILDS = {
     "digits-cnn": lambda root: ["--model", "digits-cnn", "--classes", "5", "--samples", "4",
-                                "--checkpoint-every", "1"],  # the checkpoint harness's C is held to the style too
+                                "--checkpoint-every", "1",  # the checkpoint harness's C is held to the style too
+                                "--filter-r", "2"],  # the trained layers' filtered kernels
     "mbv2-w0.35": lambda root: ["--model", "mbv2-w0.35", "--classes", "10", "--update",
                                 f"{root}/{SCHEMES}#mbv2/49kb", "--samples", "2",
-                                "--master-bits", "4"],  # the nibble-packed master fractions
+                                "--master-bits", "4",  # the nibble-packed master fractions
+                                "--path-filter-r", "2"],  # the filtered kernels of the frozen path
     "mcunet-5fps": lambda root: ["--model", "mcunet-5fps", "--classes", "10", "--update",
                                  f"{root}/{SCHEMES}#mcunet/49kb", "--samples", "2",
                                  "--master-bits", "0",  # in-place int8 weights, the stochastic rounding kernels

@@ -350,3 +350,40 @@ def test_grad_output_with_multipliers_below_and_above_one(out_scale, kernels):
     config = TrainConfig(lr=0.05, lr_guard=0)
     xs = rng.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
     train_c_vs_reference(model, scheme, config, xs, rng.integers(0, 3, size=STEPS), STEPS, kernels)
+
+
+@settings(SETTINGS, max_examples=6)  # CI time
+@given(h=st.integers(4, 11), w=st.integers(4, 11), c=st.integers(1, 6), k=st.sampled_from([1, 3, 5]),
+       stride=st.integers(1, 2), r=st.sampled_from([1, 2, 4]), path_r=st.sampled_from([2, 3]),
+       seed=st.integers(0, 2**16))
+def test_path_filtering_matches_reference(h, w, c, k, stride, r, path_r, seed, kernels):
+    """Filtering along the gradient path (`with_path_filter`): a trained stem (its own r) under frozen regular,
+    depthwise and pointwise convolutions that filter their output gradient with patch side path_r (edge patches
+    partial) before the head."""
+    from tinygen.ir.scheme import with_path_filter
+
+    rng = np.random.default_rng(seed)
+
+    def make():
+        b = ModelBuilder("p", (h, w, 2), 0.02, 0)
+        wt, bt, st_ = _w(rng, (c, 3, 3, 2), 0.02)
+        x = b.conv2d(b.input, wt, bt, st_, 0.04, -3, act="relu6", name="stem")
+        wt, bt, st_ = _w(rng, (c, k, k, c), 0.02)
+        x = b.conv2d(x, wt, bt, st_, 0.05, 1, stride=stride, padding="same", act="relu", name="mid")
+        wt, bt, st_ = _w(rng, (c, k, k, 1), 0.05)
+        x = b.conv2d(x, wt, bt, st_, 0.05, -2, padding="same", groups=c, act="relu6", name="dw")
+        wt, bt, st_ = _w(rng, (c + 1, 1, 1, c), 0.02)
+        x = b.conv2d(x, wt, bt, st_, 0.06, 0, name="pw")
+        _head(b, x, rng, 3)
+        return b.build()
+
+    try:
+        model = make()
+    except ModelError:
+        assume(False)
+    data = np.random.default_rng(seed + 1)
+    x = data.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
+    labels = data.integers(0, 3, size=STEPS)
+    scheme = with_path_filter(_scheme(model, data, r, {"stem", "head"}), model, path_r)
+    assume(scheme.path_filtered())
+    train_c_vs_reference(model, scheme, TrainConfig(lr=0.05), x, labels, STEPS, kernels)

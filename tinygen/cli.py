@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from tinygen.bench import speed, transfer, transfer128
+from tinygen.bench import filtering, speed, transfer, transfer128
 from tinygen.bench.suites import auto_fit, gradient_filter, master_bits, memory, schemes, selection
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.bench.transfer128 import TASKS128
@@ -29,6 +29,7 @@ from tinygen.ir.scheme import (
     TrainConfig,
     default_rounding,
     parse_update,
+    with_path_filter,
 )
 from tinygen.planning.memory import (
     MAX_PATCHES,
@@ -267,6 +268,9 @@ def _board_json(b) -> dict:
                    "goes to scheme.json.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gradient-filter patch size r for every trained layer (1 = off).")
+@click.option("--path-filter-r", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Also filter the output gradient of every frozen convolution on the gradient path whose map is at "
+                   "least 2r x 2r, with patch size r (1 = off): fewer backward MACs, an approximate gradient.")
 @click.option("--lr", type=FiniteRange(min=0, min_open=True), default=DEFAULT_LR, show_default=True,
               help="SGD learning rate.")
 @click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True, help="SGD momentum in [0, 1).")
@@ -307,7 +311,8 @@ def _board_json(b) -> dict:
 @patch_options
 @JSON_OPTION
 @friendly
-def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r, lr,
+def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget, reorder_channels, filter_r,
+          path_filter_r, lr,
           momentum, lr_halve_every, lr_guard, master_bits, rounding, loss, accumulate, samples, dataset_path, steps,
           checkpoint_every, dump_trained, clock, patches, patch_stage, as_json):
     """Generate the C project for MODEL on BOARD into OUT."""
@@ -333,6 +338,7 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                               accumulate, macs_budget, reorder_channels, lr_guard, rounding, master_bits, dataset)
     if trainer is not None:
         model = trainer.model  # --reorder-channels: the same function, channels renamed
+        trainer = _path_filter(trainer, path_filter_r)
     _apply_patches(model, patches, patch_stage, trainer, budget, say)  # for the step as chosen
     check_fits(model, trainer, b, budget)
     if trainer is not None:
@@ -382,6 +388,13 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     if fw.get("size_fallback"):
         click.echo(f"firmware: {fw['size_fallback']}")
     click.echo(describe_clock(b, clock))
+
+
+def _path_filter(trainer: Trainer, r: int) -> Trainer:
+    """The chosen step with `--path-filter-r r` (the frozen layers on the gradient path filter their gradient)."""
+    if r <= 1:
+        return trainer
+    return Trainer(trainer.model, with_path_filter(trainer.scheme, trainer.model, r), trainer.config)
 
 
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
@@ -434,6 +447,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None, help="As for build.")
 @click.option("--reorder-channels", is_flag=True, help="As for build.")
 @click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--path-filter-r", type=click.IntRange(min=1), default=1, show_default=True, help="As for build.")
 @click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True)
 @MASTER_BITS_OPTION
 @click.option("--no-train", "no_train", is_flag=True, help="Plan inference only.")
@@ -444,7 +458,8 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
               help="As for build: count the board's two checkpoint slots in flash.")
 @patch_options
 @friendly
-def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, momentum,
+def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_channels, filter_r, path_filter_r,
+         momentum,
          master_bits, no_train, as_json, svg, checkpoint_every, patches, patch_stage):
     """Plan a training step: per-layer memory and compute, peak SRAM vs the board, a timeline picture."""
     if svg is not None and not svg.parent.is_dir():
@@ -461,6 +476,7 @@ def plan(board, model_spec, classes, budget_kb, update, macs_budget, reorder_cha
                               macs_budget=macs_budget, reorder=reorder_channels, master_bits=master_bits)
     if trainer is not None:
         model = trainer.model
+        trainer = _path_filter(trainer, path_filter_r)
     _apply_patches(model, patches, patch_stage, trainer, budget, lambda line: click.echo(line, err=True))
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     if svg is not None:
@@ -675,6 +691,24 @@ def bench_schemes(task, seeds, out):
     """Published MIT mbv2 schemes vs Fisher selection vs last-K at each scheme's own peak SRAM."""
 
     schemes(task, out, log=click.echo, seeds=seeds)
+
+
+@bench.command("filter")
+@click.option("--models", "models", multiple=True, type=click.Choice(filtering.MODELS),
+              default=list(filtering.MODELS), show_default=True)
+@click.option("--schemes", "schemes", multiple=True, type=click.Choice(list(speed.SCHEMES)),
+              default=list(speed.SCHEMES), show_default=True)
+@click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=list(filtering.RS),
+              show_default=True, help="Patch sides; r > 1 filters the trained layers and the frozen ones on the path.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel builds and runs (default: cores).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_filter(models, schemes, rs, jobs, timeout, out):
+    """What gradient filtering (trained layers and the frozen path) saves: backward MACs and instructions on QEMU."""
+    rows = filtering.bench(list(models), list(schemes), sorted(set(rs)), jobs, log=click.echo, timeout=timeout)
+    click.echo(filtering.report(rows))
+    click.echo(f"saved {filtering.save(rows, out)}")
 
 
 @bench.command("speed")

@@ -21,7 +21,7 @@ from tinygen.bench.suites import SCHEME_KEYS, _save
 from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import write_project
 from tinygen.errors import TinygenError
-from tinygen.ir.scheme import TrainConfig, load_scheme
+from tinygen.ir.scheme import TrainConfig, load_scheme, with_path_filter
 from tinygen.paths import shared_dir
 from tinygen.planning.memory import check_fits, sram_budget
 from tinygen.planning.report import build_plan
@@ -79,12 +79,14 @@ def _scheme_spec(model: str, scheme: str) -> tuple[str, str]:
     return f"{root}/models/mit-tiny-training/sparse_schemes.json#{name}", name
 
 
-def measure(model_name: str, scheme: str, r: int, board_name: str, workdir: Path, timeout: float = 600.0) -> SpeedRow:
-    """Build one configuration into `workdir` and run it under QEMU; raises on any mismatch."""
+def measure(model_name: str, scheme: str, r: int, board_name: str, workdir: Path, timeout: float = 600.0,
+            path_r: int = 1) -> SpeedRow:
+    """Build one configuration into `workdir` and run it under QEMU; raises on any mismatch. `path_r`: the frozen
+    layers on the gradient path filter too (`with_path_filter`)."""
     spec, name = _scheme_spec(model_name, scheme)
     board = load_board(board_name)
     model = resolve_model(model_name, CLASSES)
-    trainer = Trainer(model, load_scheme(spec, model, r), TrainConfig())
+    trainer = Trainer(model, with_path_filter(load_scheme(spec, model, r), model, path_r), TrainConfig())
     budget = sram_budget(board)
     check_fits(model, trainer, board, budget)
     m = write_project(model, board, workdir, trainer,

@@ -109,10 +109,11 @@ def _conv_dims(em: _Emit, i: int, layer) -> None:
     geo = geometry(layer, tensors)
     tl = em.trainer.trained.get(layer.name)
     st = em.stores.get(layer.name)
-    r = tl.update.filter_r if tl else 1
+    r = em.trainer.scheme.filter_r(layer.name)
     out_cg = geo["out_c"] // max(1, geo["groups"])
     dims = em.layer(i).dims
-    dims.update(geo, out_cg=out_cg, r=r, ph=-(-geo["out_h"] // r), pw=-(-geo["out_w"] // r),
+    ph, pw = -(-geo["out_h"] // r), -(-geo["out_w"] // r)
+    dims.update(geo, out_cg=out_cg, r=r, ph=ph, pw=pw, patches=ph * pw,
                 in_hw=geo["in_h"] * geo["in_w"], out_hw=geo["out_h"] * geo["out_w"],
                 in_size=tensors[layer.inputs[0]].size, x_zp=tensors[layer.inputs[0]].zero_point)
     if tl:
@@ -194,9 +195,10 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
             if kind == "1x1":
                 fits32 = sums_fit_int32(dims["out_c"])
                 # pixel pairs share each unpacked weight pair; worth it where G_acc is dense: no ReLU floor
-                # (act_min at the output zero point) zeroes about half of it, which one pixel skips pairwise
+                # (act_min at the output zero point) zeroes about half of it, which one pixel skips pairwise.
+                # Filtered (r > 1), the pairs are of patches, whose sums one_pass keeps a row each
                 pixels = dims["ph"] * dims["pw"]
-                paired = (fits32 and dims["r"] == 1 and not ctx["split_k"] and pixels % 2 == 0
+                paired = (fits32 and (dims["r"] == 1 or one_pass) and not ctx["split_k"] and pixels % 2 == 0
                           and layer.act_min < layer.output.zero_point)
                 if paired:
                     dims["pixel_pairs"] = pixels // 2

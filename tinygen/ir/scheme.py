@@ -60,6 +60,16 @@ class Scheme:
     def trained(self) -> list[str]:
         return [n for n, u in self.layers.items() if u.channels or u.bias]
 
+    def filter_r(self, name: str) -> int:
+        """The gradient filter's patch side at layer `name`: its entry's (a trained layer's, or a frozen one on the
+        gradient path that filters its output gradient, `with_path_filter`), else 1."""
+        u = self.layers.get(name)
+        return u.filter_r if u is not None else 1
+
+    def path_filtered(self) -> list[str]:
+        """The frozen layers that filter their output gradient."""
+        return [n for n, u in self.layers.items() if not (u.channels or u.bias) and u.filter_r > 1]
+
     def counts(self) -> tuple[int, int]:
         """(layers that update weights, layers that update biases)."""
         return (sum(1 for u in self.layers.values() if u.channels), sum(1 for u in self.layers.values() if u.bias))
@@ -245,3 +255,23 @@ def parse_update(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
             raise TinygenError(f"--update {spec}: use last-K with K >= 1 layers")
         return last_k_scheme(model, k, filter_r)
     return load_scheme(spec, model, filter_r)
+
+
+def with_path_filter(scheme: Scheme, model: ir.Model, r: int) -> Scheme:
+    """`scheme` plus a gradient filter of patch side `r` on every frozen convolution on the gradient path (after
+    the earliest trained layer) whose output map is at least 2r x 2r: its output gradient is filtered as a trained
+    layer's is (numerics §5 step 2), so its input gradient reads patch means. An approximation of the gradient
+    those layers pass on (the paper's filtering along the path); the trained layers keep their own r."""
+    if r <= 1:
+        return scheme
+    out = Scheme({n: LayerUpdate(list(u.channels), u.bias, u.filter_r) for n, u in scheme.layers.items()},
+                 f"{scheme.source} + path filter r={r}", dict(scheme.channel_order))
+    trained = set(scheme.trained())
+    on_path: set[str] = set()
+    for layer in model.layers:
+        if layer.name in trained or any(t in on_path for t in layer.inputs):
+            on_path.add(layer.output.name)
+            h, w = layer.output.shape[:2] if len(layer.output.shape) == 3 else (1, 1)
+            if layer.name not in trained and isinstance(layer, ir.Conv2D) and min(h, w) >= 2 * r:
+                out.layers[layer.name] = LayerUpdate([], False, r)
+    return out

@@ -112,7 +112,7 @@ def in_place_block(layer, trainer) -> int | None:
     if not (ir.is_depthwise(layer, 1) and layer.stride == (1, 1)):
         return None
     tl = trainer.trained.get(layer.name)
-    if tl is not None and (tl.update.channels or tl.update.filter_r != 1):
+    if (tl is not None and tl.update.channels) or trainer.scheme.filter_r(layer.name) != 1:
         return None
     x = trainer.model.tensors()[layer.inputs[0]]
     if tuple(x.shape) != tuple(layer.output.shape) or not sums_fit_int32(layer.kernel[0] * layer.kernel[1]):

@@ -140,7 +140,9 @@ def auto_last_k(model: ir.Model, config: TrainConfig, budget: int, filter_r: int
 
 def describe(scheme: Scheme) -> str:
     w, b = scheme.counts()
-    return f"{scheme.source}: {w} layers update weights, {b} update biases"
+    path = scheme.path_filtered()
+    return (f"{scheme.source}: {w} layers update weights, {b} update biases"
+            + (f", {len(path)} frozen layers filter their gradient" if path else ""))
 
 
 def check_fits(model: ir.Model, trainer, board: Board, budget: int) -> SramEstimate:

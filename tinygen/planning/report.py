@@ -18,16 +18,19 @@ CODE_ALLOWANCE = 48 * 1024  # runtime + kernels in flash, beside the weights (ch
 
 
 def layer_backward_macs(layer: ir.Layer, trainer) -> int:
-    """MACs of a weighted layer's backward: its input gradient where the gradient path goes on below it, and its
-    weight gradient over the trained channels (r^2 fewer with a gradient filter)."""
+    """MACs of a weighted layer's backward: its input gradient where the gradient path goes on below it (r^2 fewer
+    for a filtered 1x1 convolution), and its weight gradient over the trained channels (r^2 fewer with a filter)."""
     if layer.output.name not in trainer.needs_grad or layer.params().get("weight") is None:
         return 0
     fwd = ir.layer_macs(layer)
     tl = trainer.trained.get(layer.name)
     wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
     frac = len(tl.update.channels) / ir.selectable_channels(layer) if tl and tl.update.channels else 0.0
-    r = tl.update.filter_r if tl else 1
-    return (fwd if wants_dx else 0) + int(fwd * frac / (r * r))
+    r = trainer.scheme.filter_r(layer.name)
+    # a 1x1 stride-1 convolution's input gradient of a filtered (patch-constant) G_acc is computed once a patch
+    pointwise = isinstance(layer, ir.Conv2D) and layer.kernel == (1, 1) and layer.stride == (1, 1)
+    dx = fwd // (r * r) if pointwise else fwd
+    return (dx if wants_dx else 0) + int(fwd * frac / (r * r))
 
 
 def backward_macs(model: ir.Model, trainer) -> int:
@@ -59,7 +62,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
         if w is not None:
             flash += int(w.nbytes + layer.bias.nbytes + 8 * layer.bias.size)  # weights, bias, multiplier, shift
             n_chan = ir.selectable_channels(layer)
-        r = tl.update.filter_r if tl else 1
+        r = trainer.scheme.filter_r(layer.name) if trainer else 1
         sv = tp.saved.get(layer.name) if trainer else None
         fwd = patched["layer_macs"][layer.name] if patched and layer.name in patched["layer_macs"] \
             else ir.layer_macs(layer)
@@ -68,7 +71,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
         layers.append({
             "name": layer.name, "op": layer.op, "output": list(layer.output.shape),
             "trained_channels": len(tl.update.channels) if tl else 0, "channels": n_chan,
-            "bias": bool(tl and tl.update.bias), "filter_r": r if tl else None,
+            "bias": bool(tl and tl.update.bias), "filter_r": r if tl or r > 1 else None,
             "trained_sram_bytes": (weight_store(layer, tl.update.channels).trained_part(w).size
                                    if tl and tl.update.channels else 0),
             "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,

@@ -300,7 +300,7 @@ def _place_one_pass_sums(model: ir.Model, trainer: Trainer, contributions: dict[
             continue
         tl = trainer.trained.get(layer.name)
         store = weight_store(layer, tl.update.channels) if tl and tl.update.channels else None
-        r = tl.update.filter_r if tl else 1
+        r = trainer.scheme.filter_r(layer.name)
         nbytes = one_pass_sums_bytes(layer, tensors, store.split_k if store else 0, r)
         if nbytes is not None:
             cands.append((-ir.layer_macs(layer), i, nbytes, nbytes == 2 * b.bufs[dest[i]].size))

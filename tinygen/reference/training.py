@@ -381,7 +381,7 @@ class Trainer:
         cout, kh, kw, cg = w.shape
         groups = geom["groups"]
         tl = self.trained.get(layer.name)
-        r = tl.update.filter_r if tl else 1
+        r = self.scheme.filter_r(layer.name)
         oh, ow = g_out.shape[:2]
         # 1. gradient filter, 2. per-channel rescale by the forward multiplier (requantization in reverse)
         gbar, counts = patch_mean(g_out, r)
