@@ -46,3 +46,21 @@ def test_save_writes_rows_and_anchors(tmp_path):
 def test_bench_speed_refuses_an_unknown_model():
     r = CliRunner().invoke(main, ["bench", "speed", "--models", "resnet"])
     assert r.exit_code == 2 and "resnet" in r.stderr
+
+
+def test_filter_report_sets_each_backward_beside_r1_and_saves(tmp_path):
+    """`tinygen bench filter`'s table: the backward (step - inference) and its ratio to the same model and scheme
+    at r = 1, the kinds of work, the paper's claim; its JSON holds the rows."""
+    from tinygen.bench import filtering
+
+    kinds = {"output gradient": 3_700_000, "input gradient": 19_300_000, "weight gradient + update": 3_800_000}
+    base = {**ROW, "step_instructions": 72_600_000, "inference_instructions": 44_900_000, "backward_macs": 20_000_000,
+            "path_filtered": 0, "saved_bytes": 3_840, "backward_by_kind": kinds}
+    r2 = {**base, "filter_r": 2, "step_instructions": 62_000_000, "inference_instructions": 47_400_000,
+          "path_filtered": 30, "backward_macs": 9_000_000}
+    lines = filtering.report([base, r2]).splitlines()
+    assert "27.70" in lines[2] and "1.00x" in lines[2] and "19.30" in lines[2]
+    assert "14.60" in lines[3] and "0.53x" in lines[3] and " 30 " in lines[3]
+    assert "Yang et al." in lines[-1] and "instructions, not cycles" in lines[-1]
+    data = json.loads(filtering.save([base, r2], tmp_path).read_text())
+    assert [r["filter_r"] for r in data["rows"]] == [1, 2]
