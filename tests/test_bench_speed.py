@@ -55,12 +55,12 @@ def test_filter_report_sets_each_backward_beside_r1_and_saves(tmp_path):
 
     kinds = {"output gradient": 3_700_000, "input gradient": 19_300_000, "weight gradient + update": 3_800_000}
     base = {**ROW, "step_instructions": 72_600_000, "inference_instructions": 44_900_000, "backward_macs": 20_000_000,
-            "path_filtered": 0, "saved_bytes": 3_840, "backward_by_kind": kinds}
+            "filtered_layers": 0, "path_filtered": 0, "saved_bytes": 3_840, "backward_by_kind": kinds}
     r2 = {**base, "filter_r": 2, "step_instructions": 62_000_000, "inference_instructions": 47_400_000,
-          "path_filtered": 30, "backward_macs": 9_000_000}
+          "filtered_layers": 30, "path_filtered": 4, "backward_macs": 9_000_000}
     lines = filtering.report([base, r2]).splitlines()
     assert "27.70" in lines[2] and "1.00x" in lines[2] and "19.30" in lines[2]
-    assert "14.60" in lines[3] and "0.53x" in lines[3] and " 30 " in lines[3]
-    assert "Yang et al." in lines[-1] and "instructions, not cycles" in lines[-1]
+    assert "14.60" in lines[3] and "0.53x" in lines[3] and "30 (4)" in lines[3]
+    assert "Yang et al." in lines[-1] and "instructions, not cycles" in lines[-1] and "frozen ones" in lines[-1]
     data = json.loads(filtering.save([base, r2], tmp_path).read_text())
     assert [r["filter_r"] for r in data["rows"]] == [1, 2]
