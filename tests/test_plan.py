@@ -110,3 +110,23 @@ def test_plan_agrees_with_the_linker(model, board, tmp_path):
     assert elf["arena"] == plan["arena_bytes"]
     assert plan["peak_sram_bytes"] - plan["runtime_reserve_bytes"] <= elf["sram_bytes"] <= plan["peak_sram_bytes"]
     assert elf["flash_bytes"] <= plan["flash_bytes"]
+
+
+def test_plan_shows_backward_macs_at_r1_beside_the_filtered_ones():
+    """`--path-filter-r 2` on the digits CNN training its first conv: the frozen 1x1 convolution on the path
+    computes its input gradient once a 2x2 patch (its backward MACs a quarter of r = 1's), a frozen 3x3 the same
+    as at r = 1; the table shows both columns."""
+    from tinygen.ir.scheme import LayerUpdate, Scheme, first_channels, with_path_filter
+    from tinygen.planning.report import build_plan, plan_table
+    from tinygen.reference.training import Trainer
+
+    model = get_model("digits-cnn", classes=5)
+    tensors = model.tensors()
+    scheme = Scheme({"conv1": LayerUpdate(first_channels(model.layer("conv1"), tensors, 1.0), True, 1)})
+    trainer = Trainer(model, with_path_filter(scheme, model, 2), TrainConfig())
+    board = load_board("stm32f746")
+    plan = build_plan(model, trainer, board, sram_budget(board))
+    rows = {L["name"]: L for L in plan["layers"]}
+    assert rows["pw4"]["filter_r"] == 2 and rows["pw4"]["macs_backward"] * 4 == rows["pw4"]["macs_backward_r1"]
+    assert rows["dw3"]["filter_r"] == 2 and rows["dw3"]["macs_backward"] == rows["dw3"]["macs_backward_r1"]
+    assert rows["conv1"]["filter_r"] == 1 and "MACs bwd at r = 1" in plan_table(plan)

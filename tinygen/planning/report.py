@@ -17,7 +17,7 @@ from tinygen.report import table
 CODE_ALLOWANCE = 48 * 1024  # runtime + kernels in flash, beside the weights (checked against the ELF by the tests)
 
 
-def layer_backward_macs(layer: ir.Layer, trainer) -> int:
+def layer_backward_macs(layer: ir.Layer, trainer, r: int | None = None) -> int:
     """MACs of a weighted layer's backward: its input gradient where the gradient path goes on below it (r^2 fewer
     for a filtered 1x1 convolution), and its weight gradient over the trained channels (r^2 fewer with a filter)."""
     if layer.output.name not in trainer.needs_grad or layer.params().get("weight") is None:
@@ -26,7 +26,7 @@ def layer_backward_macs(layer: ir.Layer, trainer) -> int:
     tl = trainer.trained.get(layer.name)
     wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
     frac = len(tl.update.channels) / ir.selectable_channels(layer) if tl and tl.update.channels else 0.0
-    r = trainer.scheme.filter_r(layer.name)
+    r = trainer.scheme.filter_r(layer.name) if r is None else r
     # a 1x1 stride-1 convolution's input gradient of a filtered (patch-constant) G_acc is computed once a patch
     pointwise = isinstance(layer, ir.Conv2D) and layer.kernel == (1, 1) and layer.stride == (1, 1)
     dx = fwd // (r * r) if pointwise else fwd
@@ -77,6 +77,7 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
             "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,
             "mask_bytes": -(-layer.output.size // MASK_BITS) if on_path else 0,
             "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
+            "macs_backward_r1": layer_backward_macs(layer, trainer, 1) if trainer is not None else 0,
             "patches": patched["patches"] if patched and layer.name in patched["layer_macs"] else None,
         })
     ckpt = board.checkpoint.bytes if checkpoint and board.checkpoint is not None else 0
@@ -113,6 +114,7 @@ def stage_summary(stage, plane: int) -> dict:
 
 def plan_table(plan: dict) -> str:
     rows = []
+    filtered = any((L["filter_r"] or 1) > 1 for L in plan["layers"])  # then the backward at r = 1 beside it
     for L in plan["layers"]:
         trained = (f"{L['trained_channels']}/{L['channels']}" if L["trained_channels"] else "-") \
             if L["channels"] else ""
@@ -120,9 +122,11 @@ def plan_table(plan: dict) -> str:
         rows.append([L["name"], op, "x".join(map(str, L["output"])), trained, "yes" if L["bias"] else "",
                      L["filter_r"] or "", L["trained_sram_bytes"], L["saved_bytes"], L["saved_form"] or "",
                      L["mask_bytes"],
-                     L["gradient_bytes"], L["macs_forward"], L["macs_backward"]])
+                     L["gradient_bytes"], L["macs_forward"], L["macs_backward"]]
+                    + ([L["macs_backward_r1"]] if filtered else []))
     t = table(["layer", "op", "output", "trains", "bias", "r", "weights in SRAM", "saved", "saved as", "masks",
-               "gradient", "MACs fwd", "MACs bwd"], rows, "lllllrrrlrrrr")
+               "gradient", "MACs fwd", "MACs bwd"] + (["MACs bwd at r = 1"] if filtered else []), rows,
+              "lllllrrrlrrrr" + ("r" if filtered else ""))
     kb = 1024
     totals = (f"peak SRAM {plan['peak_sram_bytes'] / kb:.1f} KB = arena {plan['arena_bytes'] / kb:.1f} KB "
               f"({plan['arena_strategy']}; lower bound {plan['arena_lower_bound_bytes'] / kb:.1f} KB, "
