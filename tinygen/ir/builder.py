@@ -131,9 +131,7 @@ class ModelBuilder:
 
     def softmax(self, x, beta=1.0, name=None) -> str:
         """TFLite's int8 softmax of a logits vector (output scale 1/256, zero point -128)."""
-        name = self._name("softmax", name)
-        out = ir.TensorInfo(name, self.shape(x), ir.SOFTMAX_SCALE, ir.SOFTMAX_ZERO_POINT)
-        return self._add(ir.Softmax(name, [x], out, beta=float(beta)))
+        return self._add(ir.softmax_of(self.info(x), self._name("softmax", name), beta))
 
     def reshape(self, x, shape, name=None) -> str:
         name = self._name("reshape", name)

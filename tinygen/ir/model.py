@@ -343,6 +343,12 @@ def tail(model: Model, keep: set[str]) -> Model:
     raise AssertionError("unreachable: the whole model reads only its input")
 
 
+def softmax_of(logits: TensorInfo, name: str, beta: float = 1.0) -> Softmax:
+    """TFLite's int8 softmax of `logits`: layer and output `name`, scale 1/256, zero point -128."""
+    probs = TensorInfo(name, tuple(logits.shape), SOFTMAX_SCALE, SOFTMAX_ZERO_POINT)
+    return Softmax(name, [logits.name], probs, beta=float(beta))
+
+
 def logits(model: Model) -> Model:
     """The model without a final softmax (training's loss reads the logits); the model itself otherwise."""
     if not isinstance(model.layers[-1], Softmax):

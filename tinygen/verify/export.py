@@ -64,9 +64,7 @@ def export(build_dir: Path, out: Path) -> str:
                   if layer.name in values else layer for layer in model.layers]
         drop = manifest.get("dropped_softmax")
         if drop:
-            logits = layers[-1].output
-            probs = ir.TensorInfo(drop["name"], logits.shape, ir.SOFTMAX_SCALE, ir.SOFTMAX_ZERO_POINT)
-            layers.append(ir.Softmax(drop["name"], [logits.name], probs, beta=float(drop["beta"])))
+            layers.append(ir.softmax_of(layers[-1].output, drop["name"], drop["beta"]))
         out = modelfile.save(dataclasses.replace(model, layers=layers, patch_stage=None).validate(), out)
         what = f"model {model.name} with the trained values{' and its softmax' if drop else ''}"
     layers = "1 trained layer's" if len(values) == 1 else f"{len(values)} trained layers'"

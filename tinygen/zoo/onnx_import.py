@@ -49,6 +49,7 @@ class _Graph:
 
     def __init__(self, path: Path):
         onnx, self.numpy_helper = _onnx()
+        self.helper = onnx.helper
         self.path = path
         check_file(path, "model file")
         try:
@@ -72,9 +73,7 @@ class _Graph:
     def attr(self, node, name: str, default=None):
         for a in node.attribute:
             if a.name == name:
-                import onnx
-
-                return onnx.helper.get_attribute_value(a)
+                return self.helper.get_attribute_value(a)
         return default
 
     def const(self, node, i: int, what: str) -> np.ndarray:
@@ -307,8 +306,6 @@ def load_onnx(path: str | Path, calib_x: np.ndarray | None = None) -> ir.Model:
     except ValueError as exc:
         raise ModelError(f"{path}: cannot quantize it ({exc})") from None
     if softmax:
-        logits = model.output
-        probs = ir.TensorInfo(f"{logits.name}_softmax", logits.shape, ir.SOFTMAX_SCALE, ir.SOFTMAX_ZERO_POINT)
-        model.layers.append(ir.Softmax(probs.name, [logits.name], probs))
+        model.layers.append(ir.softmax_of(model.output, f"{model.output.name}_softmax"))
         model = model.validate()
     return model
