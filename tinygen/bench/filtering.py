@@ -29,7 +29,8 @@ RS = (1, 2, 4)
 BOARD = "stm32f746"
 BACKWARD_KINDS = ("output gradient", "input gradient", "weight gradient + update")
 # Yang et al. (CVPR 2023), the claims tinygen's figures stand beside
-PAPER = "gradient filtering: up to 19x faster backward and 77% less memory at ~0.1% accuracy (Yang et al. 2023)"
+PAPER = ("gradient filtering: up to 19x faster backward and 77% less memory at ~0.1% accuracy (Yang et al. 2023, on "
+         "their own models and hardware: not like for like)")
 
 
 def filtered_layers(scheme) -> dict:
