@@ -119,6 +119,12 @@ TG_INLINE int32_t tg_smlabt(int32_t x, int32_t y, int32_t acc)
     return __smlabt(x, y, acc);
 }
 
+/* acc + x.hi * y.hi (SMLATT). */
+TG_INLINE int32_t tg_smlatt(int32_t x, int32_t y, int32_t acc)
+{
+    return __smlatt(x, y, acc);
+}
+
 /* The halfword pairs (a.lo, b.lo) (PKHBT) and (a.hi, b.hi) (PKHTB); ACLE names neither. */
 TG_INLINE int32_t tg_pack_lo(int32_t a, int32_t b)
 {
@@ -194,6 +200,12 @@ TG_INLINE int32_t tg_smlabt(int32_t x, int32_t y, int32_t acc)
 {
     const int32_t p =
         (int32_t)(int16_t)((uint32_t)x & 0xFFFFU) * (int32_t)(int16_t)((uint32_t)y >> 16);
+    return (int32_t)((uint32_t)acc + (uint32_t)p);
+}
+
+TG_INLINE int32_t tg_smlatt(int32_t x, int32_t y, int32_t acc)
+{
+    const int32_t p = (int32_t)(int16_t)((uint32_t)x >> 16) * (int32_t)(int16_t)((uint32_t)y >> 16);
     return (int32_t)((uint32_t)acc + (uint32_t)p);
 }
 

@@ -114,8 +114,8 @@ def test_plan_agrees_with_the_linker(model, board, tmp_path):
 
 def test_plan_shows_backward_macs_at_r1_beside_the_filtered_ones():
     """`--path-filter-r 2` on the digits CNN training its first conv: the frozen 1x1 convolution on the path
-    computes its input gradient once a 2x2 patch (its backward MACs a quarter of r = 1's), a frozen 3x3 the same
-    as at r = 1; the table shows both columns."""
+    computes its input gradient once a 2x2 patch (its backward MACs a quarter of r = 1's), a frozen 3x3 depthwise
+    one product per patch its taps reach (weights summed per patch); the table shows both columns."""
     from tinygen.ir.scheme import LayerUpdate, Scheme, first_channels, with_path_filter
     from tinygen.planning.report import build_plan, plan_table
     from tinygen.reference.training import Trainer
@@ -128,5 +128,9 @@ def test_plan_shows_backward_macs_at_r1_beside_the_filtered_ones():
     plan = build_plan(model, trainer, board, sram_budget(board))
     rows = {L["name"]: L for L in plan["layers"]}
     assert rows["pw4"]["filter_r"] == 2 and rows["pw4"]["macs_backward"] * 4 == rows["pw4"]["macs_backward_r1"]
-    assert rows["dw3"]["filter_r"] == 2 and rows["dw3"]["macs_backward"] == rows["dw3"]["macs_backward_r1"]
+    # the frozen 3x3 depthwise (4x4, every 2x2 patch whole) takes one product per patch its taps reach
+    reach = sum(len({((iy + 1 - ky) // 2, (ix + 1 - kx) // 2) for ky in range(3) for kx in range(3)
+                     if 0 <= iy + 1 - ky < 4 and 0 <= ix + 1 - kx < 4}) for iy in range(4) for ix in range(4))
+    assert rows["dw3"]["filter_r"] == 2 and rows["dw3"]["macs_backward"] == 16 * reach
+    assert rows["dw3"]["macs_backward_r1"] == 16 * 16 * 9 and rows["dw3"]["patch_sums_bytes"] > 0
     assert rows["conv1"]["filter_r"] == 1 and "MACs bwd at r = 1" in plan_table(plan)

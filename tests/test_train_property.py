@@ -16,6 +16,7 @@ from tinygen.ir import model as ir
 from tinygen.ir.builder import ModelBuilder
 from tinygen.ir.gradmath import SR_BITS
 from tinygen.ir.scheme import MASTER_BITS, ROUNDINGS, LayerUpdate, Scheme, TrainConfig
+from tinygen.reference.training import Trainer
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STEPS = 3
@@ -387,3 +388,37 @@ def test_path_filtering_matches_reference(h, w, c, k, stride, r, path_r, seed, k
     scheme = with_path_filter(_scheme(model, data, r, {"stem", "head"}), model, path_r)
     assume(scheme.path_filtered())
     train_c_vs_reference(model, scheme, TrainConfig(lr=0.05), x, labels, STEPS, kernels)
+
+
+@settings(SETTINGS, max_examples=8)  # CI time
+@given(h=st.integers(4, 13), w=st.integers(4, 13), c=st.integers(2, 5), k=st.sampled_from([3, 5, 7]),
+       stride=st.integers(1, 2), r=st.sampled_from([2, 3, 4]), part=st.sampled_from(["frozen", "bias", "prefix"]),
+       seed=st.integers(0, 2**16))
+@example(h=9, w=7, c=3, k=7, stride=2, r=2, part="prefix", seed=1)  # partial edge patches, a split filter
+@example(h=8, w=8, c=4, k=3, stride=1, r=2, part="frozen", seed=2)  # MCUNet's shape: every patch whole
+def test_patch_summed_depthwise_input_gradient(h, w, c, k, stride, r, part, seed, kernels):
+    """A depthwise input gradient of a filtered output gradient, summed per patch from build-time weight sums
+    (planning.backward.structured_channels): k in {3, 5, 7}, stride 1 and 2, edge patches partial, the layer
+    frozen, bias-only or training a prefix of its channels (the rest summed), equal to the reference."""
+    from tinygen.planning.backward import structured_channels
+
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder("p", (h, w, 2), 0.02, 0)
+    wt, bt, st_ = _w(rng, (c, 3, 3, 2), 0.02)
+    x = b.conv2d(b.input, wt, bt, st_, 0.04, -3, act="relu6", name="stem")
+    wt, bt, st_ = _w(rng, (c, k, k, 1), 0.05)
+    x = b.conv2d(x, wt, bt, st_, 0.05, -2, stride=stride, padding="same", groups=c, act="relu6", name="dw")
+    wt, bt, st_ = _w(rng, (c + 1, 1, 1, c), 0.02)
+    x = b.conv2d(x, wt, bt, st_, 0.06, 0, name="pw")
+    _head(b, x, rng, 3)
+    model = b.build()
+    chans = list(range(c // 2)) if part == "prefix" else []
+    scheme = Scheme({"stem": LayerUpdate(list(range(2)), True, 1),
+                     "dw": LayerUpdate(chans, part != "frozen", r),
+                     "head": LayerUpdate(list(range(c + 1)), True, 1)})
+    trainer = Trainer(model, scheme, TrainConfig(lr=0.05))
+    assert structured_channels(model.layer("dw"), trainer) == c - len(chans)
+    data = np.random.default_rng(seed + 1)
+    xs = data.integers(-128, 128, size=(STEPS,) + tuple(model.input.shape)).astype(np.int8)
+    labels = data.integers(0, 3, size=STEPS)
+    train_c_vs_reference(model, scheme, TrainConfig(lr=0.05), xs, labels, STEPS, kernels)

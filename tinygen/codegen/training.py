@@ -26,7 +26,15 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
-from tinygen.planning.backward import geometry, input_gradient_blocks, sums_fit_int32
+from tinygen.planning.backward import (
+    clean_inputs,
+    geometry,
+    input_gradient_blocks,
+    patch_weight_sums,
+    structured_channels,
+    sums_fit_int32,
+    tap_groups,
+)
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, patch_stage, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
@@ -208,8 +216,13 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
                           paired=paired, **ctx)
             else:
                 dims["taps"] = dims["kh"] * dims["kw"]
+                patched = _patch_sums(em, lay, layer)
+                # two channels a word: every block, its first channel and each patch's G_acc row even
+                pairs = patched and all(dims[k] % 2 == 0 for k in ("out_c", "sum_c", "blk_f" if ctx["split_k"]
+                                                                    else "blk")) and dims["in_c"] % 2 == 0
                 em.render(lay, "conv_backward_input_dw_s16", fn=fn, comment=f"{desc}: input gradient",
-                          one_pass=one_pass, overlaid=overlaid, max_block=max_block, **ctx)
+                          one_pass=one_pass, overlaid=overlaid, max_block=max_block, patched=patched,
+                          pairs=pairs, **ctx)
             if one_pass and not overlaid:
                 extra = [em.plan.ptr(f"sums_l{i}")]
         ops.append(_grad_op(em, want[0], i, fn, [gy, e_acc] + extra))
@@ -220,14 +233,44 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
     return ops
 
 
+def _patch_sums(em: _Emit, lay: _Layer, layer) -> bool:
+    """The tables of a depthwise input gradient that sums each frozen filter's taps per gradient patch
+    (planning.backward.structured_channels): per phase on each axis the first patch offset and the patch count,
+    per phase pair where its summed weights start, and the summed weights; False where it takes the taps one by
+    one."""
+    frozen = structured_channels(layer, em.trainer)
+    if not frozen:
+        return False
+    p, dims = lay.prefix, lay.dims
+    groups = {axis: tap_groups(dims[f"k{axis}"], dims[f"stride_{axis}"], dims["r"]) for axis in "hw"}
+    for axis, key in (("h", "y"), ("w", "x")):
+        first = [g[0][0] for g in groups[axis]]
+        assert all([d for d, _ in g] == list(range(g[0][0], g[0][0] + len(g))) for g in groups[axis])
+        em.const_arrays[f"{p}_patch_d{key}"] = np.asarray(first, dtype=np.int8)
+        em.const_arrays[f"{p}_patch_n{key}"] = np.asarray([len(g) for g in groups[axis]], dtype=np.int8)
+    counts = [len(gy) * len(gx) for gy in groups["h"] for gx in groups["w"]]
+    em.const_arrays[f"{p}_wsum_at"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    em.const_arrays[f"{p}_wsum"] = patch_weight_sums(layer, dims["r"], frozen)
+    dims.update(sr_h=dims["stride_h"] * dims["r"], sr_w=dims["stride_w"] * dims["r"], sum_c=frozen,
+                max_patches=max(map(len, groups["h"])) * max(map(len, groups["w"])),
+                clean_h=clean_inputs(dims["in_h"], dims["out_h"], dims["kh"], dims["stride_h"], dims["pad_top"],
+                                     dims["r"]),
+                clean_w=clean_inputs(dims["in_w"], dims["out_w"], dims["kw"], dims["stride_w"], dims["pad_left"],
+                                     dims["r"]))
+    return True
+
+
 def _quad_oc_update(dims: dict, weights: bool, depthwise: bool, saved: str) -> bool:
     """Whether a trained conv's weight gradient takes four output channels a step with int32 sums
-    (conv_weight_update_s8): 1x1, stride 1, unpadded, ungrouped, r = 1, a multiple of four output channels, and
-    OUT_HW products of |x - z_x| <= 255 and |G_acc| <= 2^14 within int32."""
+    (conv_weight_update_s8): 1x1, stride 1, unpadded, ungrouped, a multiple of four output channels, and its
+    products within int32: OUT_HW of |x - z_x| <= 255 and |G_acc| <= 2^14 at r = 1, or, filtered, one a patch
+    of its saved patch sum (|sum| <= 255 r^2) and the patch's G_acc."""
     geometry = (dims["kh"], dims["kw"], dims["stride_h"], dims["stride_w"], dims["pad_top"], dims["pad_left"],
-                dims["groups"], dims["r"])
-    return (weights and not depthwise and geometry == (1, 1, 1, 1, 0, 0, 1, 1) and saved in ("channels", "tensor")
-            and dims["out_c"] % 4 == 0 and sums_fit_int32(dims["out_hw"], 255)
+                dims["groups"])
+    r = dims["r"]
+    fits = (sums_fit_int32(dims["out_hw"], 255) and saved in ("channels", "tensor") if r == 1
+            else sums_fit_int32(dims["patches"], 255 * r * r) and saved == "patches")
+    return (weights and not depthwise and geometry == (1, 1, 1, 1, 0, 0, 1) and fits and dims["out_c"] % 4 == 0
             and (dims["in_h"], dims["in_w"]) == (dims["out_h"], dims["out_w"]))
 
 

@@ -11,8 +11,11 @@ scratch a few percent fewer instructions. The scratch is planned only where it c
 
 from __future__ import annotations
 
+import numpy as np
+
 from tinygen.ir import model as ir
 from tinygen.ir.gradmath import GRAD_BITS
+from tinygen.planning.weight_store import weight_store
 
 ROW_BLOCK = 256  # most input-channel sums a 1x1 input gradient keeps at once (on the stack: 1 KB of int32)
 
@@ -120,3 +123,94 @@ def in_place_block(layer, trainer) -> int | None:
     h, w, c = layer.output.shape
     block = max((b for b in range(1, c + 1) if c % b == 0 and 2 * h * w * b <= IN_PLACE_BLOCK_BYTES), default=1)
     return block if block < c else None
+
+
+GROUP_R_MAX = 11  # a patch-summed weight adds at most r^2 int8 weights: |sum| <= 128 r^2 < 2^15 for r <= 11
+
+
+def tap_groups(k: int, stride: int, r: int) -> list[list[tuple[int, tuple[int, ...]]]]:
+    """On one axis of a conv whose output gradient is constant over r x r patches: for each phase f of an input
+    position i (f = (i + pad) mod stride r), the patches its taps reach, as (d, taps) with d ascending. Tap k
+    reads output (i + pad - k) / stride where that divides, in patch (i + pad) // (stride r) + d with
+    d = floor((f - k) / (stride r)); so the phase alone decides which taps share a patch (docs/numerics.md §5)."""
+    sr = stride * r
+    out = []
+    for f in range(sr):
+        groups: dict[int, list[int]] = {}
+        for tap in range(k):
+            if (f - tap) % stride == 0:
+                groups.setdefault((f - tap) // sr, []).append(tap)
+        out.append([(d, tuple(taps)) for d, taps in sorted(groups.items())])
+    return out
+
+
+def clean_inputs(n_in: int, n_out: int, k: int, stride: int, pad: int, r: int) -> int:
+    """The first input position on an axis whose taps may read an output beyond the map inside the last, partial
+    patch (n_out not a multiple of r): there the patch's gradient is not the tap's, and the input gradient takes
+    the taps one by one. n_in where every position is clean."""
+    edge = -(-n_out // r) * r
+    for i in range(n_in):
+        if any((i + pad - tap) % stride == 0 and n_out <= (i + pad - tap) // stride < edge for tap in range(k)):
+            return i
+    return n_in
+
+
+def structured_channels(layer, trainer) -> int:
+    """Channels of a depthwise conv (one output each, dilation 1) whose input gradient of a filtered (r > 1) output
+    gradient takes per patch the sum of the filter's taps that land in it, from build-time sums in flash
+    (`patch_weight_sums`): the frozen ones, whose weights do not change; 0 where none."""
+    r = trainer.scheme.filter_r(layer.name)
+    if r == 1 or r > GROUP_R_MAX or not ir.is_depthwise(layer, 1) or layer.dilation != (1, 1):
+        return 0
+    if not any(t in trainer.needs_grad for t in layer.inputs) or not sums_fit_int32(layer.kernel[0] * layer.kernel[1]):
+        return 0
+    tl = trainer.trained.get(layer.name)
+    if tl is None or not tl.update.channels:
+        return layer.groups
+    split = weight_store(layer, tl.update.channels).split_k
+    return layer.groups - split if split else 0
+
+
+def patch_weight_sums(layer, r: int, frozen: int) -> np.ndarray:
+    """The last `frozen` channels' patch-summed weights, int16, in the order the kernel reads them: phase row fy,
+    phase column fx, then each (patch row, patch column) the phase reaches (`tap_groups`), then channel."""
+    w = layer.weight[layer.groups - frozen:, :, :, 0].astype(np.int32)  # (C, kh, kw)
+    gy = tap_groups(layer.kernel[0], layer.stride[0], r)
+    gx = tap_groups(layer.kernel[1], layer.stride[1], r)
+    rows = [w[:, list(ty), :][:, :, list(tx)].sum(axis=(1, 2))
+            for fy in gy for fx in gx for _, ty in fy for _, tx in fx]
+    return np.stack(rows).astype(np.int16).ravel()
+
+
+def structured_bytes(layer, trainer) -> int:
+    """Flash bytes of a layer's patch-summed weights (0 where its input gradient takes the taps one by one)."""
+    frozen = structured_channels(layer, trainer)
+    if not frozen:
+        return 0
+    r = trainer.scheme.filter_r(layer.name)
+    ny = sum(len(g) for g in tap_groups(layer.kernel[0], layer.stride[0], r))
+    nx = sum(len(g) for g in tap_groups(layer.kernel[1], layer.stride[1], r))
+    return 2 * frozen * ny * nx
+
+
+
+def _axis_counts(n_in: int, n_out: int, k: int, stride: int, pad: int, r: int) -> tuple[int, list, list]:
+    """On one axis: the first unclean position (`clean_inputs`), and per input position the patches in the map
+    its taps reach and the taps that land in the map."""
+    sr, patches = stride * r, -(-n_out // r)
+    groups = tap_groups(k, stride, r)
+    reach = [sum(0 <= (i + pad) // sr + d < patches for d, _ in groups[(i + pad) % sr]) for i in range(n_in)]
+    taps = [sum((i + pad - t) % stride == 0 and 0 <= (i + pad - t) // stride < n_out for t in range(k))
+            for i in range(n_in)]
+    return clean_inputs(n_in, n_out, k, stride, pad, r), reach, taps
+
+
+def patch_summed_macs(layer, in_shape, r: int, channels: int) -> int:
+    """Products of a patch-summed depthwise input gradient over `channels` channels (`in_shape` its input's): per
+    input pixel one a patch in the map its taps reach, or, where a tap may read past the map inside the last
+    partial patch, one a tap that lands in the map, as the kernel takes them."""
+    (cy, ry, ty), (cx, rx, tx) = (
+        _axis_counts(in_shape[a], layer.output.shape[a], layer.kernel[a], layer.stride[a], layer.padding[2 * a], r)
+        for a in (0, 1))
+    return channels * sum(ry[i] * rx[j] if i < cy and j < cx else ty[i] * tx[j]
+                          for i in range(len(ry)) for j in range(len(rx)))

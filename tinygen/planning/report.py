@@ -9,6 +9,7 @@ import numpy as np
 
 from tinygen.ir import model as ir
 from tinygen.planning.arena import lower_bound
+from tinygen.planning.backward import patch_summed_macs, structured_bytes, structured_channels
 from tinygen.planning.memory import RUNTIME_RESERVE, trained_state_bytes
 from tinygen.planning.schedule import MASK_BITS, patch_stage, plan_forward, plan_training
 from tinygen.planning.weight_store import weight_store
@@ -27,9 +28,14 @@ def layer_backward_macs(layer: ir.Layer, trainer, r: int | None = None) -> int:
     wants_dx = any(t in trainer.needs_grad for t in layer.inputs)
     frac = len(tl.update.channels) / ir.selectable_channels(layer) if tl and tl.update.channels else 0.0
     r = trainer.scheme.filter_r(layer.name) if r is None else r
-    # a 1x1 stride-1 convolution's input gradient of a filtered (patch-constant) G_acc is computed once a patch
+    # a 1x1 stride-1 convolution's input gradient of a filtered (patch-constant) G_acc is computed once a patch;
+    # a depthwise one's frozen channels take one product per patch their taps reach
     pointwise = isinstance(layer, ir.Conv2D) and layer.kernel == (1, 1) and layer.stride == (1, 1)
     dx = fwd // (r * r) if pointwise else fwd
+    summed = structured_channels(layer, trainer) if r == trainer.scheme.filter_r(layer.name) else 0
+    if summed:
+        in_shape = trainer.model.tensors()[layer.inputs[0]].shape
+        dx = dx * (layer.groups - summed) // layer.groups + patch_summed_macs(layer, in_shape, r, summed)
     return (dx if wants_dx else 0) + int(fwd * frac / (r * r))
 
 
@@ -75,11 +81,13 @@ def build_plan(model: ir.Model, trainer, board, budget: int, checkpoint: bool = 
             "trained_sram_bytes": (weight_store(layer, tl.update.channels).trained_part(w).size
                                    if tl and tl.update.channels else 0),
             "saved_bytes": sv.nbytes if sv else 0, "saved_form": sv.mode if sv else None,
+            "patch_sums_bytes": structured_bytes(layer, trainer) if trainer is not None else 0,
             "mask_bytes": -(-layer.output.size // MASK_BITS) if on_path else 0,
             "gradient_bytes": grad, "macs_forward": fwd, "macs_backward": bwd,
             "macs_backward_r1": layer_backward_macs(layer, trainer, 1) if trainer is not None else 0,
             "patches": patched["patches"] if patched and layer.name in patched["layer_macs"] else None,
         })
+    flash += sum(layer["patch_sums_bytes"] for layer in layers)
     ckpt = board.checkpoint.bytes if checkpoint and board.checkpoint is not None else 0
     flash += ckpt
     peak = arena + trained + RUNTIME_RESERVE
