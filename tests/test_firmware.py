@@ -243,6 +243,35 @@ def test_flash_overflow_on_a_tiny_board(model, tmp_path):
         write_project(model, tiny, tmp_path / "t")
 
 
+@needs_qemu
+def test_flash_overflow_leaves_patch_sums_out_before_building_for_size(tmp_path):
+    """A training build whose image overflows the flash at the board's flags by less than its patch-summed
+    depthwise weights: the build writes the sources again without them (the same integers, tap by tap) and keeps
+    the board's flags; the firmware still trains bit-exact in QEMU."""
+    from tinygen.ir.scheme import LayerUpdate, Scheme, first_channels, with_path_filter
+    from tinygen.planning.backward import structured_bytes
+    from tinygen.zoo.catalog import get_model
+
+    model = get_model("digits-cnn", classes=5)
+    conv1 = model.layer("conv1")
+    scheme = Scheme({"conv1": LayerUpdate(first_channels(conv1, model.tensors(), 1.0), True, 1)})
+    trainer = Trainer(model, with_path_filter(scheme, model, 2), TrainConfig())
+    sums = structured_bytes(model.layer("dw3"), trainer)
+    assert sums > 0
+    opts = FirmwareOptions(train=True, train_steps=3, samples=2)
+    f7 = load_board("stm32f746")
+    fitted = write_project(model, f7, tmp_path / "a", trainer, opts, expect_training)["firmware"]
+    assert "flash_fit" not in fitted
+    used = fitted["hw"]["sizes"]["flash_bytes"]
+    small = dataclasses.replace(f7, flash=[Region("FLASH", 0x08000000, used - sums // 2)])
+    m = write_project(model, small, tmp_path / "b", trainer, opts, expect_training)
+    fw = m["firmware"]
+    assert len(fw["flash_fit"]) == 1 and "dw3" in fw["flash_fit"][0] and "size_fallback" not in fw
+    assert fw["opt_flags"] == list(f7.opt_flags) and m["train"]["config"]["taps_only"] == ["dw3"]
+    assert "_dw3_wsum" not in (tmp_path / "b" / "src" / "tg_weights.c").read_text()
+    assert len(sim.simulate(tmp_path / "b").run.steps) == 3  # every loss and the checksum held to the reference
+
+
 # ---- QEMU ---------------------------------------------------------------------------------------------------------
 
 @needs_qemu

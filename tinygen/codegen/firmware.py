@@ -411,11 +411,13 @@ def _render_link(env, layout: Layout, filename: str, stack_bytes: int, arena_byt
 
 
 def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, options: FirmwareOptions | None = None,
-                   expect: Callable | None = None) -> dict:
+                   expect: Callable | None = None, shrink: Callable[[int], str | None] | None = None) -> dict:
     """Write DIR/firmware and, when the toolchain is present, build both ELFs. Returns the manifest section.
     `expect(x, labels, order)`: the reference's `TrainingExpectation` for training steps on the embedded samples
     in that order, whose losses and checksum the .robot of a training firmware holds (without it, that .robot
-    fails at once saying so)."""
+    fails at once saying so). `shrink(nbytes)`: where the image overflows the flash at the board's flags, writes the
+    sources again at least `nbytes` smaller computing the same integers, and says what it left out (None: nothing
+    left to leave out); only then is the image built for size."""
     opts = options or FirmwareOptions()
     n_samples = opts.samples
     if n_samples is None:
@@ -459,10 +461,14 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
 
     # board header + harness
     (fw / "tg_board.h").write_text(board_header(board, model.name, opts, ckpt))
-    (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
-        model_name=model.name, board_name=board.name, n_samples=n, train=opts.train, train_steps=opts.train_steps,
-        checkpoint_every=opts.checkpoint_every, checkpoint_model_id=model_id(Path(out) / "src"),
-        dump_trained=opts.train and opts.dump_trained))
+
+    def write_main() -> None:  # again where `shrink` rewrites src/: the checkpoint id is its CRC
+        (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
+            model_name=model.name, board_name=board.name, n_samples=n, train=opts.train,
+            train_steps=opts.train_steps, checkpoint_every=opts.checkpoint_every,
+            checkpoint_model_id=model_id(Path(out) / "src"), dump_trained=opts.train and opts.dump_trained))
+
+    write_main()
 
     # linker scripts
     hw_ld, qemu_ld = f"link_{board.name}.ld", "link_qemu.ld"
@@ -511,12 +517,23 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
                 armbuild.ElfJob(board.name, fw / hw_ld, fw / "build" / hw_elf, [], real.describe())]
         common, target = _split(sources)
         info["opt_flags"] = list(board.opt_flags)
-        try:
-            armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
-                                  board.opt_flags)
-        except armbuild.LinkOverflowError as exc:
+        overflow = None
+        while True:  # the board's flags; where the flash overflows, smaller sources first (`shrink`)
+            try:
+                armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs,
+                                      list(opts.extra_cflags), board.opt_flags)
+                break
+            except armbuild.LinkOverflowError as exc:
+                left_out = shrink(exc.nbytes) if shrink is not None and exc.kinds == {"flash"} else None
+                if left_out is None:
+                    overflow = exc
+                    break
+                info.setdefault("flash_fit", []).append(left_out)
+                write_main()
+        if overflow is not None:
+            exc = overflow
             if exc.kinds != {"flash"}:
-                raise
+                raise exc
             # the unrolled kernels' code is what grows with the board's speed flags: built for size, or refused
             armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
                                   armbuild.SIZE_OPT_FLAGS)

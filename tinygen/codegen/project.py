@@ -11,6 +11,7 @@ Layout of DIR:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,6 +27,7 @@ from tinygen.errors import TinygenError
 from tinygen.frontends import modelfile
 from tinygen.ir import model as ir
 from tinygen.ir.scheme import TrainConfig, load_scheme, scheme_to_json
+from tinygen.planning.backward import structured_bytes, taps_only_to_free
 from tinygen.reference.training import Trainer
 from tinygen.targets.boards import Board
 from tinygen.targets.hostbuild import HOST_CFLAGS, host_cc
@@ -45,6 +47,7 @@ def check_out_dir(out: Path) -> None:
 
 
 DATASET_FILE = "model/dataset.npz"
+SHRINK_MARGIN = 1024  # bytes a build frees beyond a flash overflow when it leaves patch sums out (their code too)
 
 
 SOURCE_TFLITE = "model/source.tflite"  # the .tflite a build was made from: `tinygen export` writes into a copy
@@ -112,7 +115,25 @@ def write_project(model: ir.Model, board: Board, out: Path, trainer=None, firmwa
 
         def expect(x: np.ndarray, labels: np.ndarray, order: list[int]):
             return expect_training(fresh, x, labels.astype(int), order, manifest["train"]["params"])
-    manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options, expect)
+    def shrink(nbytes: int) -> str | None:
+        """Leave out the patch-summed weights that save the fewest products per byte, at least `nbytes` of them
+        (the same integers, more products): the sources written again."""
+        nonlocal trainer
+        dropped = taps_only_to_free(model, trainer, nbytes + SHRINK_MARGIN)
+        new = [n for n in dropped if n not in trainer.config.taps_only]
+        if not new:
+            return None
+        freed = sum(structured_bytes(model.layer(n), trainer) for n in new)
+        trainer = Trainer(model, trainer.scheme, dataclasses.replace(trainer.config, taps_only=dropped))
+        regenerated = generate_training(model, trainer, out / "src")
+        manifest["train"]["config"] = trainer.config.to_json()
+        manifest["weight_bytes"] = regenerated.get("weight_bytes", regenerated.get("const_bytes"))
+        layers = f"{len(new)} depthwise layers take their" if len(new) > 1 else "1 depthwise layer takes its"
+        return (f"the image overflowed the flash by {nbytes:,} B at the board's flags: {layers} taps one by one "
+                f"instead of the patch-summed weights ({freed:,} B of flash: {', '.join(new)})")
+
+    manifest["firmware"] = write_firmware(model, board, out, facts, firmware_options, expect,
+                                          shrink if trainer is not None else None)
     if firmware_options is not None and firmware_options.dataset is not None:
         # the user's samples as the model's input codes: `tinygen verify` trains on them as the build did
         x, y, source = firmware_options.dataset.for_model(model)

@@ -93,6 +93,9 @@ class TrainConfig:
     accumulate: int = 1  # apply the summed update of every `accumulate` samples (gradient accumulation)
     lr_guard: int = LR_GUARD_STEPS  # halve the rate after this many saturated steps in a row (0: off)
     rounding: str = "nearest"  # weight updates to the master's last bit: "nearest" or "stochastic" (numerics §6.2)
+    # depthwise layers whose filtered input gradient takes its taps one by one instead of the patch-summed weights
+    # (planning.backward.structured_channels; the same integers): the build drops them to fit the flash
+    taps_only: tuple[str, ...] = ()
 
     @property
     def lr_varies(self) -> bool:
@@ -100,13 +103,17 @@ class TrainConfig:
         return bool(self.lr_halve_every or self.lr_guard)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "taps_only": list(self.taps_only)}
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
         """A build's recorded config; one recorded before the guard (stochastic rounding) existed had none."""
         keys = ("lr", "momentum", "lr_halve_every", "loss", "frac_bits", "accumulate", "lr_guard", "rounding")
-        return cls(**{"lr_guard": 0, "rounding": "nearest", **{k: d[k] for k in keys if k in d}}).check()
+        taps_only = d.get("taps_only", [])
+        if not (isinstance(taps_only, (list, tuple)) and all(isinstance(n, str) for n in taps_only)):
+            raise TinygenError("the recorded training config's taps_only must be a list of layer names; rebuild")
+        return cls(**{"lr_guard": 0, "rounding": "nearest", **{k: d[k] for k in keys if k in d}},
+                   taps_only=tuple(taps_only)).check()
 
     def check(self) -> TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -237,7 +244,7 @@ def scheme_to_json(scheme: Scheme) -> dict:
 
 
 def parse_update(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
-    """`--update`: full | last-K | bias | PATH.json[#key]."""
+    """`--update`: full | last-K | bias | layers:NAME,NAME,... (those layers wholly) | PATH.json[#key]."""
     if spec == "full":
         return full_scheme(model, filter_r)
     if spec == "bias":
@@ -254,6 +261,16 @@ def parse_update(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
         if k < 1:
             raise TinygenError(f"--update {spec}: use last-K with K >= 1 layers")
         return last_k_scheme(model, k, filter_r)
+    if spec.startswith("layers:"):
+        names = [n for n in spec[7:].split(",") if n]
+        weighted = {layer.name: layer for layer in weighted_layers(model)}
+        unknown = [n for n in names if n not in weighted]
+        if not names or unknown:
+            raise TinygenError(f"--update {spec}: name weighted layers of {model.name} after layers: "
+                               f"({', '.join(unknown) or 'none given'} is not one; they are {', '.join(weighted)})")
+        tensors = model.tensors()
+        return Scheme({n: LayerUpdate(first_channels(weighted[n], tensors, 1.0), True, filter_r) for n in names},
+                      spec)
     return load_scheme(spec, model, filter_r)
 
 

@@ -158,9 +158,12 @@ def clean_inputs(n_in: int, n_out: int, k: int, stride: int, pad: int, r: int) -
 def structured_channels(layer, trainer) -> int:
     """Channels of a depthwise conv (one output each, dilation 1) whose input gradient of a filtered (r > 1) output
     gradient takes per patch the sum of the filter's taps that land in it, from build-time sums in flash
-    (`patch_weight_sums`): the frozen ones, whose weights do not change; 0 where none."""
+    (`patch_weight_sums`): the frozen ones, whose weights do not change; 0 where none, or where the build left
+    the layer's sums out to fit the flash (`TrainConfig.taps_only`, `taps_only_to_free`)."""
     r = trainer.scheme.filter_r(layer.name)
     if r == 1 or r > GROUP_R_MAX or not ir.is_depthwise(layer, 1) or layer.dilation != (1, 1):
+        return 0
+    if layer.name in trainer.config.taps_only:
         return 0
     if not any(t in trainer.needs_grad for t in layer.inputs) or not sums_fit_int32(layer.kernel[0] * layer.kernel[1]):
         return 0
@@ -214,3 +217,25 @@ def patch_summed_macs(layer, in_shape, r: int, channels: int) -> int:
         for a in (0, 1))
     return channels * sum(ry[i] * rx[j] if i < cy and j < cx else ty[i] * tx[j]
                           for i in range(len(ry)) for j in range(len(rx)))
+
+
+def taps_only_to_free(model, trainer, nbytes: int) -> tuple[str, ...]:
+    """The layers whose patch-summed weights a build leaves out to free at least `nbytes` of flash: those that save
+    the fewest products per byte first (`TrainConfig.taps_only` extended); all of them where that is not enough."""
+    tensors = model.tensors()
+    candidates = []
+    for layer in model.layers:
+        size = structured_bytes(layer, trainer)
+        if size:
+            frozen = structured_channels(layer, trainer)
+            h, w, _ = tensors[layer.inputs[0]].shape
+            taps = frozen * h * w * layer.kernel[0] * layer.kernel[1]  # at most; the ordering needs no more
+            saved = taps - patch_summed_macs(layer, (h, w), trainer.scheme.filter_r(layer.name), frozen)
+            candidates.append((saved / size, layer.name, size))
+    dropped, freed = list(trainer.config.taps_only), 0
+    for _, name, size in sorted(candidates):
+        if freed >= nbytes:
+            break
+        dropped.append(name)
+        freed += size
+    return tuple(dropped)

@@ -36,9 +36,10 @@ class LinkOverflowError(BuildError):
     """The firmware does not fit the board: a memory region overflowed at link time. `kinds`: what the overflowed
     regions are ("flash", "sram", ...: the first word of their descriptions)."""
 
-    def __init__(self, message: str, kinds: frozenset[str] = frozenset()):
+    def __init__(self, message: str, kinds: frozenset[str] = frozenset(), nbytes: int = 0):
         super().__init__(message)
         self.kinds = kinds
+        self.nbytes = nbytes  # the largest overflow, in bytes
 
 
 # the flags a firmware whose code does not fit the flash at the board's `opt_flags` is built with instead
@@ -150,7 +151,8 @@ def _explain_failure(job: ElfJob, text: str) -> BuildError:
             parts.append(f"region {r} ({job.regions.get(r, 'memory')}{what}) overflowed by {n:,} bytes")
         kinds = frozenset(job.regions.get(r, "memory").split(",")[0].split()[0] for r in overflows)
         return LinkOverflowError(f"the firmware does not fit when linking {job.elf.name}: {' and '.join(parts)}; "
-                                 "choose a smaller model or input, or a board with more memory", kinds)
+                                 "choose a smaller model or input, or a board with more memory", kinds,
+                                 max(overflows.values()))
     m = _ASSERT.search(text)
     if m:
         return BuildError(f"linking {job.elf.name} failed a layout check: {m.group(1).strip()}")
