@@ -62,3 +62,26 @@ def test_a_partial_mnist128_run_replaces_only_its_own_rows(tmp_path):
     assert got == {("a", "int", 0.7), ("a", "float", 0.5), ("b", "int", 0.8)} and dropped == [("m", "b")]
     transfer128.save(rows("c", 0.1), "mnist128", tmp_path)
     assert {r["update"] for r in json.loads(path.read_text())["results"]} == {"c"}
+
+
+def test_bench_transfer_runs_each_requested_filter(monkeypatch, tmp_path):
+    """`tinygen bench transfer` on a small task: the wiring from the CLI to each run (the runs themselves stubbed:
+    a real one trains for minutes), r = 1 always, the trained layers' r and auto, and the path filter."""
+    from click.testing import CliRunner
+
+    from tinygen.cli import main
+
+    calls = []
+
+    def fake_run(task, update, method, filter_r=1, epochs=None, limit=None, seed=0, path_r=1):
+        calls.append((method, filter_r, path_r))
+        label = method if method != "int" else f"int r={filter_r}" + (f" path r={path_r}" if path_r > 1 else "")
+        return transfer.TransferResult(task, update, label, 0.5, 10, 0.0)
+
+    monkeypatch.setattr(transfer, "run", fake_run)
+    monkeypatch.setattr(transfer, "transfer_start", lambda task: (type("M", (), {"name": "stub"})(),))
+    r = CliRunner().invoke(main, ["bench", "transfer", "--task", "mnist14", "--update", "layers:conv1,fc",
+                                  "--filter-r", "auto", "--path-filter-r", "2", "--seeds", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert {c for c in calls if c[0] == "int"} == {("int", 1, 1), ("int", "auto", 1), ("int", 1, 2)}
+    assert "path r=2 cost" in r.output and (tmp_path / "transfer_mnist14.json").is_file()

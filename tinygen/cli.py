@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from tinygen.bench import filtering, speed, transfer, transfer128
-from tinygen.bench.suites import auto_fit, gradient_filter, master_bits, memory, schemes, selection
+from tinygen.bench import filtering, speed, transfer128
+from tinygen.bench.suites import auto_fit, gradient_filter, master_bits, memory, schemes, selection, transfer
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.bench.transfer128 import TASKS128
 from tinygen.codegen.firmware import FirmwareOptions, describe_clock
@@ -44,6 +44,7 @@ from tinygen.planning.report import build_plan, plan_table, timeline_svg
 from tinygen.reference.training import Trainer
 from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
+from tinygen.training.filtering import AUTO_RS, AUTO_SAMPLES, auto_filter_r
 from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
 from tinygen.verify.compare import expect_training
@@ -73,6 +74,28 @@ class FiniteRange(click.FloatRange):
 
 
 MOMENTUM = FiniteRange(min=0, max=1, max_open=True)
+
+
+class FilterR(click.ParamType):
+    """--filter-r: a patch side (1 = off) or "auto"."""
+
+    name = "r|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and value >= 1:
+            return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        try:
+            r = int(str(value))
+        except ValueError:
+            r = 0
+        if r < 1:
+            self.fail(f"{value!r} is neither a patch side (1, 2, 4, ...) nor auto", param, ctx)
+        return r
+
+
+FILTER_R = FilterR()
 
 
 def friendly(fn):
@@ -266,8 +289,9 @@ def _board_json(b) -> dict:
               help="With --update fisher (auto switches to it): rename channels most important first (the same "
                    "function), so each layer trains its most important channels, not its first ones; the order "
                    "goes to scheme.json.")
-@click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Gradient-filter patch size r for every trained layer (1 = off).")
+@click.option("--filter-r", type=FILTER_R, default="1", show_default=True,
+              help="Gradient-filter patch size r for every trained layer (1 = off), or auto: per layer, from its map "
+                   "(at least 2r x 2r) and the gradient cosine to r = 1 on a few samples (recorded in scheme.json).")
 @click.option("--path-filter-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Also filter the output gradient of every frozen convolution on the gradient path whose map is at "
                    "least 2r x 2r, with patch size r (1 = off): fewer backward MACs, an approximate gradient.")
@@ -355,6 +379,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                                       dump_trained=dump_trained),
                       expect_training, tflite, softmax)
 
+    if trainer is not None and m["train"]["config"].get("taps_only"):  # the build left patch sums out to fit
+        trainer = Trainer(model, trainer.scheme, TrainConfig.from_json(m["train"]["config"]))
     p = build_plan(model, trainer, b, budget, checkpoint=bool(checkpoint_every))
     (Path(out) / "plan.json").write_text(json.dumps(p, indent=1) + "\n")
     (Path(out) / "memory_timeline.svg").write_text(timeline_svg(p))
@@ -385,6 +411,8 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
     fw = m.get("firmware") or {}
     if fw.get("samples"):
         click.echo(f"firmware: {fw['samples_source']} embedded ({fw['samples_why']})")
+    for line in fw.get("flash_fit", []):
+        click.echo(f"firmware: {line}")
     if fw.get("size_fallback"):
         click.echo(f"firmware: {fw['size_fallback']}")
     click.echo(describe_clock(b, clock))
@@ -400,10 +428,27 @@ def _path_filter(trainer: Trainer, r: int) -> Trainer:
 def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_halve_every, loss="ce", accumulate=1,
                     macs_budget=None, reorder=False, lr_guard=LR_GUARD_STEPS, rounding=None,
                     master_bits=TrainConfig.frac_bits, dataset=None):
-    """The reference Trainer for the requested update scheme (None without training)."""
+    """The reference Trainer for the requested update scheme (None without training); `filter_r` "auto": the
+    scheme chosen at r = 1, then each layer's r (`training.filtering.auto_filter_r`)."""
     if not train:
         return None
+    trainer = _select_trainer(model, budget, update, 1 if filter_r == "auto" else filter_r, lr, momentum,
+                              lr_halve_every, loss, accumulate, macs_budget, reorder, lr_guard, rounding,
+                              master_bits, dataset)
+    if filter_r != "auto":
+        return trainer
+    x, y, source = training_samples(trainer.model, AUTO_SAMPLES, dataset)
+    click.echo(f"--filter-r auto: each layer's r from its map and the gradient cosines on {source} ...", err=True)
+    trainer, choices = auto_filter_r(trainer, x, y)
+    rows = [[c.layer, "x".join(map(str, c.output)), str(c.cap), c.measured or "-",
+             *[f"{c.cosine[r]:.3f}" if r in c.cosine else "-" for r in AUTO_RS], str(c.r)] for c in choices]
+    click.echo(table(["layer", "output", "map allows r", "cosine of", *[f"r={r}" for r in AUTO_RS], "r"], rows,
+                     "lllr" + "r" * len(AUTO_RS) + "r"), err=True)
+    return trainer
 
+
+def _select_trainer(model, budget, update, filter_r, lr, momentum, lr_halve_every, loss, accumulate, macs_budget,
+                    reorder, lr_guard, rounding, master_bits, dataset):
     config = TrainConfig(lr=lr, momentum=momentum, lr_halve_every=lr_halve_every, loss=loss,
                          accumulate=accumulate, lr_guard=lr_guard, frac_bits=master_bits,
                          rounding=rounding or default_rounding(master_bits)).check()
@@ -446,7 +491,7 @@ def _choose_trainer(model, budget, train, update, filter_r, lr, momentum, lr_hal
 @click.option("--update", default="auto", show_default=True, help="As for build (auto, deepest, full, ...).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None, help="As for build.")
 @click.option("--reorder-channels", is_flag=True, help="As for build.")
-@click.option("--filter-r", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--filter-r", type=FILTER_R, default="1", show_default=True, help="As for build (r or auto).")
 @click.option("--path-filter-r", type=click.IntRange(min=1), default=1, show_default=True, help="As for build.")
 @click.option("--momentum", type=MOMENTUM, default=0.0, show_default=True)
 @MASTER_BITS_OPTION
@@ -606,7 +651,10 @@ def bench_selection(task, budgets, seeds, out):
               default=["digits", "mnist", "mnist14"], show_default=True)
 @click.option("--update", "updates", multiple=True, default=["last-1", "last-2", "last-3", "full"],
               show_default=True)
-@click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=[1, 2], show_default=True)
+@click.option("--filter-r", "rs", multiple=True, type=FILTER_R, default=["1", "2"], show_default=True,
+              help="The trained layers' patch sides (or auto), each a run.")
+@click.option("--path-filter-r", "path_rs", multiple=True, type=click.IntRange(min=2), default=[],
+              help="Also a run where every frozen convolution on the gradient path filters at this r (small tasks).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Sample orders averaged per configuration.")
 @click.option("--float-nq", is_flag=True,
@@ -631,8 +679,8 @@ def bench_selection(task, budgets, seeds, out):
                    "of the same schemes (those of an `auto` that now chooses another scheme are dropped).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
 @friendly
-def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, halve_every, master_bits, rounding,
-                   int_only, out):
+def bench_transfer(tasks, updates, rs, path_rs, seeds, float_nq, jobs, cache, labels, halve_every, master_bits,
+                   rounding, int_only, out):
     """Transfer learning: integer on-device training vs float SGD (fake-quant) vs none.
 
     digits/mnist/mnist14/mnist-mbv2: pretrained on classes 0-4, trained on 5-9. mnist128: the MIT ImageNet models
@@ -642,7 +690,8 @@ def bench_transfer(tasks, updates, rs, seeds, float_nq, jobs, cache, labels, hal
     rounding = rounding or default_rounding(master_bits)
     small = [t for t in tasks if t not in TASKS128]
     if small:
-        transfer(small, list(updates), sorted(set(rs) | {1}), out, log=click.echo, seeds=seeds, float_nq=float_nq)
+        transfer(small, list(updates), [1] + [r for r in dict.fromkeys(rs) if r != 1], out, log=click.echo,
+                 seeds=seeds, float_nq=float_nq, path_rs=tuple(dict.fromkeys(path_rs)))
     for task in (t for t in tasks if t in TASKS128):
         results = transfer128.bench(task, seeds, labels=list(labels) or None, jobs=jobs, log=click.echo,
                                     cache_dir=cache, halve_every=halve_every, rounding=rounding,
@@ -698,8 +747,9 @@ def bench_schemes(task, seeds, out):
               default=list(filtering.MODELS), show_default=True)
 @click.option("--schemes", "schemes", multiple=True, type=click.Choice(list(speed.SCHEMES)),
               default=list(speed.SCHEMES), show_default=True)
-@click.option("--filter-r", "rs", multiple=True, type=click.IntRange(min=1), default=list(filtering.RS),
-              show_default=True, help="Patch sides; r > 1 filters the trained layers and the frozen ones on the path.")
+@click.option("--filter-r", "rs", multiple=True, type=FILTER_R, default=list(filtering.RS), show_default=True,
+              help="Patch sides; r > 1 filters the trained layers and the frozen ones on the path; auto: each layer's "
+                   "r as build --filter-r auto chooses it.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel builds and runs (default: cores).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)

@@ -2,10 +2,11 @@
 
 Each MIT model x published scheme x r is built as `tinygen build ... --filter-r r --path-filter-r r` builds it
 (r = 1: no filter; the trained layers and every frozen convolution on the gradient path whose map is at least
-2r x 2r filter with patch side r) and run by `tinygen sim`'s path, bit-exact with the reference. Per row: the
-planner's backward MACs, instructions per inference and per training step (QEMU -icount shift=0), the backward
-part (step - inference) and its ratio to r = 1, where the backward goes (`tinygen sim --profile`), and the bytes
-the trained layers keep of their inputs. Emulators count instructions, not cycles.
+2r x 2r filter with patch side r; "auto": each layer's r as `--filter-r auto` chooses it) and run by
+`tinygen sim`'s path, bit-exact with the reference. Per row: the planner's backward MACs, instructions per
+inference and per training step (QEMU -icount shift=0), the backward part (step - inference) and its ratio to
+r = 1, where the backward goes (`tinygen sim --profile`), the bytes the trained layers keep of their inputs,
+peak SRAM and flash. Emulators count instructions, not cycles.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tinygen.report import table
 from tinygen.verify.profile import run_profile
 
 MODELS = ("mcunet-5fps", "mbv2-w0.35")
-RS = (1, 2, 4)
+RS = (1, 2, 4, "auto")
 BOARD = "stm32f746"
 BACKWARD_KINDS = ("output gradient", "input gradient", "weight gradient + update")
 # Yang et al. (CVPR 2023), the claims tinygen's figures stand beside
@@ -82,14 +83,15 @@ def report(rows: list[dict]) -> str:
                      f"{r['inference_instructions'] / 1e6:.2f}", f"{r['step_instructions'] / 1e6:.2f}",
                      f"{bwd / 1e6:.2f}", f"{ratio:.2f}x" if ratio is not None else "",
                      *[f"{kinds[k] / 1e6:.2f}" for k in BACKWARD_KINDS], f"{r['saved_bytes']:,}",
-                     f"{r['peak_sram_bytes']:,}"])
+                     f"{r['peak_sram_bytes']:,}", f"{r['flash_bytes']:,}"])
     head = ["model", "scheme", "r", "filtered (frozen)", "bwd M MACs", "M instr/infer", "M instr/step", "M backward",
-            "vs r=1", "M out grad", "M in grad", "M w grad+upd", "saved B", "peak SRAM B"]
+            "vs r=1", "M out grad", "M in grad", "M w grad+upd", "saved B", "peak SRAM B", "flash B"]
     note = ("filtered (frozen): layers that filter their output gradient (of them, frozen ones on the path). "
             f"QEMU mps2-an500 -icount shift=0 ({BOARD} build), bit-exact with the reference; backward = step - "
-            "inference (plain image); the three kinds from `tinygen sim --profile` (profile image). Emulators count "
+            "inference (plain image); the three kinds from `tinygen sim --profile` (profile image); flash: the QEMU "
+            "image's text + rodata + data. Emulators count "
             f"instructions, not cycles. For comparison: {PAPER}.")
-    return table(head, body, "llrr" + "r" * 10) + "\n" + note
+    return table(head, body, "llrr" + "r" * 11) + "\n" + note
 
 
 def save(rows: list[dict], out: Path | None) -> Path:

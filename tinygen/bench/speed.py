@@ -21,6 +21,7 @@ from tinygen.bench.suites import SCHEME_KEYS, _save
 from tinygen.codegen.firmware import FirmwareOptions
 from tinygen.codegen.project import write_project
 from tinygen.errors import TinygenError
+from tinygen.frontends.inputs import training_samples
 from tinygen.ir.scheme import TrainConfig, load_scheme, with_path_filter
 from tinygen.paths import shared_dir
 from tinygen.planning.memory import check_fits, sram_budget
@@ -28,6 +29,7 @@ from tinygen.planning.report import build_plan
 from tinygen.reference.training import Trainer
 from tinygen.report import table
 from tinygen.targets.boards import load_board
+from tinygen.training.filtering import AUTO_SAMPLES, auto_filter_r
 from tinygen.verify.profile import KIND_ORDER, run_profile
 from tinygen.verify.sim import simulate
 from tinygen.zoo.resolve import resolve_model
@@ -79,14 +81,20 @@ def _scheme_spec(model: str, scheme: str) -> tuple[str, str]:
     return f"{root}/models/mit-tiny-training/sparse_schemes.json#{name}", name
 
 
-def measure(model_name: str, scheme: str, r: int, board_name: str, workdir: Path, timeout: float = 600.0,
+def measure(model_name: str, scheme: str, r: int | str, board_name: str, workdir: Path, timeout: float = 600.0,
             path_r: int = 1) -> SpeedRow:
     """Build one configuration into `workdir` and run it under QEMU; raises on any mismatch. `path_r`: the frozen
-    layers on the gradient path filter too (`with_path_filter`)."""
+    layers on the gradient path filter too (`with_path_filter`). `r` "auto": each layer's r as `--filter-r auto`
+    chooses it (no path filter)."""
     spec, name = _scheme_spec(model_name, scheme)
     board = load_board(board_name)
     model = resolve_model(model_name, CLASSES)
-    trainer = Trainer(model, with_path_filter(load_scheme(spec, model, r), model, path_r), TrainConfig())
+    if r == "auto":
+        trainer = Trainer(model, load_scheme(spec, model, 1), TrainConfig())
+        x, y, _ = training_samples(model, AUTO_SAMPLES)
+        trainer = auto_filter_r(trainer, x, y)[0]
+    else:
+        trainer = Trainer(model, with_path_filter(load_scheme(spec, model, r), model, path_r), TrainConfig())
     budget = sram_budget(board)
     check_fits(model, trainer, board, budget)
     m = write_project(model, board, workdir, trainer,

@@ -77,11 +77,12 @@ def gradient_filter(models: list[str], samples: int, rs: list[int], out: Path | 
     return payload
 
 
-def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | None, log=print,
-             seeds: int = 3, float_nq: bool = False) -> dict:
+def transfer(tasks: list[str], updates: list[str], rs: list, out: Path | None, log=print,
+             seeds: int = 3, float_nq: bool = False, path_rs: tuple[int, ...] = ()) -> dict:
     """Accuracy of on-device (integer, bit-exact) training vs float SGD of the same layers (fake-quantized
     like the int8 network; with float_nq also unquantized) vs none, each the mean over `seeds` sample
-    orders from the same start."""
+    orders from the same start. `rs`: the trained layers' filter (an int or "auto"); `path_rs`: also with every
+    frozen convolution on the gradient path filtering at that r (the trained layers at r = 1)."""
 
     rows, results = [], []
     for task in tasks:
@@ -90,20 +91,23 @@ def transfer(tasks: list[str], updates: list[str], rs: list[int], out: Path | No
         log(f"[{task}] pretrained {model.name} on classes 0-4 in {time.perf_counter() - t0:.1f} s; "
             f"training on classes 5-9, lr {T.TASKS[task].lr}, {T.TASKS[task].epochs} epochs, batch 1")
         for update in updates:
-            runs = [("none", 1), ("float", 1)] + [("float-nq", 1)] * float_nq + [("int", r) for r in rs]
+            runs = [("none", 1, 1), ("float", 1, 1)] + [("float-nq", 1, 1)] * float_nq + [("int", r, 1) for r in rs]
+            runs += [("int", 1, p) for p in path_rs]
             accs = {}
-            for method, r in runs:
-                reps = [T.run(task, update, method, r, seed=s) for s in range(1 if method == "none" else seeds)]
+            for method, r, p in runs:
+                reps = [T.run(task, update, method, r, seed=s, path_r=p)
+                        for s in range(1 if method == "none" else seeds)]
                 accs[reps[0].method] = float(np.mean([x.accuracy for x in reps]))
                 results.extend(x.__dict__ for x in reps)
                 log(f"  {update:8s} {reps[0].method:9s} {100 * accs[reps[0].method]:6.2f}%  "
                     f"(per order: {', '.join(f'{100 * x.accuracy:.1f}' for x in reps)}; {reps[0].steps} steps each)")
             rows.append([task, update, *[f"{100 * accs[k]:.2f}" for k in accs],
                          f"{100 * (accs['int r=1'] - accs['float']):+.2f}",
-                         *[f"{100 * (accs[f'int r={r}'] - accs['int r=1']):+.2f}" for r in rs if r != 1]])
+                         *[f"{100 * (accs[f'int r={r}'] - accs['int r=1']):+.2f}" for r in rs if r != 1],
+                         *[f"{100 * (accs[f'int r=1 path r={p}'] - accs['int r=1']):+.2f}" for p in path_rs]])
     headers = ["task", "update", "none", "float SGD (fake-quant)", *["float SGD (no quant)"] * float_nq,
-               *[f"int r={r}" for r in rs], "int-float",
-               *[f"r={r} cost" for r in rs if r != 1]]
+               *[f"int r={r}" for r in rs], *[f"int path r={p}" for p in path_rs], "int-float",
+               *[f"r={r} cost" for r in rs if r != 1], *[f"path r={p} cost" for p in path_rs]]
     log(table(headers, rows, "ll" + "r" * (len(headers) - 2)))
     path = _save(out, "transfer_" + "-".join(tasks), {"results": results, "seeds": seeds, "float": "fake-quant",
                                    "tasks": {t: T.TASKS[t].__dict__ for t in tasks}})

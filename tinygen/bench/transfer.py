@@ -20,10 +20,11 @@ import numpy as np
 
 from tinygen.frontends import datasets
 from tinygen.frontends.inputs import quantize_images
-from tinygen.ir.scheme import TrainConfig, parse_update
+from tinygen.ir.scheme import TrainConfig, parse_update, with_path_filter
 from tinygen.reference.float_grad import FloatTrainer
 from tinygen.reference.forward import run_model
 from tinygen.reference.training import Trainer
+from tinygen.training.filtering import AUTO_SAMPLES, auto_filter_r
 from tinygen.zoo import floatnn as F
 from tinygen.zoo import ptq
 from tinygen.zoo.catalog import RECIPES, digits_cnn, mnist_cnn, replace_head, small_cnn
@@ -124,19 +125,23 @@ class TransferResult:
     seconds: float
 
 
-def run(task_name: str, update: str, method: str, filter_r: int = 1, epochs: int | None = None,
-        limit: int | None = None, seed: int = SEED) -> TransferResult:
+def run(task_name: str, update: str, method: str, filter_r: int | str = 1, epochs: int | None = None,
+        limit: int | None = None, seed: int = SEED, path_r: int = 1) -> TransferResult:
     """Train `update` layers of the transfer start with `method` ('none' | 'float' | 'float-nq' | 'int') and
     test. 'float' is float SGD with the int8 network's quantization as fake quantization (like for like);
-    'float-nq' is float SGD without any."""
+    'float-nq' is float SGD without any. `filter_r` "auto": each layer's r as `--filter-r auto` chooses it on the
+    first samples of the order; `path_r`: the frozen convolutions on the gradient path filter too."""
     task = TASKS[task_name]
     model, xq, y, xq_te, y_te, xf, xf_te = transfer_start(task_name)
     if limit:
         xq, y, xf = xq[:limit], y[:limit], xf[:limit]
     order = sample_order(task_name, len(y), seed, epochs)
     t0 = time.perf_counter()
-    scheme = parse_update(update, model, filter_r)
-    label = method if method != "int" else f"int r={filter_r}"
+    scheme = with_path_filter(parse_update(update, model, 1 if filter_r == "auto" else filter_r), model, path_r)
+    label = method if method != "int" else f"int r={filter_r}" + (f" path r={path_r}" if path_r > 1 else "")
+    if filter_r == "auto" and method == "int":
+        scheme = auto_filter_r(Trainer(model, scheme, TrainConfig(lr=task.lr)), xq[order[:AUTO_SAMPLES]],
+                               y[order[:AUTO_SAMPLES]])[0].scheme
     if method == "none":
         acc = _int_accuracy(model, xq_te, y_te)
     elif method == "int":
