@@ -756,7 +756,7 @@ def bench_schemes(task, seeds, out):
 @friendly
 def bench_filter(models, schemes, rs, jobs, timeout, out):
     """What gradient filtering (trained layers and the frozen path) saves: backward MACs and instructions on QEMU."""
-    rows = filtering.bench(list(models), list(schemes), sorted(set(rs)), jobs, log=click.echo, timeout=timeout)
+    rows = filtering.bench(list(models), list(schemes), list(dict.fromkeys(rs)), jobs, log=click.echo, timeout=timeout)
     click.echo(filtering.report(rows))
     click.echo(f"saved {filtering.save(rows, out)}")
 
