@@ -531,14 +531,13 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
                 info.setdefault("flash_fit", []).append(left_out)
                 write_main()
         if overflow is not None:
-            exc = overflow
-            if exc.kinds != {"flash"}:
-                raise exc
+            if overflow.kinds != {"flash"}:
+                raise overflow
             # the unrolled kernels' code is what grows with the board's speed flags: built for size, or refused
             armbuild.compile_elfs(fw, board.cpu_flags, common, target, INCLUDE_DIRS, jobs, list(opts.extra_cflags),
                                   armbuild.SIZE_OPT_FLAGS)
             info["opt_flags"] = list(armbuild.SIZE_OPT_FLAGS)
-            info["size_fallback"] = (f"the image did not fit the flash with {' '.join(board.opt_flags)} ({exc}); "
+            info["size_fallback"] = (f"the image did not fit the flash with {' '.join(board.opt_flags)} ({overflow}); "
                                      f"built with {' '.join(armbuild.SIZE_OPT_FLAGS)} instead (smaller code, slower)")
         info["compiled"] = True
         info["qemu"]["sizes"] = armbuild.elf_sizes(fw / "build" / QEMU_ELF)

@@ -26,15 +26,7 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import c_ident, layer_symbol
 from tinygen.ir.quant import round_half_away, split_multiplier
 from tinygen.ir.scheme import LR_GUARD_MAX_HALVINGS
-from tinygen.planning.backward import (
-    clean_inputs,
-    geometry,
-    input_gradient_blocks,
-    patch_weight_sums,
-    structured_channels,
-    sums_fit_int32,
-    tap_groups,
-)
+from tinygen.planning.backward import clean_inputs, geometry, input_gradient_blocks, patch_sums, sums_fit_int32
 from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, patch_stage, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
@@ -235,24 +227,19 @@ def _conv_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey:
 
 def _patch_sums(em: _Emit, lay: _Layer, layer) -> bool:
     """The tables of a depthwise input gradient that sums each frozen filter's taps per gradient patch
-    (planning.backward.structured_channels): per phase on each axis the first patch offset and the patch count,
-    per phase pair where its summed weights start, and the summed weights; False where it takes the taps one by
-    one."""
-    frozen = structured_channels(layer, em.trainer)
-    if not frozen:
+    (planning.backward.patch_sums): per phase on each axis the first patch offset and the patch count, per phase
+    pair where its summed weights start, and the summed weights; False where it takes the taps one by one."""
+    ps = patch_sums(layer, em.trainer)
+    if ps is None:
         return False
     p, dims = lay.prefix, lay.dims
-    groups = {axis: tap_groups(dims[f"k{axis}"], dims[f"stride_{axis}"], dims["r"]) for axis in "hw"}
-    for axis, key in (("h", "y"), ("w", "x")):
-        first = [g[0][0] for g in groups[axis]]
-        assert all([d for d, _ in g] == list(range(g[0][0], g[0][0] + len(g))) for g in groups[axis])
-        em.const_arrays[f"{p}_patch_d{key}"] = np.asarray(first, dtype=np.int8)
-        em.const_arrays[f"{p}_patch_n{key}"] = np.asarray([len(g) for g in groups[axis]], dtype=np.int8)
-    counts = [len(gy) * len(gx) for gy in groups["h"] for gx in groups["w"]]
-    em.const_arrays[f"{p}_wsum_at"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
-    em.const_arrays[f"{p}_wsum"] = patch_weight_sums(layer, dims["r"], frozen)
-    dims.update(sr_h=dims["stride_h"] * dims["r"], sr_w=dims["stride_w"] * dims["r"], sum_c=frozen,
-                max_patches=max(map(len, groups["h"])) * max(map(len, groups["w"])),
+    for key, groups in (("y", ps.rows), ("x", ps.cols)):
+        em.const_arrays[f"{p}_patch_d{key}"] = np.asarray([g[0][0] for g in groups], dtype=np.int8)
+        em.const_arrays[f"{p}_patch_n{key}"] = np.asarray([len(g) for g in groups], dtype=np.int8)
+    em.const_arrays[f"{p}_wsum_at"] = ps.starts()
+    em.const_arrays[f"{p}_wsum"] = ps.weights
+    dims.update(sr_h=dims["stride_h"] * dims["r"], sr_w=dims["stride_w"] * dims["r"], sum_c=ps.channels,
+                max_patches=max(map(len, ps.rows)) * max(map(len, ps.cols)),
                 clean_h=clean_inputs(dims["in_h"], dims["out_h"], dims["kh"], dims["stride_h"], dims["pad_top"],
                                      dims["r"]),
                 clean_w=clean_inputs(dims["in_w"], dims["out_w"], dims["kw"], dims["stride_w"], dims["pad_left"],

@@ -11,6 +11,8 @@ scratch a few percent fewer instructions. The scratch is planned only where it c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from tinygen.ir import model as ir
@@ -130,9 +132,10 @@ GROUP_R_MAX = 11  # a patch-summed weight adds at most r^2 int8 weights: |sum| <
 
 def tap_groups(k: int, stride: int, r: int) -> list[list[tuple[int, tuple[int, ...]]]]:
     """On one axis of a conv whose output gradient is constant over r x r patches: for each phase f of an input
-    position i (f = (i + pad) mod stride r), the patches its taps reach, as (d, taps) with d ascending. Tap k
-    reads output (i + pad - k) / stride where that divides, in patch (i + pad) // (stride r) + d with
-    d = floor((f - k) / (stride r)); so the phase alone decides which taps share a patch (docs/numerics.md §5)."""
+    position i (f = (i + pad) mod stride r), the patches its taps reach, as (d, taps) with d ascending and
+    contiguous. Tap k reads output (i + pad - k) / stride where that divides, in patch (i + pad) // (stride r) + d
+    with d = floor((f - k) / (stride r)); so the phase alone decides which taps share a patch (docs/numerics.md
+    §5). Successive taps of a phase move d by at most one, so the patches a phase reaches are contiguous."""
     sr = stride * r
     out = []
     for f in range(sr):
@@ -158,8 +161,8 @@ def clean_inputs(n_in: int, n_out: int, k: int, stride: int, pad: int, r: int) -
 def structured_channels(layer, trainer) -> int:
     """Channels of a depthwise conv (one output each, dilation 1) whose input gradient of a filtered (r > 1) output
     gradient takes per patch the sum of the filter's taps that land in it, from build-time sums in flash
-    (`patch_weight_sums`): the frozen ones, whose weights do not change; 0 where none, or where the build left
-    the layer's sums out to fit the flash (`TrainConfig.taps_only`, `taps_only_to_free`)."""
+    (`patch_sums`): the frozen ones, whose weights do not change; 0 where none, or where the build left the
+    layer's sums out to fit the flash (`TrainConfig.taps_only`, `taps_only_to_free`)."""
     r = trainer.scheme.filter_r(layer.name)
     if r == 1 or r > GROUP_R_MAX or not ir.is_depthwise(layer, 1) or layer.dilation != (1, 1):
         return 0
@@ -174,27 +177,40 @@ def structured_channels(layer, trainer) -> int:
     return layer.groups - split if split else 0
 
 
-def patch_weight_sums(layer, r: int, frozen: int) -> np.ndarray:
-    """The last `frozen` channels' patch-summed weights, int16, in the order the kernel reads them: phase row fy,
-    phase column fx, then each (patch row, patch column) the phase reaches (`tap_groups`), then channel."""
+@dataclass(frozen=True)
+class PatchSums:
+    """A layer's patch-summed weights as the kernel reads them: per phase on each axis the patches it reaches
+    (`tap_groups`), and the sums (int16) by phase row, phase column, each (patch row, patch column) the phase pair
+    reaches, then channel (the last `channels` of the layer)."""
+
+    rows: list  # tap_groups of the height axis
+    cols: list  # tap_groups of the width axis
+    channels: int
+    weights: np.ndarray
+
+    def starts(self) -> np.ndarray:
+        """Per phase pair (row-major) the index of its first (patch row, patch column) entry."""
+        counts = [len(gy) * len(gx) for gy in self.rows for gx in self.cols]
+        return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+
+
+def patch_sums(layer, trainer) -> PatchSums | None:
+    """The patch-summed weights of a layer's frozen channels (`structured_channels`); None where it has none."""
+    frozen = structured_channels(layer, trainer)
+    if not frozen:
+        return None
+    r = trainer.scheme.filter_r(layer.name)
     w = layer.weight[layer.groups - frozen:, :, :, 0].astype(np.int32)  # (C, kh, kw)
-    gy = tap_groups(layer.kernel[0], layer.stride[0], r)
-    gx = tap_groups(layer.kernel[1], layer.stride[1], r)
+    gy, gx = tap_groups(layer.kernel[0], layer.stride[0], r), tap_groups(layer.kernel[1], layer.stride[1], r)
     rows = [w[:, list(ty), :][:, :, list(tx)].sum(axis=(1, 2))
             for fy in gy for fx in gx for _, ty in fy for _, tx in fx]
-    return np.stack(rows).astype(np.int16).ravel()
+    return PatchSums(gy, gx, frozen, np.stack(rows).astype(np.int16).ravel())
 
 
 def structured_bytes(layer, trainer) -> int:
     """Flash bytes of a layer's patch-summed weights (0 where its input gradient takes the taps one by one)."""
-    frozen = structured_channels(layer, trainer)
-    if not frozen:
-        return 0
-    r = trainer.scheme.filter_r(layer.name)
-    ny = sum(len(g) for g in tap_groups(layer.kernel[0], layer.stride[0], r))
-    nx = sum(len(g) for g in tap_groups(layer.kernel[1], layer.stride[1], r))
-    return 2 * frozen * ny * nx
-
+    ps = patch_sums(layer, trainer)
+    return 0 if ps is None else ps.weights.nbytes
 
 
 def _axis_counts(n_in: int, n_out: int, k: int, stride: int, pad: int, r: int) -> tuple[int, list, list]:
@@ -208,15 +224,16 @@ def _axis_counts(n_in: int, n_out: int, k: int, stride: int, pad: int, r: int) -
     return clean_inputs(n_in, n_out, k, stride, pad, r), reach, taps
 
 
-def patch_summed_macs(layer, in_shape, r: int, channels: int) -> int:
-    """Products of a patch-summed depthwise input gradient over `channels` channels (`in_shape` its input's): per
-    input pixel one a patch in the map its taps reach, or, where a tap may read past the map inside the last
-    partial patch, one a tap that lands in the map, as the kernel takes them."""
+def depthwise_input_products(layer, in_shape, r: int, channels: int) -> tuple[int, int]:
+    """Products of a depthwise input gradient over `channels` channels (`in_shape` its input's): (patch-summed,
+    tap by tap). Patch-summed: per input pixel one a patch in the map its taps reach, or, where a tap may read past
+    the map inside the last partial patch, one a tap that lands in the map, as the kernel takes them."""
     (cy, ry, ty), (cx, rx, tx) = (
         _axis_counts(in_shape[a], layer.output.shape[a], layer.kernel[a], layer.stride[a], layer.padding[2 * a], r)
         for a in (0, 1))
-    return channels * sum(ry[i] * rx[j] if i < cy and j < cx else ty[i] * tx[j]
-                          for i in range(len(ry)) for j in range(len(rx)))
+    pixels = [(i, j) for i in range(len(ry)) for j in range(len(rx))]
+    summed = sum(ry[i] * rx[j] if i < cy and j < cx else ty[i] * tx[j] for i, j in pixels)
+    return channels * summed, channels * sum(ty[i] * tx[j] for i, j in pixels)
 
 
 def taps_only_to_free(model, trainer, nbytes: int) -> tuple[str, ...]:
@@ -227,11 +244,10 @@ def taps_only_to_free(model, trainer, nbytes: int) -> tuple[str, ...]:
     for layer in model.layers:
         size = structured_bytes(layer, trainer)
         if size:
-            frozen = structured_channels(layer, trainer)
-            h, w, _ = tensors[layer.inputs[0]].shape
-            taps = frozen * h * w * layer.kernel[0] * layer.kernel[1]  # at most; the ordering needs no more
-            saved = taps - patch_summed_macs(layer, (h, w), trainer.scheme.filter_r(layer.name), frozen)
-            candidates.append((saved / size, layer.name, size))
+            summed, taps = depthwise_input_products(layer, tensors[layer.inputs[0]].shape,
+                                                    trainer.scheme.filter_r(layer.name),
+                                                    structured_channels(layer, trainer))
+            candidates.append(((taps - summed) / size, layer.name, size))
     dropped, freed = list(trainer.config.taps_only), 0
     for _, name, size in sorted(candidates):
         if freed >= nbytes:

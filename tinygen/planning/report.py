@@ -9,7 +9,7 @@ import numpy as np
 
 from tinygen.ir import model as ir
 from tinygen.planning.arena import lower_bound
-from tinygen.planning.backward import patch_summed_macs, structured_bytes, structured_channels
+from tinygen.planning.backward import depthwise_input_products, structured_bytes, structured_channels
 from tinygen.planning.memory import RUNTIME_RESERVE, trained_state_bytes
 from tinygen.planning.schedule import MASK_BITS, patch_stage, plan_forward, plan_training
 from tinygen.planning.weight_store import weight_store
@@ -35,7 +35,7 @@ def layer_backward_macs(layer: ir.Layer, trainer, r: int | None = None) -> int:
     summed = structured_channels(layer, trainer) if r == trainer.scheme.filter_r(layer.name) else 0
     if summed:
         in_shape = trainer.model.tensors()[layer.inputs[0]].shape
-        dx = dx * (layer.groups - summed) // layer.groups + patch_summed_macs(layer, in_shape, r, summed)
+        dx = dx * (layer.groups - summed) // layer.groups + depthwise_input_products(layer, in_shape, r, summed)[0]
     return (dx if wants_dx else 0) + int(fwd * frac / (r * r))
 
 
