@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from tinygen.bench import filtering, speed, transfer128
+from tinygen.bench import ondevice as ondevice_bench
 from tinygen.bench.suites import auto_fit, gradient_filter, master_bits, memory, schemes, selection, transfer
 from tinygen.bench.transfer import TASKS as _TASKS
 from tinygen.bench.transfer128 import TASKS128
@@ -45,6 +46,7 @@ from tinygen.reference.training import Trainer
 from tinygen.report import loss_curve_svg, loss_trend, stall_start, table
 from tinygen.targets.boards import board_names, load_board
 from tinygen.training.filtering import AUTO_RS, AUTO_SAMPLES, auto_filter_r
+from tinygen.training.ondevice import choose_envelope, envelope_scheme
 from tinygen.training.selection import PROBE_TEST, PROBE_TRAIN, SELECTION_SAMPLES, choose, fisher_potential, select
 from tinygen.verify.check import verify_forward, verify_training
 from tinygen.verify.compare import expect_training
@@ -279,12 +281,14 @@ def _board_json(b) -> dict:
 @click.option("--update", default="auto", show_default=True,
               help="Which layers train: auto (selections under the SRAM budget by gradient potential on real "
                    "samples, with and without a compute cap, ranked by a short training probe) | fisher (by "
-                   "Fisher potential, TinyTrain's criterion) | deepest (the most last layers that fit) | full | "
-                   "last-K | bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
+                   "Fisher potential, TinyTrain's criterion) | on-device (the firmware chooses by Fisher potential on "
+                   "the task's first samples, among candidates whose widest all fit the budget) | deepest (the most "
+                   "last layers that fit) | full | last-K | bias | scheme.json | sparse_schemes.json#mbv2/49kb.")
 @click.option("--budget-kb", type=FiniteRange(min=1, max=MAX_BUDGET_KB), default=None,
               help="SRAM budget for a training step (default: the board's SRAM).")
 @click.option("--macs-budget", type=click.IntRange(min=1), default=None,
-              help="With --update auto/fisher: cap on the backward MACs of a training step.")
+              help="With --update auto/fisher/on-device: cap on the backward MACs of a training step (on-device: "
+                   "default half the forward's).")
 @click.option("--reorder-channels", is_flag=True,
               help="With --update fisher (auto switches to it): rename channels most important first (the same "
                    "function), so each layer trains its most important channels, not its first ones; the order "
@@ -348,6 +352,9 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
         raise TinygenError("--dump-trained needs a firmware that trains (--loss ce); drop it or train")
     _check_out(out)
     _patch_sides(patches, patch_stage)  # bad options fail before the slow steps
+    if update == "on-device" and (checkpoint_every or filter_r == "auto" or path_filter_r > 1 or reorder_channels):
+        raise TinygenError("--update on-device does not yet combine with --checkpoint-every, --filter-r auto, "
+                           "--path-filter-r or --reorder-channels; drop them or choose another --update")
     b = load_board(board)
     dataset = load_dataset(dataset_path) if dataset_path else None
     model = resolve_model(model_spec, classes, dataset.images() if dataset is not None else None)
@@ -454,6 +461,18 @@ def _select_trainer(model, budget, update, filter_r, lr, momentum, lr_halve_ever
                          rounding=rounding or default_rounding(master_bits)).check()
     if update == "deepest":
         return auto_last_k(model, config, budget, filter_r)[0]
+    if update == "on-device":
+        env = choose_envelope(model, budget, config, macs_budget, filter_r)
+        scheme = envelope_scheme(model, env, filter_r)
+        scheme.ondevice = env.to_json()
+        click.echo(f"on-device selection: the firmware chooses among {len(env.candidates)} candidates by the Fisher "
+                   f"potential of the first {env.samples} samples, within {env.macs_budget:,} backward MACs; the "
+                   "arena and the trained state are planned for every candidate at its widest, so any selection "
+                   "fits:", err=True)
+        click.echo(table(["candidate", "layer", "channels it may train", "SRAM B (widest)", "MACs (widest)"],
+                         [[str(j), c.name, " / ".join(map(str, c.options)), f"{c.option_bytes[-1]:,}",
+                           f"{c.option_macs[-1]:,}"] for j, c in enumerate(env.candidates)], "rllrr"), err=True)
+        return Trainer(model, scheme, config)
     if update == "fisher" or (update == "auto" and reorder):
         if update == "auto":
             click.echo("--reorder-channels orders channels by Fisher potential: selecting as --update fisher",
@@ -644,6 +663,20 @@ def bench_selection(task, budgets, seeds, out):
     """Fisher-selected sparse update vs the deepest last-K at equal SRAM budgets, on the transfer task."""
 
     selection(task, list(budgets), out, log=click.echo, seeds=seeds)
+
+
+@bench.command("ondevice")
+@click.option("--model", "models", multiple=True, type=click.Choice(["digits", "mnist14"]),
+              default=["digits", "mnist14"], show_default=True, help="The transfer start (pretrained on 0-4).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Sample orders.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel runs (default: cores).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
+@friendly
+def bench_ondevice(models, seeds, jobs, out):
+    """Accuracy of the device's own selection (--update on-device) on two tasks vs the selection it made for the
+    other task and the best fixed scheme, at the same envelope and compute budget."""
+
+    ondevice_bench.run(list(models), seeds, out, log=click.echo, jobs=jobs)
 
 
 @bench.command("transfer")

@@ -466,7 +466,8 @@ def write_firmware(model: ir.Model, board: Board, out: Path, facts: dict, option
         (fw / "main.c").write_text(env.get_template("firmware/main.c.j2").render(
             model_name=model.name, board_name=board.name, n_samples=n, train=opts.train,
             train_steps=opts.train_steps, checkpoint_every=opts.checkpoint_every,
-            checkpoint_model_id=model_id(Path(out) / "src"), dump_trained=opts.train and opts.dump_trained))
+            checkpoint_model_id=model_id(Path(out) / "src"), dump_trained=opts.train and opts.dump_trained,
+            ondevice=opts.train and facts.get("ondevice")))
 
     write_main()
 
@@ -555,7 +556,7 @@ def renode_files(board_name: str) -> dict[str, str]:
 def robot_lines(model_name: str, board: Board, labels: list[int], crcs: list[str], training, opts: FirmwareOptions,
                 ) -> list[str]:
     """Every `TG` line the real-board image prints, in order, as the start the .robot requires of it (the counts
-    that follow vary): the clock line, each sample's CRC, each step's loss, the learning-rate guard's halvings, the
+    that follow vary): the clock line, each sample's CRC, the device's selection, each step's loss, the learning-rate guard's halvings, the
     checkpoints saved and the trained parameters' checksum, as the reference `training` has them
     (templates/firmware/main.c.j2)."""
     n = len(labels)
@@ -564,6 +565,10 @@ def robot_lines(model_name: str, board: Board, labels: list[int], crcs: list[str
     lines += [f"TG sample {i} label={labels[i]} crc={crcs[i]} " for i in range(n)]
     if opts.train:
         halved, seq = set(training.lr_halvings or ()), 0
+        # --update on-device: the channels the device must choose, per candidate, before the first step
+        if training.selection is not None:
+            lines += [f"TG select candidate={j} channels={k} " for j, k in enumerate(training.selection)]
+            lines.append("TG selected samples=")
         for s, loss in enumerate(training.losses):
             lines.append(f"TG step {s} sample={s % n} label={labels[s % n]} loss={loss} ")
             if s in halved:

@@ -31,6 +31,7 @@ from tinygen.planning.memory import trained_state_bytes
 from tinygen.planning.schedule import TrainPlan, patch_stage, plan_training
 from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import LN2_Q16, LOG2_TABLE, LR_SHIFT_MAX, WEIGHT_LIMIT, Trainer, bias_limit
+from tinygen.training.ondevice import Envelope
 
 
 @dataclass
@@ -61,6 +62,12 @@ class _Emit:
     records: list = field(default_factory=list)
     exps: set = field(default_factory=set)
     stores: dict = field(default_factory=dict)
+    envelope: Envelope | None = None  # `--update on-device`: the candidates the device selects from
+
+    def candidate(self, name: str) -> int | None:
+        if self.envelope is None:
+            return None
+        return next((j for j, c in enumerate(self.envelope.candidates) if c.name == name), None)
 
     def act(self, t: str) -> str:
         return self.plan.ptr(f"act_{self.plan.alias.get(t, t)}")
@@ -294,20 +301,31 @@ def _conv_update(em: _Emit, i: int, layer, desc: str, ctx: dict, gacc: str, e_ac
         lay.dims["b_sr_index"] = layer.weight.size  # the biases' noise index: after every weight's
         lay.named.update(("b_limit", "b_sr_index"))
     fn = f"{p}_update_s8"
-    em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **ctx, bias=u.bias,
-              n_sel=len(u.channels), n_chan=ir.selectable_channels(layer),
-              channels=f"{p}_channels", frac=f"{p}_frac" if cfg.frac_bits else None,
-              w_mult=f"{p}_w_mult", w_shift=f"{p}_w_shift", b_mult=f"{p}_b_mult", b_shift=f"{p}_b_shift",
-              momentum=mu, w_velocity=f"{p}_w_velocity", b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias",
-              accumulate=cfg.accumulate, w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum",
-              lr_shift=cfg.lr_varies, saved=sv.mode if sv else "tensor",
-              saved_ctype=sv.ctype if sv else "int8_t", stochastic=stochastic,
-              quad_oc=_quad_oc_update(lay.dims, bool(u.channels), ir.is_depthwise(layer), sv.mode if sv else "tensor"))
+    j = em.candidate(layer.name)
+    kernel = dict(ctx, n_sel=len(u.channels), n_chan=ir.selectable_channels(layer), channels=f"{p}_channels",
+                  saved=sv.mode if sv else "tensor", saved_ctype=sv.ctype if sv else "int8_t",
+                  quad_oc=_quad_oc_update(lay.dims, bool(u.channels), ir.is_depthwise(layer),
+                                          sv.mode if sv else "tensor"))
+    kernel.update(frac=f"{p}_frac" if cfg.frac_bits else None, w_mult=f"{p}_w_mult", w_shift=f"{p}_w_shift",
+                  b_mult=f"{p}_b_mult", b_shift=f"{p}_b_shift", w_velocity=f"{p}_w_velocity",
+                  b_velocity=f"{p}_b_velocity", bias_name=f"{p}_bias", w_accum=f"{p}_w_accum", b_accum=f"{p}_b_accum")
+    em.render(lay, "conv_weight_update_s8", fn=fn, comment=f"{desc}: update", **kernel, bias=u.bias, momentum=mu,
+              accumulate=cfg.accumulate, lr_shift=cfg.lr_varies, stochastic=stochastic, potential=False,
+              runtime=j is not None)
     args = [gacc, e_acc] + (["(uint32_t)tg_step"] if stochastic or u.bias else [])
+    x_saved = None
     if u.channels:  # a bias-only update does not read the input
         x_saved = em.act(layer.inputs[0]) if sv.mode == "tensor" else plan.ptr(f"saved_l{i}")
         args.insert(0, x_saved)
-    return dict(kind="update", fn=fn, args=args)
+    op = dict(kind="update", fn=fn, args=args)
+    if j is not None:  # the device chose this layer's width: trained only where it chose some
+        first = em.envelope.potential_starts()[j]
+        pot = f"&tg_sel_potentials[{first}]" if first else "tg_sel_potentials"
+        op.update(select=f"tg_sel_channels[{j}]", potential=dict(fn=f"{p}_potential_s8",
+                                                                 args=[x_saved, gacc, e_acc, pot]))
+        em.render(lay, "conv_weight_update_s8", fn=f"{p}_potential_s8", comment=desc, **kernel, bias=False,
+                  momentum=0, accumulate=1, lr_shift=False, stochastic=False, potential=True, runtime=False)
+    return op
 
 
 def _add_backward(em: _Emit, i: int, layer, desc: str, want: list, gy: str, ey: str, mask: str) -> list:
@@ -389,6 +407,9 @@ def _backward(em: _Emit) -> list:
         desc = f"layer {i} '{layer.name}' backward"
         ops += emit(em, i, layer, desc, want, gy, ey, mask)
         steps.append(dict(comment=desc, ops=ops))
+        j = em.candidate(layer.name)
+        if j:  # a candidate after the earliest: where the device chose none before it, the path ends here
+            steps[-1]["stop"] = f"tg_sel_top == {j}"
     return steps
 
 
@@ -484,6 +505,29 @@ def _params(em: _Emit) -> list[tuple[str, str]]:
     return params
 
 
+def _ondevice(em: _Emit) -> dict | None:
+    """The selection pass's tables (train/select_ondevice.c.j2): per candidate its layer, options and their
+    bytes and MACs, the MACs a path to each other candidate adds, and where its potentials start."""
+    env = em.envelope
+    if env is None:
+        return None
+    cands = env.candidates
+    width = max(len(c.options) for c in cands)
+
+    def rows(key: str) -> list[list[int]]:
+        return [getattr(c, key) + [0] * (width - len(c.options)) for c in cands]
+    tables = {"options": rows("options"), "option_bytes": rows("option_bytes"), "option_macs": rows("option_macs"),
+              "path_macs": [c.path_macs for c in cands]}
+    if max(max(max(r) for r in t) for t in tables.values()) >= 1 << 32 or env.macs_budget >= 1 << 32:
+        raise TinygenError("the on-device selection's MACs exceed 2^32; choose a fixed --update for this model")
+    firsts = env.potential_starts()
+    return dict(candidates=[dict(name=c.name, position=c.position, count=len(c.options), first=firsts[j],
+                                 widest=c.widest)
+                            for j, c in enumerate(cands)],
+                potentials=firsts[-1], width=width, samples=env.samples, macs_budget=env.macs_budget,
+                total_macs=env.total_macs, **tables)
+
+
 def _state_bytes(em: _Emit, names: list[str]) -> int:
     """Bytes of the training state a checkpoint saves (tg_train_state): parameters, optimizer arrays, counters."""
     def size(name: str) -> int:
@@ -502,7 +546,8 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
     plan = plan_training(model, trainer, one_pass=True)
     stores = {n: weight_store(model.layer(n), tl.update.channels) for n, tl in trainer.trained.items()
               if tl.update.channels}
-    em = _Emit(model, trainer, plan, environment(), stores=stores)
+    envelope = Envelope.from_json(trainer.scheme.ondevice) if trainer.scheme.ondevice is not None else None
+    em = _Emit(model, trainer, plan, environment(), stores=stores, envelope=envelope)
     cfg = trainer.config
     fwd_kernels, fwd_calls = _forward(em)
     loss_fn, loss_kernel = _loss(em)
@@ -530,9 +575,10 @@ def generate_training(model: ir.Model, trainer: Trainer, src_dir: Path) -> dict:
                w_limit=WEIGHT_LIMIT << cfg.frac_bits,
                momentum=round_half_away(cfg.momentum * (1 << 15)), accumulate=cfg.accumulate, loss=cfg.loss,
                params=params, state=em.state, train_state=train_state, scalar_state=counters,
-               frac=FracStore(cfg.frac_bits), master=any(tl.update.channels for tl in trainer.trained.values()))
+               frac=FracStore(cfg.frac_bits), master=any(tl.update.channels for tl in trainer.trained.values()),
+               ondevice=_ondevice(em))
     write_sources(env, src_dir, ctx, em.const_arrays, em.mutable)
     return {"arena_bytes": plan.arena_size, "records": em.records, "params": [p[0] for p in params],
             "const_bytes": int(sum(a.nbytes for a in em.const_arrays.values())),
             "trained_bytes": trained_state_bytes(trainer),
-            "state_bytes": _state_bytes(em, train_state)}
+            "state_bytes": _state_bytes(em, train_state), "ondevice": envelope is not None}

@@ -56,6 +56,9 @@ class Scheme:
     source: str = "custom"
     # tensor -> original channel index of each channel, where the build reordered channels (reorder.py)
     channel_order: dict[str, list[int]] = field(default_factory=dict)
+    # `--update on-device`: the envelope the device selects from (training.ondevice.Envelope.to_json); the layers
+    # above are then every candidate at its widest, what the firmware's storage is laid out for
+    ondevice: dict | None = None
 
     def trained(self) -> list[str]:
         return [n for n, u in self.layers.items() if u.channels or u.bias]
@@ -230,6 +233,10 @@ def load_scheme(spec: str, model: ir.Model, filter_r: int = 1) -> Scheme:
         raise TinygenError(f"{spec}: channel_order must map tensors of {model.name} to a permutation of their "
                            "channels (as a build writes it)")
     scheme.channel_order = order
+    ondevice = d.get("ondevice")
+    if ondevice is not None and not isinstance(ondevice, dict):
+        raise TinygenError(f"{spec}: ondevice must be the envelope object a build writes")
+    scheme.ondevice = ondevice
     return scheme
 
 
@@ -240,6 +247,8 @@ def scheme_to_json(scheme: Scheme) -> dict:
                     for n, u in scheme.layers.items()]}
     if scheme.channel_order:
         d["channel_order"] = scheme.channel_order
+    if scheme.ondevice is not None:
+        d["ondevice"] = scheme.ondevice
     return d
 
 

@@ -204,15 +204,7 @@ class Trainer:
             lr = self.config.lr / self.config.accumulate  # the mean over the accumulated samples
             wm, ws = _split(lr / s_w**2)
             bm, bs = _split(lr / (x.scale * s_w) ** 2)
-            wmask = np.zeros(layer.weight.shape, dtype=bool)
-            if u.channels:
-                if ir.is_depthwise(layer):
-                    mult = layer.weight.shape[0] // layer.groups
-                    for c in u.channels:
-                        wmask[c * mult:(c + 1) * mult] = True
-                else:
-                    wmask[..., u.channels] = True
-            self.trained[name] = TrainedLayer(u, wm, ws, bm, bs, wmask)
+            self.trained[name] = TrainedLayer(u, wm, ws, bm, bs, _wmask(layer, u.channels))
             self.weights[name] = layer.weight.copy()
             self.master[name] = layer.weight.astype(np.int64) << F
             self.bias[name] = layer.bias.astype(np.int64)
@@ -222,6 +214,8 @@ class Trainer:
             self.b_accum[name] = np.zeros(layer.bias.shape, dtype=np.int64)
         if not self.trained:
             raise TinygenError("the update scheme trains no layer; give at least one layer weights or bias")
+        self.active: set[str] | None = None  # `restrict`: the layers a run-time selection trains (None: all)
+        self._potential: dict | None = None  # `potential`: filled instead of updating
         self.needs_grad = self._gradient_path()
         for layer in model.layers:
             if layer.output.name in self.needs_grad and isinstance(layer, ir.MaxPool):
@@ -298,13 +292,39 @@ class Trainer:
 
     # -- backward ----------------------------------------------------------------------------
 
+    def restrict(self, selection: dict[str, int]) -> None:
+        """Train only the layers of `selection`, each its first k channels' weights (0: none) and its bias, on the
+        storage of every layer this trainer was built for: a selection made at run time (training/ondevice.py).
+        The same integers as a trainer built for the selection alone: the other layers' gradients are computed as
+        before but nothing reads them."""
+        for name, k in selection.items():
+            tl = self.trained[name]
+            if k > len(tl.update.channels):
+                raise TinygenError(f"layer {name!r}: a selection of {k} channels exceeds the {len(tl.update.channels)} "
+                                   "its storage holds")
+            self.trained[name] = dataclasses.replace(tl, wmask=_wmask(self.model.layer(name), list(range(k))))
+        self.active = set(selection)
+
+    def potential(self, x: np.ndarray, label) -> dict[str, tuple[np.ndarray, int]]:
+        """One forward and backward pass without any update (the step counter and the guard untouched): per
+        layer with trained channels, `S_c = sum over its weights of channel c of W * dW` (int64; dW the weight
+        gradient in code units, as the update computes it) and the exponent of its G_acc, so that
+        `S_c * 2^e = sum_spatial a * g` at r = 1 (docs/numerics.md §8)."""
+        self._potential = {}
+        try:
+            self.step(x, label)
+            return self._potential
+        finally:
+            self._potential = None
+
     def step(self, x: np.ndarray, label, record: dict | None = None) -> int:
         """One training step (batch 1, immediate update). Returns the loss in Q16."""
         values, masks = self.forward(x)
         out = self.model.output.name
         loss_q16, g_out = self.loss(values[out], label)
         grads: dict[str, list[Grad]] = {out: [g_out]}
-        self.guard.observe(self.guard.saturated(values[out], loss_q16), self.step_count)  # before this update
+        if self._potential is None:
+            self.guard.observe(self.guard.saturated(values[out], loss_q16), self.step_count)  # before this update
         lr_shift = self.step_count // self.config.lr_halve_every if self.config.lr_halve_every else 0
         lr_shift = min(lr_shift + self.guard.halvings, LR_SHIFT_MAX)
         for layer in reversed(self.model.layers):
@@ -321,7 +341,8 @@ class Trainer:
                 gy = Grad(np.where(masks[name], gy.g, 0), gy.e)
             for t, g in self._backward_layer(layer, values, gy, lr_shift, record):
                 grads.setdefault(t, []).append(g)
-        self.step_count += 1
+        if self._potential is None:
+            self.step_count += 1
         return loss_q16
 
     def _backward_layer(self, layer, values, gy: Grad, lr_shift: int, record):
@@ -399,7 +420,7 @@ class Trainer:
             g, e = normalize16(dx, e_acc)
             yield layer.inputs[0], Grad(g.reshape(self.tensors[layer.inputs[0]].shape), e)
         # 4. weight and bias update, applied now (the gradient is never stored)
-        if tl:
+        if tl and (self.active is None or layer.name in self.active or self._potential is not None):
             self._update(layer, tl, x, x_info, gacc, counts, e_acc, geom, r, lr_shift, (kh, kw), record)
 
     def _update(self, layer, tl, x, x_info, gacc, counts, e_acc, geom, r, lr_shift, k, record):
@@ -421,6 +442,11 @@ class Trainer:
             d = np.einsum("pgo,pgk->gok", ga, xp).reshape(cout, kh, kw, cg)
             if record is not None:
                 record[f"dw:{name}"] = d
+            if self._potential is not None:
+                s = (self.weights[name].astype(np.int64).reshape(d.shape) * d)
+                s = s.reshape(groups, -1).sum(axis=1) if ir.is_depthwise(layer) else s.reshape(-1, cg).sum(axis=0)
+                self._potential[name] = (s[:len(tl.update.channels)], e_acc)
+                return
             shift = tl.w_shift[:, None, None, None] + e_acc + F - lr_shift
             if self.config.rounding == "stochastic":  # SR_BITS more bits, then floor with noise (§6.2)
                 fine = mul_q31(d, tl.w_mult[:, None, None, None], shift + SR_BITS)
@@ -434,6 +460,8 @@ class Trainer:
                 limit = WEIGHT_LIMIT << F
                 self.master[name] = np.clip(self.master[name] - v, -limit, limit)
                 self.weights[name] = view_of(self.master[name], F).astype(np.int8)
+        if self._potential is not None:
+            return
         if tl.update.bias:
             total = (gacc * counts).reshape(-1, cout).sum(axis=0)
             if record is not None:
@@ -472,6 +500,18 @@ class Trainer:
         """The model with the current int8 views and biases (for inference / export)."""
         layers = [self.layer_params(layer) for layer in self.model.layers]
         return dataclasses.replace(self.model, layers=layers)
+
+
+def _wmask(layer, channels: list[int]) -> np.ndarray:
+    """The weight elements a layer trains when `channels` (input channels, or a depthwise conv's) do."""
+    wmask = np.zeros(layer.weight.shape, dtype=bool)
+    if channels and ir.is_depthwise(layer):
+        mult = layer.weight.shape[0] // layer.groups
+        for c in channels:
+            wmask[c * mult:(c + 1) * mult] = True
+    elif channels:
+        wmask[..., channels] = True
+    return wmask
 
 
 def _scatter_windows(cols, in_shape, kernel, stride, pad, dil) -> np.ndarray:

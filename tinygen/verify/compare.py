@@ -18,6 +18,7 @@ from tinygen.ir.gradmath import fnv1a32
 from tinygen.ir.names import layer_symbol
 from tinygen.planning.weight_store import FracStore, weight_store
 from tinygen.reference.training import Trainer, fraction_of
+from tinygen.training.ondevice import reference_selection
 from tinygen.verify.runner import HOST_TARGETS, RunResult
 
 
@@ -62,6 +63,7 @@ class TrainingExpectation:
     recorded: dict = field(default_factory=dict)  # the reference's step-1 records
     wmasks: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> trained-weight mask (dw records)
     lr_halvings: list[int] | None = None  # steps whose update the learning-rate guard halved
+    selection: list[int] | None = None  # --update on-device: the channels the device must choose, per candidate
 
 
 def _trained_layers(trainer: Trainer):
@@ -107,7 +109,9 @@ def fnv1a(chunks: list[bytes]) -> int:
 def expect_training(trainer: Trainer, x: np.ndarray, labels: np.ndarray, order: list[int], param_order: list[str],
                     records: list[str] = (), on_step=None) -> TrainingExpectation:
     """Replay the steps on the reference (`order[s]`: the sample of step s), recording step 1's gradients;
-    `on_step()` after each step (progress)."""
+    `on_step()` after each step (progress). A `--update on-device` build's trainer first makes the device's
+    selection on the samples and trains only it (`training.ondevice.reference_selection`)."""
+    chosen = reference_selection(trainer, x, labels)
     rec: dict = {}
     losses = []
     for s, k in enumerate(order):
@@ -117,13 +121,22 @@ def expect_training(trainer: Trainer, x: np.ndarray, labels: np.ndarray, order: 
     params = reference_params(trainer)
     return TrainingExpectation(losses, fnv1a([params[n] for n in param_order]), params, list(param_order),
                                list(records), rec, {name: t.wmask for name, t in trainer.trained.items()},
-                               list(trainer.guard.halved_at))
+                               list(trainer.guard.halved_at),
+                               None if chosen is None else [chosen.get(c, 0) for c in trainer.scheme.layers])
+
+
+def _compare_selection(result: RunResult, expect: TrainingExpectation, who: str) -> None:
+    """A `--update on-device` run's selection, before any loss: the channels chosen of every candidate."""
+    if expect.selection is not None and result.selection != expect.selection:
+        raise MismatchError(f"{who} chose {result.selection} channels of its candidates; the reference chose "
+                            f"{expect.selection} (--update on-device)")
 
 
 def compare_training(result: RunResult, expect: TrainingExpectation, who: str = "the generated C") -> dict:
     """Every loss and learning-rate halving (the earlier difference first), then each step-1 record, each
     trained parameter and the checksum; returns a summary."""
     got, want = result.losses, expect.losses
+    _compare_selection(result, expect, who)
     if len(got) != len(want):
         raise MismatchError(f"{who} ran {len(got)} training steps; the reference has {len(want)}")
     bad_loss = next((k for k, (g, w) in enumerate(zip(got, want, strict=True)) if g != w), None)

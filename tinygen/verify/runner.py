@@ -102,6 +102,8 @@ class Run:
     failures: list[str] = field(default_factory=list)
     profile: list[dict] = field(default_factory=list)  # {"fn", "root", "calls", "count"}: profile builds
     profile_dropped: int = 0  # spans the profile hooks could not record
+    selection: list[dict] = field(default_factory=list)  # --update on-device: {"candidate", "layer", "channels"}
+    selected: dict | None = None  # ... and {"samples", "count"} of its selection pass
 
 
 @dataclass
@@ -125,6 +127,7 @@ class RunResult:
     exit_status: int | None = None
     seconds: float = 0.0
     firmware: Run | None = None  # the firmware's full parsed output (emulators)
+    selection: list[int] | None = None  # --update on-device: the channels the device chose, per candidate
 
 
 # ---------------------------------------------------------------------------
@@ -193,6 +196,8 @@ def parse_training(text: str, result: RunResult) -> RunResult:
             result.checksum = int(parts[1])
         elif parts[0] == "pred":
             result.preds.append(int(parts[1]))
+        elif parts[0] == "select":
+            result.selection = (result.selection or []) + [int(parts[2])]
         k += 1
     return result
 
@@ -261,10 +266,17 @@ def _after_training(fw: Run, words: list[str], kv: dict) -> dict | None:
 
 
 def _record_line(fw: Run, kind: str, kv: dict, words: list[str]) -> None:
-    """A `TG lr halved` line (the learning-rate guard), the `TG params` checksum, a `TG resume` / `TG checkpoint`
+    """A `TG select` / `TG selected` line (the device's selection), a `TG lr halved` line (the learning-rate guard),
+    the `TG params` checksum, a `TG resume` / `TG checkpoint`
     line (checkpointing builds) or a `TG profile` line (firmware/tg_profile.c: one function's span under one root,
     or the count of spans dropped)."""
-    if kind == "lr":
+    if kind == "select":
+        if all(kv.get(k, "").isdigit() for k in ("candidate", "layer", "channels")):
+            fw.selection.append({k: int(kv[k]) for k in ("candidate", "layer", "channels")})
+    elif kind == "selected":
+        if kv.get("samples", "").isdigit():
+            fw.selected = {"samples": int(kv["samples"]), "count": _num(kv.get("instr", kv.get("cycles", "0")))}
+    elif kind == "lr":
         if len(words) > 2 and words[2] == "halved" and kv.get("step", "").isdigit():
             fw.lr_halvings.append(int(kv["step"]))
     elif kind == "params":
@@ -322,7 +334,7 @@ def parse_output(text: str) -> Run:
                              "count": _num(kv.get("instr", kv.get("cycles", "0")))})
         elif kind in ("trained", "dump"):
             dump = _after_training(fw, words, kv)
-        elif kind in ("lr", "params", "resume", "checkpoint", "profile"):
+        elif kind in ("lr", "params", "resume", "checkpoint", "profile", "select", "selected"):
             _record_line(fw, kind, kv, words)
         elif kind == "stack":
             fw.stack = {k: int(v) for k, v in kv.items()}
@@ -344,7 +356,8 @@ def firmware_result(fw: Run, target: str, code: int | None, seconds: float) -> R
         crcs=[s["crc"] for s in samples], losses=[s["loss"] for s in fw.steps],
         step_samples=[s["sample"] for s in fw.steps], lr_halvings=fw.lr_halvings, checksum=fw.params_crc,
         counts=[s["count"] for s in samples], step_counts=[s["count"] for s in fw.steps], stack=fw.stack,
-        exit_status=code, seconds=seconds, firmware=fw)
+        exit_status=code, seconds=seconds, firmware=fw,
+        selection=[s["channels"] for s in sorted(fw.selection, key=lambda s: s["candidate"])] if fw.selection else None)
 
 
 def _last_lines(text: str, n: int = 3) -> str:

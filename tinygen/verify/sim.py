@@ -51,6 +51,7 @@ class SimResult:
     result: RunResult | None = None
     clock_source: str = "the board file"  # where clock_hz comes from (see run_clock)
     trained: str | None = None  # --dump-trained: what the dump held and where it was saved
+    selection: list[dict] | None = None  # --update on-device: per candidate its layer's name and the channels chosen
 
     @property
     def unit(self) -> str:
@@ -90,8 +91,10 @@ def simulate(build_dir: Path, emulator: str = "qemu", timeout: float = 120.0, pr
                             f"reference (last output: {last_lines(result)})")
     counter = result.firmware.start.get("counter", "instr")
     clock_hz, clock_source = run_clock(result.firmware, fwinfo, board.clock_hz)
+    selection = [dict(s, name=model.layers[s["layer"]].name) for s in result.firmware.selection
+                 if 0 <= s["layer"] < len(model.layers)] or None
     return SimResult(emulator, machine, board.name, clock_hz, counter, result.firmware,
-                     fwinfo.get("samples_source", ""), result.seconds, result, clock_source, trained)
+                     fwinfo.get("samples_source", ""), result.seconds, result, clock_source, trained, selection)
 
 
 def _save_trained(build_dir: Path, manifest: dict, result: RunResult, expect: TrainingExpectation, trainer,
@@ -220,6 +223,12 @@ def format_report(r: SimResult) -> str:
         return [count, round(count / r.clock_hz * 1e3, 3)] if measured else ["-", "-"]
     rows = [[s["index"], s["label"], "bit-exact", *cols(s["count"])] for s in r.run.samples]
     lines = [table(["sample", "label", "vs reference", unit, est], rows, "rrlrr")]
+    if r.selection:
+        sel = r.run.selected or {"samples": 0, "count": 0}
+        rows = [[s["candidate"], s["name"], s["channels"] or "frozen"] for s in r.selection]
+        lines += ["", table(["candidate", "layer", "channels the device chose"], rows, "rlr"),
+                  f"the device's selection pass: {sel['samples']} samples, {sel['count']:,} {unit} (the potential "
+                  "pass and the greedy)"]
     if r.run.steps:
         rows = [[s["index"], s["sample"], s["label"], s["loss"], f"{s['loss'] / 65536:.4f}", *cols(s["count"])]
                 for s in r.run.steps]
@@ -237,6 +246,8 @@ def format_report(r: SimResult) -> str:
     lines.append("")
     lines.append(f"sim: {r.machine} (for {r.board}): {len(counts)} of {len(counts)} samples ({r.samples_source}) "
                  f"bit-exact with the reference"
+                 + (f"; the device's selection ({len(r.selection)} candidates) equals the reference's"
+                    if r.selection else "")
                  + (f"; {len(r.run.steps)} training steps: every loss{_halvings(r.run.lr_halvings)} and the "
                     f"trained-parameter checksum 0x{r.run.params_crc or 0:08x} equal the reference's"
                     if r.run.steps else "")
