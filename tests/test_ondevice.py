@@ -260,3 +260,38 @@ def test_on_device_refuses_what_it_does_not_combine_with(tmp_path, extra):
                                       "--update", "on-device", *extra, "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--update on-device does not yet combine" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_top_channels_takes_the_most_potential():
+    """The masks the bench measures: the greedy over ranked channels takes the channel of most potential, where
+    the device's prefix takes the first."""
+    from tinygen.bench.ondevice import top_channels
+    from tinygen.training.ondevice import Candidate, Envelope, select_on_device
+
+    env = Envelope([Candidate("a", 0, 4, [1, 2, 4], [10, 20, 40], [1, 2, 4], [0, 5]),
+                    Candidate("fc", 1, 2, [2], [8], [1], [0, 0])], samples=8, macs_budget=7, total_macs=10)
+    pots = [[pf(1, 0), pf(9, 0), (0, 0), pf(5, 0)], [pf(1, 0), pf(1, 0)]]
+    assert select_on_device(env, pots) == {"a": 1, "fc": 2}  # one more MAC than the budget stops a at 1
+    assert top_channels(env, pots) == {"a": [1], "fc": [0, 1]}
+
+
+def test_host_verify_where_the_device_leaves_its_earliest_candidate_frozen(tmp_path):
+    """`tinygen verify` (host C, ASan+UBSan) on a digits build whose selection leaves the earliest candidate
+    frozen, so the backward pass ends early: every loss, record and parameter as the reference; the records of
+    the layers before the earliest choice are the ones left out."""
+    from tinygen.frontends.inputs import training_samples
+    from tinygen.verify.check import verify_training
+
+    out = tmp_path / "b"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "FirmwareOptions", lambda **kw: FirmwareOptions(**kw, compile=False))
+        r = CliRunner().invoke(cli.main, ["build", "--board", "stm32f746", "--model", "digits-cnn", "--classes", "5",
+                                          "--update", "on-device", "--samples", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "tinygen.json").read_text())
+    model, trainer = load_trainer(out, manifest)
+    x, y, _ = training_samples(model, 12)
+    chosen = ondevice.reference_selection(trainer, x, y)
+    first = next(iter(trainer.scheme.layers))
+    assert first not in chosen, chosen  # the case under test: the earliest candidate stays frozen
+    verify_training(out, steps=12)

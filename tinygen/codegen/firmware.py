@@ -556,9 +556,9 @@ def renode_files(board_name: str) -> dict[str, str]:
 def robot_lines(model_name: str, board: Board, labels: list[int], crcs: list[str], training, opts: FirmwareOptions,
                 ) -> list[str]:
     """Every `TG` line the real-board image prints, in order, as the start the .robot requires of it (the counts
-    that follow vary): the clock line, each sample's CRC, the device's selection, each step's loss, the learning-rate guard's halvings, the
-    checkpoints saved and the trained parameters' checksum, as the reference `training` has them
-    (templates/firmware/main.c.j2)."""
+    that follow vary): the clock line, each sample's CRC, the device's selection, each step's loss, the
+    learning-rate guard's halvings, the checkpoints saved and the trained parameters' checksum, as the reference
+    `training` has them (templates/firmware/main.c.j2)."""
     n = len(labels)
     # the clock line's numbers differ where the bring-up falls back (tg_clock.c): its start only
     lines = [f"TG start model={model_name} board={board.name} ", "TG clock sysclk="]
