@@ -411,7 +411,9 @@ def build(board, model_spec, classes, out, train, update, budget_kb, macs_budget
                f"{m['macs']:,} MACs, arena {m['arena_bytes']:,} B, frozen weights {m['weight_bytes']:,} B")
     if trainer is not None:
         t = m["train"]
-        click.echo(f"training: {t['trained_layers']} layers train ({update}, r={filter_r}), "
+        which = (f"the device chooses among {t['trained_layers']} layers" if trainer.scheme.ondevice is not None
+                 else f"{t['trained_layers']} layers train")
+        click.echo(f"training: {which} ({update}, r={filter_r}), "
                    f"{t['trained_bytes']:,} B of trained parameters and optimizer state in SRAM")
     click.echo(f"plan: peak SRAM {p['peak_sram_bytes']:,} B of {p['budget_bytes']:,} B (plan.json, "
                "memory_timeline.svg)")
