@@ -34,7 +34,8 @@ BUILDS = {
                                 "--checkpoint-every", "1",  # the checkpoint harness's C is held to the style too
                                 "--filter-r", "2"],  # the trained layers' filtered kernels
     "digits-ondevice": lambda root: ["--model", "digits-cnn", "--classes", "5", "--samples", "4",
-                                     "--update", "on-device"],  # the device's selection pass and greedy
+                                     "--update", "on-device",  # the device's selection pass and greedy
+                                     "--budget-kb", "18"],  # conv2 a candidate of 4 of its 8 channels: split
     "mbv2-w0.35": lambda root: ["--model", "mbv2-w0.35", "--classes", "10", "--update",
                                 f"{root}/{SCHEMES}#mbv2/49kb", "--samples", "2",
                                 "--master-bits", "4",  # the nibble-packed master fractions

@@ -295,3 +295,22 @@ def test_host_verify_where_the_device_leaves_its_earliest_candidate_frozen(tmp_p
     first = next(iter(trainer.scheme.layers))
     assert first not in chosen, chosen  # the case under test: the earliest candidate stays frozen
     verify_training(out, steps=12)
+
+
+@pytest.mark.parametrize("budget_kb", ["16", "18"])
+def test_host_verify_with_split_candidates(tmp_path, budget_kb):
+    """Budgets that leave a candidate's widest short of all its channels (16 KB: dw3 at 4 of 16, depthwise; 18 KB:
+    conv2 at 4 of 8, split within every filter): the potential and update kernels of the split storage, host C
+    (ASan+UBSan) against the reference."""
+    from tinygen.verify.check import verify_training
+
+    out = tmp_path / "b"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "FirmwareOptions", lambda **kw: FirmwareOptions(**kw, compile=False))
+        r = CliRunner().invoke(cli.main, ["build", "--board", "stm32f746", "--model", "digits-cnn", "--classes", "5",
+                                          "--update", "on-device", "--budget-kb", budget_kb, "--samples", "4",
+                                          "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    envelope = json.loads((out / "model" / "scheme.json").read_text())["ondevice"]
+    assert any(c["options"][-1] < c["channels"] for c in envelope["candidates"])
+    verify_training(out, steps=12)

@@ -166,8 +166,9 @@ def choose_envelope(model: ir.Model, budget: int, config: TrainConfig, macs_budg
     position = {layer.name: i for i, layer in enumerate(model.layers)}
     chosen: dict[str, int] = {head.name: len(first_channels(head, tensors, 1.0))}
 
-    def scheme(widths: dict[str, int]) -> Scheme:
-        return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in widths.items()}, "envelope")
+    def scheme(widths: dict[str, int]) -> Scheme:  # planned with the selection pass's potentials (ondevice set)
+        return Scheme({n: LayerUpdate(list(range(k)), True, filter_r) for n, k in widths.items()}, "envelope",
+                      ondevice={})
     if _trial(model, scheme(chosen), config, budget, None) is None:
         raise TinygenError(f"the classifier {head.name!r} alone does not fit {budget:,} B of SRAM with its weights; "
                            "raise --budget-kb or choose a fixed --update (bias)")
