@@ -49,8 +49,8 @@ def trained_state_bytes(trainer) -> int:
             total += part + frac.nbytes(part)
         state_copies = int(momentum) + int(trainer.config.accumulate > 1)
         total += 4 * state_copies * (part + (trainer.bias[name].size if tl.update.bias else 0))
-    if trainer.scheme.ondevice is not None:  # the selection pass: a potential (8 B) per candidate channel ...
-        # ... and per candidate its chosen width and its table row (train/select_ondevice.c.j2)
+    if trainer.scheme.ondevice is not None:  # the selection pass: a potential (8 B) per candidate channel and
+        # per candidate its chosen width (train/select_ondevice.c.j2; the tables are in flash)
         total += sum(8 * len(tl.update.channels) + SELECT_BYTES_PER_CANDIDATE for tl in trainer.trained.values())
     return total
 

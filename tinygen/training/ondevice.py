@@ -30,9 +30,9 @@ from tinygen.ir.scheme import LayerUpdate, Scheme, TrainConfig, first_channels, 
 from tinygen.planning.saved_input import saved_input
 from tinygen.planning.weight_store import FracStore
 from tinygen.reference.training import Trainer
-from tinygen.training.selection import MACS_CAP, _feeds_add, _trial
+from tinygen.training.selection import MACS_CAP, _bwd_macs, _feeds_add, _trial
 
-ONDEVICE_SAMPLES = 8  # K: the samples the device's potential pass runs on (the build's --selection-samples)
+ONDEVICE_SAMPLES = 8  # K: the samples the device's potential pass runs on
 MAX_CANDIDATES = 8  # weighted layers before the classifier the envelope holds at most
 PF_BITS = 32  # a `pf` value's mantissa: 0, or in [2^31, 2^32)
 S_BOUND_LOG2 = 62  # |S_c| < 2^62: a layer's W * dW terms (|W| <= 127, |dW| <= 2^22 a product) fit int64
@@ -129,7 +129,8 @@ def _options(n: int, widest: int) -> list[int]:
 
 
 def _weight_gradient_macs(layer, k: int) -> int:
-    return 2 * ir.layer_macs(layer) * k // max(1, ir.selectable_channels(layer))
+    """The backward MACs of k channels' weight gradient, as the host greedy counts them."""
+    return _bwd_macs(layer, k, ir.selectable_channels(layer))
 
 
 def _option_bytes(layer, k: int, filter_r: int, frac: FracStore, tensors) -> int:

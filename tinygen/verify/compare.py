@@ -124,21 +124,20 @@ def expect_training(trainer: Trainer, x: np.ndarray, labels: np.ndarray, order: 
                                list(records), rec, {name: t.wmask for name, t in trainer.trained.items()},
                                list(trainer.guard.halved_at),
                                None if chosen is None else [chosen.get(c, 0) for c in trainer.scheme.layers],
-                               set() if chosen is None else _unrecorded(trainer.model, chosen, records, rec))
+                               set() if chosen is None else _unrecorded(trainer.model, chosen, records))
 
 
-def _unrecorded(model, chosen: dict[str, int], records: list[str], rec: dict) -> set[str]:
+def _unrecorded(model, chosen: dict[str, int], records: list[str]) -> set[str]:
     """The step-1 records a device's selection leaves out: those of the layers before its earliest choice (its
-    backward pass ends there) and the weight gradients of the candidates it left frozen (the reference, training
-    only the selection, has none either)."""
+    backward pass ends there) and the weight gradients of the candidates it left frozen."""
     index = {layer.name: i for i, layer in enumerate(model.layers)}
     producer = {layer.output.name: i for i, layer in enumerate(model.layers)}
     top = min(index[n] for n in chosen)
 
-    def layer_of(key: str) -> int:
+    def left_out(key: str) -> bool:
         kind, name = key.split(":", 1)
-        return producer[name] if kind == "grad" else index[name]
-    return {key for key in records if key not in rec or layer_of(key) < top}
+        return (producer[name] if kind == "grad" else index[name]) < top or (kind == "dw" and name not in chosen)
+    return {key for key in records if left_out(key)}
 
 
 def _compare_selection(result: RunResult, expect: TrainingExpectation, who: str) -> None:
